@@ -1,0 +1,352 @@
+"""Mock-style assertions over the events of one probe, and across probes (order, latency).
+
+Failures are ``AssertionError`` with ``__tracebackhide__`` so pytest shows the test line, and their text shows what
+was expected, the closest events that did not match, and a hint when the cause is likely outside the test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from .events import Event
+from .matchers import describe_expected, field_matches, mismatches
+from .probes import ProbeSpec
+
+__all__ = ["Observation", "ProbeView", "assert_latency", "assert_order"]
+
+_SHOWN = 5  # events quoted in a failure message
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a probe saw, plus what a failure message needs to explain an empty or partial result."""
+
+    events: Sequence[Event]
+    lost: Mapping[int, int] = field(default_factory=dict)  # cpu -> events the kernel dropped
+    hints: Sequence[str] = ()
+
+
+def _call_text(display: str, expected: Mapping[str, Any]) -> str:
+    args = ", ".join(f"{name}={describe_expected(want)}" for name, want in expected.items())
+    return f"{display}({args})"
+
+
+def _event_line(event: Event, expected: Mapping[str, Any]) -> str:
+    problems = mismatches(expected, event.fields)
+    shown = " ".join(f"{k}={v!r}" for k, v in event.fields.items() if not k.startswith("__probe"))
+    line = f"    {event.timestamp:.6f} {event.comm}-{event.pid} [{event.cpu:03d}] {shown}"
+    if problems:
+        line += "\n      differs: " + "; ".join(problems)
+    return line
+
+
+def _closest(events: Sequence[Event], expected: Mapping[str, Any]) -> list[Event]:
+    # fewest mismatching fields first; ties keep trace order
+    ranked = sorted(enumerate(events), key=lambda pair: (len(mismatches(expected, pair[1].fields)), pair[0]))
+    return [event for _, event in ranked[:_SHOWN]]
+
+
+class ProbeView:
+    """The events of one probe, with the ``unittest.mock`` assertion vocabulary."""
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        observe: Callable[[], Observation],
+        criteria: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        self.spec = spec
+        self._observe = observe
+        self._criteria: Mapping[str, Any] = dict(criteria or {})
+
+    # ----------------------------------------------------------------- data
+    @property
+    def name(self) -> str:
+        return self.spec.display
+
+    def _observation(self) -> Observation:
+        seen = self._observe()
+        if not self._criteria:
+            return seen
+        kept = [event for event in seen.events if self._selected(event)]
+        return Observation(kept, seen.lost, seen.hints)
+
+    def _selected(self, event: Event) -> bool:
+        for key, want in self._criteria.items():
+            actual = getattr(event, key) if key in ("pid", "comm", "cpu") else event.fields.get(key)
+            if not field_matches(want, actual):
+                return False
+        return True
+
+    @property
+    def events(self) -> list[Event]:
+        return list(self._observation().events)
+
+    @property
+    def call_count(self) -> int:
+        return len(self._observation().events)
+
+    @property
+    def called(self) -> bool:
+        return self.call_count > 0
+
+    @property
+    def return_values(self) -> list[Any]:
+        ret = self._return_field()
+        return [event.fields.get(ret) for event in self._observation().events]
+
+    def where(self, **criteria: Any) -> ProbeView:
+        """A view of only the events whose fields (or ``pid``/``comm``/``cpu``) match ``criteria``."""
+        merged = {**self._criteria, **criteria}
+        return ProbeView(self.spec, self._observe, merged)
+
+    def __repr__(self) -> str:
+        return f"<{self.spec.kind} {self.spec.display} as {self.spec.group}/{self.spec.event}>"
+
+    # ----------------------------------------------------------- reporting
+    def _fail(self, headline: str, seen: Observation, expected: Mapping[str, Any] | None = None) -> None:
+        __tracebackhide__ = True
+        lines = [headline]
+        expected = expected or {}
+        events = list(seen.events)
+        if self._criteria:
+            lines.append(f"Only events where {_call_text('', self._criteria)[1:-1]} were considered.")
+        if events:
+            shown = _closest(events, expected) if expected else events[:_SHOWN]
+            order = "closest first" if expected else "first"
+            lines.append(f"Seen: {len(events)} event(s) of {self.spec.display}, {order}:")
+            lines.extend(_event_line(event, expected) for event in shown)
+            if len(events) > len(shown):
+                lines.append(f"    ... and {len(events) - len(shown)} more (full trace in the report section)")
+        else:
+            lines.append(f"Seen: no events of {self.spec.display} ({self.spec.group}/{self.spec.event}).")
+        lines.extend(_lost_lines(seen.lost))
+        hints = list(seen.hints)
+        if not events and self.spec.filter:
+            hints.append(f"the probe's filter {self.spec.filter!r} may have dropped them")
+        lines.extend(f"Hint: {hint}" for hint in hints)
+        raise AssertionError("\n".join(lines))
+
+    def _counted(self) -> Observation:
+        """Count-based checks are meaningless when the kernel dropped events: fail, saying how many were lost."""
+        __tracebackhide__ = True
+        seen = self._observation()
+        if seen.lost:
+            self._fail(f"{self.spec.display}: the kernel lost events, so no count can be trusted.", seen)
+        return seen
+
+    # ---------------------------------------------------------- assertions
+    def assert_called(self) -> None:
+        __tracebackhide__ = True
+        seen = self._observation()
+        if not seen.events:
+            self._fail(f"Expected {self.spec.display} to have been called.", seen)
+
+    def assert_not_called(self) -> None:
+        __tracebackhide__ = True
+        seen = self._counted()
+        if seen.events:
+            self._fail(
+                f"Expected {self.spec.display} not to have been called. Called {len(seen.events)} times.", seen
+            )
+
+    def assert_called_once(self) -> None:
+        __tracebackhide__ = True
+        self.assert_call_count(1)
+
+    def assert_call_count(self, count: int) -> None:
+        __tracebackhide__ = True
+        seen = self._counted()
+        if len(seen.events) != count:
+            self._fail(
+                f"Expected {self.spec.display} to be called {count} times. Called {len(seen.events)} times.",
+                seen,
+            )
+
+    def assert_called_with(self, **expected: Any) -> None:
+        """The last event matches ``expected``."""
+        __tracebackhide__ = True
+        seen = self._observation()
+        if not seen.events:
+            self._fail(f"expected call not found.\nExpected: {_call_text(self.spec.display, expected)}", seen)
+        last = seen.events[-1]
+        problems = mismatches(expected, last.fields)
+        if problems:
+            self._fail(
+                f"expected call not found.\nExpected: {_call_text(self.spec.display, expected)}\n"
+                f"  Actual (last call): {'; '.join(problems)}",
+                Observation([last], seen.lost, seen.hints),
+                expected,
+            )
+
+    def assert_called_once_with(self, **expected: Any) -> None:
+        __tracebackhide__ = True
+        seen = self._counted()
+        if len(seen.events) != 1:
+            self._fail(
+                f"Expected {self.spec.display} to be called once. Called {len(seen.events)} times.\n"
+                f"Expected: {_call_text(self.spec.display, expected)}",
+                seen,
+                expected,
+            )
+        self.assert_called_with(**expected)
+
+    def assert_any_call(self, **expected: Any) -> None:
+        __tracebackhide__ = True
+        seen = self._observation()
+        if not any(not mismatches(expected, event.fields) for event in seen.events):
+            self._fail(
+                f"{_call_text(self.spec.display, expected)} call not found.",
+                seen,
+                expected,
+            )
+
+    def assert_all_calls(self, **expected: Any) -> None:
+        """Every event matches ``expected`` (and there is at least one)."""
+        __tracebackhide__ = True
+        seen = self._observation()
+        if not seen.events:
+            self._fail(f"Expected every call to match {_call_text(self.spec.display, expected)}.", seen)
+        bad = [event for event in seen.events if mismatches(expected, event.fields)]
+        if bad:
+            self._fail(
+                f"{len(bad)} of {len(seen.events)} calls do not match "
+                f"{_call_text(self.spec.display, expected)}.",
+                Observation(bad, seen.lost, seen.hints),
+                expected,
+            )
+
+    # ------------------------------------------------------- return probes
+    def _return_field(self) -> str:
+        ret = self.spec.return_field
+        if not self.spec.is_return or ret is None:
+            raise TypeError(
+                f"{self.spec.display} is a {self.spec.kind}: return assertions need a kretprobe/uretprobe "
+                "recording $retval"
+            )
+        return ret
+
+    def assert_returned(self, value: Any) -> None:
+        """Every return equals ``value``, and there was at least one."""
+        __tracebackhide__ = True
+        ret = self._return_field()
+        seen = self._observation()
+        if not seen.events:
+            self._fail(f"{self.spec.display} never returned (expected {describe_expected(value)}).", seen)
+        bad = [event for event in seen.events if not field_matches(value, event.fields.get(ret))]
+        if bad:
+            values = _distinct(event.fields.get(ret) for event in bad)
+            self._fail(
+                f"{self.spec.display} returned {values} (expected {describe_expected(value)}); "
+                f"{len(bad)} of {len(seen.events)} returns differ.",
+                Observation(bad, seen.lost, seen.hints),
+                {ret: value},
+            )
+
+    def assert_any_return(self, value: Any) -> None:
+        __tracebackhide__ = True
+        ret = self._return_field()
+        seen = self._observation()
+        if not any(field_matches(value, event.fields.get(ret)) for event in seen.events):
+            values = _distinct(event.fields.get(ret) for event in seen.events) or "nothing"
+            self._fail(
+                f"{self.spec.display} never returned {describe_expected(value)}; it returned {values}.",
+                seen,
+                {ret: value},
+            )
+
+
+def _distinct(values: Iterable[Any]) -> str:
+    unique: list[Any] = []
+    for value in values:
+        if value not in unique:
+            unique.append(value)
+    return ", ".join(repr(v) if isinstance(v, str) else str(v) for v in unique)
+
+
+def _lost_lines(lost: Mapping[int, int]) -> list[str]:
+    if not lost:
+        return []
+    where = ", ".join(f"{count} on CPU {cpu}" for cpu, count in sorted(lost.items()))
+    return [
+        f"LOST EVENTS: the kernel's ring buffer overflowed ({where}); counts are incomplete. "
+        "Enlarge the buffer (--ktrace-buffer-kb) or add a filter."
+    ]
+
+
+def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]) -> None:
+    """The first event of each view occurs in the given order. ``position`` ranks events in trace order."""
+    __tracebackhide__ = True
+    firsts: list[tuple[ProbeView, Event]] = []
+    for view in views:
+        seen = view.events
+        if not seen:
+            raise AssertionError(
+                f"assert_order: {view.name} has no events, so the order "
+                f"{' -> '.join(v.name for v in views)} cannot hold."
+            )
+        firsts.append((view, seen[0]))
+    for (before, first_a), (after, first_b) in zip(firsts, firsts[1:]):
+        if position(first_a) > position(first_b):
+            timeline = "\n".join(
+                f"    {event.timestamp:.6f} {view.name} ({event.comm}-{event.pid})"
+                for view, event in sorted(firsts, key=lambda pair: position(pair[1]))
+            )
+            raise AssertionError(
+                f"Expected {before.name} before {after.name}, but {after.name} came first.\n"
+                f"Expected order: {' -> '.join(v.name for v in views)}\nFirst occurrences seen:\n{timeline}"
+            )
+
+
+def assert_latency(
+    entry: ProbeView,
+    exit: ProbeView,
+    *,
+    max_us: Optional[float] = None,
+    min_us: Optional[float] = None,
+) -> list[float]:
+    """Pair each exit with the latest unmatched entry of the same task (so recursion nests correctly) and check
+    every duration. Returns the durations in microseconds."""
+    __tracebackhide__ = True
+    merged = sorted(
+        [(event.timestamp, 0, event) for event in entry.events] + [(event.timestamp, 1, event) for event in exit.events],
+        key=lambda item: (item[0], item[1]),
+    )
+    open_calls: dict[int, list[Event]] = {}
+    pairs: list[tuple[Event, Event, float]] = []
+    for _, is_exit, event in merged:
+        stack = open_calls.setdefault(event.pid, [])
+        if not is_exit:
+            stack.append(event)
+        elif stack:
+            start = stack.pop()
+            pairs.append((start, event, (event.timestamp - start.timestamp) * 1e6))
+    if not pairs:
+        raise AssertionError(
+            f"assert_latency: no {entry.name} -> {exit.name} pair on any task "
+            f"({len(entry.events)} entries, {len(exit.events)} exits seen)."
+        )
+    bad = [
+        pair
+        for pair in pairs
+        if (max_us is not None and pair[2] > max_us) or (min_us is not None and pair[2] < min_us)
+    ]
+    if bad:
+        bound = " and ".join(
+            part
+            for part in (
+                f">= {min_us} us" if min_us is not None else "",
+                f"<= {max_us} us" if max_us is not None else "",
+            )
+            if part
+        )
+        worst = sorted(bad, key=lambda pair: -pair[2])[:_SHOWN]
+        lines = [
+            f"{len(bad)} of {len(pairs)} {entry.name} -> {exit.name} latencies out of bounds (expected {bound}):"
+        ]
+        lines.extend(
+            f"    {us:.1f} us  {start.comm}-{start.pid} at {start.timestamp:.6f}" for start, _, us in worst
+        )
+        raise AssertionError("\n".join(lines))
+    return [us for _, _, us in pairs]

@@ -1,0 +1,145 @@
+"""The one contract every backend satisfies.
+
+A backend knows nothing about probes or tests: it applies batches of tracefs file operations (paths relative to
+the tracefs root) and runs commands on the target. Batching is the unit of cost: a remote backend turns one
+``apply`` call into one round trip, so callers put everything they can into one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence, Union, runtime_checkable
+
+__all__ = [
+    "Backend",
+    "Mkdir",
+    "Op",
+    "OpResult",
+    "Read",
+    "Rmdir",
+    "RunResult",
+    "TargetInfo",
+    "Write",
+]
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write ``data`` to a tracefs file. ``append`` opens with O_APPEND: never O_TRUNC on probe lists."""
+
+    path: str
+    data: str
+    append: bool = True
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read a whole tracefs file (``missing_ok``: an absent file reads as an empty success)."""
+
+    path: str
+    missing_ok: bool = False
+
+
+@dataclass(frozen=True)
+class Mkdir:
+    path: str
+
+
+@dataclass(frozen=True)
+class Rmdir:
+    path: str
+
+
+Op = Union[Write, Read, Mkdir, Rmdir]
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """Outcome of one operation: ``errno_name`` is e.g. ``"EINVAL"`` and ``error`` the strerror text."""
+
+    op: Op
+    ok: bool
+    data: str = ""
+    errno_name: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished command on the target."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int
+    duration_s: float
+
+    def check(self) -> RunResult:
+        """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
+        __tracebackhide__ = True
+        if self.returncode != 0:
+            raise AssertionError(
+                f"command {list(self.argv)} exited {self.returncode}\n"
+                f"stdout: {self.stdout[-2000:]!r}\nstderr: {self.stderr[-2000:]!r}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a target is: shown in the report header and used to adapt probes (arch registers, ``$argN``)."""
+
+    name: str
+    backend: str
+    release: str
+    arch: str
+    tracefs: str
+    features: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    def summary(self) -> str:
+        feats = ", ".join(sorted(self.features)) or "none"
+        return f"{self.backend} {self.name}: Linux {self.release} {self.arch}, tracefs {self.tracefs}; {feats}"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A place with a tracefs: this machine, a board over SSH, or the in-memory fake."""
+
+    @property
+    def name(self) -> str:
+        """Human name of the target (``local``, a host name, ``fake``)."""
+        ...
+
+    @property
+    def round_trips(self) -> int:
+        """How many batches/commands crossed to the target so far (0 cost for local counts the same)."""
+        ...
+
+    def describe(self) -> TargetInfo:
+        """Kernel release, arch, tracefs path and features; cached after the first call."""
+        ...
+
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        """Apply ``ops`` in order as one batch. With ``stop_on_error`` the first failure ends the batch
+        (its result is the last one returned); otherwise every op is attempted."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+    ) -> RunResult:
+        """Run ``argv`` on the target. Before it execs, the child's pid is appended to each tracefs file in
+        ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the backend may be reopened by the next call."""
+        ...

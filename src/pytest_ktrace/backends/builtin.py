@@ -1,0 +1,52 @@
+"""The built-in backends, offered as ordinary ``trylast`` hook implementations so other plugins come first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import pytest
+
+from .base import Backend
+
+if TYPE_CHECKING:
+    from ..targets import TargetSpec
+
+__all__ = ["pytest_ktrace_make_backend"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Optional[Backend]:
+    if target.backend == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(target.tracefs)
+    if target.backend == "ssh" and target.host:
+        from .ssh import SshBackend
+
+        return SshBackend(
+            target.host,
+            ssh_config=Path(target.ssh_config).expanduser() if target.ssh_config else None,
+            sudo=target.sudo,
+            accept_new_host_key=target.accept_new_host_key,
+            tracefs=target.tracefs,
+        )
+    if target.backend == "vm" and target.vm:
+        return _boot_vm(config, target.vm)
+    return None
+
+
+def _boot_vm(config: pytest.Config, arch: str) -> Backend:
+    """Boot a disposable guest once per run and reach it like any SSH board; powered off at the run's end."""
+    from .. import guests
+    from ..targets import state_key
+    from .ssh import SshBackend
+
+    reason = guests.qemu_available(arch)
+    if reason is not None:
+        from ..errors import MissingTool
+
+        raise MissingTool(f"cannot boot the {arch} guest: {reason}")
+    guest = guests.boot(arch)
+    config.stash[state_key()].closers.append(guest.shutdown)
+    return SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path)

@@ -1,0 +1,33 @@
+"""Feature detection shared by every backend: what a tracefs offers, judged from its files and README."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+__all__ = ["FEATURE_FILES", "MOUNT_HINT", "features_from"]
+
+MOUNT_HINT = "mount -t tracefs nodev /sys/kernel/tracing"
+
+# feature -> a tracefs path whose existence means the kernel has it
+FEATURE_FILES: Mapping[str, str] = {
+    "kprobes": "kprobe_events",
+    "uprobes": "uprobe_events",
+    "dynamic_events": "dynamic_events",
+    "instances": "instances",
+    "fields": "options/fields",
+    "set_event_pid": "set_event_pid",
+    "error_log": "error_log",
+}
+
+
+def features_from(present: Mapping[str, bool], readme: str) -> frozenset[str]:
+    """``present`` maps every FEATURE_FILES path to whether it exists; ``readme`` is tracefs's README text."""
+    found = {feature for feature, path in FEATURE_FILES.items() if present.get(path)}
+    if "$arg<N>" in readme:
+        found.add("argN")
+        # 6.9+ documents "$arg<N>" on the kernel return probe line too (entry data fetched at return)
+        if any("return probes support" in line and "$arg<N>" in line for line in readme.splitlines()):
+            found.add("argN_on_return")
+    if "<argname>" in readme or "$arg*" in readme:
+        found.add("btf")
+    return frozenset(found)

@@ -1,0 +1,200 @@
+"""The local backend: this machine's tracefs, through plain file operations."""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import CommandTimeout, TracefsUnavailable
+from .base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from .features import FEATURE_FILES, MOUNT_HINT, features_from
+
+__all__ = ["LocalBackend", "find_tracefs"]
+
+_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def find_tracefs(explicit: Optional[str] = None) -> str:
+    """Where tracefs is mounted, or a :class:`TracefsUnavailable` that says how to mount it."""
+    candidates = (explicit,) if explicit else _CANDIDATES
+    for candidate in candidates:
+        if candidate and os.path.exists(os.path.join(candidate, "available_events")):
+            return candidate
+    where = explicit or _CANDIDATES[0]
+    if not os.access(os.path.dirname(where.rstrip("/")) or "/", os.R_OK | os.X_OK):
+        raise TracefsUnavailable(
+            f"tracefs at {where} is not readable as uid {os.getuid()}: run as root (tracefs needs "
+            "CAP_SYS_ADMIN) or test a remote target with --ktrace-host and --ktrace-sudo",
+            host="local",
+            cause="permission denied",
+        )
+    raise TracefsUnavailable(
+        f"tracefs is not mounted at {where} on this machine; mount it with: {MOUNT_HINT}"
+        + (" (or pass --ktrace-tracefs=PATH)" if not explicit else ""),
+        host="local",
+        cause="tracefs not mounted",
+    )
+
+
+def _errno_result(op: Op, exc: OSError) -> OpResult:
+    code = exc.errno or 0
+    return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
+
+
+class LocalBackend:
+    """Tracefs of the machine pytest runs on."""
+
+    def __init__(self, tracefs: Optional[str] = None) -> None:
+        self._explicit = tracefs
+        self._root: Optional[str] = None
+        self._info: Optional[TargetInfo] = None
+        self._round_trips = 0
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def round_trips(self) -> int:
+        return self._round_trips
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._root = find_tracefs(self._explicit)
+        return self._root
+
+    def describe(self) -> TargetInfo:
+        if self._info is None:
+            root = self.root
+            if not os.access(os.path.join(root, "available_events"), os.R_OK) or not os.access(
+                os.path.join(root, "instances"), os.W_OK
+            ):
+                raise TracefsUnavailable(
+                    f"tracefs at {root} is mounted but uid {os.getuid()} may not write to it (instances/ needs "
+                    "write permission, probe control files need root or CAP_SYS_ADMIN): run pytest as root, "
+                    "or test a remote target with --ktrace-host and --ktrace-sudo",
+                    host="local",
+                    cause="permission denied",
+                )
+            present = {path: os.path.exists(os.path.join(root, path)) for path in FEATURE_FILES.values()}
+            try:
+                readme = Path(root, "README").read_text(errors="replace")
+            except OSError:
+                readme = ""
+            uname = os.uname()
+            self._info = TargetInfo(
+                name="local",
+                backend="local",
+                release=uname.release,
+                arch=uname.machine,
+                tracefs=root,
+                features=features_from(present, readme),
+            )
+        return self._info
+
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        self._round_trips += 1
+        results: list[OpResult] = []
+        for op in ops:
+            result = self._apply_one(op)
+            results.append(result)
+            if stop_on_error and not result.ok:
+                break
+        return results
+
+    def _apply_one(self, op: Op) -> OpResult:
+        path = os.path.join(self.root, op.path)
+        try:
+            if isinstance(op, Write):
+                flags = os.O_WRONLY | (os.O_APPEND if op.append else os.O_TRUNC)
+                fd = os.open(path, flags)
+                try:
+                    # One write(): the kernel parses each write as a unit, so a command must never be split.
+                    os.write(fd, op.data.encode())
+                finally:
+                    os.close(fd)
+                return OpResult(op, ok=True)
+            if isinstance(op, Read):
+                try:
+                    with open(path, "rb") as handle:
+                        return OpResult(op, ok=True, data=handle.read().decode(errors="surrogateescape"))
+                except FileNotFoundError:
+                    if op.missing_ok:
+                        return OpResult(op, ok=True)
+                    raise
+            if isinstance(op, Mkdir):
+                os.mkdir(path)
+                return OpResult(op, ok=True)
+            if isinstance(op, Rmdir):
+                os.rmdir(path)
+                return OpResult(op, ok=True)
+        except OSError as exc:
+            return _errno_result(op, exc)
+        raise TypeError(f"not a tracefs operation: {op!r}")
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+    ) -> RunResult:
+        self._round_trips += 1
+        targets = [os.path.join(self.root, path) for path in pid_files]
+
+        def announce_pid() -> None:
+            # Runs in the child between fork and exec, so tracing follows exactly this process from its start.
+            for target in targets:
+                fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
+
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=announce_pid if targets else None,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            return RunResult(tuple(argv), 127, "", f"{argv[0]}: {exc.strerror}\n", 0, 0.0)
+        except PermissionError as exc:
+            return RunResult(tuple(argv), 126, "", f"{argv[0]}: {exc.strerror}\n", 0, 0.0)
+        try:
+            out, err = proc.communicate(input=stdin.encode() if stdin is not None else None, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # The child leads its own session: end its whole process group, and nothing else.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise CommandTimeout(
+                f"command {list(argv)} did not finish within {timeout} s on local; it was killed",
+                host="local",
+                command=" ".join(argv),
+                timeout=timeout,
+            ) from None
+        return RunResult(
+            argv=tuple(argv),
+            returncode=proc.returncode,
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
+            pid=proc.pid,
+            duration_s=time.monotonic() - started,
+        )
+
+    def close(self) -> None:
+        """Nothing to release locally."""

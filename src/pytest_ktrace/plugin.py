@@ -1,0 +1,162 @@
+"""pytest entry point (``pytest11``): options, ini keys, the marker, the ``ktrace`` fixture, header, report."""
+
+from __future__ import annotations
+
+from typing import Any, Generator, Optional
+
+import pytest
+
+from . import hookspecs
+from .backends import builtin
+from .errors import KtraceError, MissingTool, TracefsUnavailable
+from .identity import RunIdentity
+from .session import TraceSession
+from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, state_key, validate_marker
+
+_SESSION_KEY = pytest.StashKey[TraceSession]()
+_REPORT_LINES = 400
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ktrace", "kernel tracing (pytest-ktrace)")
+
+    def option(name: str, help: str, ini_type: Optional[str] = None, **kwargs: Any) -> None:
+        dest = name.replace("-", "_")
+        group.addoption(f"--{name}", dest=dest, default=None, help=help, **kwargs)
+        if ini_type == "bool":
+            parser.addini(dest, help, type="bool", default=False)
+        else:
+            parser.addini(dest, help, default="")
+
+    option("ktrace-backend", "where to trace: local (this machine's tracefs), ssh, vm, or a plugin's backend",
+           metavar="NAME")
+    option("ktrace-host", "trace a remote target over SSH: [user@]host[:port] or a ~/.ssh/config alias",
+           metavar="HOST")
+    option("ktrace-vm", f"boot a disposable qemu guest and trace it: {' or '.join(VM_ARCHES)}",
+           metavar="ARCH", choices=VM_ARCHES)
+    option("ktrace-tracefs", "tracefs mount point on the target (default: /sys/kernel/tracing)", metavar="PATH")
+    option("ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", action="store_const",
+           const=True)
+    option("ktrace-ssh-config", "ssh_config file to resolve hosts with (default: ~/.ssh/config)", metavar="FILE")
+    option("ktrace-accept-new-host-key", "accept and remember an unknown SSH host key (a changed key is always "
+           "refused)", "bool", action="store_const", const=True)
+    option("ktrace-scope", "record events of every task (all) or only of commands started by ktrace.run (run)",
+           metavar="SCOPE", choices=SCOPES)
+    option("ktrace-timeout", "default timeout of ktrace.run in seconds (default 60)", metavar="SECONDS")
+    option("ktrace-buffer-kb", "per-CPU ring buffer size of each test's tracing instance", metavar="KB")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "ktrace(host=, vm=, backend=, tracefs=, sudo=, scope=, timeout=, buffer_kb=): per-test pytest-ktrace "
+        "settings; they override the command line and the ini file",
+    )
+    config.stash[state_key()] = RunState(RunIdentity.current())
+    if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
+        config.pluginmanager.register(builtin, "ktrace-builtin-backends")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(state_key(), None)
+    if state is not None:
+        state.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in item.iter_markers("ktrace"):
+            validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    try:
+        settings = resolve_target(config)
+    except pytest.UsageError:
+        raise
+    target = settings.target
+    if target.backend == "vm":
+        return [f"ktrace: backend vm ({target.vm} guest, booted at first use)"]
+    state = config.stash[state_key()]
+    try:
+        backend = state.backend_for(config, target)
+        info = backend.describe()
+    except KtraceError as exc:
+        return [f"ktrace: backend {target.label}: unavailable: {exc}"]
+    features = ", ".join(sorted(info.features)) or "none"
+    return [
+        f"ktrace: backend {info.backend}, target {info.name}: Linux {info.release} {info.arch}, "
+        f"tracefs {info.tracefs}",
+        f"ktrace: features: {features}",
+    ]
+
+
+def _marker_kwargs(node: pytest.Item) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    # closest marker last so it wins (function over class over module)
+    for marker in reversed(list(node.iter_markers("ktrace"))):
+        merged.update(marker.kwargs)
+    return merged
+
+
+@pytest.fixture
+def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None]:
+    """Probes for this test: ``ktrace.kprobe/kretprobe/uprobe/uretprobe/tracepoint``, ``ktrace.run``,
+    ``wait_for``, ``assert_order``, ``assert_latency``. Everything it creates is removed after the test."""
+    config = request.config
+    state: RunState = config.stash[state_key()]
+    settings = resolve_target(config, _marker_kwargs(request.node))
+    try:
+        backend = state.backend_for(config, settings.target)
+    except MissingTool as exc:
+        pytest.skip(f"pytest-ktrace: {exc}")
+    except TracefsUnavailable as exc:
+        pytest.fail(f"pytest-ktrace: {exc}", pytrace=False)
+    except KtraceError as exc:
+        pytest.fail(f"pytest-ktrace: target {settings.target.label} unavailable: {exc}", pytrace=False)
+    session = TraceSession(
+        backend,
+        state.identity,
+        state.next_serial(),
+        scope="run" if settings.scope == "run" else "all",
+        run_timeout=settings.timeout,
+        buffer_kb=settings.buffer_kb,
+    )
+    request.node.stash[_SESSION_KEY] = session
+    state.live.add(session)
+    try:
+        yield session
+    finally:
+        state.live.discard(session)
+        report = session.teardown()
+        if report:
+            pytest.fail(
+                "pytest-ktrace could not undo everything this test created on "
+                f"{settings.target.label}:\n  " + "\n  ".join(report.failures),
+                pytrace=False,
+            )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    session = item.stash.get(_SESSION_KEY, None)
+    if session is None or not session._instance_planned:
+        return
+    try:
+        session.collect()
+        text = session.trace_text
+    except Exception as exc:  # the report must not hide the test's own failure
+        text = f"(trace could not be read: {exc})"
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    if len(lines) > _REPORT_LINES:
+        lines = [f"... {len(lines) - _REPORT_LINES} earlier lines omitted ...", *lines[-_REPORT_LINES:]]
+    header = f"target: {session.describe_target()}\ninstance: {session.instance}\n"
+    report.sections.append(("ktrace trace", header + ("\n".join(lines) or "(no events recorded)")))

@@ -1,0 +1,547 @@
+"""The ``ktrace`` fixture object: probe factories, running commands, collecting the trace, and the teardown
+ledger that undoes exactly what this test created."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+from . import elf
+from .arch import normalize_arch, rewrite_argn
+from .assertions import Observation, ProbeView, assert_latency, assert_order
+from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from .errors import KtraceError, MissingBinary, ProbeRejected, UnknownSymbol, UnsupportedFetchArg
+from .events import Event
+from .identity import RunIdentity
+from .matchers import ANY
+from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+from .probes import ProbeKind, ProbeSpec, check_fetchargs, check_text, event_name_for
+
+__all__ = ["Scope", "TeardownReport", "TraceSession"]
+
+Scope = Literal["all", "run"]
+_TRACEPOINT = re.compile(r"^(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)$")
+_KSYM = re.compile(r"^(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?$")
+_DEFAULT_RETURN = "$retval:s32"
+
+
+def _definition_site() -> str:
+    """file:line of the test code that called a factory (first frame outside this package)."""
+    here = os.path.dirname(__file__)
+    for frame in inspect.stack()[2:]:
+        if not frame.filename.startswith(here):
+            return f"{frame.filename}:{frame.lineno}"
+    return ""
+
+
+@dataclass
+class _Armed:
+    spec: ProbeSpec
+    view: ProbeView
+    armed: bool = False
+
+
+@dataclass
+class TeardownReport:
+    """What teardown could not undo; empty when the kernel is back as it was."""
+
+    failures: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.failures)
+
+
+class TraceSession:
+    """One test's view of one target. Probes are defined by the factories, armed together in one batch at the
+    first :meth:`run`, :meth:`arm`, :meth:`wait_for` or event access, and removed by :meth:`teardown`."""
+
+    ANY = ANY
+
+    def __init__(
+        self,
+        backend: Backend,
+        identity: RunIdentity,
+        serial: int,
+        *,
+        scope: Scope = "all",
+        run_timeout: Optional[float] = 60.0,
+        buffer_kb: Optional[int] = None,
+    ) -> None:
+        self.backend = backend
+        self.identity = identity
+        self.instance = identity.instance(serial)
+        self.scope: Scope = scope
+        self.run_timeout = run_timeout
+        self.buffer_kb = buffer_kb
+        self._probes: list[_Armed] = []
+        self._serial = 0
+        self._instance_planned = False
+        self._disable_ops: list[Op] = []
+        self._removal_ops: list[Op] = []
+        self._catalog = FormatCatalog()
+        self._parsed: Optional[ParsedTrace] = None
+        self._dirty = True
+        self._raw_trace = ""
+        self._runs: list[RunResult] = []
+        self._elf_cache: dict[str, Path] = {}
+        self._tracing_started = scope == "all"
+        self._torn_down = False
+
+    # ------------------------------------------------------------------ target
+    @property
+    def target(self) -> TargetInfo:
+        return self.backend.describe()
+
+    @property
+    def instance_path(self) -> str:
+        return f"instances/{self.instance}"
+
+    # --------------------------------------------------------------- factories
+    def kprobe(self, symbol: str, *args: str, filter: Optional[str] = None, **fetchargs: str) -> ProbeView:
+        """A kprobe on ``symbol[+offset]``; fetchargs in kernel syntax (``irq="%x0:u32"``, ``"$arg1"``)."""
+        return self._kernel_probe("kprobe", symbol, args, fetchargs, filter, None)
+
+    def kretprobe(
+        self,
+        symbol: str,
+        *args: str,
+        filter: Optional[str] = None,
+        maxactive: Optional[int] = None,
+        **fetchargs: str,
+    ) -> ProbeView:
+        """A return probe on ``symbol``; records ``ret=$retval:s32`` unless a fetcharg uses ``$retval``."""
+        return self._kernel_probe("kretprobe", symbol, args, fetchargs, filter, maxactive)
+
+    def uprobe(
+        self, path: str, location: Union[str, int], *args: str, filter: Optional[str] = None, **fetchargs: str
+    ) -> ProbeView:
+        """A uprobe on ``path`` at a symbol name or file offset (int)."""
+        return self._user_probe("uprobe", path, location, args, fetchargs, filter)
+
+    def uretprobe(
+        self, path: str, location: Union[str, int], *args: str, filter: Optional[str] = None, **fetchargs: str
+    ) -> ProbeView:
+        """A uretprobe; records ``ret=$retval:s32`` unless a fetcharg uses ``$retval``."""
+        return self._user_probe("uretprobe", path, location, args, fetchargs, filter)
+
+    def tracepoint(self, name: str, *, filter: Optional[str] = None) -> ProbeView:
+        """An existing kernel event ``system:event``, enabled in this test's instance only."""
+        match = _TRACEPOINT.match(name)
+        if not match:
+            raise KtraceError(f"tracepoint {name!r} must be 'system:event', e.g. 'sched:sched_process_exec'")
+        if filter is not None:
+            check_text("filter", filter)
+        spec = ProbeSpec(
+            kind="tracepoint",
+            group=match.group("system"),
+            event=match.group("event"),
+            location="",
+            filter=filter,
+            display=name,
+            where=_definition_site(),
+        )
+        return self._register(spec)
+
+    # ------------------------------------------------------------- spec build
+    def _named_args(self, args: Sequence[str], fetchargs: dict[str, str]) -> dict[str, str]:
+        named: dict[str, str] = {}
+        for index, text in enumerate(args, start=1):
+            named[f"arg{index}"] = text
+        for key, text in fetchargs.items():
+            if key in named:
+                raise KtraceError(f"fetcharg {key!r} given twice")
+            named[key] = text
+        check_fetchargs(named)
+        return named
+
+    def _adapt(self, kind: ProbeKind, named: dict[str, str]) -> dict[str, str]:
+        """Make fetchargs runnable on this target: ``$argN`` becomes a register where the kernel lacks it."""
+        info = self.target
+        is_user = kind in ("uprobe", "uretprobe")
+        is_return = kind in ("kretprobe", "uretprobe")
+        if is_return and not any(text.startswith("$retval") for text in named.values()):
+            named = {"ret": _DEFAULT_RETURN, **named} if "ret" not in named else named
+        adapted: dict[str, str] = {}
+        for key, text in named.items():
+            if "$arg" in text and not text.startswith("$args"):
+                if is_return and not (not is_user and info.has("argN_on_return")):
+                    raise UnsupportedFetchArg(
+                        f"{key}={text}: $argN on a return probe needs a kernel that saves entry arguments "
+                        f"(kprobes on Linux 6.9+); {info.name} runs {info.release}. Record it with an entry probe."
+                    )
+                if is_user:
+                    text = rewrite_argn(text, info.arch, why="uprobes do not support $argN")
+                elif not info.has("argN"):
+                    text = rewrite_argn(text, info.arch, why=f"the kernel of {info.name} has no $argN")
+            adapted[key] = text
+        return adapted
+
+    def _kernel_probe(
+        self,
+        kind: ProbeKind,
+        symbol: str,
+        args: Sequence[str],
+        fetchargs: dict[str, str],
+        filter: Optional[str],
+        maxactive: Optional[int],
+    ) -> ProbeView:
+        match = _KSYM.match(symbol)
+        if not match:
+            raise KtraceError(
+                f"{kind} target {symbol!r} must be a kernel symbol, optionally +offset (e.g. '__setup_irq', "
+                "'vfs_read+0x10')"
+            )
+        if kind == "kretprobe" and match.group("off"):
+            raise KtraceError(f"kretprobe {symbol!r}: a return probe attaches to a function entry, not an offset")
+        if filter is not None:
+            check_text("filter", filter)
+        if maxactive is not None and not (isinstance(maxactive, int) and 0 < maxactive <= 4096):
+            raise KtraceError(f"maxactive={maxactive!r} must be an int in 1..4096")
+        named = self._adapt(kind, self._named_args(args, fetchargs))
+        spec = ProbeSpec(
+            kind=kind,
+            group=self.identity.group,
+            event=event_name_for(kind, match.group("sym"), self._serial_event()),
+            location=symbol,
+            fetchargs=tuple(named.items()),
+            filter=filter,
+            maxactive=maxactive,
+            display=match.group("sym"),
+            where=_definition_site(),
+        )
+        return self._register(spec)
+
+    def _user_probe(
+        self,
+        kind: ProbeKind,
+        path: str,
+        location: Union[str, int],
+        args: Sequence[str],
+        fetchargs: dict[str, str],
+        filter: Optional[str],
+    ) -> ProbeView:
+        path = os.fspath(path)
+        check_text("uprobe path", path)
+        if any(ch.isspace() for ch in path) or not path.startswith("/"):
+            raise KtraceError(
+                f"uprobe path {path!r} must be absolute and free of whitespace (the kernel splits on it)"
+            )
+        if filter is not None:
+            check_text("filter", filter)
+        if isinstance(location, int):
+            offset, display = location, f"{os.path.basename(path)}+{location:#x}"
+        else:
+            offset, display = elf.symbol_file_offset(self._local_copy(path), location), location
+        named = self._adapt(kind, self._named_args(args, fetchargs))
+        spec = ProbeSpec(
+            kind=kind,
+            group=self.identity.group,
+            event=event_name_for(kind, display, self._serial_event()),
+            location=f"{path}:{offset:#x}",
+            fetchargs=tuple(named.items()),
+            filter=filter,
+            display=display,
+            where=_definition_site(),
+        )
+        return self._register(spec)
+
+    def _serial_event(self) -> int:
+        # Unique within the run's group across tests: instance serial + per-test counter.
+        self._serial += 1
+        return int(self.instance.rsplit("_", 1)[1]) * 1000 + self._serial
+
+    def _local_copy(self, path: str) -> Path:
+        """A local path to the target's ELF file (itself on a local backend), to read symbols from."""
+        if self.backend.name == "local":
+            if not os.path.exists(path):
+                raise MissingBinary(f"uprobe target {path} does not exist on local")
+            return Path(path)
+        if path not in self._elf_cache:
+            result = self.backend.run(["cat", "--", path], timeout=self.run_timeout)
+            if result.returncode != 0:
+                raise MissingBinary(
+                    f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}"
+                )
+            handle = tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False)
+            with handle:
+                handle.write(result.stdout.encode("utf-8", "surrogateescape"))
+            self._elf_cache[path] = Path(handle.name)
+        return self._elf_cache[path]
+
+    def _register(self, spec: ProbeSpec) -> ProbeView:
+        view = ProbeView(spec, lambda: self._observe(spec))
+        self._probes.append(_Armed(spec, view))
+        self._dirty = True
+        return view
+
+    # ------------------------------------------------------------------ arming
+    def arm(self) -> None:
+        """Define, filter and enable every probe not yet armed, in one batch."""
+        pending = [probe for probe in self._probes if not probe.armed]
+        if self._instance_planned and not pending:
+            return
+        info = self.target
+        ops: list[Op] = []
+        inst = self.instance_path
+        if not self._instance_planned:
+            # Recorded before it exists: teardown removes it even if this batch dies half way.
+            self._instance_planned = True
+            ops.append(Mkdir(inst))
+            if "fields" in info.features:
+                ops.append(Write(f"{inst}/options/fields", "1", append=False))
+            if self.buffer_kb:
+                ops.append(Write(f"{inst}/buffer_size_kb", str(self.buffer_kb), append=False))
+            if self.scope == "run":
+                # Nothing is recorded until run() has put its pid in set_event_pid and turned tracing on.
+                ops.append(Write(f"{inst}/tracing_on", "0", append=False))
+                ops.append(Write(f"{inst}/options/event-fork", "1", append=False))
+        for probe in pending:
+            spec = probe.spec
+            if spec.is_dynamic:
+                self._removal_ops.append(Write(spec.control_file, spec.removal()))
+                ops.append(Write(spec.control_file, spec.render()))
+        for probe in pending:
+            spec = probe.spec
+            events_dir = f"{inst}/events/{spec.event_dir}"
+            if spec.filter:
+                ops.append(Write(f"{events_dir}/filter", spec.filter, append=False))
+            self._disable_ops.append(Write(f"{events_dir}/enable", "0", append=False))
+            ops.append(Write(f"{events_dir}/enable", "1", append=False))
+        for probe in pending:
+            if probe.spec.display not in self._catalog:
+                ops.append(Read(f"events/{probe.spec.event_dir}/format"))
+        results = self.backend.apply(ops, stop_on_error=True)
+        for probe in pending:
+            probe.armed = True
+        self._dirty = True
+        failed = results[-1] if results and not results[-1].ok else None
+        for result in results:
+            if result.ok and isinstance(result.op, Read) and result.op.path.endswith("/format"):
+                system = result.op.path.split("/")[1]
+                self._catalog.add(parse_format(result.data, system))
+        if failed is not None:
+            self._explain_failure(failed, pending)
+
+    def _explain_failure(self, failed: OpResult, pending: list[_Armed]) -> None:
+        op = failed.op
+        spec = self._spec_for_op(op, pending)
+        where = spec.where if spec else ""
+        what = f"{spec.kind} {spec.display}" if spec else op.path
+        if isinstance(op, Write) and op.path.endswith("_events"):
+            log = self._error_log_entry("error_log", op.data)
+            message = log.splitlines()[0].split(" error: ", 1)[-1] if log else failed.error
+            cls = ProbeRejected
+            if spec and ("Invalid probed address or symbol" in message or "Failed to find" in message):
+                cls = UnknownSymbol
+                message = self._unknown_symbol_hint(spec, message)
+            raise cls(
+                f"the kernel rejected {what}: {message}",
+                command=op.data,
+                path=op.path,
+                errno_name=failed.errno_name,
+                kernel_log=log,
+                where=where,
+            )
+        if isinstance(op, Write) and op.path.endswith("/filter"):
+            detail = self.backend.apply([Read(op.path, missing_ok=True)])[0].data
+            raise ProbeRejected(
+                f"the kernel rejected the filter of {what} ({failed.errno_name} {failed.error})",
+                command=op.data,
+                path=op.path,
+                errno_name=failed.errno_name,
+                kernel_log=detail,
+                where=where,
+            )
+        if isinstance(op, Write) and op.path.endswith("/enable") and failed.errno_name == "ENOENT" and spec:
+            if spec.kind == "tracepoint":
+                available = self.backend.apply([Read("available_events")])[0].data.split()
+                close = difflib.get_close_matches(spec.display, available, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise UnknownSymbol(f"unknown tracepoint {spec.display}: {self.target.name} has no such event{hint}",
+                                    where=where)
+        if isinstance(op, Mkdir) and failed.errno_name in ("ENOENT", "EACCES", "EPERM"):
+            raise KtraceError(
+                f"cannot create tracing instance {op.path} on {self.target.name}: {failed.error}; this needs "
+                "root (or CAP_SYS_ADMIN) and a kernel with tracefs instances"
+            )
+        raise ProbeRejected(
+            f"arming {what} failed: {failed.errno_name} {failed.error}",
+            command=getattr(op, "data", ""),
+            path=op.path,
+            errno_name=failed.errno_name,
+            where=where,
+        )
+
+    def _spec_for_op(self, op: Op, pending: list[_Armed]) -> Optional[ProbeSpec]:
+        for probe in pending:
+            spec = probe.spec
+            if isinstance(op, Write) and (op.data == spec.render() if spec.is_dynamic else False):
+                return spec
+            if f"/events/{spec.event_dir}/" in op.path or op.path.startswith(f"events/{spec.event_dir}/"):
+                return spec
+        return None
+
+    def _error_log_entry(self, log_path: str, command: str) -> str:
+        """Our entry in the kernel's error_log: the last one whose Command line is exactly our command."""
+        text = self.backend.apply([Read(log_path, missing_ok=True)])[0].data
+        lines = text.splitlines()
+        wanted = "  Command: " + " ".join(command.split())
+        for index in range(len(lines) - 1, 0, -1):
+            if lines[index] == wanted and index + 1 < len(lines):
+                return "\n".join(lines[index - 1 : index + 2])
+        return ""
+
+    def _unknown_symbol_hint(self, spec: ProbeSpec, message: str) -> str:
+        if spec.kind not in ("kprobe", "kretprobe"):
+            return message
+        symbol = spec.location.split("+", 1)[0]
+        text = self.backend.apply([Read("available_filter_functions", missing_ok=True)])[0].data
+        names = {line.split()[0] for line in text.splitlines() if line.strip()}
+        close = difflib.get_close_matches(symbol, names, n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        if names and symbol not in names:
+            return f"unknown symbol {symbol!r} ({message}){hint}"
+        return message
+
+    # -------------------------------------------------------------- running
+    def run(
+        self,
+        argv: Union[str, Sequence[str]],
+        *,
+        timeout: Optional[float] = None,
+        stdin: Optional[str] = None,
+        check: bool = False,
+    ) -> RunResult:
+        """Run a command on the target with every probe armed; returns its exit status and output."""
+        __tracebackhide__ = True
+        if isinstance(argv, str):
+            argv = [argv]
+        argv = [os.fspath(part) for part in argv]
+        self.arm()
+        pid_files: list[str] = []
+        if self.scope == "run":
+            pid_files.append(f"{self.instance_path}/set_event_pid")
+            if not self._tracing_started:
+                # A pid is a non-zero number, so appending it to tracing_on turns the instance on after the
+                # pid filter is in place, with no extra round trip.
+                pid_files.append(f"{self.instance_path}/tracing_on")
+        result = self.backend.run(
+            argv, timeout=self.run_timeout if timeout is None else timeout, pid_files=pid_files, stdin=stdin
+        )
+        self._tracing_started = True
+        self._runs.append(result)
+        self._dirty = True
+        if check:
+            result.check()
+        return result
+
+    @property
+    def runs(self) -> list[RunResult]:
+        return list(self._runs)
+
+    # ------------------------------------------------------------ collecting
+    def collect(self) -> ParsedTrace:
+        """Read and parse this test's trace now (later accesses reuse it until the next run/arm/wait)."""
+        self.arm()
+        result = self.backend.apply([Read(f"{self.instance_path}/trace")])[0]
+        if not result.ok:
+            raise KtraceError(f"reading {self.instance_path}/trace failed: {result.errno_name} {result.error}")
+        self._raw_trace = result.data
+        self._parsed = TraceParser(self._catalog).parse(result.data)
+        self._dirty = False
+        return self._parsed
+
+    def _current(self) -> ParsedTrace:
+        if self._dirty or self._parsed is None:
+            return self.collect()
+        return self._parsed
+
+    def _observe(self, spec: ProbeSpec) -> Observation:
+        parsed = self._current()
+        events = [e for e in parsed.events if e.name == spec.event and e.system == spec.group]
+        hints: list[str] = []
+        if not events and not self._runs:
+            hints.append("nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
+                         "or wait for asynchronous events with ktrace.wait_for(...)")
+        return Observation(events, dict(parsed.lost), hints)
+
+    @property
+    def events(self) -> list[Event]:
+        """Every event of this test, in trace order."""
+        return list(self._current().events)
+
+    @property
+    def trace_text(self) -> str:
+        """The raw trace as last collected (what the failure report section shows)."""
+        return self._raw_trace
+
+    def wait_for(self, probe: ProbeView, count: int = 1, *, timeout: float = 10.0, poll_s: float = 0.05,
+                 **fields: Any) -> list[Event]:
+        """Wait until ``probe`` has at least ``count`` events (matching ``fields``); return them."""
+        __tracebackhide__ = True
+        view = probe.where(**fields) if fields else probe
+        deadline = time.monotonic() + timeout
+        while True:
+            self._dirty = True
+            seen = view.events
+            if len(seen) >= count:
+                return seen
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"wait_for({probe.name}, count={count}): only {len(seen)} matching event(s) after "
+                    f"{timeout} s" + (f" (where {fields})" if fields else "")
+                )
+            time.sleep(poll_s)
+
+    def assert_order(self, *probes: ProbeView) -> None:
+        """The first event of each probe occurs in the given order."""
+        __tracebackhide__ = True
+        order = {id(event): index for index, event in enumerate(self._current().events)}
+        assert_order(probes, position=lambda event: order.get(id(event), -1))
+
+    def assert_latency(
+        self, entry: ProbeView, exit: ProbeView, *, max_us: Optional[float] = None, min_us: Optional[float] = None
+    ) -> list[float]:
+        """Pair entry/exit events per task and check every duration; returns the durations (us)."""
+        __tracebackhide__ = True
+        return assert_latency(entry, exit, max_us=max_us, min_us=min_us)
+
+    # -------------------------------------------------------------- teardown
+    def teardown_ops(self) -> list[Op]:
+        """Undo everything planned, in the safe order: disable (else EBUSY), drop the instance, remove events."""
+        ops: list[Op] = list(self._disable_ops)
+        if self._instance_planned:
+            ops.append(Rmdir(self.instance_path))
+        ops.extend(self._removal_ops)
+        return ops
+
+    def teardown(self) -> TeardownReport:
+        report = TeardownReport()
+        if self._torn_down:
+            return report
+        self._torn_down = True
+        ops = self.teardown_ops()
+        if not ops:
+            return report
+        for result in self.backend.apply(ops):
+            if result.ok or result.errno_name == "ENOENT":
+                continue  # ENOENT: the batch that should have created it never got that far
+            report.failures.append(f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
+                                   + (f" ({result.op.data!r})" if isinstance(result.op, Write) else ""))
+        for path in self._elf_cache.values():
+            path.unlink(missing_ok=True)
+        return report
+
+    def describe_target(self) -> str:
+        return self.target.summary()
+
+    @property
+    def arch(self) -> str:
+        return normalize_arch(self.target.arch)

@@ -1,0 +1,239 @@
+"""Which target a test runs against, resolved from marker > command line > ini, and per-run backend state."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import pytest
+
+from .backends.base import Backend, Read, Rmdir, Write
+from .errors import KtraceError
+from .identity import RunIdentity, stale_owner
+
+__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
+
+# key -> (command-line dest, ini name, default, kind)
+_SETTINGS: dict[str, tuple[str, str, Any, str]] = {
+    "backend": ("ktrace_backend", "ktrace_backend", None, "str"),
+    "host": ("ktrace_host", "ktrace_host", None, "str"),
+    "vm": ("ktrace_vm", "ktrace_vm", None, "str"),
+    "tracefs": ("ktrace_tracefs", "ktrace_tracefs", None, "str"),
+    "sudo": ("ktrace_sudo", "ktrace_sudo", False, "bool"),
+    "ssh_config": ("ktrace_ssh_config", "ktrace_ssh_config", None, "str"),
+    "accept_new_host_key": ("ktrace_accept_new_host_key", "ktrace_accept_new_host_key", False, "bool"),
+    "scope": ("ktrace_scope", "ktrace_scope", "all", "str"),
+    "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
+    "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
+}
+MARKER_KEYS = frozenset(_SETTINGS)
+SCOPES = ("all", "run")
+VM_ARCHES = ("x86_64", "arm64")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where and how a test traces. ``backend`` is ``local``, ``ssh``, ``vm`` or a third-party name."""
+
+    backend: str = "local"
+    host: Optional[str] = None
+    vm: Optional[str] = None
+    tracefs: Optional[str] = None
+    sudo: bool = False
+    ssh_config: Optional[str] = None
+    accept_new_host_key: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.backend == "vm":
+            return f"vm:{self.vm}"
+        return self.host if self.backend == "ssh" and self.host else self.backend
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    target: TargetSpec
+    scope: str = "all"
+    timeout: Optional[float] = 60.0
+    buffer_kb: Optional[int] = None
+
+
+def _convert(key: str, kind: str, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"pytest-ktrace: {source} {key}={value!r} is not a valid {kind}") from None
+
+
+def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> Any:
+    dest, ini, default, kind = _SETTINGS[key]
+    if key in marker_kwargs:
+        return _convert(key, kind, marker_kwargs[key], "@pytest.mark.ktrace")
+    cli = config.getoption(dest, default=None)
+    if cli is not None:
+        return _convert(key, kind, cli, "--" + dest.replace("_", "-"))
+    raw = config.getini(ini)
+    if raw not in (None, "", []):
+        return _convert(key, kind, raw, f"ini {ini}")
+    return default
+
+
+def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
+    if args:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})"
+        )
+    unknown = sorted(set(kwargs) - MARKER_KEYS)
+    if unknown:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace got unknown argument(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(MARKER_KEYS))}"
+        )
+    if "scope" in kwargs and kwargs["scope"] not in SCOPES:
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(scope={kwargs['scope']!r}): use 'all' or 'run'")
+    if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}"
+        )
+
+
+def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:
+    """Settings of one test: each key from its marker, else the command line, else the ini file."""
+    kwargs = marker_kwargs or {}
+    values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
+    backend = values["backend"]
+    if "backend" not in kwargs and ("vm" in kwargs or "host" in kwargs):
+        # A marker naming a host or a vm picks that kind of target, whatever the command line said.
+        backend = "vm" if "vm" in kwargs else "ssh"
+    if backend is None:
+        backend = "vm" if values["vm"] else "ssh" if values["host"] else "local"
+    if backend == "ssh" and not values["host"]:
+        raise pytest.UsageError("pytest-ktrace: --ktrace-backend=ssh needs --ktrace-host=[user@]host[:port]")
+    if backend == "vm" and values["vm"] not in VM_ARCHES:
+        raise pytest.UsageError(f"pytest-ktrace: --ktrace-vm must be one of {', '.join(VM_ARCHES)}")
+    if values["scope"] not in SCOPES:
+        raise pytest.UsageError(f"pytest-ktrace: scope {values['scope']!r} must be 'all' or 'run'")
+    target = TargetSpec(
+        backend=backend,
+        host=values["host"] if backend == "ssh" else None,
+        vm=values["vm"] if backend == "vm" else None,
+        tracefs=values["tracefs"],
+        sudo=bool(values["sudo"]),
+        ssh_config=values["ssh_config"],
+        accept_new_host_key=bool(values["accept_new_host_key"]),
+    )
+    if backend == "local":
+        target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
+    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"])
+
+
+@dataclass
+class RunState:
+    """Everything pytest-ktrace keeps for one run (per xdist worker); lives in ``config.stash``."""
+
+    identity: RunIdentity
+    backends: dict[TargetSpec, Backend] = field(default_factory=dict)
+    failures: dict[TargetSpec, KtraceError] = field(default_factory=dict)
+    serial: int = 0
+    closers: list[Any] = field(default_factory=list)
+    live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def backend_for(self, config: pytest.Config, target: TargetSpec) -> Backend:
+        """The one backend of ``target`` for this run, made by the hook and cleaned of our stale leftovers."""
+        if target in self.failures:
+            raise self.failures[target]
+        if target not in self.backends:
+            try:
+                backend = config.hook.pytest_ktrace_make_backend(config=config, target=target)
+                if backend is None:
+                    raise pytest.UsageError(
+                        f"pytest-ktrace: no backend called {target.backend!r} (built in: local, ssh, vm)"
+                    )
+                backend.describe()
+                removed = clean_stale(backend, self.identity)
+            except KtraceError as exc:
+                self.failures[target] = exc
+                raise
+            if removed:
+                warnings.warn(
+                    f"pytest-ktrace removed leftovers of an earlier crashed run on {target.label}: "
+                    + ", ".join(removed),
+                    stacklevel=1,
+                )
+            self.backends[target] = backend
+            config.hook.pytest_ktrace_target_ready(config=config, target=target, backend=backend)
+        return self.backends[target]
+
+    def close(self) -> None:
+        for session in list(self.live):
+            try:
+                session.teardown()
+            except Exception:
+                pass
+        self.live.clear()
+        for backend in self.backends.values():
+            try:
+                backend.close()
+            except Exception:
+                pass
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:
+                pass
+        self.backends.clear()
+        self.closers.clear()
+
+
+def state_key() -> pytest.StashKey[RunState]:
+    return _STATE
+
+
+_STATE: pytest.StashKey[RunState] = pytest.StashKey[RunState]()
+
+
+def clean_stale(backend: Backend, me: RunIdentity) -> list[str]:
+    """Remove instances and probe events that a dead pytest process on this machine left behind."""
+    info = backend.describe()
+    controls = [name for name in ("uprobe_events", "kprobe_events") if name.split("_")[0] + "s" in info.features]
+    listing = backend.run(["ls", "-1", f"{info.tracefs}/instances"], timeout=30)
+    instances = [name for name in listing.stdout.split() if stale_owner(name, me) is not None]
+    reads = backend.apply([Read(name, missing_ok=True) for name in controls])
+    removals: list[Write] = []
+    for control, result in zip(controls, reads):
+        for line in result.data.splitlines():
+            head = line.split(" ", 1)[0]
+            if ":" not in head or "/" not in head:
+                continue
+            group_event = head.split(":", 1)[1]
+            if stale_owner(group_event.split("/", 1)[0], me) is not None:
+                removals.append(Write(control, f"-:{group_event}"))
+    if not instances and not removals:
+        return []
+    # Dropping an instance disables what it enabled, so the events can then be removed without EBUSY.
+    results = backend.apply([*(Rmdir(f"instances/{name}") for name in instances), *removals])
+    return [
+        (f"instance {r.op.path}" if isinstance(r.op, Rmdir) else f"event {r.op.data[2:]}")
+        for r in results
+        if r.ok and isinstance(r.op, (Rmdir, Write))
+    ]

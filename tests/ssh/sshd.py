@@ -1,0 +1,263 @@
+"""A real OpenSSH server on loopback for the SSH backend tests.
+
+:class:`SshServer` starts ``/usr/sbin/sshd -D`` on ``127.0.0.1`` with a free port and everything in one temporary
+directory: its own config, a fresh ed25519 host key, a PidFile, per-user ``authorized_keys`` files (via ``%u``), a
+client key pair, a private ``known_hosts`` and a private ``ssh_config`` with ``Host`` aliases. Only loopback is
+ever used. :meth:`SshServer.stop` ends exactly the sshd process it started.
+
+:func:`ensure_users` creates, idempotently, the local accounts the tests log in as:
+
+- ``ktrace-root``: a uid-0 alias of root whose login shell is ``/bin/sh``. root's ``~/.bashrc`` on the dev machine
+  runs ``pyenv init`` on every SSH exec (bash sources ``.bashrc`` for commands run by sshd), which costs far more
+  than the work under test; the alias gives root's rights without that cost.
+- ``ktrace-nosudo``: an ordinary user without sudo.
+- ``ktrace-sudo``: may run anything with ``sudo`` without a password (``/etc/sudoers.d/ktrace-test``).
+- ``ktrace-sudopw``: may use ``sudo`` but only with a password (which it does not have), so ``sudo -n`` fails.
+
+The accounts get the password field ``*`` (no password, but not "locked": sshd with ``UsePAM no`` refuses locked
+accounts even for key authentication).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SSHD = "/usr/sbin/sshd"
+ROOT_ALIAS = "ktrace-root"
+NOSUDO = "ktrace-nosudo"
+SUDO = "ktrace-sudo"
+SUDOPW = "ktrace-sudopw"
+USERS = (ROOT_ALIAS, NOSUDO, SUDO, SUDOPW)
+SUDOERS_FILE = Path("/etc/sudoers.d/ktrace-test")
+SUDOERS_TEXT = (
+    "# pytest-ktrace SSH backend tests (tests/ssh/sshd.py): one user with sudo NOPASSWD, one that needs a password\n"
+    f"{SUDO} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    f"{SUDOPW} ALL=(ALL:ALL) ALL\n"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _user_exists(name: str) -> bool:
+    return subprocess.run(["getent", "passwd", name], capture_output=True).returncode == 0
+
+
+def ensure_users() -> None:
+    """Create the test accounts and the sudoers drop-in if they are missing (needs root)."""
+    for name in USERS:
+        if _user_exists(name):
+            continue
+        if name == ROOT_ALIAS:
+            cmd = ["useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", "/root", "-s", "/bin/sh", name]
+        else:
+            cmd = ["useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", name]
+        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    if not SUDOERS_FILE.exists() or SUDOERS_FILE.read_text() != SUDOERS_TEXT:
+        tmp = SUDOERS_FILE.with_name(".ktrace-test.tmp")
+        tmp.write_text(SUDOERS_TEXT)
+        tmp.chmod(0o440)
+        subprocess.run(["visudo", "-cqf", str(tmp)], check=True, capture_output=True)
+        tmp.replace(SUDOERS_FILE)
+
+
+def keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class SshServer:
+    """One sshd on 127.0.0.1 living in ``workdir``; see the module docstring."""
+
+    workdir: Path
+    port: int = 0
+    proc: Optional[subprocess.Popen[bytes]] = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host_key(self) -> Path:
+        return self.workdir / "ssh_host_ed25519_key"
+
+    @property
+    def client_key(self) -> Path:
+        return self.workdir / "id_ed25519"
+
+    @property
+    def other_key(self) -> Path:
+        """A key that is in no authorized_keys file."""
+        return self.workdir / "id_other"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.workdir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.workdir / "ssh_config"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "sshd.log"
+
+    def known_hosts_line(self) -> str:
+        pub = (self.workdir / "ssh_host_ed25519_key.pub").read_text().split()
+        return f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n"
+
+    def start(self) -> SshServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        keygen(self.host_key, "ktrace-test-host")
+        keygen(self.client_key, "ktrace-test-client")
+        keygen(self.other_key, "ktrace-test-other")
+        auth_dir = self.workdir / "authorized_keys"
+        auth_dir.mkdir()
+        pub = (self.workdir / "id_ed25519.pub").read_text()
+        for user in (*USERS, "root"):
+            (auth_dir / user).write_text(pub)
+        self.port = free_port()
+        config = self.workdir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.workdir / 'sshd.pid'}",
+                    "UsePAM no",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    f"AuthorizedKeysFile {auth_dir}/%u",
+                    "StrictModes no",
+                    "AllowTcpForwarding yes",
+                    "PrintMotd no",
+                    "UseDNS no",
+                    "MaxStartups 100",
+                    "MaxSessions 100",
+                    "LogLevel VERBOSE",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        self.known_hosts.write_text(self.known_hosts_line())
+        blocks = []
+        for alias, user in {
+            "ktrace-test": ROOT_ALIAS,
+            "ktrace-test-nosudo": NOSUDO,
+            "ktrace-test-sudo": SUDO,
+            "ktrace-test-sudopw": SUDOPW,
+        }.items():
+            self.aliases[alias] = user
+            blocks.append(
+                f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {user}\n"
+                f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {self.known_hosts}\n"
+            )
+        blocks.append(
+            f"Host ktrace-test-jump\n  HostName 127.0.0.1\n  Port {self.port}\n  User {ROOT_ALIAS}\n"
+            f"  ProxyJump ktrace-test-nosudo\n  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {self.known_hosts}\n"
+        )
+        self.ssh_config.write_text("\n".join(blocks))
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-f", str(config), "-E", str(self.log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not listen on 127.0.0.1:{self.port}: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """End the sshd process this object started (its connection children were forked from it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def ssh_cli(self, alias: str, command: str) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` through the OpenSSH client, as a reference for what ``ssh`` itself would do."""
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", alias, command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+
+def session_children(server_pid: int) -> dict[int, str]:
+    """pid -> cmdline of the processes whose parent is ``server_pid`` (sshd's per-connection children)."""
+    out: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == server_pid:
+                out[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def pid_of_connection(server_pid: int, client_port: int) -> int:
+    """The sshd child serving the TCP connection whose client side is 127.0.0.1:``client_port``.
+
+    Found through ``/proc/net/tcp`` (the socket inode of that connection) and the children's open fds.
+    """
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        local, remote = cols[1], cols[2]
+        # server side of the connection: remote end is our client port
+        if int(remote.split(":")[1], 16) == client_port and int(local.split(":")[1], 16) != client_port:
+            inode = cols[9]
+            break
+    if not inode:
+        raise LookupError(f"no TCP socket with peer port {client_port}")
+    target = f"socket:[{inode}]"
+    for pid in session_children(server_pid):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+        except OSError:
+            continue
+    raise LookupError(f"no child of sshd {server_pid} holds {target}")
+
+
+def which(name: str) -> Optional[str]:
+    return shutil.which(name)
