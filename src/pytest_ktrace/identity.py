@@ -1,7 +1,7 @@
 """Names that make our tracefs objects ours: unique per machine, run and xdist worker, and recognisable later.
 
-Every group and instance we create is called ``ktrace_<tag>_<pid>[...]``: ``tag`` identifies the machine pytest
-runs on and ``pid`` the pytest process. A leftover is *provably ours* only when its tag is this machine's and its
+Every group and instance we create is called ``ktrace_<tag>_<pid>_<run>[_<serial>]``: ``tag`` identifies the
+machine pytest runs on, ``pid`` the pytest process and ``run`` one pytest run inside it (pytester runs several). A leftover is *provably ours* only when its tag is this machine's and its
 pid is no longer alive here; anything else (a live run, another machine's run, a foreign probe) is left alone.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 from typing import Optional
 
 __all__ = ["OWNED_NAME", "RunIdentity", "machine_tag", "stale_owner"]
 
-OWNED_NAME = re.compile(r"^ktrace_(?P<tag>[0-9a-f]{6})_(?P<pid>\d+)(?:_(?P<serial>\d+))?$")
+OWNED_NAME = re.compile(r"^ktrace_(?P<tag>[0-9a-f]{6})_(?P<pid>\d+)_(?P<run>[0-9a-f]{4})(?:_(?P<serial>\d+))?$")
 
 
 def machine_tag() -> str:
@@ -44,19 +45,20 @@ def _alive(pid: int) -> bool:
 class RunIdentity:
     tag: str
     pid: int
+    run: str
 
     @classmethod
     def current(cls) -> RunIdentity:
-        return cls(machine_tag(), os.getpid())
+        return cls(machine_tag(), os.getpid(), secrets.token_hex(2))
 
     @property
     def group(self) -> str:
-        """The event group of every probe this process defines."""
-        return f"ktrace_{self.tag}_{self.pid}"
+        """The event group of every probe this run defines."""
+        return f"ktrace_{self.tag}_{self.pid}_{self.run}"
 
     def instance(self, serial: int) -> str:
-        """The tracing instance of the ``serial``-th test of this process."""
-        return f"ktrace_{self.tag}_{self.pid}_{serial}"
+        """The tracing instance of the ``serial``-th test of this run."""
+        return f"{self.group}_{serial}"
 
 
 def stale_owner(name: str, me: RunIdentity) -> Optional[int]:

@@ -1,0 +1,1 @@
+"""Repository-wide test configuration: real tracefs is required here, never silently replaced."""

@@ -1,0 +1,472 @@
+"""POSIX ``sh`` scripts for a remote tracefs, and the parsers of their output (pure functions, no I/O).
+
+The SSH backend sends each script on the stdin of ``sh -s``. The target may have nothing but busybox, so the
+scripts use only POSIX sh, ``dd``, ``cat``, ``mkdir``, ``rmdir``, ``uname``, ``id``, ``grep`` and optionally
+``setsid``; they run the same under dash, bash and busybox ash, with GNU coreutils or busybox applets.
+
+Every value from the caller is single-quoted (:func:`quote`), so data may contain quotes, ``$retval``, backticks,
+``;``, newlines or ``$(...)`` and still reaches the kernel byte for byte.
+
+Output framing: every frame is ``\\n<nonce> <TAG> <fields>\\n`` followed by an optional payload that runs up to the
+next frame. The nonce is random for each script (:func:`new_nonce`), so no file content or command output can
+forge a frame; splitting the output on ``\\n<nonce> `` gives back every payload exactly (the ``\\n`` in front of
+each frame belongs to the frame, so content without a trailing newline survives too).
+
+Writes go through ``printf '%s' DATA | dd of=FILE bs=LEN oflag=append conv=notrunc``: one ``write()`` syscall of
+the whole command (``bs`` is its byte length; ``iflag=fullblock`` is added when the data is larger than a pipe's
+atomic size and the ``dd`` supports it), O_APPEND and never O_TRUNC, and a failure is reported by ``dd`` as
+``dd: error writing 'FILE': <strerror>`` (GNU and busybox alike), which :func:`errno_from_text` maps back to the
+errno name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from .base import Mkdir, Op, OpResult, Read, Rmdir, Write
+
+__all__ = [
+    "DEFAULT_TRACEFS",
+    "BatchOutput",
+    "DescribeOutput",
+    "RunOutput",
+    "errno_from_text",
+    "forced_append",
+    "new_nonce",
+    "parse_batch",
+    "parse_describe",
+    "parse_run",
+    "quote",
+    "render_batch",
+    "render_describe",
+    "render_kill",
+    "render_run",
+]
+
+DEFAULT_TRACEFS: tuple[str, ...] = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+# Above this many bytes a pipe write is no longer atomic, so dd must be told to read a full block.
+_PIPE_ATOMIC = 4096
+
+
+def quote(value: str) -> str:
+    """``value`` as one single-quoted sh word: nothing inside is interpreted (``'`` becomes ``'\\''``)."""
+    if "\0" in value:
+        raise ValueError("a NUL byte cannot be passed through a shell word")
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def new_nonce() -> str:
+    """A fresh frame marker for one script: 128 random bits, never present in any file."""
+    return "KTF" + secrets.token_hex(16)
+
+
+def forced_append(path: str) -> bool:
+    """Probe lists (``kprobe_events``, ``uprobe_events``, ``dynamic_events``, ...) are only ever appended to:
+    opening them with O_TRUNC deletes every probe of that kind, including other users' ones."""
+    return posixpath.basename(path.rstrip("/")).endswith("_events")
+
+
+# --- errno names from strerror texts ------------------------------------------------------------------------
+
+def _strerror_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for number, name in sorted(errno.errorcode.items()):
+        table.setdefault(os.strerror(number), name)
+    # musl libc (busybox-only boards) words some messages differently from glibc
+    for text, name in {
+        "Resource busy": "EBUSY",
+        "Out of memory": "ENOMEM",
+        "I/O error": "EIO",
+        "No child process": "ECHILD",
+        "No error information": "",
+        "Not supported": "EOPNOTSUPP",
+        "Operation not supported": "EOPNOTSUPP",
+        "Device not configured": "ENXIO",
+        "Argument list too long": "E2BIG",
+        "Resource temporarily unavailable": "EAGAIN",
+        "Invalid or incomplete multibyte or wide character": "EILSEQ",
+        "Illegal byte sequence": "EILSEQ",
+        "Too many open files in system": "ENFILE",
+        "No such device": "ENODEV",
+    }.items():
+        table.setdefault(text, name)
+    return table
+
+
+_STRERROR = _strerror_table()
+
+
+def errno_from_text(text: str) -> tuple[str, str]:
+    """(errno name, strerror) from a tool's error output such as ``dd: error writing 'x': Invalid argument``.
+
+    The first line whose text after its last ``": "`` is a known strerror wins; otherwise the errno name is
+    ``""`` and the error is the last non-empty line.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        tail = line.rsplit(": ", 1)[-1].strip()
+        name = _STRERROR.get(tail)
+        if name:
+            return name, tail
+    return "", (lines[-1] if lines else "")
+
+
+# --- the shared prelude -------------------------------------------------------------------------------------
+
+# Shell functions of every script. ``kt_f`` prints one frame; ``kt_cd`` enters tracefs or says why it cannot.
+_PRELUDE = r"""LC_ALL=C
+export LC_ALL
+kt_n=@NONCE@
+kt_f() { printf '\n%s %s\n' "$kt_n" "$*"; }
+kt_cd() {
+  for kt_d in @CANDIDATES@; do
+    if [ -e "$kt_d/available_events" ] && cd "$kt_d" 2>/dev/null; then kt_f T "$kt_d"; return 0; fi
+  done
+  for kt_d in @CANDIDATES@; do
+    if [ -d "$kt_d" ] && { [ ! -x "$kt_d" ] || [ ! -r "$kt_d" ]; }; then
+      kt_f X noaccess "$(id -un 2>/dev/null || id -u)" "$kt_d"; return 1
+    fi
+    kt_p=${kt_d%/*}
+    if [ -n "$kt_p" ] && [ -d "$kt_p" ] && [ ! -x "$kt_p" ]; then
+      kt_f X noaccess "$(id -un 2>/dev/null || id -u)" "$kt_p"; return 1
+    fi
+  done
+  kt_f X nomount; return 1
+}
+"""
+
+_OPS_FUNCS = r"""kt_fb=
+kt_w() {
+  if [ "$4" = 1 ]; then
+    kt_e=$(printf '%s' "$2" | dd $kt_fb of="$1" bs="$3" oflag=append conv=notrunc 2>&1 >/dev/null)
+  else
+    kt_e=$(printf '%s' "$2" | dd $kt_fb of="$1" bs="$3" 2>&1 >/dev/null)
+  fi
+  kt_r=$?
+}
+kt_rd() {
+  kt_f B "$3"
+  if [ "$2" = 1 ] && [ ! -e "$1" ] && [ ! -L "$1" ]; then kt_r=0; kt_e=; return; fi
+  { kt_e=$(cat "$1" 2>&1 >&3 3>&-); kt_r=$?; } 3>&1
+}
+kt_md() { kt_e=$(mkdir "$1" 2>&1); kt_r=$?; }
+kt_rm() { kt_e=$(rmdir "$1" 2>&1); kt_r=$?; }
+kt_s() { printf '\n%s S %s %s\n%s' "$kt_n" "$1" "$kt_r" "$kt_e"; }
+"""
+
+_FULLBLOCK_PROBE = (
+    "if printf ab | dd iflag=fullblock bs=2 of=/dev/null >/dev/null 2>&1; then kt_fb=iflag=fullblock; fi\n"
+)
+
+
+def _prelude(nonce: str, candidates: Sequence[str]) -> str:
+    return _PRELUDE.replace("@NONCE@", quote(nonce)).replace(
+        "@CANDIDATES@", " ".join(quote(c) for c in candidates)
+    )
+
+
+def _shell_path(path: str) -> str:
+    """A tracefs path as the script addresses it: relative to the tracefs root it has cd'ed into."""
+    if path.startswith("/"):
+        return path
+    return "./" + path.lstrip("/")
+
+
+# --- apply() ------------------------------------------------------------------------------------------------
+
+def render_batch(
+    ops: Sequence[Op], nonce: str, *, candidates: Sequence[str] = DEFAULT_TRACEFS, stop_on_error: bool = False
+) -> str:
+    """One script applying ``ops`` in order inside tracefs. Frames: ``T root`` (or ``X reason``), then per op
+    ``B i`` + content (reads only) and ``S i rc`` + error text, then ``END``."""
+    out = [_prelude(nonce, candidates), _OPS_FUNCS]
+    if any(isinstance(op, Write) and len(op.data.encode("utf-8", "surrogateescape")) > _PIPE_ATOMIC for op in ops):
+        out.append(_FULLBLOCK_PROBE)
+    out.append("kt_f START\n")
+    out.append("kt_cd || { kt_f END; exit 0; }\n")
+    for index, op in enumerate(ops):
+        path = quote(_shell_path(op.path))
+        if isinstance(op, Write):
+            size = len(op.data.encode("utf-8", "surrogateescape"))
+            append = "1" if (op.append or forced_append(op.path)) else "0"
+            out.append(f"kt_w {path} {quote(op.data)} {max(size, 1)} {append}\n")
+        elif isinstance(op, Read):
+            out.append(f"kt_rd {path} {'1' if op.missing_ok else '0'} {index}\n")
+        elif isinstance(op, Mkdir):
+            out.append(f"kt_md {path}\n")
+        elif isinstance(op, Rmdir):
+            out.append(f"kt_rm {path}\n")
+        else:  # pragma: no cover - guarded by the Op union
+            raise TypeError(f"not a tracefs operation: {op!r}")
+        out.append(f"kt_s {index}\n")
+        if stop_on_error:
+            out.append('[ "$kt_r" = 0 ] || { kt_f END; exit 0; }\n')
+    out.append("kt_f END\n")
+    return "".join(out)
+
+
+@dataclass
+class Frame:
+    tag: str
+    fields: list[str]
+    payload: bytes
+
+
+def split_frames(output: bytes, nonce: str) -> list[Frame]:
+    """The frames of a script's stdout (text before the first frame, e.g. a login banner, is dropped)."""
+    marker = b"\n" + nonce.encode() + b" "
+    frames: list[Frame] = []
+    for chunk in output.split(marker)[1:]:
+        head, _, payload = chunk.partition(b"\n")
+        parts = head.decode("utf-8", "surrogateescape").split(" ")
+        frames.append(Frame(parts[0], parts[1:], payload))
+    return frames
+
+
+@dataclass
+class TracefsProblem:
+    """Why a script could not enter tracefs: ``nomount``, or ``noaccess`` (``user`` may not enter ``path``)."""
+
+    reason: str
+    user: str = ""
+    path: str = ""
+
+
+def _tracefs_frames(frames: Sequence[Frame]) -> tuple[Optional[str], Optional[TracefsProblem]]:
+    for frame in frames:
+        if frame.tag == "T":
+            return " ".join(frame.fields), None
+        if frame.tag == "X" and frame.fields:
+            reason = frame.fields[0]
+            user = frame.fields[1] if len(frame.fields) > 1 else ""
+            return None, TracefsProblem(reason, user, " ".join(frame.fields[2:]))
+    return None, None
+
+
+@dataclass
+class BatchOutput:
+    started: bool
+    complete: bool
+    tracefs: Optional[str]
+    problem: Optional[TracefsProblem]
+    results: list[OpResult] = field(default_factory=list)
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def parse_batch(ops: Sequence[Op], output: bytes, nonce: str) -> BatchOutput:
+    """Results of :func:`render_batch`'s script, in op order (fewer than ``ops`` after a stop_on_error stop)."""
+    frames = split_frames(output, nonce)
+    tracefs, problem = _tracefs_frames(frames)
+    result = BatchOutput(
+        started=any(f.tag == "START" for f in frames),
+        complete=any(f.tag == "END" for f in frames),
+        tracefs=tracefs,
+        problem=problem,
+    )
+    content: dict[int, bytes] = {}
+    for frame in frames:
+        if frame.tag == "B":
+            content[int(frame.fields[0])] = frame.payload
+        elif frame.tag == "S":
+            index, rc = int(frame.fields[0]), int(frame.fields[1])
+            op = ops[index]
+            if rc == 0:
+                result.results.append(OpResult(op, ok=True, data=decode(content.get(index, b""))))
+            else:
+                name, text = errno_from_text(decode(frame.payload))
+                result.results.append(OpResult(op, ok=False, errno_name=name, error=text))
+    return result
+
+
+# --- describe() ---------------------------------------------------------------------------------------------
+
+def render_describe(nonce: str, feature_paths: Sequence[str], candidates: Sequence[str] = DEFAULT_TRACEFS) -> str:
+    """Kernel release (``K``), machine (``M``), user (``W uid name``), tracefs (``T``/``X``), permissions
+    (``P r``/``P w``), which of ``feature_paths`` exist (``E path``) and the README (``R`` + payload)."""
+    checks = "".join(f"[ -e {quote(p)} ] && kt_f E {quote(p)}\n" for p in feature_paths)
+    return (
+        _prelude(nonce, candidates)
+        + "kt_f START\n"
+        + 'kt_f K "$(uname -r)"\n'
+        + 'kt_f M "$(uname -m)"\n'
+        + 'kt_f W "$(id -u)" "$(id -un 2>/dev/null)"\n'
+        + "if kt_cd; then\n"
+        + "[ -r available_events ] && kt_f P r\n"
+        + "for kt_c in dynamic_events kprobe_events uprobe_events set_event; do\n"
+        + '  if [ -e "$kt_c" ]; then [ -w "$kt_c" ] && kt_f P w; break; fi\n'
+        + "done\n"
+        + checks
+        + "kt_f R\ncat README 2>/dev/null\n"
+        + "fi\n"
+        + "kt_f END\n"
+    )
+
+
+@dataclass
+class DescribeOutput:
+    started: bool
+    complete: bool
+    release: str
+    arch: str
+    uid: str
+    user: str
+    tracefs: Optional[str]
+    problem: Optional[TracefsProblem]
+    readable: bool
+    writable: bool
+    present: set[str]
+    readme: str
+
+
+def parse_describe(output: bytes, nonce: str) -> DescribeOutput:
+    frames = split_frames(output, nonce)
+    tracefs, problem = _tracefs_frames(frames)
+    info = DescribeOutput(
+        started=any(f.tag == "START" for f in frames),
+        complete=any(f.tag == "END" for f in frames),
+        release="",
+        arch="",
+        uid="",
+        user="",
+        tracefs=tracefs,
+        problem=problem,
+        readable=False,
+        writable=False,
+        present=set(),
+        readme="",
+    )
+    for frame in frames:
+        text = " ".join(frame.fields)
+        if frame.tag == "K":
+            info.release = text
+        elif frame.tag == "M":
+            info.arch = text
+        elif frame.tag == "W":
+            info.uid = frame.fields[0] if frame.fields else ""
+            info.user = " ".join(frame.fields[1:])
+        elif frame.tag == "P":
+            info.readable |= text == "r"
+            info.writable |= text == "w"
+        elif frame.tag == "E":
+            info.present.add(text)
+        elif frame.tag == "R":
+            info.readme = decode(frame.payload)
+    return info
+
+
+# --- run() --------------------------------------------------------------------------------------------------
+
+# Runs as the child: $$ is the pid the command will have. Appends it to each pid file (one write each), announces
+# it (P frame) and execs the command. Arguments: nonce, stdin file (or ""), tracefs root, count, pid files, argv.
+_INNER = r"""kt_n=$1; kt_in=$2; kt_t=$3; kt_c=$4; kt_h=$PWD; shift 4
+[ -n "$kt_in" ] && rm -f "$kt_in"
+while [ "$kt_c" -gt 0 ]; do
+  case $1 in /*) kt_o=$1;; *) kt_o=$kt_t/$1;; esac
+  kt_e=$(printf '%s' "$$" | dd of="$kt_o" bs=32 oflag=append conv=notrunc 2>&1 >/dev/null) || {
+    printf '\n%s F %s\n%s' "$kt_n" "$1" "$kt_e"; exit 125; }
+  shift; kt_c=$((kt_c - 1))
+done
+printf '\n%s P %s\n' "$kt_n" "$$"
+exec "$@"
+"""
+
+
+def render_run(
+    argv: Sequence[str],
+    nonce: str,
+    *,
+    pid_files: Sequence[str] = (),
+    stdin: Optional[str] = None,
+    candidates: Sequence[str] = DEFAULT_TRACEFS,
+) -> str:
+    """A script that runs ``argv`` (no shell interpretation) in its own session (``setsid`` when the target has
+    it), with ``stdin`` as its standard input (else /dev/null), in the login directory.
+
+    Frames: ``START``; ``T``/``X`` when there are pid files; ``C pid`` as soon as the child exists (the pid to
+    kill on timeout); ``P pid`` from the child right before exec; ``F file`` + error when a pid file refused the
+    pid; ``R rc`` when it ended; ``END``. The command's stdout is the payloads of ``C`` and ``P`` in order."""
+    if not argv:
+        raise ValueError("run() needs a command")
+    out = [_prelude(nonce, candidates), "kt_f START\n", "kt_t=\n"]
+    if pid_files:
+        out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
+    if stdin is not None:
+        out.append(
+            'kt_in="${TMPDIR:-/tmp}/.ktrace-stdin.$$.$kt_n"\n'
+            f"if ! (umask 077; set -C; printf '%s' {quote(stdin)} > \"$kt_in\"); then\n"
+            "  kt_f X stdin; kt_f END; exit 0\nfi\n"
+        )
+    else:
+        out.append("kt_in=\n")
+    words = " ".join(quote(a) for a in (*pid_files, *argv))
+    call = f'sh -c {quote(_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words} <"${{kt_in:-/dev/null}}"'
+    out.append(f"if command -v setsid >/dev/null 2>&1; then\n  setsid {call} &\nelse\n  {call} &\nfi\n")
+    out.append('kt_p=$!\nkt_f C "$kt_p"\nwait "$kt_p"\nkt_f R "$?"\nkt_f END\n')
+    return "".join(out)
+
+
+@dataclass
+class RunOutput:
+    started: bool
+    complete: bool
+    child: Optional[int]
+    pid: Optional[int]
+    returncode: Optional[int]
+    stdout: bytes
+    problem: Optional[TracefsProblem]
+    pid_file_error: Optional[tuple[str, str]]
+
+
+def parse_run(output: bytes, nonce: str) -> RunOutput:
+    """What :func:`render_run`'s script said so far (it may be parsed while still running)."""
+    frames = split_frames(output, nonce)
+    _, problem = _tracefs_frames(frames)
+    result = RunOutput(
+        started=any(f.tag == "START" for f in frames),
+        complete=any(f.tag == "END" for f in frames),
+        child=None,
+        pid=None,
+        returncode=None,
+        stdout=b"",
+        problem=problem,
+        pid_file_error=None,
+    )
+    stdout: list[bytes] = []
+    for frame in frames:
+        if frame.tag == "C":
+            result.child = int(frame.fields[0])
+            stdout.append(frame.payload)
+        elif frame.tag == "P":
+            result.pid = int(frame.fields[0])
+            stdout.append(frame.payload)
+        elif frame.tag == "R":
+            result.returncode = int(frame.fields[0])
+        elif frame.tag == "F":
+            result.pid_file_error = (" ".join(frame.fields), decode(frame.payload))
+    result.stdout = b"".join(stdout)
+    return result
+
+
+def render_kill(pid: int) -> str:
+    """Kill the process group led by ``pid`` (the command's session under setsid) and ``pid`` itself."""
+    if pid <= 1:
+        raise ValueError(f"refusing to kill pid {pid}")
+    return f"kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0\n"
+
+
+_SUDO_PROMPT = re.compile(r"a password is required|a terminal is required|askpass", re.IGNORECASE)
+
+
+def sudo_needs_password(stderr: str) -> bool:
+    """Whether ``sudo -n`` refused because it would have asked for a password."""
+    return bool(_SUDO_PROMPT.search(stderr))
