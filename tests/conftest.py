@@ -38,3 +38,12 @@ def tracefs_state() -> dict[str, str]:
 
 def ours(state: dict[str, str]) -> list[str]:
     return [line for text in state.values() for line in text.splitlines() if "ktrace_" in line]
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one command the way `echo >>` does (Python's "a" mode lseeks, which tracefs refuses)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

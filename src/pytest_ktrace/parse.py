@@ -26,9 +26,10 @@ best-effort.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Pattern, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Pattern, Sequence, Tuple
 
 from .errors import KtraceError
 from .events import Event, FieldValue
@@ -216,10 +217,12 @@ class FormatCatalog:
     def __init__(self, formats: Sequence[EventFormat] = ()) -> None:
         self._by_name: Dict[str, EventFormat] = {}
         self._by_full: Dict[str, EventFormat] = {}
+        self.version = 0  # bumped on every change (parsers drop their cached splitters)
         for fmt in formats:
             self.add(fmt)
 
     def add(self, fmt: EventFormat) -> None:
+        self.version += 1
         self._by_name[fmt.name] = fmt
         self._by_full[fmt.full_name] = fmt
 
@@ -228,6 +231,7 @@ class FormatCatalog:
         fmt = self.get(name)
         if fmt is None:
             return
+        self.version += 1
         self._by_full.pop(fmt.full_name, None)
         if self._by_name.get(fmt.name) is fmt:
             del self._by_name[fmt.name]
@@ -270,31 +274,31 @@ class ParsedTrace:
         return sum(self.lost.values())
 
 
-# "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <rest>"; comm may hold spaces and dashes, the pid is the
-# number after the last '-' before the cpu column. The tgid column (options/record-tgid) and the flags column
-# (options/irq-info) are optional, the timestamp may be an integer (counter / tsc clocks).
+# "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <name>: <body>"; comm may hold spaces and dashes, the pid is
+# the number after the last '-' before the cpu column. The tgid column (options/record-tgid) and the flags column
+# (options/irq-info) are optional, the timestamp may be an integer (counter / tsc clocks). ``other`` catches
+# event lines without a name (``UNKNOWN TYPE 5``).
 _HEADER_RE = re.compile(
     r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:(?P<flags>\S+)\s+)?"
-    r"(?P<ts>\d+(?:\.\d+)?):\s(?P<rest>.*)",
+    r"(?P<ts>\d+(?:\.\d+)?): (?:(?P<name>[^\s:]+):(?P<body>.*)|(?P<other>.*))",
     re.DOTALL,
 )
 _LOST_RE = re.compile(r"CPU:(\d+) \[LOST(?: (\d+))? EVENTS\]\s*")
-_EVENT_NAME_RE = re.compile(r"([^\s:]+):(.*)", re.DOTALL)
 _BUFFER_STARTED_RE = re.compile(r"##### CPU \d+ buffer started ####\s*")
 
-# value patterns of print_fields()
-_ERR = r"<[A-Z][A-Z-]*>"  # <OVERFLOW>, <INVALID-SIZE>, <INVALID-TYPE>
+# value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error marker
+_ERR = r"(<[A-Z][A-Z-]*>)"  # <OVERFLOW>, <INVALID-SIZE>, <INVALID-TYPE>
 _V_STRING = r"(.*?)"
-_V_PTR_STRING = r"(\(.*?\)|" + _ERR + r")"
-_V_INT1 = r"((?:'.')?\(-?\d+\)|" + _ERR + r")"
-_V_INT24 = r"((?:0x[0-9a-f]+|-?\d+) \(-?\d+\)|" + _ERR + r")"
-_V_INT8 = r"((?:0x[0-9a-f]+|\S+?(?: \[[^\]\s]+\])?) \(-?\d+\)|" + _ERR + r")"
-_V_ARRAY = r"((?:[0-9a-f]{2}(?:,[0-9a-f]{2})*)?|" + _ERR + r")"
+_V_PTR_STRING = r"(\(.*?\)|<[A-Z][A-Z-]*>)"
+_V_INT1 = r"(?:(?:'.')?\((-?\d+)\)|" + _ERR + r")"
+_V_INT24 = r"(?:(?:0x[0-9a-f]+|-?\d+) \((-?\d+)\)|" + _ERR + r")"
+_V_INT8 = r"(?:(?:0x[0-9a-f]+|\S+?(?: \[[^\]\s]+\])?) \((-?\d+)\)|" + _ERR + r")"
+_V_ARRAY = r"((?:[0-9a-f]{2}(?:,[0-9a-f]{2})*)?|<[A-Z][A-Z-]*>)"
 _V_OTHER = r"(.*?)"
 
 # kinds of value conversion
 _K_INT = 0  # decimal in the last (...), masked / sign-reinterpreted
-_K_STR = 1  # raw string, trailing NUL stripped
+_K_STR = 1  # raw string, trailing NULs stripped
 _K_PTRSTR = 2  # (0xptr:string) -> string, (0xptr) kept as is
 _K_RAW = 3  # kept as printed
 
@@ -303,7 +307,7 @@ _FB_INT = 0
 _FB_STR = 1
 _FB_RAW = 2
 
-_Plan = Tuple[Tuple[str, int, int, int], ...]  # (name, kind, mask, sign_bit or 0)
+_PlanEntry = Tuple[str, int, int, int]  # (name, kind, mask, sign bit or 0)
 
 
 def _kind_of(f: FieldFormat) -> Tuple[int, str]:
@@ -322,57 +326,108 @@ def _kind_of(f: FieldFormat) -> Tuple[int, str]:
     return _K_RAW, _V_OTHER
 
 
-def _plan_entry(f: FieldFormat, kind: int) -> Tuple[str, int, int, int]:
+def _plan_entry(f: FieldFormat, kind: int) -> _PlanEntry:
     bits = 8 * f.size if f.size in (1, 2, 4, 8) else 64
     mask = (1 << bits) - 1
     sign = (1 << (bits - 1)) if (f.signed and not f.is_array) else 0
     return (f.name, kind, mask, sign)
 
 
+def _ptr_string(v: str) -> str:
+    """``(0xptr:string)`` -> ``string``; ``(0xptr)`` (the kernel could not read it) stays as printed."""
+    i = v.find(":")
+    if i > 0 and v[0] == "(" and v[-1] == ")":
+        return v[i + 1 : -1]
+    return v
+
+
+_Converter = Callable[[Sequence[Optional[str]]], Dict[str, FieldValue]]
+
+
+def _compile_converter(plan: Sequence[_PlanEntry]) -> _Converter:
+    """Straight-line Python for one event's fields (no per-field loop): regex groups -> typed dict."""
+    lines = ["def convert(g):"]
+    items = []
+    gi = 0
+    for k, (name, kind, mask, sign) in enumerate(plan):
+        v = f"v{k}"
+        if kind == _K_INT:
+            lines.append(f"    {v} = g[{gi}]")
+            lines.append(f"    if {v} is None:")
+            lines.append(f"        {v} = g[{gi + 1}]")
+            lines.append("    else:")
+            lines.append(f"        {v} = int({v}) & {mask}")
+            if sign:
+                lines.append(f"        if {v} & {sign}:")
+                lines.append(f"            {v} -= {sign << 1}")
+            gi += 2
+        elif kind == _K_STR:
+            lines.append(f"    {v} = g[{gi}]")
+            lines.append(f"    if {v}[-1:] == '\\0':")
+            lines.append(f"        {v} = {v}.rstrip('\\0')")
+            gi += 1
+        elif kind == _K_PTRSTR:
+            lines.append(f"    {v} = _ptr_string(g[{gi}])")
+            gi += 1
+        else:
+            lines.append(f"    {v} = g[{gi}]")
+            gi += 1
+        items.append(f"{name!r}: {v}")
+    lines.append("    return {" + ", ".join(items) + "}")
+    namespace: Dict[str, object] = {"_ptr_string": _ptr_string}
+    exec("\n".join(lines), namespace)  # names are repr()'d literals, values ints: no injection possible
+    conv = namespace["convert"]
+    return conv  # type: ignore[return-value]
+
+
 class _Splitter:
-    """Precompiled regular expressions and conversion plan for one event format."""
+    """Precompiled regular expressions and conversion code for one event format."""
 
     __slots__ = (
         "fallback_plan",
         "fallback_re",
+        "fconv",
         "first",
         "fmt",
         "forward",
         "last",
-        "plan",
+        "rconv",
         "reverse",
-        "rplan",
     )
 
     def __init__(self, fmt: EventFormat) -> None:
         self.fmt = fmt
         fields = fmt.fields
         kinds = [_kind_of(f) for f in fields]
-        self.plan: _Plan = tuple(_plan_entry(f, k[0]) for f, k in zip(fields, kinds))
-        self.rplan: _Plan = tuple(reversed(self.plan))
+        plan = [_plan_entry(f, k[0]) for f, k in zip(fields, kinds)]
         self.first = " " + fields[0].name + "=" if fields else ""
         self.last = " " + fields[-1].name + "=" if fields else ""
         self.forward: Optional[Pattern[str]] = None
         self.reverse: Optional[Pattern[str]] = None
+        self.fconv: Optional[_Converter] = None
+        self.rconv: Optional[_Converter] = None
         if fields:
             parts = [" " + re.escape(f.name) + "=" + k[1] for f, k in zip(fields, kinds)]
             self.forward = re.compile("".join(parts) + r"\n?", re.DOTALL)
+            self.fconv = _compile_converter(plan)
             if len(fields) > 1:
                 self.reverse = re.compile("".join(reversed(parts)) + r"\n?", re.DOTALL)
+                self.rconv = _compile_converter(list(reversed(plan)))
         self.fallback_re: Optional[Pattern[str]] = None
-        self.fallback_plan: Tuple[Tuple[str, int, int, int], ...] = ()
+        self.fallback_plan: Tuple[_PlanEntry, ...] = ()
         if fmt.is_probe:
             self._build_probe_fallback()
 
     def _build_probe_fallback(self) -> None:
         """Default uprobe/kprobe output: ``(ip) a=.. b=".."`` or ``(ret_ip <- func) a=..``."""
         fields = self.fmt.fields
+        addr = r"[^()\s]+(?: \[[^\]\s]+\])?"
         if fields[0].name == "__probe_func":
-            # print_uretprobe_event(): "(0x<ret_ip> <- 0x<func>)"
-            head = r" \((?P<ret_ip>[^()\s]+(?: \[[^\]\s]+\])?) <- (?P<func>[^()\s]+(?: \[[^\]\s]+\])?)\)"
+            # print_uretprobe_event() / print_kretprobe_event(): "(<ret_ip> <- <func>)"
+            head = r" \((?P<ret_ip>" + addr + r") <- (?P<func>" + addr + r")\)"
             args = [f for f in fields if f.name not in ("__probe_func", "__probe_ret_ip")]
         else:
-            head = r" \((?P<ip>[^()\s]+(?: \[[^\]\s]+\])?)\)"
+            head = r" \((?P<ip>" + addr + r")\)"
             args = [f for f in fields if f.name != "__probe_ip"]
         parts = [head]
         plan = []
@@ -380,7 +435,7 @@ class _Splitter:
             if f.is_string and not f.is_pointer_string:
                 pat, kind = r"(\(fault\)|\".*?\")", _FB_STR
             elif f.is_integer:
-                pat, kind = r"(\S+|'.')", _FB_INT
+                pat, kind = r"('.'|\S+)", _FB_INT
             else:
                 pat, kind = r"(.*?)", _FB_RAW
             parts.append(" " + re.escape(f.name) + "=" + pat)
@@ -392,30 +447,15 @@ class _Splitter:
         """``print_fields()`` output (body starts with ``" "``) -> typed values, None if it does not fit."""
         if self.forward is None:
             return {} if body.strip() in ("", "No fields found") else None
-        if self.reverse is not None and body.startswith(self.last) and not body.startswith(self.first):
+        m = self.forward.fullmatch(body)
+        if m is not None and self.fconv is not None:
+            return self.fconv(m.groups())
+        # kernels 5.15 - 6.4 print the fields last to first
+        if self.reverse is not None and self.rconv is not None and body.startswith(self.last):
             m = self.reverse.fullmatch(body)
-            plan = self.rplan
-        else:
-            m = self.forward.fullmatch(body)
-            plan = self.plan
-        if m is None:
-            return None
-        out: Dict[str, FieldValue] = {}
-        for (name, kind, mask, sign), v in zip(plan, m.groups()):
-            if kind == _K_INT:
-                if v[-1] == ")":
-                    n = int(v[v.rindex("(") + 1 : -1]) & mask
-                    out[name] = n - (sign << 1) if sign and n & sign else n
-                else:
-                    out[name] = v
-            elif kind == _K_STR:
-                out[name] = v[:-1] if v.endswith("\0") else v
-            elif kind == _K_PTRSTR:
-                i = v.find(":")
-                out[name] = v[i + 1 : -1] if i > 0 and v[0] == "(" and v[-1] == ")" else v
-            else:
-                out[name] = v
-        return out
+            if m is not None:
+                return self.rconv(m.groups())
+        return None
 
     def split_fallback(self, body: str) -> Optional[Dict[str, FieldValue]]:
         """Default probe output (kernels without ``options/fields``)."""
@@ -434,8 +474,7 @@ class _Splitter:
         for name, v in head:
             if v is not None:
                 out[name] = _int_or_str(v, (1 << 64) - 1, 0)
-        ngroups = len(gd)
-        for (name, kind, mask, sign), v in zip(self.fallback_plan, m.groups()[ngroups:]):
+        for (name, kind, mask, sign), v in zip(self.fallback_plan, m.groups()[len(gd) :]):
             if kind == _FB_STR:
                 out[name] = v[1:-1] if v.startswith('"') else v
             elif kind == _FB_INT:
@@ -497,25 +536,67 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
     return out
 
 
+# Event is a frozen dataclass; its generated __init__ (object.__setattr__ per field) is a third of the parse
+# time. When Event is the plain dataclass we know, build instances by setting __dict__ at once (same object).
+_EVENT_FIELDS = ("system", "name", "fields", "pid", "comm", "cpu", "timestamp", "raw")
+_FAST_EVENT = (
+    tuple(f.name for f in dataclasses.fields(Event)) == _EVENT_FIELDS
+    and not hasattr(Event, "__post_init__")
+    and "__slots__" not in vars(Event)
+)
+_new = object.__new__
+_setattr = object.__setattr__
+
+
+def _make_event(
+    system: str, name: str, fields: Dict[str, FieldValue], pid: int, comm: str, cpu: int, ts: float, raw: str
+) -> Event:
+    if _FAST_EVENT:
+        ev: Event = _new(Event)
+        _setattr(
+            ev,
+            "__dict__",
+            {
+                "system": system,
+                "name": name,
+                "fields": fields,
+                "pid": pid,
+                "comm": comm,
+                "cpu": cpu,
+                "timestamp": ts,
+                "raw": raw,
+            },
+        )
+        return ev
+    return Event(system=system, name=name, fields=fields, pid=pid, comm=comm, cpu=cpu, timestamp=ts, raw=raw)
+
+
+_UNSET: object = object()
+
+
 class TraceParser:
     """Parses the text of a ``trace`` / ``trace_pipe`` read into events, using a :class:`FormatCatalog`.
 
     Splitters are compiled once per event format and cached; a format replaced in the catalog (same name) gets
-    a new splitter."""
+    a new splitter. Not thread-safe (use one parser per thread)."""
 
     def __init__(self, catalog: FormatCatalog) -> None:
         self.catalog = catalog
-        self._splitters: Dict[str, _Splitter] = {}
+        self._splitters: Dict[str, Optional[_Splitter]] = {}  # None: no format known for the name
+        self._version = catalog.version
 
-    def _splitter(self, name: str) -> Tuple[Optional[EventFormat], Optional[_Splitter]]:
+    def _splitter(self, name: str) -> Optional[_Splitter]:
+        if self._version != self.catalog.version:
+            self._splitters.clear()
+            self._version = self.catalog.version
+        try:
+            return self._splitters[name]
+        except KeyError:
+            pass
         fmt = self.catalog.get(name)
-        if fmt is None:
-            return None, None
-        sp = self._splitters.get(name)
-        if sp is None or sp.fmt is not fmt:
-            sp = _Splitter(fmt)
-            self._splitters[name] = sp
-        return fmt, sp
+        sp = _Splitter(fmt) if fmt is not None else None
+        self._splitters[name] = sp
+        return sp
 
     def parse_line(self, line: str) -> Optional[Event]:
         """One event (its continuation lines joined with ``"\\n"``) -> :class:`Event`, or None."""
@@ -525,35 +606,41 @@ class TraceParser:
         return self._event(m, line)
 
     def _event(self, m: re.Match[str], raw: str) -> Optional[Event]:
-        comm, pid, cpu, _flags, ts, rest = m.groups()
-        nm = _EVENT_NAME_RE.fullmatch(rest)
-        if nm is None:
+        comm, pid, cpu, _flags, ts, name, body, _other = m.groups()
+        if name is None:
             return None
-        name, body = nm.groups()
-        fmt, sp = self._splitter(name)
+        if self._version == self.catalog.version:
+            sp = self._splitters.get(name, _UNSET)
+            if sp is _UNSET:
+                sp = self._splitter(name)
+        else:
+            sp = self._splitter(name)
         values: Optional[Dict[str, FieldValue]] = None
         if sp is not None:
-            values = sp.split_fields(body) if not body.startswith(" (") else None
+            assert isinstance(sp, _Splitter)
+            fmt: Optional[EventFormat] = sp.fmt
+            fwd = sp.forward
+            if fwd is not None and sp.fconv is not None:
+                fm = fwd.fullmatch(body)
+                if fm is not None:
+                    values = sp.fconv(fm.groups())
             if values is None:
-                values = sp.split_fallback(body)
-            if values is None and not sp.fmt.fields:
-                values = {}
+                if body[:2] != " (":
+                    values = sp.split_fields(body)
+                if values is None:
+                    values = sp.split_fallback(body)
+        else:
+            fmt = None
         if values is None:
             if name == "tracing_mark_write" and fmt is None:
-                values = {"buf": body[1:].rstrip("\n") if body.startswith(" ") else body.rstrip("\n")}
+                values = {"buf": (body[1:] if body[:1] == " " else body).rstrip("\n")}
             else:
                 values = _split_generic(body, fmt)
-        system = fmt.system if fmt is not None else ("ftrace" if name == "tracing_mark_write" else "")
-        return Event(
-            system=system,
-            name=name,
-            fields=values,
-            pid=int(pid),
-            comm=comm,
-            cpu=int(cpu),
-            timestamp=float(ts),
-            raw=raw,
-        )
+        if fmt is not None:
+            system = fmt.system
+        else:
+            system = "ftrace" if name == "tracing_mark_write" else ""
+        return _make_event(system, name, values, int(pid), comm, int(cpu), float(ts), raw)
 
     def parse(self, text: str) -> ParsedTrace:
         """Parse a whole trace. Never raises on odd input: what cannot be understood lands in ``unparsed``."""
@@ -569,88 +656,96 @@ class TraceParser:
         if lines and lines[-1] == "":
             lines.pop()
         seen_event = False
-        # pending event: its header match, its lines (first + continuations)
+        # the pending event: its header match, first line, continuation lines (None: none so far)
         p_match: Optional[re.Match[str]] = None
-        p_lines: List[str] = []
-
-        def flush() -> None:
-            nonlocal p_match
-            if p_match is None:
-                return
-            if len(p_lines) == 1:
-                ev = event(p_match, p_lines[0])
-                if ev is None:
-                    unparsed.append(p_lines[0])
-                else:
-                    events.append(ev)
-            else:
-                self._flush_multi(p_match, p_lines, result)
-            p_match = None
-
+        p_line = ""
+        p_more: Optional[List[str]] = None
         for line in lines:
             m = header_match(line)
             if m is not None:
                 if p_match is not None:
-                    flush()
+                    if p_more is None:
+                        ev = event(p_match, p_line)
+                        if ev is None:
+                            unparsed.append(p_line)
+                        else:
+                            events.append(ev)
+                    else:
+                        self._flush(p_match, p_line, p_more, result)
                 p_match = m
-                p_lines = [line]
+                p_line = line
+                p_more = None
                 seen_event = True
                 continue
-            if line.startswith("CPU:"):
+            if line[:4] == "CPU:":
                 lm = _LOST_RE.fullmatch(line)
                 if lm is not None:
-                    flush()
+                    if p_match is not None:
+                        self._flush(p_match, p_line, p_more, result)
+                        p_match = None
                     cpu = int(lm.group(1))
                     lost[cpu] = lost.get(cpu, 0) + (int(lm.group(2)) if lm.group(2) is not None else 1)
                     continue
             if p_match is not None:
-                p_lines.append(line)  # a continuation of a string field (or a stray header, decided at flush)
+                # a continuation of a string value (or noise / a stray header line: decided at flush)
+                if p_more is None:
+                    p_more = [line]
+                else:
+                    p_more.append(line)
                 continue
-            if line.startswith("#") and (not seen_event or _BUFFER_STARTED_RE.fullmatch(line)):
+            if line[:1] == "#" and (not seen_event or _BUFFER_STARTED_RE.fullmatch(line)):
                 continue
             if not line.strip():
                 continue
             unparsed.append(line)
-        flush()
+        if p_match is not None:
+            self._flush(p_match, p_line, p_more, result)
         return result
 
-    def _flush_multi(self, m: re.Match[str], lines: List[str], result: ParsedTrace) -> None:
-        """An event followed by lines that are no event headers: newlines inside a string value, or noise."""
-        joined = "\n".join(lines)
-        if self._continues(m, joined):
-            ev = self._event(_HEADER_RE.fullmatch(joined) or m, joined)
-            if ev is not None:
+    def _flush(self, m: re.Match[str], first: str, more: Optional[List[str]], result: ParsedTrace) -> None:
+        if more is None:
+            ev = self._event(m, first)
+            if ev is None:
+                result.unparsed.append(first)
+            else:
                 result.events.append(ev)
-                return
-        # the longest prefix of continuation lines that still parses as one event wins; the rest is noise
-        for cut in range(len(lines) - 1, 0, -1):
+            return
+        # an event followed by lines that are no event headers: newlines inside a string value, or noise
+        lines = [first, *more]
+        # the most continuation lines that still fit the event's format win; the rest is noise
+        for cut in range(len(lines), 1, -1):
             text = "\n".join(lines[:cut])
             hm = _HEADER_RE.fullmatch(text)
-            if hm is None or (cut > 1 and not self._continues(hm, text)):
+            if hm is None or not self._fits(hm):
                 continue
             ev = self._event(hm, text)
-            if ev is None:
-                continue
+            if ev is not None:
+                result.events.append(ev)
+                self._noise(lines[cut:], result)
+                return
+        ev = self._event(m, first)
+        if ev is None:
+            result.unparsed.append(first)
+        else:
             result.events.append(ev)
-            for rest in lines[cut:]:
-                if rest.startswith("#") or not rest.strip():
-                    continue
-                result.unparsed.append(rest)
-            return
-        result.unparsed.extend(line for line in lines if line.strip() and not line.startswith("#"))
+        self._noise(more, result)
 
-    def _continues(self, m: re.Match[str], joined: str) -> bool:
-        """Whether ``joined`` (an event line + continuations) parses with the event's own splitter."""
-        hm = _HEADER_RE.fullmatch(joined)
-        if hm is None:
+    @staticmethod
+    def _noise(lines: List[str], result: ParsedTrace) -> None:
+        for line in lines:
+            if line[:1] == "#" or not line.strip():
+                continue  # header lines, blank lines
+            result.unparsed.append(line)
+
+    def _fits(self, hm: re.Match[str]) -> bool:
+        """Whether a (multi-line) event parses with its own format's splitter."""
+        name = hm.group("name")
+        if name is None:
             return False
-        nm = _EVENT_NAME_RE.fullmatch(hm.group("rest"))
-        if nm is None:
-            return False
-        name, body = nm.groups()
-        _fmt, sp = self._splitter(name)
+        sp = self._splitter(name)
         if sp is None:
             return False  # unknown event: no idea where its strings are; keep the extra lines apart
-        if sp.split_fields(body) is not None:
+        body = hm.group("body")
+        if body[:2] != " (" and sp.split_fields(body) is not None:
             return True
         return sp.split_fallback(body) is not None

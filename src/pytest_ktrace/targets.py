@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -175,10 +174,12 @@ class RunState:
                 self.failures[target] = exc
                 raise
             if removed:
-                warnings.warn(
-                    f"pytest-ktrace removed leftovers of an earlier crashed run on {target.label}: "
-                    + ", ".join(removed),
-                    stacklevel=1,
+                config.issue_config_time_warning(
+                    pytest.PytestWarning(
+                        f"pytest-ktrace removed leftovers of an earlier crashed run on {target.label}: "
+                        + ", ".join(removed)
+                    ),
+                    stacklevel=2,
                 )
             self.backends[target] = backend
             config.hook.pytest_ktrace_target_ready(config=config, target=target, backend=backend)

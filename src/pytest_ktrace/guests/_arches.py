@@ -23,7 +23,7 @@ class ArchSpec:
     console_device: str
     # Machine/CPU options used under TCG; KVM replaces the CPU model (see accelerator_args).
     tcg_machine_args: tuple[str, ...]
-    # Modules the guest needs (by module name); those built into the kernel are skipped and the rest are loaded
+    # Modules the guest needs (by module name); those built into the kernel are skipped, the rest are loaded
     # together with their modinfo dependencies.
     needed_modules: tuple[str, ...]
     # Shell (busybox ash) that unbinds and rebinds a device whose driver calls request_irq() at probe time, so

@@ -1,8 +1,9 @@
 """The files the guest's initramfs carries besides the Debian binaries, and the console protocol of its init.
 
-The init (busybox ash as PID 1) speaks to the host only through the serial console, which qemu writes to a file
-the host owns. It prints the dropbear host public key between two markers before starting dropbear, so the host can
-pin that key instead of trusting whatever answers on the forwarded port, then a ready marker once dropbear listens.
+The init (busybox ash as PID 1) speaks to the host only through the serial console, which qemu writes to a
+file the host owns. It prints the dropbear host public key between two markers before starting dropbear, so
+the host can pin that key instead of trusting whatever answers on the forwarded port, then a ready marker once
+dropbear listens.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ done
 ip addr add 10.0.2.15/24 dev eth0 || fail "cannot configure eth0"
 ip link set eth0 up || fail "cannot bring eth0 up"
 
-# A fresh host key per boot, published on the console (trusted: only the host reads it) before anyone can connect.
+# A fresh host key per boot, shown on the console (trusted: only the host reads it) before anyone connects.
 mkdir -p /etc/dropbear
 dropbearkey -t ed25519 -f @HOST_KEY@ >/dev/null 2>&1 || fail "dropbearkey could not generate the host key"
 public_key=$(dropbearkey -y -f @HOST_KEY@ 2>/dev/null | grep '^ssh-ed25519 ' | cut -d ' ' -f 1,2)
@@ -84,7 +85,8 @@ echo "@HOSTKEY_END@"
 dropbear -r @HOST_KEY@ -s -j -k -p 22 || fail "dropbear did not start"
 # dropbear forks before it listens: report ready only once port 22 (0x0016) is in LISTEN (0A) state.
 tries=0
-until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:0000 0A '; do
+listening='^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:0000 0A '
+until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE "$listening"; do
     tries=$((tries + 1))
     [ "$tries" -le 500 ] || fail "dropbear is not listening on port 22"
     usleep 10000
@@ -121,7 +123,7 @@ def setup_irq_trigger_script(device_name: str, body: str) -> str:
 
 
 def etc_files(hostname: str) -> Mapping[str, str]:
-    """Minimal account data for dropbear: root with a locked-out password ('*') and busybox sh as its shell."""
+    """Minimal account data for dropbear: root without a usable password ('*'), busybox sh as its shell."""
     return {
         "etc/passwd": "root:*:0:0:root:/root:/bin/sh\n",
         "etc/group": "root:x:0:\ntty:x:5:\n",

@@ -1,4 +1,4 @@
-"""Packs a staged root directory into a gzip'd newc initramfs (GNU cpio for the tree, Python for device nodes)."""
+"""Packs a staged root directory into a gzip'd newc initramfs (GNU cpio for the tree, Python for /dev)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ __all__ = ["pack_initramfs"]
 _NEWC_MAGIC = b"070701"
 
 
-def _newc_entry(name: str, mode: int, *, rdev_major: int = 0, rdev_minor: int = 0, data: bytes = b"") -> bytes:
+def _newc_entry(
+    name: str, mode: int, *, rdev_major: int = 0, rdev_minor: int = 0, data: bytes = b""
+) -> bytes:
     fields = (
         0,  # ino: the kernel only uses it to match hard links, and there are none here
         mode,
@@ -39,9 +41,9 @@ def _newc_entry(name: str, mode: int, *, rdev_major: int = 0, rdev_minor: int = 
 
 
 def _device_node_archive() -> bytes:
-    # The kernel opens /dev/console for PID 1's stdio *before* init can mount devtmpfs. A node made by mknod on
-    # the host would need root there, so the node is written straight into its own cpio archive; the kernel
-    # unpacks concatenated archives in order.
+    # The kernel opens /dev/console for PID 1's stdio *before* init can mount devtmpfs. A node made by mknod
+    # on the host would need root there, so the node is written straight into its own cpio archive; the
+    # kernel unpacks concatenated archives in order.
     return (
         _newc_entry("dev", 0o040755)
         + _newc_entry("dev/console", 0o020600, rdev_major=5, rdev_minor=1)
@@ -69,8 +71,7 @@ def _run_cpio(root: Path, names: Iterable[str]) -> bytes:
         command,
         cwd=root,
         input="".join(name + "\n" for name in names).encode(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         check=False,
     )
     if result.returncode != 0:
