@@ -30,8 +30,10 @@ def test_header_shows_backend_kernel_and_features(suite: pytest.Pytester) -> Non
     _write(suite, "def test_nothing(): pass\n")
     result = suite.runpytest()
     result.stdout.fnmatch_lines(
-        [f"ktrace: backend local, target local: Linux {os.uname().release} {os.uname().machine}, tracefs /sys/*",
-         "ktrace: features: *uprobes*"]
+        [
+            f"ktrace: backend local, target local: Linux {os.uname().release} {os.uname().machine}, tracefs /sys/*",
+            "ktrace: features: *uprobes*",
+        ]
     )
     result.assert_outcomes(passed=1)
 

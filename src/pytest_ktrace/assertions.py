@@ -147,9 +147,7 @@ class ProbeView:
         __tracebackhide__ = True
         seen = self._counted()
         if seen.events:
-            self._fail(
-                f"Expected {self.spec.display} not to have been called. Called {len(seen.events)} times.", seen
-            )
+            self._fail(f"Expected {self.spec.display} not to have been called. Called {len(seen.events)} times.", seen)
 
     def assert_called_once(self) -> None:
         __tracebackhide__ = True
@@ -211,8 +209,7 @@ class ProbeView:
         bad = [event for event in seen.events if mismatches(expected, event.fields)]
         if bad:
             self._fail(
-                f"{len(bad)} of {len(seen.events)} calls do not match "
-                f"{_call_text(self.spec.display, expected)}.",
+                f"{len(bad)} of {len(seen.events)} calls do not match {_call_text(self.spec.display, expected)}.",
                 Observation(bad, seen.lost, seen.hints),
                 expected,
             )
@@ -310,7 +307,8 @@ def assert_latency(
     every duration. Returns the durations in microseconds."""
     __tracebackhide__ = True
     merged = sorted(
-        [(event.timestamp, 0, event) for event in entry.events] + [(event.timestamp, 1, event) for event in exit.events],
+        [(event.timestamp, 0, event) for event in entry.events]
+        + [(event.timestamp, 1, event) for event in exit.events],
         key=lambda item: (item[0], item[1]),
     )
     open_calls: dict[int, list[Event]] = {}
@@ -328,9 +326,7 @@ def assert_latency(
             f"({len(entry.events)} entries, {len(exit.events)} exits seen)."
         )
     bad = [
-        pair
-        for pair in pairs
-        if (max_us is not None and pair[2] > max_us) or (min_us is not None and pair[2] < min_us)
+        pair for pair in pairs if (max_us is not None and pair[2] > max_us) or (min_us is not None and pair[2] < min_us)
     ]
     if bad:
         bound = " and ".join(
@@ -342,11 +338,7 @@ def assert_latency(
             if part
         )
         worst = sorted(bad, key=lambda pair: -pair[2])[:_SHOWN]
-        lines = [
-            f"{len(bad)} of {len(pairs)} {entry.name} -> {exit.name} latencies out of bounds (expected {bound}):"
-        ]
-        lines.extend(
-            f"    {us:.1f} us  {start.comm}-{start.pid} at {start.timestamp:.6f}" for start, _, us in worst
-        )
+        lines = [f"{len(bad)} of {len(pairs)} {entry.name} -> {exit.name} latencies out of bounds (expected {bound}):"]
+        lines.extend(f"    {us:.1f} us  {start.comm}-{start.pid} at {start.timestamp:.6f}" for start, _, us in worst)
         raise AssertionError("\n".join(lines))
     return [us for _, _, us in pairs]

@@ -88,8 +88,6 @@ class ConnectionLost(TargetError):
 class CommandTimeout(TargetError):
     """A command on the target did not finish in time."""
 
-    def __init__(
-        self, message: str, *, host: str = "", command: str = "", timeout: Optional[float] = None
-    ) -> None:
+    def __init__(self, message: str, *, host: str = "", command: str = "", timeout: Optional[float] = None) -> None:
         self.timeout = timeout
         super().__init__(message, host=host, command=command, cause="timeout")

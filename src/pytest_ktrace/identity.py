@@ -1,8 +1,9 @@
 """Names that make our tracefs objects ours: unique per machine, run and xdist worker, and recognisable later.
 
 Every group and instance we create is called ``ktrace_<tag>_<pid>_<run>[_<serial>]``: ``tag`` identifies the
-machine pytest runs on, ``pid`` the pytest process and ``run`` one pytest run inside it (pytester runs several). A leftover is *provably ours* only when its tag is this machine's and its
-pid is no longer alive here; anything else (a live run, another machine's run, a foreign probe) is left alone.
+machine pytest runs on, ``pid`` the pytest process and ``run`` one pytest run inside it (pytester runs several).
+A leftover is *provably ours* only when its tag is this machine's and its pid is no longer alive here; anything
+else (a live run, another machine's run, a foreign probe) is left alone.
 """
 
 from __future__ import annotations

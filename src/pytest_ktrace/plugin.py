@@ -32,20 +32,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             parser.addini(dest, help, default="")
 
-    option("ktrace-backend", "where to trace: local (this machine's tracefs), ssh, vm, or a plugin's backend",
-           metavar="NAME")
-    option("ktrace-host", "trace a remote target over SSH: [user@]host[:port] or a ~/.ssh/config alias",
-           metavar="HOST")
-    option("ktrace-vm", f"boot a disposable qemu guest and trace it: {' or '.join(VM_ARCHES)}",
-           metavar="ARCH", choices=VM_ARCHES)
+    option(
+        "ktrace-backend",
+        "where to trace: local (this machine's tracefs), ssh, vm, or a plugin's backend",
+        metavar="NAME",
+    )
+    option("ktrace-host", "trace a remote target over SSH: [user@]host[:port] or a ~/.ssh/config alias", metavar="HOST")
+    option(
+        "ktrace-vm",
+        f"boot a disposable qemu guest and trace it: {' or '.join(VM_ARCHES)}",
+        metavar="ARCH",
+        choices=VM_ARCHES,
+    )
     option("ktrace-tracefs", "tracefs mount point on the target (default: /sys/kernel/tracing)", metavar="PATH")
-    option("ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", action="store_const",
-           const=True)
+    option(
+        "ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", action="store_const", const=True
+    )
     option("ktrace-ssh-config", "ssh_config file to resolve hosts with (default: ~/.ssh/config)", metavar="FILE")
-    option("ktrace-accept-new-host-key", "accept and remember an unknown SSH host key (a changed key is always "
-           "refused)", "bool", action="store_const", const=True)
-    option("ktrace-scope", "record events of every task (all) or only of commands started by ktrace.run (run)",
-           metavar="SCOPE", choices=SCOPES)
+    option(
+        "ktrace-accept-new-host-key",
+        "accept and remember an unknown SSH host key (a changed key is always refused)",
+        "bool",
+        action="store_const",
+        const=True,
+    )
+    option(
+        "ktrace-scope",
+        "record events of every task (all) or only of commands started by ktrace.run (run)",
+        metavar="SCOPE",
+        choices=SCOPES,
+    )
     option("ktrace-timeout", "default timeout of ktrace.run in seconds (default 60)", metavar="SECONDS")
     option("ktrace-buffer-kb", "per-CPU ring buffer size of each test's tracing instance", metavar="KB")
 
@@ -89,8 +105,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"ktrace: backend {target.label}: unavailable: {exc}"]
     features = ", ".join(sorted(info.features)) or "none"
     return [
-        f"ktrace: backend {info.backend}, target {info.name}: Linux {info.release} {info.arch}, "
-        f"tracefs {info.tracefs}",
+        f"ktrace: backend {info.backend}, target {info.name}: Linux {info.release} {info.arch}, tracefs {info.tracefs}",
         f"ktrace: features: {features}",
     ]
 

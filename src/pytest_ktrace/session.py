@@ -230,9 +230,7 @@ class TraceSession:
         path = os.fspath(path)
         check_text("uprobe path", path)
         if any(ch.isspace() for ch in path) or not path.startswith("/"):
-            raise KtraceError(
-                f"uprobe path {path!r} must be absolute and free of whitespace (the kernel splits on it)"
-            )
+            raise KtraceError(f"uprobe path {path!r} must be absolute and free of whitespace (the kernel splits on it)")
         if filter is not None:
             check_text("filter", filter)
         if isinstance(location, int):
@@ -269,8 +267,7 @@ class TraceSession:
                 raise MissingBinary(
                     f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}"
                 )
-            handle = tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False)
-            with handle:
+            with tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False) as handle:
                 handle.write(result.stdout.encode("utf-8", "surrogateescape"))
             self._elf_cache[path] = Path(handle.name)
         return self._elf_cache[path]
@@ -359,13 +356,14 @@ class TraceSession:
                 kernel_log=detail,
                 where=where,
             )
-        if isinstance(op, Write) and op.path.endswith("/enable") and failed.errno_name == "ENOENT" and spec:
-            if spec.kind == "tracepoint":
-                available = self.backend.apply([Read("available_events")])[0].data.split()
-                close = difflib.get_close_matches(spec.display, available, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise UnknownSymbol(f"unknown tracepoint {spec.display}: {self.target.name} has no such event{hint}",
-                                    where=where)
+        enabling = isinstance(op, Write) and op.path.endswith("/enable")
+        if enabling and failed.errno_name == "ENOENT" and spec and spec.kind == "tracepoint":
+            available = self.backend.apply([Read("available_events")])[0].data.split()
+            close = difflib.get_close_matches(spec.display, available, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownSymbol(
+                f"unknown tracepoint {spec.display}: {self.target.name} has no such event{hint}", where=where
+            )
         if isinstance(op, Mkdir) and failed.errno_name in ("ENOENT", "EACCES", "EPERM"):
             raise KtraceError(
                 f"cannot create tracing instance {op.path} on {self.target.name}: {failed.error}; this needs "
@@ -468,8 +466,10 @@ class TraceSession:
         events = [e for e in parsed.events if e.name == spec.event and e.system == spec.group]
         hints: list[str] = []
         if not events and not self._runs:
-            hints.append("nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
-                         "or wait for asynchronous events with ktrace.wait_for(...)")
+            hints.append(
+                "nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
+                "or wait for asynchronous events with ktrace.wait_for(...)"
+            )
         return Observation(events, dict(parsed.lost), hints)
 
     @property
@@ -482,8 +482,9 @@ class TraceSession:
         """The raw trace as last collected (what the failure report section shows)."""
         return self._raw_trace
 
-    def wait_for(self, probe: ProbeView, count: int = 1, *, timeout: float = 10.0, poll_s: float = 0.05,
-                 **fields: Any) -> list[Event]:
+    def wait_for(
+        self, probe: ProbeView, count: int = 1, *, timeout: float = 10.0, poll_s: float = 0.05, **fields: Any
+    ) -> list[Event]:
         """Wait until ``probe`` has at least ``count`` events (matching ``fields``); return them."""
         __tracebackhide__ = True
         view = probe.where(**fields) if fields else probe
@@ -533,8 +534,10 @@ class TraceSession:
         for result in self.backend.apply(ops):
             if result.ok or result.errno_name == "ENOENT":
                 continue  # ENOENT: the batch that should have created it never got that far
-            report.failures.append(f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
-                                   + (f" ({result.op.data!r})" if isinstance(result.op, Write) else ""))
+            report.failures.append(
+                f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
+                + (f" ({result.op.data!r})" if isinstance(result.op, Write) else "")
+            )
         for path in self._elf_cache.values():
             path.unlink(missing_ok=True)
         return report

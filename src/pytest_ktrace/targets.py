@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -186,22 +188,21 @@ class RunState:
         return self.backends[target]
 
     def close(self) -> None:
+        """End of the run: undo tests that never reached their teardown (Ctrl-C), then release targets."""
         for session in list(self.live):
             try:
-                session.teardown()
-            except Exception:
-                pass
+                failures = list(session.teardown().failures)
+            except Exception as exc:
+                failures = [str(exc)]
+            if failures:
+                print(f"pytest-ktrace: could not clean up {session.instance}: {failures}", file=sys.stderr)
         self.live.clear()
         for backend in self.backends.values():
-            try:
+            with contextlib.suppress(Exception):
                 backend.close()
-            except Exception:
-                pass
         for closer in reversed(self.closers):
-            try:
+            with contextlib.suppress(Exception):
                 closer()
-            except Exception:
-                pass
         self.backends.clear()
         self.closers.clear()
 

@@ -75,6 +75,7 @@ def forced_append(path: str) -> bool:
 
 # --- errno names from strerror texts ------------------------------------------------------------------------
 
+
 def _strerror_table() -> dict[str, str]:
     table: dict[str, str] = {}
     for number, name in sorted(errno.errorcode.items()):
@@ -167,9 +168,7 @@ _FULLBLOCK_PROBE = (
 
 
 def _prelude(nonce: str, candidates: Sequence[str]) -> str:
-    return _PRELUDE.replace("@NONCE@", quote(nonce)).replace(
-        "@CANDIDATES@", " ".join(quote(c) for c in candidates)
-    )
+    return _PRELUDE.replace("@NONCE@", quote(nonce)).replace("@CANDIDATES@", " ".join(quote(c) for c in candidates))
 
 
 def _shell_path(path: str) -> str:
@@ -180,6 +179,7 @@ def _shell_path(path: str) -> str:
 
 
 # --- apply() ------------------------------------------------------------------------------------------------
+
 
 def render_batch(
     ops: Sequence[Op], nonce: str, *, candidates: Sequence[str] = DEFAULT_TRACEFS, stop_on_error: bool = False
@@ -289,6 +289,7 @@ def parse_batch(ops: Sequence[Op], output: bytes, nonce: str) -> BatchOutput:
 
 
 # --- describe() ---------------------------------------------------------------------------------------------
+
 
 def render_describe(nonce: str, feature_paths: Sequence[str], candidates: Sequence[str] = DEFAULT_TRACEFS) -> str:
     """Kernel release (``K``), machine (``M``), user (``W uid name``), tracefs (``T``/``X``), permissions

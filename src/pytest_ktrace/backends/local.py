@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 import signal
@@ -176,10 +177,8 @@ class LocalBackend:
             out, err = proc.communicate(input=stdin.encode() if stdin is not None else None, timeout=timeout)
         except subprocess.TimeoutExpired:
             # The child leads its own session: end its whole process group, and nothing else.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.communicate()
             raise CommandTimeout(
                 f"command {list(argv)} did not finish within {timeout} s on local; it was killed",

@@ -17,6 +17,7 @@ key is always refused with the file and line to remove.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import getpass
 import hashlib
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
 from ..errors import CommandTimeout, ConnectionLost, KtraceError, TargetError, TracefsUnavailable
 from . import _shell
@@ -141,10 +143,8 @@ class _Conn:
 
     def close(self) -> None:
         for t in (self.transport, *reversed(self.jumps)):
-            try:
+            with contextlib.suppress(Exception):  # a transport already gone has nothing left to release
                 t.close()
-            except Exception:  # a transport that is already gone has nothing left to release
-                pass
 
 
 def _host_matches(name: str, patterns: Sequence[str]) -> bool:
@@ -279,14 +279,19 @@ class SshBackend:
             limit = self.command_timeout if timeout is None else timeout
             nonce = _shell.new_nonce()
             try:
-                script = _shell.render_run(argv, nonce, pid_files=pid_files, stdin=stdin,
-                                           candidates=self._candidates)
+                script = _shell.render_run(argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates)
             except ValueError as exc:
-                raise TargetError(f"cannot run {list(argv)!r} on {self._host}: {exc}", host=self._host,
-                                  command=" ".join(argv), cause=str(exc)) from None
+                raise TargetError(
+                    f"cannot run {list(argv)!r} on {self._host}: {exc}",
+                    host=self._host,
+                    command=" ".join(argv),
+                    cause=str(exc),
+                ) from None
+
+            end = b"\n" + nonce.encode() + b" END\n"
 
             def finished(out: bytes) -> bool:
-                return _shell.parse_run(out, nonce).complete
+                return end in out
 
             started = time.monotonic()
             ex = self._call(script, what=f"run {list(argv)!r}", timeout=limit, done=finished)
@@ -337,10 +342,8 @@ class SshBackend:
         """Apply what is still deferred (best effort), then close the transport(s)."""
         with self._lock:
             if self.deferred_ops:
-                try:
+                with contextlib.suppress(KtraceError):  # what failed stays in deferred_ops, for the caller
                     self._ensure()
-                except KtraceError:
-                    pass  # still in deferred_ops, visible to the caller
             self._drop()
 
     def __enter__(self) -> SshBackend:
@@ -358,8 +361,9 @@ class SshBackend:
         try:
             script = _shell.render_batch(ops, nonce, candidates=self._candidates, stop_on_error=stop_on_error)
         except ValueError as exc:
-            raise TargetError(f"cannot send these operations to {self._host}: {exc}", host=self._host,
-                              cause=str(exc)) from None
+            raise TargetError(
+                f"cannot send these operations to {self._host}: {exc}", host=self._host, cause=str(exc)
+            ) from None
 
         def finished(out: bytes) -> bool:
             return (b"\n" + nonce.encode() + b" END\n") in out
@@ -379,8 +383,9 @@ class SshBackend:
             raise self._tracefs_error(out.problem)
         self._candidates = (out.tracefs,)
         if not out.complete:
-            raise self._lost(f"a batch of {len(ops)} tracefs operations",
-                             f"the script ended after {len(out.results)} of them")
+            raise self._lost(
+                f"a batch of {len(ops)} tracefs operations", f"the script ended after {len(out.results)} of them"
+            )
         return out.results
 
     def _flush_deferred(self) -> None:
@@ -396,10 +401,9 @@ class SshBackend:
 
     def _kill(self, pid: int) -> None:
         """Kill the timed-out command's process group on a second channel (one more round trip)."""
-        try:
+        # if the connection is gone too, the CommandTimeout being raised still says what matters
+        with contextlib.suppress(KtraceError):
             self._call(_shell.render_kill(pid), what=f"kill {pid}", timeout=self.connect_timeout)
-        except KtraceError:
-            pass  # the connection is gone too: the CommandTimeout being raised says what matters
 
     # --- channels -----------------------------------------------------------------------------------------
 
@@ -456,13 +460,11 @@ class SshBackend:
                     pending = pending[sent:]
                     if not pending:
                         chan.shutdown_write()
-                grew = False
                 while chan.recv_ready():
                     chunk = chan.recv(65536)
                     if not chunk:
                         break
                     out += chunk
-                    grew = True
                 while chan.recv_stderr_ready():
                     chunk = chan.recv_stderr(65536)
                     if not chunk:
@@ -470,7 +472,7 @@ class SshBackend:
                     err += chunk
                 if chan.eof_received or chan.closed:
                     break
-                if grew and done is not None and done(bytes(out)) and chan.exit_status_ready():
+                if done is not None and chan.exit_status_ready() and done(bytes(out)):
                     break  # finished; something the command left running still holds its stdout
                 if not conn.transport.is_active():
                     break
@@ -534,8 +536,7 @@ class SshBackend:
                 cause="cannot write temporary file",
             )
         return TracefsUnavailable(
-            f"tracefs is not mounted on {self._host} (looked in {looked}); mount it on the target with: "
-            f"{MOUNT_HINT}",
+            f"tracefs is not mounted on {self._host} (looked in {looked}); mount it on the target with: {MOUNT_HINT}",
             host=self._host,
             cause="tracefs not mounted",
         )
@@ -578,19 +579,22 @@ class SshBackend:
                     config.parse(handle)
             except FileNotFoundError:
                 if path == self._ssh_config:
-                    raise TargetError(f"ssh config {path} does not exist", host=self._host,
-                                      cause="missing ssh config") from None
+                    raise TargetError(
+                        f"ssh config {path} does not exist", host=self._host, cause="missing ssh config"
+                    ) from None
             except (OSError, paramiko.SSHException) as exc:
-                raise TargetError(f"cannot read ssh config {path}: {exc}", host=self._host,
-                                  cause="bad ssh config") from None
+                raise TargetError(
+                    f"cannot read ssh config {path}: {exc}", host=self._host, cause="bad ssh config"
+                ) from None
         return config
 
     def _resolve(self, alias: str, user: Optional[str] = None, port: Optional[int] = None) -> _Resolved:
         try:
             options = self._load_config().lookup(alias)
         except Exception as exc:  # paramiko raises several kinds for a config it cannot evaluate
-            raise TargetError(f"cannot resolve {alias!r} through ssh config: {exc}", host=alias,
-                              cause="bad ssh config") from None
+            raise TargetError(
+                f"cannot resolve {alias!r} through ssh config: {exc}", host=alias, cause="bad ssh config"
+            ) from None
         hostname = options.get("hostname", alias)
         login = user or options.get("user") or getpass.getuser()
         try:
@@ -611,14 +615,17 @@ class SshBackend:
             identity_files=[_expand(p, login, hostname) for p in ids],
             identities_explicit=explicit,
             identities_only=options.get("identitiesonly", "no").lower() == "yes",
-            user_known_hosts=[_expand(p, login, hostname)
-                              for p in _words(options.get("userknownhostsfile", _USER_KNOWN_HOSTS))],
-            global_known_hosts=[_expand(p, login, hostname)
-                                for p in _words(options.get("globalknownhostsfile", _GLOBAL_KNOWN_HOSTS))],
+            user_known_hosts=[
+                _expand(p, login, hostname) for p in _words(options.get("userknownhostsfile", _USER_KNOWN_HOSTS))
+            ],
+            global_known_hosts=[
+                _expand(p, login, hostname) for p in _words(options.get("globalknownhostsfile", _GLOBAL_KNOWN_HOSTS))
+            ],
             host_key_alias=options.get("hostkeyalias"),
             hash_known_hosts=options.get("hashknownhosts", "no").lower() == "yes",
             proxy_jump=[] if jump.lower() in ("", "none") else [h.strip() for h in jump.split(",") if h.strip()],
-            proxy_command=None if options.get("proxycommand", "none").lower() == "none"
+            proxy_command=None
+            if options.get("proxycommand", "none").lower() == "none"
             else options.get("proxycommand"),
         )
 
@@ -636,8 +643,11 @@ class SshBackend:
 
     def _connect_to(self, res: _Resolved, jumps: list[paramiko.Transport], depth: int) -> paramiko.Transport:
         if depth > _MAX_JUMPS:
-            raise TargetError(f"ProxyJump chain to {self._host} is longer than {_MAX_JUMPS} hops (a loop?)",
-                              host=self._host, cause="proxy jump loop")
+            raise TargetError(
+                f"ProxyJump chain to {self._host} is longer than {_MAX_JUMPS} hops (a loop?)",
+                host=self._host,
+                cause="proxy jump loop",
+            )
         sock: _Sock
         if res.proxy_jump:
             via: Optional[paramiko.Transport] = None
@@ -655,8 +665,11 @@ class SshBackend:
             try:
                 sock = paramiko.ProxyCommand(res.proxy_command)
             except (OSError, paramiko.SSHException) as exc:
-                raise TargetError(f"ProxyCommand for {self._host} failed to start: {exc}", host=self._host,
-                                  cause="proxy command failed") from None
+                raise TargetError(
+                    f"ProxyCommand for {self._host} failed to start: {exc}",
+                    host=self._host,
+                    cause="proxy command failed",
+                ) from None
         else:
             sock = self._tcp(res)
         return self._handshake(res, sock)
@@ -669,27 +682,39 @@ class SshBackend:
         except socket.gaierror as exc:
             raise TargetError(
                 f"cannot resolve host name {res.hostname!r} of {label} (DNS failure: {exc.strerror})",
-                host=self._host, cause="DNS failure") from None
+                host=self._host,
+                cause="DNS failure",
+            ) from None
         except ConnectionRefusedError:
             raise TargetError(
                 f"connection refused by {label} at {where}: no SSH server listens on that port",
-                host=self._host, cause="connection refused") from None
+                host=self._host,
+                cause="connection refused",
+            ) from None
         except (socket.timeout, TimeoutError):
             raise TargetError(
                 f"connecting to {label} at {where} timed out after {self.connect_timeout} s",
-                host=self._host, cause="timeout") from None
+                host=self._host,
+                cause="timeout",
+            ) from None
         except OSError as exc:
-            raise TargetError(f"cannot connect to {label} at {where}: {exc.strerror or exc}",
-                              host=self._host, cause=exc.strerror or str(exc)) from None
+            raise TargetError(
+                f"cannot connect to {label} at {where}: {exc.strerror or exc}",
+                host=self._host,
+                cause=exc.strerror or str(exc),
+            ) from None
 
     def _channel_to(self, via: paramiko.Transport, res: _Resolved, hop: str) -> paramiko.Channel:
         try:
-            return via.open_channel("direct-tcpip", (res.hostname, res.port), ("127.0.0.1", 0),
-                                    timeout=self.connect_timeout)
+            return via.open_channel(
+                "direct-tcpip", (res.hostname, res.port), ("127.0.0.1", 0), timeout=self.connect_timeout
+            )
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise TargetError(
                 f"jump host {hop} could not connect to {res.hostname}:{res.port} for {self._host}: {exc}",
-                host=self._host, cause="proxy jump failed") from None
+                host=self._host,
+                cause="proxy jump failed",
+            ) from None
 
     def _handshake(self, res: _Resolved, sock: _Sock) -> paramiko.Transport:
         label = res.alias
@@ -704,8 +729,11 @@ class SshBackend:
                 transport.start_client(timeout=self.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 cause = "timeout" if "timeout" in str(exc).lower() else "SSH handshake failed"
-                raise TargetError(f"SSH handshake with {label} ({res.hostname}:{res.port}) failed: {exc}",
-                                  host=self._host, cause=cause) from None
+                raise TargetError(
+                    f"SSH handshake with {label} ({res.hostname}:{res.port}) failed: {exc}",
+                    host=self._host,
+                    cause=cause,
+                ) from None
             self._check_host_key(res, transport.get_remote_server_key(), known)
             self._authenticate(res, transport)
             transport.set_keepalive(15)
@@ -735,7 +763,7 @@ class SshBackend:
                         continue  # @cert-authority: certificates are not used here
                     revoked = True
                 try:
-                    entry = paramiko.hostkeys.HostKeyEntry.from_line(text, lineno)
+                    entry = HostKeyEntry.from_line(text, lineno)
                 except Exception:  # an unreadable line in known_hosts is skipped, as ssh does
                     continue
                 if entry is None or not _host_matches(name, entry.hostnames):
@@ -766,10 +794,12 @@ class SshBackend:
             if entry.revoked and entry.key.asbytes() == key.asbytes():
                 raise TargetError(
                     f"host key of {name} ({kind} {fp}) is marked @revoked in {entry.file}:{entry.lineno}; "
-                    "refusing to connect", host=self._host, cause="host key revoked")
+                    "refusing to connect",
+                    host=self._host,
+                    cause="host key revoked",
+                )
         good = [e for e in known if not e.revoked]
-        if any(_key_family(e.key.get_name()) == _key_family(kind) and e.key.asbytes() == key.asbytes()
-               for e in good):
+        if any(_key_family(e.key.get_name()) == _key_family(kind) and e.key.asbytes() == key.asbytes() for e in good):
             return
         same_type = [e for e in good if _key_family(e.key.get_name()) == _key_family(kind)]
         if same_type:
@@ -780,16 +810,23 @@ class SshBackend:
                 f"the key recorded at {where}. This may be a reinstalled board or an attack. If the change is "
                 f"expected, remove line {first.lineno} of {first.file} (ssh-keygen -R '{name}' -f "
                 f"{first.file}) and connect again; refusing to connect",
-                host=self._host, cause="host key changed")
+                host=self._host,
+                cause="host key changed",
+            )
         files = ", ".join(str(p) for p in res.user_known_hosts + res.global_known_hosts)
         if not self.accept_new_host_key:
-            other = (f" (known_hosts has only other key types for it: "
-                     f"{', '.join(sorted({e.key.get_name() for e in good}))})" if good else "")
+            other = (
+                f" (known_hosts has only other key types for it: {', '.join(sorted({e.key.get_name() for e in good}))})"
+                if good
+                else ""
+            )
             raise TargetError(
                 f"host key of {name} ({res.alias}) is unknown: {kind} {fp} is not in {files}{other}. "
                 f"Check and record it by connecting once by hand (ssh -p {res.port} {res.user}@{res.hostname}), "
                 "or pass --ktrace-accept-new-host-key to accept and save it",
-                host=self._host, cause="host key unknown")
+                host=self._host,
+                cause="host key unknown",
+            )
         self._accepted[name] = key
         self._save_host_key(res, key)
 
@@ -809,8 +846,11 @@ class SshBackend:
                             handle.write("\n")
                 handle.write(f"{host_field} {key.get_name()} {key.get_base64()}\n")
         except OSError as exc:
-            raise TargetError(f"accepted the new host key of {name} but cannot save it to {path}: {exc}",
-                              host=self._host, cause="cannot save host key") from None
+            raise TargetError(
+                f"accepted the new host key of {name} but cannot save it to {path}: {exc}",
+                host=self._host,
+                cause="cannot save host key",
+            ) from None
 
     # --- authentication ---------------------------------------------------------------------------------------
 
@@ -854,10 +894,13 @@ class SshBackend:
             f"authentication failed for user {res.user!r} at {res.alias} ({res.hostname}:{res.port}); tried: "
             f"{'; '.join(tried) or 'no key (no agent, no identity file)'}. Add the public key to the user's "
             f"authorized_keys, set IdentityFile in ssh config, or set ${PASSWORD_ENV}",
-            host=self._host, cause="authentication failed")
+            host=self._host,
+            cause="authentication failed",
+        )
 
-    def _try_key(self, res: _Resolved, transport: paramiko.Transport, key: paramiko.PKey, tried: list[str],
-                 label: str) -> bool:
+    def _try_key(
+        self, res: _Resolved, transport: paramiko.Transport, key: paramiko.PKey, tried: list[str], label: str
+    ) -> bool:
         try:
             transport.auth_publickey(res.user, key)
         except paramiko.BadAuthenticationType as exc:
