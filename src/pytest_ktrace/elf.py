@@ -57,7 +57,7 @@ def _key(path: PathLike) -> Tuple[str, _CacheKey]:
     try:
         st = os.stat(p)
     except FileNotFoundError:
-        raise MissingBinary(f"{p}: no such file (cannot place a uprobe in it)") from None
+        raise MissingBinary(f"{p} does not exist (no ELF file to place a uprobe in)") from None
     except OSError as exc:
         raise MissingBinary(f"{p}: cannot stat: {exc.strerror or exc}") from None
     if not os.path.isfile(p):

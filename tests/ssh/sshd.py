@@ -21,7 +21,6 @@ accounts even for key authentication).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -207,6 +206,56 @@ class SshServer:
                 self.proc.wait(timeout=5)
         self.proc = None
 
+    def descendants(self) -> dict[int, str]:
+        """pid -> cmdline of every process below this sshd (its per-connection children and theirs)."""
+        assert self.proc is not None
+        parents: dict[int, int] = {}
+        names: dict[int, str] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                names[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError, IndexError):
+                continue
+        found: dict[int, str] = {}
+        frontier = {self.proc.pid}
+        while frontier:
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+            found.update({pid: names[pid] for pid in frontier})
+        return found
+
+    def pid_of_connection(self, client_port: int) -> int:
+        """The sshd process serving the TCP connection whose client end is 127.0.0.1:``client_port``.
+
+        Found through ``/proc/net/tcp`` (the inode of the server-side socket) and the open fds of this sshd's
+        descendants; the one doing the network I/O (``user@notty``) is preferred over a privsep monitor.
+        """
+        inode = ""
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            cols = line.split()
+            local_port = int(cols[1].split(":")[1], 16)
+            remote_port = int(cols[2].split(":")[1], 16)
+            if remote_port == client_port and local_port == self.port:
+                inode = cols[9]
+                break
+        if not inode:
+            raise LookupError(f"no TCP socket of 127.0.0.1:{self.port} with peer port {client_port}")
+        target = f"socket:[{inode}]"
+        holders: list[tuple[int, str]] = []
+        for pid, cmdline in self.descendants().items():
+            try:
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")):
+                    holders.append((pid, cmdline))
+            except OSError:
+                continue
+        if not holders:
+            raise LookupError(f"no process below sshd {self.proc and self.proc.pid} holds {target}")
+        holders.sort(key=lambda h: ("@" not in h[1], h[0]))
+        return holders[0][0]
+
     def ssh_cli(self, alias: str, command: str) -> subprocess.CompletedProcess[str]:
         """Run ``command`` through the OpenSSH client, as a reference for what ``ssh`` itself would do."""
         return subprocess.run(
@@ -215,49 +264,3 @@ class SshServer:
             text=True,
             timeout=30,
         )
-
-
-def session_children(server_pid: int) -> dict[int, str]:
-    """pid -> cmdline of the processes whose parent is ``server_pid`` (sshd's per-connection children)."""
-    out: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == server_pid:
-                out[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def pid_of_connection(server_pid: int, client_port: int) -> int:
-    """The sshd child serving the TCP connection whose client side is 127.0.0.1:``client_port``.
-
-    Found through ``/proc/net/tcp`` (the socket inode of that connection) and the children's open fds.
-    """
-    inode = ""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        cols = line.split()
-        local, remote = cols[1], cols[2]
-        # server side of the connection: remote end is our client port
-        if int(remote.split(":")[1], 16) == client_port and int(local.split(":")[1], 16) != client_port:
-            inode = cols[9]
-            break
-    if not inode:
-        raise LookupError(f"no TCP socket with peer port {client_port}")
-    target = f"socket:[{inode}]"
-    for pid in session_children(server_pid):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    return pid
-        except OSError:
-            continue
-    raise LookupError(f"no child of sshd {server_pid} holds {target}")
-
-
-def which(name: str) -> Optional[str]:
-    return shutil.which(name)

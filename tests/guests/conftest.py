@@ -1,0 +1,71 @@
+"""Session fixtures for the qemu guest tests: one image and one booted guest per arch for the whole session."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator, NoReturn
+
+import paramiko
+import pytest
+from guest_ssh import connect, process_is_gone
+
+from pytest_ktrace.errors import MissingTool
+from pytest_ktrace.guests import ARCHES, GuestImage, RunningGuest, boot, build_image, qemu_available
+
+# CI sets this so that a missing host tool fails the run instead of silently skipping the guest tests.
+REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    if REQUIRE_GUESTS:
+        pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", params=ARCHES)
+def arch(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest.fixture(scope="session")
+def first_build_seconds() -> dict[str, float]:
+    return {}
+
+
+@pytest.fixture(scope="session")
+def guest_image(arch: str, first_build_seconds: dict[str, float]) -> GuestImage:
+    started = time.monotonic()
+    try:
+        image = build_image(arch)
+    except MissingTool as missing:
+        skip_or_fail(f"cannot build the {arch} guest image: {missing}")
+    first_build_seconds[arch] = time.monotonic() - started
+    return image
+
+
+@pytest.fixture(scope="session")
+def running_guest(
+    arch: str, guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGuest]:
+    unavailable = qemu_available(arch)
+    if unavailable is not None:
+        skip_or_fail(unavailable)
+    guest = boot(arch, image=guest_image, workdir=tmp_path_factory.mktemp(f"vm-{arch}"))
+    try:
+        yield guest
+    finally:
+        guest.shutdown()
+        guest.shutdown()  # idempotent
+        assert process_is_gone(guest.pid), f"qemu pid {guest.pid} still exists after shutdown()"
+        assert not guest.is_running()
+
+
+@pytest.fixture(scope="session")
+def ssh(running_guest: RunningGuest) -> Iterator[paramiko.SSHClient]:
+    client = connect(running_guest)
+    try:
+        yield client
+    finally:
+        client.close()
