@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRACEFS, append_line, ours, tracefs_state
+from ktrace_testing import TRACEFS, append_line, ours, tracefs_state
 
 pytest_plugins = ["pytester"]
 

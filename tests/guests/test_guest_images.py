@@ -48,17 +48,27 @@ def test_image_has_kernel_initrd_key_and_config(arch: str, guest_image: GuestIma
         assert option in config.splitlines()
 
 
+def newc_names(archive: bytes) -> list[str]:
+    """Names in a (possibly concatenated) newc cpio stream, as the kernel reads it: past every TRAILER!!!."""
+    names = []
+    offset = 0
+    while offset + 110 <= len(archive):
+        if archive[offset : offset + 6] != b"070701":
+            offset += 1  # padding between archives
+            continue
+        fields = [int(archive[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        file_size, name_size = fields[6], fields[11]
+        name_start = offset + 110
+        name = archive[name_start : name_start + name_size - 1].decode()
+        data_start = name_start + name_size + (-(110 + name_size) % 4)
+        offset = data_start + file_size + (-file_size % 4)
+        if name != "TRAILER!!!":
+            names.append(name)
+    return names
+
+
 def test_initramfs_contains_busybox_dropbear_and_init(arch: str, guest_image: GuestImage) -> None:
-    listing = (
-        subprocess.run(
-            ["cpio", "-t", "--quiet"],
-            input=gzip.decompress(guest_image.initrd.read_bytes()),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split()
-    )
+    listing = newc_names(gzip.decompress(guest_image.initrd.read_bytes()))
     for path in (
         "init",
         "bin/busybox",
