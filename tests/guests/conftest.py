@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Iterator, NoReturn
+from typing import Iterator
 
 import paramiko
 import pytest
-from guest_ssh import connect, process_is_gone
+from guest_helpers import connect, process_is_gone, skip_or_fail
 
 from pytest_ktrace.errors import MissingTool
 from pytest_ktrace.guests import ARCHES, GuestImage, RunningGuest, boot, build_image, qemu_available
-
-# CI sets this so that a missing host tool fails the run instead of silently skipping the guest tests.
-REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    if REQUIRE_GUESTS:
-        pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", params=ARCHES)

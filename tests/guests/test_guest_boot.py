@@ -10,7 +10,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from guest_ssh import connect, run
+from guest_helpers import connect, run
 
 from pytest_ktrace.errors import TargetError
 from pytest_ktrace.guests import GuestImage, RunningGuest, boot, qemu_available
@@ -50,8 +50,15 @@ def qemu_children() -> set[int]:
     return found
 
 
-def test_qemu_is_available_here(arch: str) -> None:
-    assert qemu_available(arch) is None
+def test_qemu_available_names_the_missing_binary_and_package(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no qemu on PATH
+    binary, package = {
+        "x86_64": ("qemu-system-x86_64", "qemu-system-x86"),
+        "arm64": ("qemu-system-aarch64", "qemu-system-arm"),
+    }[arch]
+    assert qemu_available(arch) == f"{binary} not found; apt-get install {package}"
 
 
 def test_guest_attributes(arch: str, running_guest: RunningGuest) -> None:

@@ -20,20 +20,31 @@ __all__ = ["LocalBackend", "find_tracefs"]
 _CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
+def _tracefs_mounts() -> list[str]:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            return [line.split()[1] for line in mounts if line.split()[2:3] == ["tracefs"]]
+    except OSError:
+        return []
+
+
 def find_tracefs(explicit: Optional[str] = None) -> str:
-    """Where tracefs is mounted, or a :class:`TracefsUnavailable` that says how to mount it."""
+    """Where tracefs is mounted, or a :class:`TracefsUnavailable` that says how to mount it (or which
+    permission is missing)."""
     candidates = (explicit,) if explicit else _CANDIDATES
     for candidate in candidates:
         if candidate and os.path.exists(os.path.join(candidate, "available_events")):
             return candidate
+    mounted = _tracefs_mounts()
+    for candidate in candidates:
+        if candidate and candidate.rstrip("/") in mounted:
+            raise TracefsUnavailable(
+                f"tracefs is mounted at {candidate} but uid {os.getuid()} may not read it (it is mode 0700, "
+                "root only): run pytest as root, or test a remote target with --ktrace-host and --ktrace-sudo",
+                host="local",
+                cause="permission denied",
+            )
     where = explicit or _CANDIDATES[0]
-    if not os.access(os.path.dirname(where.rstrip("/")) or "/", os.R_OK | os.X_OK):
-        raise TracefsUnavailable(
-            f"tracefs at {where} is not readable as uid {os.getuid()}: run as root (tracefs needs "
-            "CAP_SYS_ADMIN) or test a remote target with --ktrace-host and --ktrace-sudo",
-            host="local",
-            cause="permission denied",
-        )
     raise TracefsUnavailable(
         f"tracefs is not mounted at {where} on this machine; mount it with: {MOUNT_HINT}"
         + (" (or pass --ktrace-tracefs=PATH)" if not explicit else ""),
