@@ -289,7 +289,9 @@ _BUFFER_STARTED_RE = re.compile(r"##### CPU \d+ buffer started ####\s*")
 
 # value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error
 _ERR = r"(<[A-Z][A-Z-]*>)"  # <OVERFLOW>, <INVALID-SIZE>, <INVALID-TYPE>
-_V_STRING = r"(.*?)"
+# Strings are greedy: when a value contains text that looks like the fields after it ("name=a b=0x0 (0)"),
+# the string keeps it and the real fields are the last ones that fit. char[N] prints at most N characters.
+_V_STRING = r"(.*)"
 _V_PTR_STRING = r"(\(.*?\)|<[A-Z][A-Z-]*>)"
 _V_INT1 = r"(?:(?:'.')?\((-?\d+)\)|" + _ERR + r")"
 _V_INT24 = r"(?:(?:0x[0-9a-f]+|-?\d+) \((-?\d+)\)|" + _ERR + r")"
@@ -315,6 +317,8 @@ def _kind_of(f: FieldFormat) -> Tuple[int, str]:
     if f.is_pointer_string:
         return _K_PTRSTR, _V_PTR_STRING
     if f.is_string:
+        if not f.is_dynamic and f.size > 0:
+            return _K_STR, f"(.{{0,{f.size}}})"
         return _K_STR, _V_STRING
     if f.is_dynamic:
         return _K_RAW, _V_ARRAY

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from guest_helpers import connect, run
+from guest_helpers import connect, run, skip_or_fail
 
 from pytest_ktrace.errors import TargetError
 from pytest_ktrace.guests import GuestImage, RunningGuest, boot, qemu_available
@@ -175,8 +175,9 @@ def test_real_kprobe_on_setup_irq(arch: str, ssh: paramiko.SSHClient, trigger: s
 
 
 def test_failed_boot_raises_target_error_and_leaves_no_qemu(arch: str, guest_image: GuestImage, tmp_path: Path) -> None:
-    if qemu_available(arch) is not None:
-        pytest.skip(str(qemu_available(arch)))
+    unavailable = qemu_available(arch)
+    if unavailable is not None:
+        skip_or_fail(unavailable)
     before = qemu_children()
     with pytest.raises(TargetError, match="timed out") as raised:
         boot(arch, image=guest_image, timeout=0.3, workdir=tmp_path)

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -125,3 +126,5 @@ def test_concurrent_cold_builds_produce_one_image(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / image_dirs[0] / "manifest.json").read_text())
     assert manifest["kernel_release"] == results[0][3]
     assert os.path.exists(results[0][0])
+    shutil.rmtree(tmp_path / image_dirs[0])  # ~100 MB of image and .debs that no later test needs
+    shutil.rmtree(tmp_path / "debs")

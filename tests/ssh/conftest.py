@@ -75,8 +75,10 @@ def no_tracefs_leaks() -> Iterator[None]:
     yield
     if not (TRACEFS / "available_events").exists():
         return
-    leaked = [line for line in (TRACEFS / "uprobe_events").read_text().splitlines() if TAG in line]
-    leaked += [f"instance {d}" for d in os.listdir(TRACEFS / "instances") if d.startswith(TAG)]
+    # only this process's names (all carry its pid): pytest-xdist workers may still be using theirs
+    mine = str(os.getpid())
+    leaked = [line for line in (TRACEFS / "uprobe_events").read_text().splitlines() if TAG in line and mine in line]
+    leaked += [f"instance {d}" for d in os.listdir(TRACEFS / "instances") if d.startswith(TAG) and mine in d]
     assert not leaked, f"SSH tests left state in tracefs: {leaked}"
 
 
@@ -158,9 +160,7 @@ def elf_entry_offset(path: str) -> int:
     entry, phoff = struct.unpack_from("<QQ", data, 0x18)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     for i in range(phnum):
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", data, phoff + i * phentsize
-        )
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
         if p_type == 1 and p_vaddr <= entry < p_vaddr + p_filesz:
             return int(entry - p_vaddr + p_offset)
     raise AssertionError(f"entry point of {path} is in no PT_LOAD segment")
@@ -180,6 +180,6 @@ def busybox_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("busybox is missing: apt-get install -y busybox-static")
     out = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
     bindir = tmp_path_factory.mktemp("busybox-bin")
-    for applet in [*out, "busybox"]:
+    for applet in sorted({*out, "busybox"}):
         (bindir / applet).symlink_to(busybox)
     return bindir

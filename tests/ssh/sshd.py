@@ -20,6 +20,7 @@ accounts even for key authentication).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -54,7 +55,15 @@ def _user_exists(name: str) -> bool:
 
 
 def ensure_users() -> None:
-    """Create the test accounts and the sudoers drop-in if they are missing (needs root)."""
+    """Create the test accounts and the sudoers drop-in if they are missing (needs root).
+
+    Serialised by a lock file, so pytest-xdist workers starting together do not race on useradd."""
+    with open("/run/ktrace-test-users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ensure_users_locked()
+
+
+def _ensure_users_locked() -> None:
     for name in USERS:
         if _user_exists(name):
             continue

@@ -107,15 +107,18 @@ _STRERROR = _strerror_table()
 def errno_from_text(text: str) -> tuple[str, str]:
     """(errno name, strerror) from a tool's error output such as ``dd: error writing 'x': Invalid argument``.
 
-    The first line whose text after its last ``": "`` is a known strerror wins; otherwise the errno name is
+    The first line whose text after some ``": "`` is a known strerror wins; otherwise the errno name is
     ``""`` and the error is the last non-empty line.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        tail = line.rsplit(": ", 1)[-1].strip()
-        name = _STRERROR.get(tail)
-        if name:
-            return name, tail
+        # longest tail first: a few strerror texts contain ": " themselves ("Too many references: cannot splice")
+        parts = line.split(": ")
+        for start in range(1, len(parts)):
+            tail = ": ".join(parts[start:]).strip()
+            name = _STRERROR.get(tail)
+            if name:
+                return name, tail
     return "", (lines[-1] if lines else "")
 
 
@@ -462,7 +465,8 @@ def render_kill(pid: int) -> str:
     """Kill the process group led by ``pid`` (the command's session under setsid) and ``pid`` itself."""
     if pid <= 1:
         raise ValueError(f"refusing to kill pid {pid}")
-    return f"kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0\n"
+    # no "--": dash's kill builtin takes "-PID" after a signal but rejects "--"
+    return f"kill -KILL -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0\n"
 
 
 _SUDO_PROMPT = re.compile(r"a password is required|a terminal is required|askpass", re.IGNORECASE)

@@ -570,7 +570,12 @@ class SshBackend:
             conn = self._connect()
             self._conn = conn
         if self.deferred_ops and not self._flushing:
-            self._flush_deferred()
+            try:
+                self._flush_deferred()
+            except ConnectionLost:
+                raise
+            except KtraceError:
+                pass  # e.g. tracefs went away: the ops stay deferred and this call reports its own error
         return conn
 
     def _load_config(self) -> paramiko.SSHConfig:
@@ -734,16 +739,25 @@ class SshBackend:
             transport.auth_timeout = self.connect_timeout
             known = self._known_entries(res)
             self._prefer_key_types(transport, known)
+            started = time.monotonic()
             try:
+                # returns quietly when the timeout passes first: the key fetch below then fails
                 transport.start_client(timeout=self.connect_timeout)
+                server_key = transport.get_remote_server_key()
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                cause = "timeout" if "timeout" in str(exc).lower() else "SSH handshake failed"
+                if time.monotonic() - started >= self.connect_timeout * 0.9:
+                    raise TargetError(
+                        f"SSH handshake with {label} ({res.hostname}:{res.port}) timed out after "
+                        f"{self.connect_timeout} s (no SSH server answering?)",
+                        host=self._host,
+                        cause="timeout",
+                    ) from None
                 raise TargetError(
                     f"SSH handshake with {label} ({res.hostname}:{res.port}) failed: {exc}",
                     host=self._host,
-                    cause=cause,
+                    cause="SSH handshake failed",
                 ) from None
-            self._check_host_key(res, transport.get_remote_server_key(), known)
+            self._check_host_key(res, server_key, known)
             self._authenticate(res, transport)
             transport.set_keepalive(15)
             return transport

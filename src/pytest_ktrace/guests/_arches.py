@@ -45,8 +45,7 @@ _X86_64 = ArchSpec(
     # The PC machine's i8042 keyboard controller requests IRQ 1 and 12 when its driver binds.
     needed_modules=("virtio_pci", "virtio_net", "i8042"),
     setup_irq_trigger=(
-        "echo i8042 > /sys/bus/platform/drivers/i8042/unbind\n"
-        "echo i8042 > /sys/bus/platform/drivers/i8042/bind\n"
+        "echo i8042 > /sys/bus/platform/drivers/i8042/unbind\necho i8042 > /sys/bus/platform/drivers/i8042/bind\n"
     ),
     setup_irq_device_name="i8042",
 )

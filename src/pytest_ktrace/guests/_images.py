@@ -246,9 +246,7 @@ def _deb_files(spec: ArchSpec, packages: Sequence[str]) -> list[_DebFile]:
     qualified = [f"{package}:{spec.debian_arch}" for package in packages]
     output = _run([apt_get, "download", "--print-uris", *qualified], what="apt-get download --print-uris")
     by_filename: dict[str, _DebFile] = {}
-    pattern = re.compile(
-        r"^'(?P<url>[^']+)' (?P<filename>\S+) (?P<size>\d+) SHA256:(?P<sha256>[0-9a-f]{64})$"
-    )
+    pattern = re.compile(r"^'(?P<url>[^']+)' (?P<filename>\S+) (?P<size>\d+) SHA256:(?P<sha256>[0-9a-f]{64})$")
     for line in output.splitlines():
         match = pattern.match(line.strip())
         if match:
@@ -324,15 +322,11 @@ def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path) -> None:
     config_source = stage / "boot" / f"config-{kernel_release}"
     kernel_source = stage / "boot" / f"vmlinuz-{kernel_release}"
     if not config_source.is_file() or not kernel_source.is_file():
-        raise TargetError(
-            f"{kernel_package} has no boot/vmlinuz-{kernel_release} or boot/config-{kernel_release}"
-        )
+        raise TargetError(f"{kernel_package} has no boot/vmlinuz-{kernel_release} or boot/config-{kernel_release}")
     config = _read_kernel_config(config_source)
     missing_options = [option for option in _REQUIRED_KERNEL_CONFIG if config.get(option) != "y"]
     if missing_options:
-        raise TargetError(
-            f"{kernel_package} lacks {', '.join(missing_options)}=y; it cannot serve as a guest"
-        )
+        raise TargetError(f"{kernel_package} lacks {', '.join(missing_options)}=y; it cannot serve as a guest")
 
     rootfs = build_dir / "rootfs"
     modules = _assemble_rootfs(spec, stage, rootfs, kernel_release)
@@ -364,9 +358,7 @@ def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path) -> None:
         "initrd": "initrd.img",
         "key": key_path.name,
         "config": config_name,
-        "packages": [
-            {"package": deb.package, "filename": deb.filename, "sha256": deb.sha256} for deb in debs
-        ],
+        "packages": [{"package": deb.package, "filename": deb.filename, "sha256": deb.sha256} for deb in debs],
         "modules": modules,
         "build_seconds": round(time.monotonic() - started, 2),
     }
@@ -399,9 +391,7 @@ def _write_client_key(private_path: Path) -> str:
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as stream:
         stream.write(private_bytes)
-    public_line = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public_line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     line = public_line.decode() + " pytest-ktrace\n"
     private_path.with_name(private_path.name + ".pub").write_text(line)
     return line
@@ -490,9 +480,7 @@ def _elf_dependencies(path: Path) -> tuple[Optional[str], list[str]]:
         for section in elf.iter_sections():
             if isinstance(section, DynamicSection):
                 # pyelftools sets the soname as a dynamic attribute ("needed") on DT_NEEDED tags.
-                needed.extend(
-                    str(vars(tag)["needed"]) for tag in section.iter_tags() if tag.entry.d_tag == "DT_NEEDED"
-                )
+                needed.extend(str(vars(tag)["needed"]) for tag in section.iter_tags() if tag.entry.d_tag == "DT_NEEDED")
         return interpreter, needed
 
 
@@ -553,9 +541,7 @@ def _module_load_order(stage: Path, kernel_release: str, wanted: Sequence[str]) 
         if name in builtin or shipped.get(name) in order:
             return
         if name not in shipped:
-            raise TargetError(
-                f"kernel {kernel_release} has module {name} neither built in nor in its package"
-            )
+            raise TargetError(f"kernel {kernel_release} has module {name} neither built in nor in its package")
         if name in visiting:
             raise TargetError(f"module dependency cycle through {name} in kernel {kernel_release}")
         visiting.add(name)

@@ -16,9 +16,7 @@ __all__ = ["pack_initramfs"]
 _NEWC_MAGIC = b"070701"
 
 
-def _newc_entry(
-    name: str, mode: int, *, rdev_major: int = 0, rdev_minor: int = 0, data: bytes = b""
-) -> bytes:
+def _newc_entry(name: str, mode: int, *, rdev_major: int = 0, rdev_minor: int = 0, data: bytes = b"") -> bytes:
     fields = (
         0,  # ino: the kernel only uses it to match hard links, and there are none here
         mode,

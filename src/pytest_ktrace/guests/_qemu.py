@@ -231,9 +231,7 @@ def _parse_host_key(console_text: str) -> Optional[str]:
     return f"ssh-ed25519 {match.group(1)}"
 
 
-def _wait_for_ready(
-    spec: ArchSpec, process: subprocess.Popen[bytes], console_log: Path, deadline: float
-) -> str:
+def _wait_for_ready(spec: ArchSpec, process: subprocess.Popen[bytes], console_log: Path, deadline: float) -> str:
     """Follow the console until the guest is ready; return its host key line."""
     text = ""
     with console_log.open("rb") as console:
@@ -280,9 +278,7 @@ def _wait_for_ssh_banner(port: int, deadline: float) -> bool:
     return False
 
 
-def _write_client_files(
-    workdir: Path, arch: str, port: int, key_path: Path, host_key: str
-) -> tuple[Path, Path]:
+def _write_client_files(workdir: Path, arch: str, port: int, key_path: Path, host_key: str) -> tuple[Path, Path]:
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(f"[{_HOST}]:{port} {host_key}\n")
     ssh_config = workdir / "ssh_config"
@@ -358,9 +354,7 @@ def boot(
             except BaseException:
                 _terminate(process)
                 raise
-            known_hosts, ssh_config = _write_client_files(
-                guest_dir, spec.name, port, image.key_path, host_key
-            )
+            known_hosts, ssh_config = _write_client_files(guest_dir, spec.name, port, image.key_path, host_key)
             return RunningGuest(
                 image=image,
                 port=port,
