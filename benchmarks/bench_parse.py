@@ -28,7 +28,7 @@ COMMON = """\
 
 
 def fmt(name: str, eid: int, fields: str) -> str:
-    return f"name: {name}\nID: {eid}\nformat:\n{COMMON}\n{fields}\nprint fmt: \"\"\n"
+    return f'name: {name}\nID: {eid}\nformat:\n{COMMON}\n{fields}\nprint fmt: ""\n'
 
 
 FORMATS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -234,10 +235,8 @@ def test_not_elf(tmp_path: Path) -> None:
 def test_truncated_elf_is_missing_binary_not_a_crash(bins: dict[str, Path], tmp_path: Path, cut: int) -> None:
     bad = tmp_path / f"trunc{cut}"
     bad.write_bytes(bins["pie"].read_bytes()[:cut])
-    try:
+    with contextlib.suppress(MissingBinary):  # the only acceptable failure
         elf.list_function_symbols(bad)
-    except MissingBinary:
-        pass  # the only acceptable failure
 
 
 def test_elf_machine(bins: dict[str, Path]) -> None:

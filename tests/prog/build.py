@@ -23,7 +23,7 @@ _lock = threading.Lock()
 _built: Dict[Tuple[str, str, bool], Path] = {}
 
 
-def build_probed(tmpdir: Union[str, "os.PathLike[str]"], *, pie: bool = True) -> Path:
+def build_probed(tmpdir: Union[str, os.PathLike[str]], *, pie: bool = True) -> Path:
     """Compile probed.c into ``tmpdir`` (once) and return the executable's path.
 
     Raises ``RuntimeError`` if gcc is missing or the compile fails (message carries gcc's output)."""

@@ -340,6 +340,16 @@ def test_accept_new_honours_hash_known_hosts(
     assert make_backend("alias", ssh_config=config).run(["true"]).returncode == 0
 
 
+def test_config_strict_accept_new_and_quoted_paths(
+    make_backend: Callable[..., Any], sshd_server: Any, tmp_path: Path
+) -> None:
+    known = tmp_path / "dir with space" / "known hosts"
+    extra = f'  UserKnownHostsFile "{known}"\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking accept-new\n'
+    config = _config(tmp_path, sshd_server, extra)
+    assert make_backend("alias", ssh_config=config).run(["true"]).returncode == 0
+    assert known.read_text() == sshd_server.known_hosts_line()
+
+
 def test_host_key_changed_is_always_refused(make_backend: Callable[..., Any], sshd_server: Any, tmp_path: Path) -> None:
     other_pub = Path(str(sshd_server.other_key) + ".pub").read_text().split()
     known = tmp_path / "known_hosts"

@@ -82,12 +82,15 @@ def _expand(path: str, user: str, host: str) -> Path:
     return Path(os.path.expanduser(expanded))
 
 
-def _words(value: Union[str, list[str], None]) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [w for item in value for w in shlex.split(item)]
-    return shlex.split(value)
+def _paths(value: str) -> list[str]:
+    """A known-hosts file list. paramiko has already removed the quotes of a single quoted value, so an
+    unquoted value is split only when every word looks like a path of its own (``/...``, ``~...``, ``%d...``)."""
+    if '"' in value or "'" in value:
+        return shlex.split(value)
+    words = value.split()
+    if len(words) > 1 and all(w.startswith(("/", "~", "%")) for w in words):
+        return words
+    return [value.strip()] if value.strip() else []
 
 
 @dataclass
@@ -105,6 +108,7 @@ class _Resolved:
     global_known_hosts: list[Path]
     host_key_alias: Optional[str]
     hash_known_hosts: bool
+    accept_new: bool  # StrictHostKeyChecking accept-new (or no): a new key is accepted, a changed one never
     proxy_jump: list[str]
     proxy_command: Optional[str]
 
@@ -627,13 +631,14 @@ class SshBackend:
             identities_explicit=explicit,
             identities_only=options.get("identitiesonly", "no").lower() == "yes",
             user_known_hosts=[
-                _expand(p, login, hostname) for p in _words(options.get("userknownhostsfile", _USER_KNOWN_HOSTS))
+                _expand(p, login, hostname) for p in _paths(options.get("userknownhostsfile", _USER_KNOWN_HOSTS))
             ],
             global_known_hosts=[
-                _expand(p, login, hostname) for p in _words(options.get("globalknownhostsfile", _GLOBAL_KNOWN_HOSTS))
+                _expand(p, login, hostname) for p in _paths(options.get("globalknownhostsfile", _GLOBAL_KNOWN_HOSTS))
             ],
             host_key_alias=options.get("hostkeyalias"),
             hash_known_hosts=options.get("hashknownhosts", "no").lower() == "yes",
+            accept_new=options.get("stricthostkeychecking", "ask").lower() in ("accept-new", "no", "off"),
             proxy_jump=[] if jump.lower() in ("", "none") else [h.strip() for h in jump.split(",") if h.strip()],
             proxy_command=None
             if options.get("proxycommand", "none").lower() == "none"
@@ -837,7 +842,7 @@ class SshBackend:
                 cause="host key changed",
             )
         files = ", ".join(str(p) for p in res.user_known_hosts + res.global_known_hosts)
-        if not self.accept_new_host_key:
+        if not (self.accept_new_host_key or res.accept_new):
             other = (
                 f" (known_hosts has only other key types for it: {', '.join(sorted({e.key.get_name() for e in good}))})"
                 if good
