@@ -502,6 +502,47 @@ def test_noise_after_an_event_is_unparsed_not_glued() -> None:
     assert res.unparsed == ["some noise"]
 
 
+def test_many_noise_lines_after_an_event_stay_cheap() -> None:
+    mid = mkfmt("mid", [("__data_loc char[] s", 4, 0), ("int x", 4, 1)])
+    p = parser_for(ENT, RET, mid)
+    noise = [f"function_graph noise {i} |  }}" for i in range(5000)]
+    t0 = time.perf_counter()
+    res = p.parse("\n".join([line("mid", " s=a b x=0x1 (1)"), *noise]))
+    assert time.perf_counter() - t0 < 2.0
+    assert [e.fields for e in res.events] == [{"s": "a b", "x": 1}]
+    assert res.unparsed == noise
+    # a string as the last field cannot tell noise from its own continuation: capped, and nothing is lost
+    t0 = time.perf_counter()
+    res = p.parse("\n".join([line("ent", " __probe_ip=0x1 (1) irq=0x1 (1) name=a b=0x0 (0) nm=x"), *noise]))
+    assert time.perf_counter() - t0 < 2.0
+    [ev] = res.events
+    assert ev.fields["nm"].count("\n") + len(res.unparsed) == len(noise)
+    assert ev.fields["nm"].count("\n") <= 256
+    # an event without string fields never takes continuation lines
+    res = p.parse(line("ret", " __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0x0 (0)") + "\nnoise\n")
+    assert res.unparsed == ["noise"] and res.events[0].fields["ret"] == 0
+
+
+def test_events_are_real_frozen_events() -> None:
+    import dataclasses
+
+    ev = parse1(parser_for(RET), line("ret", " __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0x0 (0)"))
+    same = Event(
+        system="grp",
+        name="ret",
+        fields={"__probe_func": 1, "__probe_ret_ip": 2, "ret": 0},
+        pid=42,
+        comm="prog",
+        cpu=1,
+        timestamp=123.456789,
+        raw="ignored in comparisons",
+    )
+    assert ev == same and repr(ev) == repr(same) and ev.short() == same.short()
+    assert type(ev) is Event and dataclasses.asdict(ev)["fields"] == same.fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.pid = 1  # type: ignore[misc]
+
+
 def test_headers_lost_events_and_buffer_started() -> None:
     p = parser_for(RET)
     r = line("ret", " __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0x0 (0)")

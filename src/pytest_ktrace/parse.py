@@ -285,7 +285,6 @@ _HEADER_RE = re.compile(
     re.DOTALL,
 )
 _LOST_RE = re.compile(r"CPU:(\d+) \[LOST(?: (\d+))? EVENTS\]\s*")
-_BUFFER_STARTED_RE = re.compile(r"##### CPU \d+ buffer started ####\s*")
 
 # value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error
 _ERR = r"(<[A-Z][A-Z-]*>)"  # <OVERFLOW>, <INVALID-SIZE>, <INVALID-TYPE>
@@ -396,6 +395,7 @@ class _Splitter:
         "fmt",
         "forward",
         "last",
+        "multiline",
         "rconv",
         "reverse",
     )
@@ -403,6 +403,7 @@ class _Splitter:
     def __init__(self, fmt: EventFormat) -> None:
         self.fmt = fmt
         fields = fmt.fields
+        self.multiline = any(f.is_string for f in fields)
         kinds = [_kind_of(f) for f in fields]
         plan = [_plan_entry(f, k[0]) for f, k in zip(fields, kinds)]
         self.first = " " + fields[0].name + "=" if fields else ""
@@ -577,6 +578,7 @@ def _make_event(
 
 
 _UNSET: Any = object()
+_MAX_CONTINUATION = 256  # lines one string value may continue on; more is noise
 
 
 class TraceParser:
@@ -684,7 +686,6 @@ class TraceParser:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        seen_event = False
         # the pending event: its header match, first line, continuation lines (None: none so far)
         p_match: Optional[re.Match[str]] = None
         p_line = ""
@@ -704,7 +705,6 @@ class TraceParser:
                 p_match = m
                 p_line = line
                 p_more = None
-                seen_event = True
                 continue
             if line[:4] == "CPU:":
                 lm = _LOST_RE.fullmatch(line)
@@ -716,16 +716,19 @@ class TraceParser:
                     lost[cpu] = lost.get(cpu, 0) + (int(lm.group(2)) if lm.group(2) is not None else 1)
                     continue
             if p_match is not None:
-                # a continuation of a string value (or noise / a stray header line: decided at flush)
+                # a continuation of a string value (or noise / a stray header line: decided at flush), if the
+                # pending event has a string that could hold a newline
                 if p_more is None:
-                    p_more = [line]
-                else:
+                    if self._multiline(p_match):
+                        p_more = [line]
+                        continue
+                elif len(p_more) < _MAX_CONTINUATION:
                     p_more.append(line)
-                continue
-            if line[:1] == "#" and (not seen_event or _BUFFER_STARTED_RE.fullmatch(line)):
-                continue
-            if not line.strip():
-                continue
+                    continue
+                self._flush(p_match, p_line, p_more, result)
+                p_match = None
+            if line[:1] == "#" or not line.strip():
+                continue  # header (or "##### CPU n buffer started ####") and blank lines
             unparsed.append(line)
         if p_match is not None:
             self._flush(p_match, p_line, p_more, result)
@@ -765,6 +768,14 @@ class TraceParser:
             if line[:1] == "#" or not line.strip():
                 continue  # header lines, blank lines
             result.unparsed.append(line)
+
+    def _multiline(self, m: re.Match[str]) -> bool:
+        """Whether the event of header match ``m`` has a string field (that may continue on the next line)."""
+        name = m.group("name")
+        if name is None:
+            return False
+        sp = self._splitter(name)
+        return sp is not None and sp.multiline
 
     def _fits(self, hm: re.Match[str]) -> bool:
         """Whether a (multi-line) event parses with its own format's splitter."""

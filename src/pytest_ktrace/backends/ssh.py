@@ -7,7 +7,8 @@ exec channel running ``sh -s`` (``sudo -n sh -s`` with ``sudo=True``) whose scri
 Connection details are resolved the way ``ssh`` resolves them: ``~/.ssh/config`` (and ``/etc/ssh/ssh_config``),
 or the file given as ``ssh_config`` alone (like ``ssh -F``), with ``HostName``, ``User``, ``Port``,
 ``IdentityFile``, ``IdentitiesOnly``, ``UserKnownHostsFile``, ``GlobalKnownHostsFile``, ``HostKeyAlias``,
-``HashKnownHosts``, ``ProxyJump`` (a direct-tcpip channel of the jump host's transport) and ``ProxyCommand``.
+``HashKnownHosts``, ``StrictHostKeyChecking accept-new``, ``ProxyJump`` (a direct-tcpip channel of the jump
+host's transport) and ``ProxyCommand``.
 Authentication: ssh-agent keys (unless ``IdentitiesOnly yes``), then the identity files, then a password only
 from the ``KTRACE_SSH_PASSWORD`` environment variable. Host keys are checked against the user and system
 known_hosts files: an unknown key is refused unless ``accept_new_host_key`` (then it is saved), and a changed
