@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import platform
 import shutil
@@ -11,10 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from ktrace_testing import build_probed
 from pytest_ktrace import elf
 from pytest_ktrace.errors import KtraceError, MissingBinary, ProbeRejected, UnknownSymbol
 
@@ -22,16 +21,6 @@ PROG = Path(__file__).resolve().parent / "prog"
 TRACEFS = Path("/sys/kernel/tracing")
 
 
-def _load_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ktrace_prog_build", PROG / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ktrace_prog_build", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build()
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 needs_binutils = pytest.mark.skipif(
     shutil.which("nm") is None or shutil.which("readelf") is None, reason="binutils (nm, readelf) not installed"
@@ -43,7 +32,7 @@ def bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
     d = tmp_path_factory.mktemp("elf")
-    return {"pie": build.build_probed(d), "nopie": build.build_probed(d, pie=False)}
+    return {"pie": build_probed(d), "nopie": build_probed(d, pie=False)}
 
 
 def nm_functions(path: Path, dynamic: bool = False) -> dict[str, int]:

@@ -74,7 +74,7 @@ def test_run_reports_exit_output_and_pid_files(backend: LocalBackend, instance: 
 def test_timeout_kills_exactly_the_process_group(backend: LocalBackend, tmp_path) -> None:
     marker = tmp_path / "child.pid"
     started = time.monotonic()
-    with pytest.raises(CommandTimeout, match="did not finish within 0.5 s on local") as info:
+    with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5 s on local") as info:
         backend.run(["sh", "-c", f"sleep 30 & echo $! > {marker}; wait"], timeout=0.5)
     assert time.monotonic() - started < 10
     assert info.value.host == "local"

@@ -7,20 +7,19 @@ Real-kernel tests need root and tracefs (skipped otherwise). They work in a scra
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import platform
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Iterator, Optional, Sequence
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from ktrace_testing import build_probed
 from pytest_ktrace import parse as parse_mod
 from pytest_ktrace.errors import KtraceError
 from pytest_ktrace.events import Event
@@ -118,14 +117,6 @@ def scratch_instance() -> Iterator[Path]:
         with contextlib.suppress(OSError):
             (inst / "events" / "enable").write_text("0")
         inst.rmdir()
-
-
-def _load_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ktrace_prog_build", PROG / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------------------- format files
@@ -936,11 +927,10 @@ class UprobeRun:
 def uprobe_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UprobeRun]:
     if not _tracefs_ok():
         pytest.skip("needs root and a mounted tracefs")
-    build = _load_build()
     d = tmp_path_factory.mktemp("uprobe")
     # a comm with dashes and digits: "pro-bed-1" (pid parsing must take the number after the *last* dash)
     exe = d / "pro-bed-1"
-    shutil.copy2(build.build_probed(d), exe)
+    shutil.copy2(build_probed(d), exe)
     from pytest_ktrace.elf import symbol_file_offset
 
     run = UprobeRun(exe)

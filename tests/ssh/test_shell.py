@@ -245,7 +245,8 @@ def test_large_write_is_one_syscall(shell: Runner, tmp_path: Path) -> None:
     ops: list[Op] = [Write(str(target), value)]
     log = tmp_path / "strace.log"
     proc = subprocess.run(
-        [strace, "-f", "-qq", "-y", "-e", "trace=write", "-o", str(log), *shell.argv],  # type: ignore[attr-defined]
+        # -ff: one log per process, so a syscall is never split by another process's lines
+        [strace, "-ff", "-qq", "-y", "-e", "trace=write", "-o", str(log), *shell.argv],  # type: ignore[attr-defined]
         input=_shell.render_batch(ops, nonce).encode(),
         capture_output=True,
         env=shell.env,  # type: ignore[attr-defined]
@@ -254,7 +255,8 @@ def test_large_write_is_one_syscall(shell: Runner, tmp_path: Path) -> None:
     )
     assert _shell.parse_batch(ops, proc.stdout, nonce).results[0].ok, proc.stderr
     assert target.read_text() == value
-    into_file = [line for line in log.read_text().splitlines() if f"{target}>" in line]
+    lines = [line for part in tmp_path.glob("strace.log.*") for line in part.read_text().splitlines()]
+    into_file = [line for line in lines if f"{target}>" in line]
     assert len(into_file) == 1 and into_file[0].endswith("= 70000"), into_file
 
 
