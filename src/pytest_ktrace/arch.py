@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-from .errors import UnsupportedFetchArg
+from .errors import UnsupportedFetchArg, hide_for_ktrace_errors
 
 __all__ = ["ARG_REGISTERS", "normalize_arch", "rewrite_argn"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 # The kernel calling convention of each arch (also the user-space one for these three).
 ARG_REGISTERS: dict[str, tuple[str, ...]] = {

@@ -13,9 +13,11 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .errors import MissingBinary, UnknownSymbol
+from .errors import MissingBinary, UnknownSymbol, hide_for_ktrace_errors
 
 __all__ = ["elf_machine", "list_function_symbols", "symbol_file_offset"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 PathLike = Union[str, Path]
 

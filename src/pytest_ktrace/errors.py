@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "CommandTimeout",
@@ -15,11 +15,18 @@ __all__ = [
     "TracefsUnavailable",
     "UnknownSymbol",
     "UnsupportedFetchArg",
+    "hide_for_ktrace_errors",
 ]
 
 
 class KtraceError(Exception):
     """Base of every pytest-ktrace error."""
+
+
+def hide_for_ktrace_errors(excinfo: Any) -> bool:
+    """Set as a module's ``__tracebackhide__``: pytest then leaves that module's frames out of the traceback of
+    a KtraceError (whose message carries the context), but shows them for any other exception (a bug of ours)."""
+    return isinstance(getattr(excinfo, "value", None), KtraceError)
 
 
 class ProbeRejected(KtraceError):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Generator, Optional
 
 import pytest
 
 from . import hookspecs
 from .backends import builtin
-from .errors import KtraceError, MissingTool, TracefsUnavailable
+from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
 from .identity import RunIdentity
 from .session import TraceSession
 from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, state_key, validate_marker
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _SESSION_KEY = pytest.StashKey[TraceSession]()
 _REPORT_LINES = 400
@@ -148,6 +151,14 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     finally:
         state.live.discard(session)
         report = session.teardown()
+        if report.deferred:
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"pytest-ktrace: {settings.target.label} was unreachable at teardown ({report.deferred}); "
+                    f"{session.instance} and its probes are removed as soon as the connection is back"
+                ),
+                stacklevel=1,
+            )
         if report:
             pytest.fail(
                 "pytest-ktrace could not undo everything this test created on "

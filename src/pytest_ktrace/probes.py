@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from .errors import KtraceError
+from .errors import KtraceError, hide_for_ktrace_errors
 
 __all__ = ["DYNAMIC_KINDS", "RETURN_KINDS", "ProbeKind", "ProbeSpec", "check_fetchargs", "event_name_for"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 ProbeKind = Literal["kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint"]
 

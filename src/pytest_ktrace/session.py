@@ -17,7 +17,15 @@ from . import elf
 from .arch import normalize_arch, rewrite_argn
 from .assertions import Observation, ProbeView, assert_latency, assert_order
 from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
-from .errors import KtraceError, MissingBinary, ProbeRejected, UnknownSymbol, UnsupportedFetchArg
+from .errors import (
+    ConnectionLost,
+    KtraceError,
+    MissingBinary,
+    ProbeRejected,
+    UnknownSymbol,
+    UnsupportedFetchArg,
+    hide_for_ktrace_errors,
+)
 from .events import Event
 from .identity import RunIdentity
 from .matchers import ANY
@@ -25,6 +33,8 @@ from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 from .probes import ProbeKind, ProbeSpec, check_fetchargs, check_text, event_name_for
 
 __all__ = ["Scope", "TeardownReport", "TraceSession"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 Scope = Literal["all", "run"]
 _TRACEPOINT = re.compile(r"^(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)$")
@@ -53,6 +63,7 @@ class TeardownReport:
     """What teardown could not undo; empty when the kernel is back as it was."""
 
     failures: list[str] = field(default_factory=list)
+    deferred: str = ""  # why teardown was handed to the backend for its next connection
 
     def __bool__(self) -> bool:
         return bool(self.failures)
@@ -264,6 +275,8 @@ class TraceSession:
         if path not in self._elf_cache:
             result = self.backend.run(["cat", "--", path], timeout=self.run_timeout)
             if result.returncode != 0:
+                if "No such file" in result.stderr:
+                    raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
                 raise MissingBinary(
                     f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}"
                 )
@@ -531,7 +544,14 @@ class TraceSession:
         ops = self.teardown_ops()
         if not ops:
             return report
-        for result in self.backend.apply(ops):
+        try:
+            results = self.backend.apply(ops)
+        except ConnectionLost as exc:
+            # The target is unreachable now: the backend undoes this test first thing after it reconnects.
+            self.backend.defer(ops)
+            report.deferred = str(exc)
+            return report
+        for result in results:
             if result.ok or result.errno_name == "ENOENT":
                 continue  # ENOENT: the batch that should have created it never got that far
             report.failures.append(

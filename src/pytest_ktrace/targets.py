@@ -10,10 +10,12 @@ from typing import Any, Optional
 import pytest
 
 from .backends.base import Backend, Read, Rmdir, Write
-from .errors import KtraceError
+from .errors import KtraceError, hide_for_ktrace_errors
 from .identity import RunIdentity, stale_owner
 
 __all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 # key -> (command-line dest, ini name, default, kind)
 _SETTINGS: dict[str, tuple[str, str, Any, str]] = {

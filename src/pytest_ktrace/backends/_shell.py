@@ -29,6 +29,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from ..errors import hide_for_ktrace_errors
 from .base import Mkdir, Op, OpResult, Read, Rmdir, Write
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "render_kill",
     "render_run",
 ]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 DEFAULT_TRACEFS: tuple[str, ...] = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 

@@ -140,6 +140,11 @@ class Backend(Protocol):
         ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process."""
         ...
 
+    def defer(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` (teardown that could not run because the target was unreachable) before anything else
+        on the next successful connection. A backend that cannot lose its target applies them at once."""
+        ...
+
     def close(self) -> None:
         """Release connections; the backend may be reopened by the next call."""
         ...

@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING, Optional
 
 import pytest
 
+from ..errors import hide_for_ktrace_errors
 from .base import Backend
 
 if TYPE_CHECKING:
     from ..targets import TargetSpec
 
 __all__ = ["pytest_ktrace_make_backend"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 
 @pytest.hookimpl(trylast=True)

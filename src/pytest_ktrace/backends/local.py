@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import CommandTimeout, TracefsUnavailable
+from ..errors import CommandTimeout, TracefsUnavailable, hide_for_ktrace_errors
 from .base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
 from .features import FEATURE_FILES, MOUNT_HINT, features_from
 
 __all__ = ["LocalBackend", "find_tracefs"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -205,6 +207,9 @@ class LocalBackend:
             pid=proc.pid,
             duration_s=time.monotonic() - started,
         )
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        self.apply(ops)
 
     def close(self) -> None:
         """Nothing to release locally."""

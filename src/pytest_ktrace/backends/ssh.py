@@ -35,12 +35,21 @@ from typing import Callable, Optional, Sequence, Union
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
-from ..errors import CommandTimeout, ConnectionLost, KtraceError, TargetError, TracefsUnavailable
+from ..errors import (
+    CommandTimeout,
+    ConnectionLost,
+    KtraceError,
+    TargetError,
+    TracefsUnavailable,
+    hide_for_ktrace_errors,
+)
 from . import _shell
 from .base import Op, OpResult, RunResult, TargetInfo
 from .features import FEATURE_FILES, MOUNT_HINT, features_from
 
 __all__ = ["PASSWORD_ENV", "SshBackend", "parse_target"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 PASSWORD_ENV = "KTRACE_SSH_PASSWORD"
 _DEFAULT_IDENTITIES = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_dsa")

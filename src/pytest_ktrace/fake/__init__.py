@@ -1,0 +1,3 @@
+"""In-memory fake tracefs backend."""
+
+from __future__ import annotations

@@ -1,0 +1,139 @@
+"""The plugin end to end through a real OpenSSH server on 127.0.0.1: the local suite passes unchanged, and the
+failures a board user meets (dropped link, missing permissions) read clearly and leave the target clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytest_plugins = ["pytester"]
+
+
+def _ktrace_leftovers() -> list[str]:
+    tracefs = Path("/sys/kernel/tracing")
+    lines = [line for line in (tracefs / "uprobe_events").read_text().splitlines() if "ktrace_" in line]
+    return lines + [name for name in os.listdir(tracefs / "instances") if name.startswith("ktrace_")]
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_local_suite_passes_unchanged_through_ssh(sshd_server) -> None:
+    run = _pytest(
+        "tests/test_uprobes.py",
+        "tests/test_tracepoints.py",
+        "examples/test_register_irq.py",
+        "examples/test_syscalls.py",
+        "--ktrace-host=ktrace-test",
+        f"--ktrace-ssh-config={sshd_server.ssh_config}",
+    )
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout and "error" not in run.stdout.lower()
+
+
+def test_header_names_the_remote_host(sshd_server) -> None:
+    run = _pytest(
+        "-v", "examples/test_syscalls.py", "--ktrace-host=ktrace-test", f"--ktrace-ssh-config={sshd_server.ssh_config}"
+    )
+    assert run.returncode == 0, run.stdout
+    assert f"ktrace: backend ssh, target ktrace-test: Linux {os.uname().release} {os.uname().machine}" in run.stdout
+
+
+def test_non_root_user_through_sudo(sshd_server) -> None:
+    run = _pytest(
+        "examples/test_register_irq.py",
+        "--ktrace-host=ktrace-test-sudo",
+        "--ktrace-sudo",
+        f"--ktrace-ssh-config={sshd_server.ssh_config}",
+    )
+    assert run.returncode == 0, run.stdout[-4000:]
+
+
+def test_non_root_user_without_sudo_is_told_why(sshd_server) -> None:
+    run = _pytest(
+        "examples/test_syscalls.py",
+        "--ktrace-host=ktrace-test-nosudo",
+        f"--ktrace-ssh-config={sshd_server.ssh_config}",
+    )
+    assert run.returncode == 1
+    assert "ktrace-nosudo" in run.stdout or "--ktrace-sudo" in run.stdout, run.stdout
+    assert "--ktrace-sudo" in run.stdout
+
+
+def test_unknown_host_key_is_refused_by_default(sshd_server, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    text = Path(sshd_server.ssh_config).read_text().replace(str(sshd_server.known_hosts), str(tmp_path / "empty"))
+    config.write_text(text)
+    (tmp_path / "empty").write_text("")
+    run = _pytest("examples/test_syscalls.py", "--ktrace-host=ktrace-test", f"--ktrace-ssh-config={config}")
+    assert run.returncode == 1
+    assert "--ktrace-accept-new-host-key" in run.stdout, run.stdout
+    accepted = _pytest(
+        "examples/test_syscalls.py",
+        "--ktrace-host=ktrace-test",
+        f"--ktrace-ssh-config={config}",
+        "--ktrace-accept-new-host-key",
+    )
+    assert accepted.returncode == 0, accepted.stdout[-3000:]
+    assert "[127.0.0.1]" in (tmp_path / "empty").read_text()
+
+
+class _DropConnection:
+    """Gives the inner test a fixture that kills the sshd process serving its connection."""
+
+    def __init__(self, server: object) -> None:
+        self.server = server
+
+    @pytest.fixture
+    def drop_connection(self):
+        def drop(backend: object) -> None:
+            pid = self.server.pid_of_connection(backend.local_port)  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+
+        return drop
+
+
+def test_dropped_connection_fails_that_test_and_the_next_one_cleans_up(
+    sshd_server, pytester: pytest.Pytester, probed: Path
+) -> None:
+    pytester.makepyfile(
+        test_drop=f"""
+        import threading
+
+        BIN = {str(probed)!r}
+
+        def test_link_dies_mid_command(ktrace, drop_connection):
+            probe = ktrace.uprobe(BIN, "fib")
+            ktrace.run([BIN, "fib", "2"])
+            probe.assert_call_count(3)
+            threading.Timer(1.0, drop_connection, [ktrace.backend]).start()
+            ktrace.run(["sleep", "5"])
+
+        def test_next_one_reconnects(ktrace):
+            probe = ktrace.uprobe(BIN, "fib")
+            ktrace.run([BIN, "fib", "3"])
+            probe.assert_call_count(5)
+        """
+    )
+    result = pytester.runpytest(
+        "--ktrace-host=ktrace-test",
+        f"--ktrace-ssh-config={sshd_server.ssh_config}",
+        plugins=[_DropConnection(sshd_server)],
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*ConnectionLost: *ktrace-test*"])
+    assert "ssh.py" not in result.stdout.str()  # the failure shows the test's line, not the backend's internals
+    assert _ktrace_leftovers() == []
