@@ -143,6 +143,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         scope="run" if settings.scope == "run" else "all",
         run_timeout=settings.timeout,
         buffer_kb=settings.buffer_kb,
+        elf_cache=state.elf_copies,
     )
     request.node.stash[_SESSION_KEY] = session
     state.live.add(session)

@@ -84,6 +84,7 @@ class TraceSession:
         scope: Scope = "all",
         run_timeout: Optional[float] = 60.0,
         buffer_kb: Optional[int] = None,
+        elf_cache: Optional[dict[str, tuple[str, Path]]] = None,
     ) -> None:
         self.backend = backend
         self.identity = identity
@@ -101,7 +102,9 @@ class TraceSession:
         self._dirty = True
         self._raw_trace = ""
         self._runs: list[RunResult] = []
-        self._elf_cache: dict[str, Path] = {}
+        # path -> (identity "size mtime inode", local copy): owned by the run, so copies outlive this test
+        self._elf_cache: dict[str, tuple[str, Path]] = {} if elf_cache is None else elf_cache
+        self._elf_checked: set[str] = set()
         self._tracing_started = scope == "all"
         self._torn_down = False
 
@@ -267,23 +270,31 @@ class TraceSession:
         return int(self.instance.rsplit("_", 1)[1]) * 1000 + self._serial
 
     def _local_copy(self, path: str) -> Path:
-        """A local path to the target's ELF file (itself on a local backend), to read symbols from."""
+        """A local path to the target's ELF file (itself on a local backend), to read symbols from. Remote copies
+        are shared by the whole run and re-fetched only when the file's size, mtime or inode changed."""
         if self.backend.name == "local":
             if not os.path.exists(path):
                 raise MissingBinary(f"uprobe target {path} does not exist on local")
             return Path(path)
-        if path not in self._elf_cache:
-            result = self.backend.run(["cat", "--", path], timeout=self.run_timeout)
-            if result.returncode != 0:
-                if "No such file" in result.stderr:
-                    raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
-                raise MissingBinary(
-                    f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}"
-                )
-            with tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False) as handle:
-                handle.write(result.stdout.encode("utf-8", "surrogateescape"))
-            self._elf_cache[path] = Path(handle.name)
-        return self._elf_cache[path]
+        cached = self._elf_cache.get(path)
+        if path in self._elf_checked and cached is not None:
+            return cached[1]  # already checked in this test
+        stat = self.backend.run(["stat", "-L", "-c", "%s %Y %i", "--", path], timeout=self.run_timeout)
+        if stat.returncode != 0 and "No such file" in stat.stderr:
+            raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
+        identity = stat.stdout.strip() if stat.returncode == 0 else ""
+        self._elf_checked.add(path)
+        if cached is not None and identity and cached[0] == identity and cached[1].exists():
+            return cached[1]
+        result = self.backend.run(["cat", "--", path], timeout=self.run_timeout)
+        if result.returncode != 0:
+            raise MissingBinary(f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}")
+        with tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False) as handle:
+            handle.write(result.stdout.encode("utf-8", "surrogateescape"))
+        if cached is not None:
+            cached[1].unlink(missing_ok=True)
+        self._elf_cache[path] = (identity, Path(handle.name))
+        return self._elf_cache[path][1]
 
     def _register(self, spec: ProbeSpec) -> ProbeView:
         view = ProbeView(spec, lambda: self._observe(spec))
@@ -443,12 +454,21 @@ class TraceSession:
                 # A pid is a non-zero number, so appending it to tracing_on turns the instance on after the
                 # pid filter is in place, with no extra round trip.
                 pid_files.append(f"{self.instance_path}/tracing_on")
+        trace = Read(f"{self.instance_path}/trace")
         result = self.backend.run(
-            argv, timeout=self.run_timeout if timeout is None else timeout, pid_files=pid_files, stdin=stdin
+            argv,
+            timeout=self.run_timeout if timeout is None else timeout,
+            pid_files=pid_files,
+            stdin=stdin,
+            after=[trace],  # the trace comes back with the command: no extra round trip to collect it
         )
         self._tracing_started = True
         self._runs.append(result)
-        self._dirty = True
+        collected = result.after[0] if result.after else None
+        if collected is not None and collected.ok:
+            self._take_trace(collected.data)
+        else:
+            self._dirty = True
         if check:
             result.check()
         return result
@@ -464,8 +484,11 @@ class TraceSession:
         result = self.backend.apply([Read(f"{self.instance_path}/trace")])[0]
         if not result.ok:
             raise KtraceError(f"reading {self.instance_path}/trace failed: {result.errno_name} {result.error}")
-        self._raw_trace = result.data
-        self._parsed = TraceParser(self._catalog).parse(result.data)
+        return self._take_trace(result.data)
+
+    def _take_trace(self, text: str) -> ParsedTrace:
+        self._raw_trace = text
+        self._parsed = TraceParser(self._catalog).parse(text)
         self._dirty = False
         return self._parsed
 
@@ -558,8 +581,6 @@ class TraceSession:
                 f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
                 + (f" ({result.op.data!r})" if isinstance(result.op, Write) else "")
             )
-        for path in self._elf_cache.values():
-            path.unlink(missing_ok=True)
         return report
 
     def describe_target(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -156,6 +157,7 @@ class RunState:
     serial: int = 0
     closers: list[Any] = field(default_factory=list)
     live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
+    elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -202,6 +204,9 @@ class RunState:
         for backend in self.backends.values():
             with contextlib.suppress(Exception):
                 backend.close()
+        for _, copy in self.elf_copies.values():
+            copy.unlink(missing_ok=True)
+        self.elf_copies.clear()
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):
                 closer()

@@ -187,16 +187,11 @@ def _shell_path(path: str) -> str:
 # --- apply() ------------------------------------------------------------------------------------------------
 
 
-def render_batch(
-    ops: Sequence[Op], nonce: str, *, candidates: Sequence[str] = DEFAULT_TRACEFS, stop_on_error: bool = False
-) -> str:
-    """One script applying ``ops`` in order inside tracefs. Frames: ``T root`` (or ``X reason``), then per op
-    ``B i`` + content (reads only) and ``S i rc`` + error text, then ``END``."""
-    out = [_prelude(nonce, candidates), _OPS_FUNCS]
+def _render_ops(ops: Sequence[Op], *, stop_on_error: bool) -> list[str]:
+    """The per-op lines (``B i`` + content for reads, ``S i rc`` + error text), already inside tracefs."""
+    out: list[str] = []
     if any(isinstance(op, Write) and len(op.data.encode("utf-8", "surrogateescape")) > _PIPE_ATOMIC for op in ops):
         out.append(_FULLBLOCK_PROBE)
-    out.append("kt_f START\n")
-    out.append("kt_cd || { kt_f END; exit 0; }\n")
     for index, op in enumerate(ops):
         path = quote(_shell_path(op.path))
         if isinstance(op, Write):
@@ -214,6 +209,16 @@ def render_batch(
         out.append(f"kt_s {index}\n")
         if stop_on_error:
             out.append('[ "$kt_r" = 0 ] || { kt_f END; exit 0; }\n')
+    return out
+
+
+def render_batch(
+    ops: Sequence[Op], nonce: str, *, candidates: Sequence[str] = DEFAULT_TRACEFS, stop_on_error: bool = False
+) -> str:
+    """One script applying ``ops`` in order inside tracefs. Frames: ``T root`` (or ``X reason``), then per op
+    ``B i`` + content (reads only) and ``S i rc`` + error text, then ``END``."""
+    out = [_prelude(nonce, candidates), _OPS_FUNCS, "kt_f START\n", "kt_cd || { kt_f END; exit 0; }\n"]
+    out.extend(_render_ops(ops, stop_on_error=stop_on_error))
     out.append("kt_f END\n")
     return "".join(out)
 
@@ -279,7 +284,14 @@ def parse_batch(ops: Sequence[Op], output: bytes, nonce: str) -> BatchOutput:
         tracefs=tracefs,
         problem=problem,
     )
+    result.results = op_results(ops, frames)
+    return result
+
+
+def op_results(ops: Sequence[Op], frames: Sequence[Frame]) -> list[OpResult]:
+    """The results of the ops whose ``B``/``S`` frames are among ``frames``, in op order."""
     content: dict[int, bytes] = {}
+    results: list[OpResult] = []
     for frame in frames:
         if frame.tag == "B":
             content[int(frame.fields[0])] = frame.payload
@@ -287,11 +299,11 @@ def parse_batch(ops: Sequence[Op], output: bytes, nonce: str) -> BatchOutput:
             index, rc = int(frame.fields[0]), int(frame.fields[1])
             op = ops[index]
             if rc == 0:
-                result.results.append(OpResult(op, ok=True, data=decode(content.get(index, b""))))
+                results.append(OpResult(op, ok=True, data=decode(content.get(index, b""))))
             else:
                 name, text = errno_from_text(decode(frame.payload))
-                result.results.append(OpResult(op, ok=False, errno_name=name, error=text))
-    return result
+                results.append(OpResult(op, ok=False, errno_name=name, error=text))
+    return results
 
 
 # --- describe() ---------------------------------------------------------------------------------------------
@@ -395,9 +407,11 @@ def render_run(
     pid_files: Sequence[str] = (),
     stdin: Optional[str] = None,
     candidates: Sequence[str] = DEFAULT_TRACEFS,
+    after: Sequence[Op] = (),
 ) -> str:
     """A script that runs ``argv`` (no shell interpretation) in its own session (``setsid`` when the target has
-    it), with ``stdin`` as its standard input (else /dev/null), in the login directory.
+    it), with ``stdin`` as its standard input (else /dev/null), in the login directory; then applies ``after``
+    inside tracefs (frames as in :func:`render_batch`), so reading the trace costs no extra round trip.
 
     Frames: ``START``; ``T``/``X`` when there are pid files; ``C pid`` as soon as the child exists (the pid to
     kill on timeout); ``P pid`` from the child right before exec; ``F file`` + error when a pid file refused the
@@ -418,7 +432,12 @@ def render_run(
     words = " ".join(quote(a) for a in (*pid_files, *argv))
     call = f'sh -c {quote(_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words} <"${{kt_in:-/dev/null}}"'
     out.append(f"if command -v setsid >/dev/null 2>&1; then\n  setsid {call} &\nelse\n  {call} &\nfi\n")
-    out.append('kt_p=$!\nkt_f C "$kt_p"\nwait "$kt_p"\nkt_f R "$?"\nkt_f END\n')
+    out.append('kt_p=$!\nkt_f C "$kt_p"\nwait "$kt_p"\nkt_f R "$?"\n')
+    if after:
+        out.append(_OPS_FUNCS)
+        out.append("kt_cd || { kt_f END; exit 0; }\n")
+        out.extend(_render_ops(after, stop_on_error=False))
+    out.append("kt_f END\n")
     return "".join(out)
 
 
@@ -432,9 +451,10 @@ class RunOutput:
     stdout: bytes
     problem: Optional[TracefsProblem]
     pid_file_error: Optional[tuple[str, str]]
+    after: list[OpResult] = field(default_factory=list)
 
 
-def parse_run(output: bytes, nonce: str) -> RunOutput:
+def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
     """What :func:`render_run`'s script said so far (it may be parsed while still running)."""
     frames = split_frames(output, nonce)
     _, problem = _tracefs_frames(frames)
@@ -461,6 +481,7 @@ def parse_run(output: bytes, nonce: str) -> RunOutput:
         elif frame.tag == "F":
             result.pid_file_error = (" ".join(frame.fields), decode(frame.payload))
     result.stdout = b"".join(stdout)
+    result.after = op_results(after, frames)
     return result
 
 

@@ -74,6 +74,7 @@ class RunResult:
     stderr: str
     pid: int
     duration_s: float
+    after: tuple[OpResult, ...] = ()  # results of the ops applied right after the command (same round trip)
 
     def check(self) -> RunResult:
         """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
@@ -135,9 +136,11 @@ class Backend(Protocol):
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
         stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
     ) -> RunResult:
         """Run ``argv`` on the target. Before it execs, the child's pid is appended to each tracefs file in
-        ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process."""
+        ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process. When
+        it has ended, ``after`` is applied (all ops attempted) in the same round trip: ``RunResult.after``."""
         ...
 
     def defer(self, ops: Sequence[Op]) -> None:

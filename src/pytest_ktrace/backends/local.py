@@ -159,6 +159,7 @@ class LocalBackend:
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
         stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
     ) -> RunResult:
         self._round_trips += 1
         targets = [os.path.join(self.root, path) for path in pid_files]
@@ -206,6 +207,7 @@ class LocalBackend:
             stderr=err.decode(errors="replace"),
             pid=proc.pid,
             duration_s=time.monotonic() - started,
+            after=tuple(self._apply_one(op) for op in after),
         )
 
     def defer(self, ops: Sequence[Op]) -> None:

@@ -292,6 +292,7 @@ class SshBackend:
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
         stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
     ) -> RunResult:
         """Run ``argv`` on the target (``timeout=None`` means ``command_timeout``)."""
         with self._lock:
@@ -299,7 +300,9 @@ class SshBackend:
             limit = self.command_timeout if timeout is None else timeout
             nonce = _shell.new_nonce()
             try:
-                script = _shell.render_run(argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates)
+                script = _shell.render_run(
+                    argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates, after=after
+                )
             except ValueError as exc:
                 raise TargetError(
                     f"cannot run {list(argv)!r} on {self._host}: {exc}",
@@ -315,7 +318,7 @@ class SshBackend:
 
             started = time.monotonic()
             ex = self._call(script, what=f"run {list(argv)!r}", timeout=limit, done=finished)
-            out = _shell.parse_run(ex.stdout, nonce)
+            out = _shell.parse_run(ex.stdout, nonce, after)
             duration = time.monotonic() - started
             command = shlex.join(argv)
             if ex.timed_out:
@@ -351,6 +354,7 @@ class SshBackend:
                 stderr=_shell.decode(ex.stderr),
                 pid=out.pid or out.child or 0,
                 duration_s=duration,
+                after=tuple(out.after),
             )
 
     def defer(self, ops: Sequence[Op]) -> None:

@@ -1,0 +1,158 @@
+"""Per-test overhead of pytest-ktrace on each backend, and SSH round trips against a naive approach.
+
+Usage (root, tracefs mounted):  .venv/bin/python benchmarks/bench_per_test.py [--rounds 10] [--no-vm]
+
+One "test" is what the ktrace fixture does for a typical two-probe test: define an entry and a return probe,
+arm them (one batch), run one command, collect the trace, check one assertion, tear everything down.
+- local:  uprobes on tests/prog/probed.c through this machine's tracefs
+- ssh:    the same through a real OpenSSH server on 127.0.0.1 (tests/ssh/sshd.py) as a /bin/sh user
+- naive:  the same SSH operations, but every tracefs write/read as its own command (what a shell script does)
+- vm:     kprobes on __setup_irq in the x86_64 and arm64 qemu guests (TCG), triggered by a device rebind
+Prints the median and min per test, round trips per test, and the ratio to local.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from ktrace_testing import build_probed  # noqa: E402
+
+from pytest_ktrace.backends.base import Backend, Op, OpResult  # noqa: E402
+from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
+from pytest_ktrace.identity import RunIdentity  # noqa: E402
+from pytest_ktrace.session import TraceSession  # noqa: E402
+
+
+class OneCommandPerOp:
+    """Wraps a backend so each operation is its own round trip, like `ssh board 'echo ... >> file'` per step."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        results: list[OpResult] = []
+        for op in ops:
+            results.extend(self.inner.apply([op]))
+            if stop_on_error and not results[-1].ok:
+                break
+        return results
+
+
+def uprobe_test(binary: str) -> Callable[[TraceSession], None]:
+    def body(session: TraceSession) -> None:
+        entry = session.uprobe(binary, "setup_thing", irq="$arg1:s32", name="+0($arg2):string")
+        done = session.uretprobe(binary, "setup_thing")
+        session.run([binary, "setup", "eth2", "30"])
+        entry.assert_called_once_with(irq=30, name="eth2")
+        done.assert_returned(0)
+
+    return body
+
+
+def setup_irq_test(arch: str) -> Callable[[TraceSession], None]:
+    driver, device = {
+        "x86_64": ("/sys/bus/platform/drivers/i8042", "i8042"),
+        "arm64": ("/sys/bus/amba/drivers/rtc-pl031", "9010000.pl031"),
+    }[arch]
+
+    def body(session: TraceSession) -> None:
+        setup = session.kprobe("__setup_irq", irq="$arg1:u32")
+        done = session.kretprobe("__setup_irq")
+        session.run(["sh", "-c", f"echo {device} > {driver}/unbind; echo {device} > {driver}/bind"])
+        setup.assert_called()
+        done.assert_returned(0)
+
+    return body
+
+
+def measure(backend: Any, body: Callable[[TraceSession], None], rounds: int) -> tuple[float, float, float]:
+    identity = RunIdentity.current()
+    times: list[float] = []
+    trips: list[int] = []
+    backend.describe()
+    for serial in range(1, rounds + 2):
+        before = backend.round_trips
+        started = time.perf_counter()
+        session = TraceSession(backend, identity, serial)
+        try:
+            body(session)
+        finally:
+            report = session.teardown()
+        elapsed = time.perf_counter() - started
+        assert not report, report.failures
+        if serial > 1:  # the first round warms caches (ELF symbols, formats, connection)
+            times.append(elapsed)
+            trips.append(backend.round_trips - before)
+    return statistics.median(times), min(times), statistics.median(trips)
+
+
+def load_sshd() -> Any:
+    spec = importlib.util.spec_from_file_location("ktrace_bench_sshd", ROOT / "tests" / "ssh" / "sshd.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ktrace_bench_sshd"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--no-vm", action="store_true", help="skip the qemu guests")
+    args = parser.parse_args(argv)
+    rows: list[tuple[str, float, float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="ktrace-bench-") as scratch:
+        binary = str(build_probed(Path(scratch)))
+        body = uprobe_test(binary)
+        rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
+
+        sshd = load_sshd()
+        sshd.ensure_users()
+        server = sshd.SshServer(Path(scratch) / "sshd")
+        Path(scratch).chmod(0o755)
+        server.start()
+        try:
+            from pytest_ktrace.backends.ssh import SshBackend
+
+            with SshBackend("ktrace-test", ssh_config=server.ssh_config) as ssh:
+                rows.append(("ssh 127.0.0.1, batched", *measure(ssh, body, args.rounds)))
+                rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
+        finally:
+            server.stop()
+
+        if not args.no_vm:
+            from pytest_ktrace import guests
+            from pytest_ktrace.backends.ssh import SshBackend
+
+            for arch in guests.ARCHES:
+                reason = guests.qemu_available(arch)
+                if reason:
+                    print(f"skipping the {arch} guest: {reason}")
+                    continue
+                with guests.boot(arch) as guest, SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as vm:
+                    rows.append((f"vm {arch} (kprobes, TCG)", *measure(vm, setup_irq_test(arch), args.rounds)))
+
+    base = rows[0][1]
+    print(f"\nper-test overhead, {args.rounds} rounds after one warm-up (define 2 probes, arm, run, collect, "
+          "assert, teardown)")
+    print(f"{'backend':38} {'median ms':>10} {'min ms':>8} {'round trips':>12} {'x local':>8}")
+    for name, median, fastest, trips in rows:
+        print(f"{name:38} {median * 1e3:10.1f} {fastest * 1e3:8.1f} {trips:12.0f} {median / base:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
