@@ -83,10 +83,11 @@ def measure(backend: Any, body: Callable[[TraceSession], None], rounds: int) -> 
     times: list[float] = []
     trips: list[int] = []
     backend.describe()
+    elf_copies: dict[str, Any] = {}  # what the plugin shares across one run's tests
     for serial in range(1, rounds + 2):
         before = backend.round_trips
         started = time.perf_counter()
-        session = TraceSession(backend, identity, serial)
+        session = TraceSession(backend, identity, serial, elf_cache=elf_copies)
         try:
             body(session)
         finally:
