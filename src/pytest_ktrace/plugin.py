@@ -98,8 +98,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except pytest.UsageError:
         raise
     target = settings.target
-    if target.backend == "vm":
-        return [f"ktrace: backend vm ({target.vm} guest, booted at first use)"]
     state = config.stash[state_key()]
     try:
         backend = state.backend_for(config, target)
@@ -108,7 +106,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"ktrace: backend {target.label}: unavailable: {exc}"]
     features = ", ".join(sorted(info.features)) or "none"
     return [
-        f"ktrace: backend {info.backend}, target {info.name}: Linux {info.release} {info.arch}, tracefs {info.tracefs}",
+        f"ktrace: backend {target.backend}, target {info.name}: Linux {info.release} {info.arch}, "
+        f"tracefs {info.tracefs}",
         f"ktrace: features: {features}",
     ]
 

@@ -31,7 +31,7 @@ Kernel behaviours that are easy to get wrong and are copied on purpose:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 __all__ = [
@@ -119,9 +119,12 @@ _ERROR_LOG_COMMAND_PREFIX = "  Command: "
 # ---------------------------------------------------------------------------------------------------------------------
 # The kernel's ctype (lib/ctype.c), which classifies Latin-1 bytes too.
 
+
 def _build_ctype_sets() -> tuple[frozenset[int], frozenset[int]]:
     spaces = {9, 10, 11, 12, 13, 32, 0xA0}
-    alnums = set(range(ord("0"), ord("9") + 1)) | set(range(ord("A"), ord("Z") + 1)) | set(range(ord("a"), ord("z") + 1))
+    alnums = (
+        set(range(ord("0"), ord("9") + 1)) | set(range(ord("A"), ord("Z") + 1)) | set(range(ord("a"), ord("z") + 1))
+    )
     alnums |= set(range(0xC0, 0x100)) - {0xD7, 0xF7}
     return frozenset(spaces), frozenset(alnums)
 
@@ -170,6 +173,7 @@ def normalize_filter_text(written: str | bytes) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fields
+
 
 class FieldClass(enum.Enum):
     """How the kernel filters a field (its ``filter_type``)."""
@@ -226,7 +230,7 @@ class FilterField:
     size: int
     signed: bool
     c_type: str = ""
-    field_class: Optional[FieldClass] = field(default=None, compare=False)
+    field_class: Optional[FieldClass] = None
 
     @property
     def kind(self) -> FieldClass:
@@ -263,6 +267,7 @@ COMMON_FIELDS: tuple[FilterField, ...] = (
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Errors
+
 
 class FilterError(Exception):
     """A filter the kernel rejects.
@@ -377,7 +382,7 @@ def _parse_unsigned(text: bytes) -> int | None:
         index += 1
     if overflow or digits == 0:
         return None
-    if text[index:index + 1] == b"\n":
+    if text[index : index + 1] == b"\n":
         index += 1
     if index != len(text):
         return None
@@ -401,7 +406,7 @@ def _parse_integer_operand(text: bytes, signed: bool) -> int | None:
 
 
 def _parse_cpulist_number(text: bytes, index: int, last_cpu: int) -> tuple[int, int] | None:
-    if text[index:index + 1] == b"N":
+    if text[index : index + 1] == b"N":
         return last_cpu, index + 1
     start = index
     value = 0
@@ -430,7 +435,7 @@ def _parse_cpulist(text: bytes, nr_cpu_ids: int) -> frozenset[int] | None:
             index += 1
         if is_end_of_string(index):
             return frozenset(cpus)
-        if text[index:index + 3].lower() == b"all":
+        if text[index : index + 3].lower() == b"all":
             first, last = 0, last_cpu
             index += 3
         else:
@@ -455,7 +460,7 @@ def _parse_cpulist(text: bytes, nr_cpu_ids: int) -> frozenset[int] | None:
             if parsed is None:
                 return None
             used_length, index = parsed
-            if text[index:index + 1] != b"/":
+            if text[index : index + 1] != b"/":
                 return None
             parsed = _parse_cpulist_number(text, index + 1, last_cpu)
             if parsed is None:
@@ -471,6 +476,7 @@ def _parse_cpulist(text: bytes, nr_cpu_ids: int) -> frozenset[int] | None:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Predicates
+
 
 class _Operator(enum.Enum):
     GLOB = "~"
@@ -790,7 +796,7 @@ class _StringMatch(_Predicate):
             return pattern in buffer[:length]
         if self.match_kind is _MatchKind.END:
             text_length = length - 1
-            return text_length >= len(pattern) and buffer[text_length - len(pattern):text_length] == pattern
+            return text_length >= len(pattern) and buffer[text_length - len(pattern) : text_length] == pattern
         return _glob_matches(pattern, _c_string(buffer[:length]))
 
 
@@ -919,7 +925,7 @@ class _FilterParser:
         trailing_operator_is_error: bool,
     ) -> None:
         self._text = text
-        self._fields = {}
+        self._fields: dict[str, FilterField] = {}
         for known in (*COMMON_FIELDS, *GENERIC_FIELDS, *fields):
             self._fields[known.name] = known  # later wins: event fields, then generic, then common
         self._nr_cpu_ids = nr_cpu_ids
@@ -1039,7 +1045,8 @@ class _FilterParser:
 
     # -- one predicate ---------------------------------------------------------------------------------------------
 
-    def _error(self, code: int, absolute_index: int) -> FilterError:
+    @staticmethod
+    def _error(code: int, absolute_index: int) -> FilterError:
         """An error inside a predicate: the kernel reports it one byte right of the offending index."""
         return FilterError(code, absolute_index + 1, _ERRNO_EINVAL)
 
@@ -1058,18 +1065,16 @@ class _FilterParser:
         known = self._fields.get(field_name)
         if known is None:
             raise self._error(_ERR_FIELD_NOT_FOUND, index)
-        wants_user_string = False
         if self._text.startswith(b".ustring", index):
-            wants_user_string = True
-            index += len(b".ustring")
-        wants_function = False
-        if self._text.startswith(b".function", index):
-            wants_function = True
+            index += len(b".ustring")  # a user-space string reads the same as any other from a fake record
+        wants_function = self._text.startswith(b".function", index)
+        if wants_function:
             index += len(b".function")
-        del wants_user_string  # user-space strings read the same from a fake record
         while _is_space(at(index)):
             index += 1
-        operator = next((op for op in _OPERATORS_IN_MATCH_ORDER if self._text.startswith(op.value.encode(), index)), None)
+        operator = next(
+            (op for op in _OPERATORS_IN_MATCH_ORDER if self._text.startswith(op.value.encode(), index)), None
+        )
         if operator is None:
             raise self._error(_ERR_INVALID_OP, index)
         index += len(operator.value)
@@ -1079,7 +1084,7 @@ class _FilterParser:
             return self._parse_function_operand(known, operator, index, start)
         if self._text.startswith(b"CPUS", index):
             return self._parse_cpumask_operand(known, operator, index, start)
-        if at(index) in b"'\"" and at(index):
+        if at(index) in b"'\"":
             return self._parse_string_operand(known, operator, index, start)
         if _is_digit(at(index)) or at(index) == ord("-"):
             return self._parse_number_operand(known, operator, index, start)
@@ -1102,7 +1107,11 @@ class _FilterParser:
             if address is None:
                 raise self._error(_ERR_INVALID_VALUE, index)
             span = next(
-                ((begin, begin + size) for begin, size in self._kernel_functions.values() if begin <= address < begin + size),
+                (
+                    (begin, begin + size)
+                    for begin, size in self._kernel_functions.values()
+                    if begin <= address < begin + size
+                ),
                 None,
             )
         else:
@@ -1212,6 +1221,7 @@ class _FilterParser:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Public entry points
+
 
 class CompiledFilter:
     """An accepted filter: the stored expression and the kernel's branch program that evaluates it."""

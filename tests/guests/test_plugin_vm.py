@@ -1,0 +1,85 @@
+"""--ktrace-vm and @pytest.mark.ktrace(vm=...) through the plugin: the guest is booted at first use, shared by the
+run, powered off at its end, and a machine without qemu gets a skip that says what to install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+INNER = """
+import pytest
+
+@pytest.mark.ktrace(vm="arm64")
+def test_arm64_kprobe(ktrace):
+    assert ktrace.target.arch == "aarch64"
+    probe = ktrace.kprobe("__setup_irq", irq="%x0:u32")
+    ktrace.run(["ktrace-trigger-setup-irq"])
+    probe.assert_called()
+
+@pytest.mark.ktrace(vm="arm64")
+def test_same_guest_again(ktrace):
+    assert "kprobes" in ktrace.target.features
+"""
+
+
+def _qemu_pids() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().startswith("qemu-system"):
+                    found.add(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_marker_boots_the_guest_once_and_powers_it_off(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_vm=INNER)
+    before = _qemu_pids()
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=2)
+    assert _qemu_pids() <= before, "the guest must be powered off when the run ends"
+
+
+def test_without_qemu_the_guest_tests_skip_with_the_reason(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(test_vm=INNER)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "ls", "cat", "uname"):
+        (bare / tool).symlink_to(f"/bin/{tool}")
+    env = {**os.environ, "PATH": str(bare)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", str(pytester.path / "test_vm.py")],
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout
+    assert "2 skipped" in run.stdout
+    assert "qemu-system-aarch64 not found; apt-get install qemu-system-arm" in run.stdout
+
+
+def test_command_line_vm_runs_the_whole_suite_there(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_cli="""
+        def test_on_x86_guest(ktrace):
+            assert ktrace.target.release.endswith("-amd64")
+            done = ktrace.kretprobe("__setup_irq")
+            ktrace.run(["ktrace-trigger-setup-irq"])
+            done.assert_returned(0)
+        """
+    )
+    result = pytester.runpytest_subprocess("--ktrace-vm=x86_64")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["ktrace: backend vm, target ktrace-vm-x86_64: Linux 6.1.0-*-amd64 x86_64, tracefs /sys/kernel/tracing"]
+    )
