@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -67,8 +68,12 @@ def tracefs_state() -> dict[str, str]:
     return state
 
 
+_PLUGIN_NAME = re.compile(r"ktrace_[0-9a-f]{6}_\d+_[0-9a-f]{4}")
+
+
 def ours(state: dict[str, str]) -> list[str]:
-    return [line for text in state.values() for line in text.splitlines() if "ktrace_" in line]
+    """Lines naming a group or instance of the plugin (other tools' "ktrace_*" scratch names do not count)."""
+    return [line for text in state.values() for line in text.splitlines() if _PLUGIN_NAME.search(line)]
 
 
 def append_line(path: Path, line: str) -> None:
