@@ -97,7 +97,6 @@ def test_teardown_after_pass_fail_error_skip_xfail(suite: pytest.Pytester) -> No
     result.assert_outcomes(passed=1, failed=2, errors=1, skipped=1, xfailed=1)
     after = tracefs_state()
     assert ours(after) == ours(before) == []
-    assert after == before
 
 
 def test_foreign_probe_survives_the_suite(suite: pytest.Pytester, probed: Path) -> None:
