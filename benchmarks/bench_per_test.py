@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ktrace_testing import build_probed  # noqa: E402
-
 from pytest_ktrace.backends.base import Backend, Op, OpResult  # noqa: E402
 from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
 from pytest_ktrace.identity import RunIdentity  # noqa: E402
