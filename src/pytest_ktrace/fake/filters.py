@@ -706,6 +706,8 @@ def _glob_matches(pattern: bytes, text: bytes) -> bool:
             continue
         literal = wanted
         if wanted == ord("["):
+            if char == 0:  # a class never matches the end of the string
+                return False
             inverted = pattern_at(pattern_index) == ord("!")
             class_index = pattern_index + int(inverted)
             member = pattern_at(class_index)

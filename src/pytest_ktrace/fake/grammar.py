@@ -159,6 +159,9 @@ ERROR_MESSAGES: dict[str, str] = {
     "BAD_TYPE4STR": "This type does not fit for string.",
     "NEED_STRING_TYPE": "$comm and immediate-string only accepts string type",
     "EVENT_TOO_BIG": "Event too big (too many fields?)",
+    # Newer than v6.12.117, seen on v6.18 (see _CODES_ADDED_LATER).
+    "TOO_MANY_ARGS": "Too many arguments are specified",
+    "TOO_MANY_EARGS": "Too many entry arguments specified",
 }
 
 # Codes v6.1 does not have (reference §1).  MAXACT_NO_KPROBE is v6.1's name for BAD_MAXACT_TYPE.
@@ -185,6 +188,10 @@ _CODES_MISSING_IN_6_1 = frozenset(
         "NEED_STRING_TYPE",
     }
 )
+# Codes newer than the v6.12 sources, with the first release assumed to have them: "tracing/probes: Fix
+# MAX_TRACE_ARGS limit handling" logs TOO_MANY_ARGS (v6.18 does; v6.12.117 silently returns E2BIG).
+_AFTER_6_12 = (6, 14)  # assumed first release of what v6.18 does and v6.12.117 does not
+_CODES_ADDED_LATER: dict[str, tuple[int, int]] = {"TOO_MANY_ARGS": _AFTER_6_12, "TOO_MANY_EARGS": _AFTER_6_12}
 _V6_1_ONLY_MESSAGES = {"MAXACT_NO_KPROBE": "Maxactive is not for kprobe"}
 
 # regs_query_register_offset() tables: arch/x86/kernel/ptrace.c (64-bit entries only: ds/es/fs/gs are 32-bit
@@ -272,6 +279,11 @@ class KernelDialect:
         return self.version[:2] >= (6, 12)
 
     @property
+    def paren_is_btf_cast(self) -> bool:
+        """A fetch argument starting with '(' is BTF cast syntax (seen on v6.18): NOSUP_BTFARG without BTF."""
+        return self.version[:2] >= _AFTER_6_12
+
+    @property
     def registers(self) -> frozenset[str]:
         return _REGISTERS[self.canonical_arch]
 
@@ -289,6 +301,8 @@ class KernelDialect:
         return True
 
     def has_error(self, code: str) -> bool:
+        if code in _CODES_ADDED_LATER:
+            return self.version[:2] >= _CODES_ADDED_LATER[code]
         if self.modern:
             return code in ERROR_MESSAGES
         return (code in ERROR_MESSAGES and code not in _CODES_MISSING_IN_6_1) or code in _V6_1_ONLY_MESSAGES
@@ -744,6 +758,8 @@ class _ArgParser:
                 except _NumberError as exc:
                     raise self.fail(ctx.offset + 1, "BAD_IMM", exc.errno) from None
                 code.ops[pc] = _IMM
+        elif first == "(" and self.dialect.paren_is_btf_cast:
+            raise self.fail(ctx.offset, "NOSUP_BTFARG", "EOPNOTSUPP")
         elif (_isalpha(first) or first == "_") and self.dialect.modern:
             # A bare name is a BTF variable.  Without BTF support: -EOPNOTSUPP where BTF could apply (kprobe at
             # function entry/exit), -EINVAL elsewhere.
@@ -930,7 +946,12 @@ class _ProbeArgs:
 
         code = _Code()
         parser = _ArgParser(log, self.dialect, ctx)
+        body_offset = ctx.offset
         pc = parser.parse(fetch, code, 0)
+        if not self.dialect.modern:
+            # v6.1 passed the offset by value, so later carets are relative to the body again; v6.12 keeps the
+            # outermost dereference's inner offset (ctx->offset), shifting them right.
+            ctx.offset = body_offset
         self.size += size * (count or 1)
         if self.size > MAX_PROBE_EVENT_SIZE:
             raise log.error(ctx.offset, "EVENT_TOO_BIG", "E2BIG")
@@ -1135,7 +1156,7 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
     if dialect.modern:
         _check_meta_args(words, log, return_flag, function_entry)
     if len(words) > MAX_TRACE_ARGS:
-        raise log.unlogged("TOO_MANY_ARGS", "E2BIG")
+        raise _too_many_args(log)
     if dialect.modern:
         words = [_expand_dentry_arg(word) for word in words]
         argv[2:] = words  # the kernel rewrites argv in place, so error_log shows the expansion
@@ -1175,6 +1196,14 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
         ref_ctr_offset=None,
         args=tuple(args.args),
     )
+
+
+def _too_many_args(log: _Log) -> ProbeSyntaxError:
+    """More than MAX_TRACE_ARGS arguments: E2BIG, logged at the first argument by newer kernels only."""
+    if not log.dialect.has_error("TOO_MANY_ARGS"):
+        return log.unlogged("TOO_MANY_ARGS", "E2BIG")
+    log.index = 2
+    return log.error(0, "TOO_MANY_ARGS", "E2BIG")
 
 
 def _check_meta_args(words: list[str], log: _Log, return_flag: bool, function_entry: bool) -> None:
@@ -1230,7 +1259,7 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         raise _Cancelled
     log = _Log("trace_uprobe", argv, dialect)
     if len(argv) - 2 > MAX_TRACE_ARGS:
-        raise log.unlogged("TOO_MANY_ARGS", "E2BIG")
+        raise _too_many_args(log)  # checked before the place is even looked at
     is_return = head[0] == "r"
     # Only "p:" / "r:" introduce a name: "r10:name" or "pfoo:name" are accepted and the name is ignored.
     event_text = head[2:] if _at(head, 1) == ":" else None

@@ -1,0 +1,134 @@
+"""The ``pytest-ktrace`` command: take target profiles for the fake tracefs, and list the shipped ones.
+
+    pytest-ktrace snapshot --name NAME [-o FILE]                      # this machine (needs root for kallsyms)
+    pytest-ktrace snapshot --host [USER@]HOST[:PORT] [--ssh-config F] [--sudo] --name NAME
+    pytest-ktrace snapshot --vm x86_64|arm64 --name NAME               # boots a qemu guest, snapshots, stops it
+    pytest-ktrace profiles [NAME_OR_FILE ...]                          # shipped (or given) profiles
+
+Errors of the plugin (:class:`~pytest_ktrace.errors.KtraceError`) print as one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .backends.base import Backend
+from .errors import KtraceError
+
+__all__ = ["main"]
+
+_PROG = "pytest-ktrace"
+EXIT_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_PROG, description="pytest-ktrace tools: target profiles for the fake.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    snap = commands.add_parser(
+        "snapshot",
+        help="take a profile of a target (local by default)",
+        description="Take a profile of a target: kallsyms, kprobe blacklist, event formats, tracefs README.",
+    )
+    where = snap.add_mutually_exclusive_group()
+    where.add_argument("--host", metavar="[USER@]HOST[:PORT]", help="an SSH target (ssh_config aliases work)")
+    where.add_argument("--vm", choices=("x86_64", "arm64"), help="boot a qemu guest of this arch and snapshot it")
+    snap.add_argument("--ssh-config", metavar="FILE", type=Path, help="ssh_config file to use alone (like ssh -F)")
+    snap.add_argument("--sudo", action="store_true", help="run as root on the SSH target through sudo -n")
+    snap.add_argument(
+        "--accept-new-host-key", action="store_true", help="trust and save an SSH host key seen for the first time"
+    )
+    snap.add_argument(
+        "--mount-debugfs",
+        action="store_true",
+        help="mount debugfs on the target if it is not mounted, to read the kprobe blacklist (implied by --vm)",
+    )
+    snap.add_argument("--name", required=True, help="profile name, e.g. debian-6.1-arm64")
+    snap.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to write it (default: NAME.json.gz)")
+
+    listing = commands.add_parser(
+        "profiles",
+        help="list the shipped profiles (or the given ones)",
+        description="List the shipped profiles, or the given shipped names / profile files.",
+    )
+    listing.add_argument("profiles", nargs="*", metavar="NAME_OR_FILE", help="shipped profile names or files")
+    return parser
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from .fake.profiles import snapshot
+
+    if (args.ssh_config or args.sudo or args.accept_new_host_key) and not args.host:
+        raise KtraceError("--ssh-config, --sudo and --accept-new-host-key need --host")
+    output: Path = args.output or Path(f"{args.name}.json.gz")
+    if args.vm:
+        from .backends.ssh import SshBackend
+        from .guests import boot
+
+        print(f"booting a {args.vm} guest...", file=sys.stderr)
+        guest = boot(args.vm)
+        try:
+            with SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as guest_backend:
+                profile = snapshot(guest_backend, args.name, mount_debugfs=True)
+        finally:
+            guest.shutdown()
+    else:
+        backend: Backend
+        if args.host:
+            from .backends.ssh import SshBackend
+
+            backend = SshBackend(
+                args.host, ssh_config=args.ssh_config, sudo=args.sudo, accept_new_host_key=args.accept_new_host_key
+            )
+        else:
+            from .backends.local import LocalBackend
+
+            backend = LocalBackend()
+        try:
+            profile = snapshot(backend, args.name, mount_debugfs=args.mount_debugfs)
+        finally:
+            backend.close()
+    profile.save(output)
+    print(f"{output}: {profile.summary()} ({output.stat().st_size} bytes)")
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from .fake.profiles import builtin_profiles, load_profile
+
+    wanted: list[str] = args.profiles or list(builtin_profiles())
+    if not wanted:
+        print("no shipped profiles")
+        return 0
+    loaded = [load_profile(name) for name in wanted]  # every one first: an unknown name prints no partial table
+    rows = [("NAME", "RELEASE", "ARCH", "SYMBOLS", "EVENTS", "BLACKLIST")]
+    for p in loaded:
+        blacklist = "-" if p.blacklist is None else str(len(p.blacklist))
+        rows.append((p.name, p.release, p.arch, str(len(p.symbols)), str(len(p.events)), blacklist))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "snapshot":
+            return _snapshot(args)
+        return _profiles(args)
+    except KtraceError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the error's own layout
+        print(f"{_PROG}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Target profiles: what an in-memory fake tracefs needs to imitate one real target.
+
+A :class:`Profile` is a snapshot of a kernel as tracing sees it: ``uname`` release and machine, the tracefs
+features, the kernel text symbols from ``/proc/kallsyms``, the kprobe blacklist, every event's ``format`` file
+and the tracefs README. :func:`snapshot` takes one from any :class:`~pytest_ktrace.backends.base.Backend` in
+three round trips (``describe()``; one ``run()`` whose ``after`` ops read ``available_events`` and README; one
+``apply()`` reading every ``format``), so it works the same on this machine and on a busybox board over SSH.
+
+Profiles are stored as gzip-compressed, deterministic JSON (``NAME.json.gz``); a few ship with the package
+(:func:`builtin_profiles`, :func:`load_profile`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence
+
+from ..backends.base import Backend, OpResult, Read
+from ..errors import KtraceError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Profile",
+    "builtin_profiles",
+    "load_profile",
+    "parse_available_events",
+    "parse_blacklist",
+    "parse_dynamic_events",
+    "parse_kallsyms",
+    "snapshot",
+]
+
+FORMAT_VERSION = 1
+_SUFFIX = ".json.gz"
+_DEBUGFS = "/sys/kernel/debug"
+_BLACKLIST = f"{_DEBUGFS}/kprobes/blacklist"
+_TEXT_TYPES = frozenset("Tt")
+# Files read in the same round trip as the snapshot command (missing_ok: older kernels lack some).
+_AFTER_READS = ("available_events", "README", "dynamic_events", "kprobe_events", "uprobe_events")
+_RUN_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One target as the fake needs it (see the module docstring). ``blacklist`` None means it was not readable
+    (no debugfs, no kprobes, no permission); an empty set means the kernel blacklists nothing."""
+
+    name: str
+    release: str
+    arch: str  # uname -m
+    features: frozenset[str]
+    readme: str
+    symbols: frozenset[str]  # kernel (and loaded module) text symbols, types T/t, without the [module] suffix
+    duplicate_symbols: frozenset[str]  # text symbol names that appear more than once in kallsyms
+    blacklist: Optional[frozenset[str]]  # function names in debugfs kprobes/blacklist; None = unknown
+    events: Mapping[str, str] = field(hash=False)  # "system/event" -> exact text of events/system/event/format
+    created: str = ""  # ISO 8601 time of the snapshot (UTC)
+    source: str = ""  # where it came from, e.g. "ssh ktrace-vm-arm64"
+
+    def __post_init__(self) -> None:
+        # Accept any iterables/mappings but always hold immutable, hashable values.
+        object.__setattr__(self, "features", frozenset(self.features))
+        object.__setattr__(self, "symbols", frozenset(self.symbols))
+        object.__setattr__(self, "duplicate_symbols", frozenset(self.duplicate_symbols))
+        if self.blacklist is not None:
+            object.__setattr__(self, "blacklist", frozenset(self.blacklist))
+        object.__setattr__(self, "events", MappingProxyType(dict(sorted(self.events.items()))))
+
+    def has_symbol(self, name: str) -> bool:
+        """Whether ``name`` is a text symbol of the target's kernel (or of a module loaded at snapshot time)."""
+        return name in self.symbols
+
+    def is_blacklisted(self, name: str) -> bool:
+        """Whether the kprobe blacklist lists ``name`` (False when the blacklist is unknown)."""
+        return self.blacklist is not None and name in self.blacklist
+
+    def has_event(self, event: str) -> bool:
+        """``event`` as ``system/event`` or ``system:event``."""
+        return event.replace(":", "/", 1) in self.events
+
+    def summary(self) -> str:
+        blacklist = "unknown" if self.blacklist is None else str(len(self.blacklist))
+        return (
+            f"{self.name}: Linux {self.release} {self.arch}; {len(self.symbols)} symbols "
+            f"({len(self.duplicate_symbols)} duplicated), {len(self.events)} events, blacklist {blacklist}; "
+            f"from {self.source or 'unknown'} at {self.created or 'unknown'}"
+        )
+
+    # --- storage ------------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "release": self.release,
+            "arch": self.arch,
+            "created": self.created,
+            "source": self.source,
+            "features": sorted(self.features),
+            "readme": self.readme,
+            "symbols": sorted(self.symbols),
+            "duplicate_symbols": sorted(self.duplicate_symbols),
+            "blacklist": None if self.blacklist is None else sorted(self.blacklist),
+            "events": dict(sorted(self.events.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, where: str = "profile") -> Profile:
+        version = data.get("format")
+        if version != FORMAT_VERSION:
+            raise KtraceError(f"{where}: profile format {version!r} is not supported (expected {FORMAT_VERSION})")
+        try:
+            blacklist = data["blacklist"]
+            return cls(
+                name=str(data["name"]),
+                release=str(data["release"]),
+                arch=str(data["arch"]),
+                features=frozenset(data["features"]),
+                readme=str(data["readme"]),
+                symbols=frozenset(data["symbols"]),
+                duplicate_symbols=frozenset(data["duplicate_symbols"]),
+                blacklist=None if blacklist is None else frozenset(blacklist),
+                events={str(k): str(v) for k, v in dict(data["events"]).items()},
+                created=str(data.get("created", "")),
+                source=str(data.get("source", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KtraceError(f"{where}: not a valid profile ({type(exc).__name__}: {exc})") from None
+
+    def dumps(self) -> bytes:
+        """The gzip-compressed JSON of :meth:`save`: the same profile always gives the same bytes."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        buffer = io.BytesIO()
+        # mtime=0 and no file name in the header: byte-for-byte reproducible.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=9, mtime=0) as gz:
+            gz.write(text.encode("utf-8", "surrogateescape"))
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        """Write the profile to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_bytes(self.dumps())
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KtraceError(f"cannot write profile {path}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise KtraceError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+        try:
+            text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+            data = json.loads(text.decode("utf-8", "surrogateescape"))
+        except (OSError, EOFError, ValueError) as exc:
+            raise KtraceError(f"{path} is not a profile (gzip-compressed JSON): {exc}") from None
+        if not isinstance(data, dict):
+            raise KtraceError(f"{path} is not a profile: its JSON is not an object")
+        return cls.from_json(data, where=str(path))
+
+
+# --- parsing what the target printed -------------------------------------------------------------------------
+
+
+def parse_kallsyms(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """``/proc/kallsyms`` -> (text symbol names, names that occur more than once). Lines are
+    ``ADDR TYPE NAME`` or ``ADDR TYPE NAME\\t[module]``; only types T and t (text) count."""
+    seen: set[str] = set()
+    dups: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
+            continue
+        name = parts[2]
+        if name in seen:
+            dups.add(name)
+        else:
+            seen.add(name)
+    return frozenset(seen), frozenset(dups)
+
+
+def parse_blacklist(text: str) -> frozenset[str]:
+    """debugfs ``kprobes/blacklist`` -> function names. Lines are ``0xSTART-0xEND\\tNAME`` (maybe with a
+    ``[module]`` column); 6.x also lists whole sections as ``[__kprobes_text]`` style names, kept as given."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "-" in parts[0]:
+            names.add(parts[1])
+    return frozenset(names)
+
+
+def parse_available_events(text: str) -> list[str]:
+    """``available_events`` (``system:event`` lines) -> sorted ``system/event`` names."""
+    out = set()
+    for line in text.splitlines():
+        system, sep, event = line.strip().partition(":")
+        if sep and system and event:
+            out.add(f"{system}/{event}")
+    return sorted(out)
+
+
+_DYN_EVENT = re.compile(r"^[a-z]+:(?:(?P<group>[^\s/]+)/)?(?P<event>[^\s/]+)")
+
+
+def parse_dynamic_events(text: str) -> set[str]:
+    """``dynamic_events``/``kprobe_events``/``uprobe_events`` -> ``group/event`` of the probes someone defined
+    (they are the target's current state, not its kernel: a snapshot leaves them out)."""
+    out = set()
+    for line in text.splitlines():
+        match = _DYN_EVENT.match(line.strip())
+        if match and match.group("group"):
+            out.add(f"{match.group('group')}/{match.group('event')}")
+    return out
+
+
+def _snapshot_script(nonce: str, mount_debugfs: bool) -> str:
+    """POSIX sh for busybox targets: uname, kallsyms and the blacklist, each after a marker line."""
+    mark = f"@@ktrace-{nonce}"
+    mount = (
+        # Only an empty (unmounted) debugfs directory, only when asked, and unmounted again afterwards.
+        f'if [ ! -e {_BLACKLIST} ] && [ -d {_DEBUGFS} ] && [ -z "$(ls -A {_DEBUGFS} 2>/dev/null)" ]; then\n'
+        f"  mount -t debugfs none {_DEBUGFS} 2>/dev/null && kt_mounted=1\n"
+        "fi\n"
+        if mount_debugfs
+        else ""
+    )
+    return (
+        "kt_mounted=\n"
+        f"echo '{mark} uname'\n"
+        "uname -r\nuname -m\n"
+        f"echo '{mark} kallsyms'\n"
+        "cat /proc/kallsyms\n"
+        f"echo '{mark} kallsyms-status' $?\n"
+        f"{mount}"
+        f"echo '{mark} blacklist'\n"
+        f"cat {_BLACKLIST} 2>/dev/null\n"
+        f"kt_rc=$?\n"
+        f"echo '{mark} blacklist-status' $kt_rc\n"
+        f'if [ -n "$kt_mounted" ]; then umount {_DEBUGFS} 2>/dev/null; fi\n'
+        "exit 0\n"
+    )
+
+
+def _sections(stdout: str, nonce: str) -> dict[str, str]:
+    mark = f"@@ktrace-{nonce} "
+    sections: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith(mark):
+            current = sections.setdefault(line[len(mark) :].strip(), [])
+            continue
+        if current is not None:
+            current.append(line)
+    return {key: "".join(value) for key, value in sections.items()}
+
+
+def _status(sections: Mapping[str, str], key: str) -> Optional[int]:
+    """``kallsyms-status 0`` puts its value on the marker line itself: ``{key}-status N``."""
+    for label in sections:
+        if label.startswith(f"{key}-status "):
+            try:
+                return int(label.split()[1])
+            except ValueError:
+                return None
+    return None
+
+
+def _source(backend: Backend, backend_kind: str) -> str:
+    name = backend.name
+    return backend_kind if name == backend_kind else f"{backend_kind} {name}"
+
+
+def _data(result: OpResult) -> str:
+    return result.data if result.ok else ""
+
+
+def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Profile:
+    """Take a :class:`Profile` of ``backend``'s target, named ``name``, in three round trips.
+
+    ``mount_debugfs`` lets the snapshot mount debugfs at /sys/kernel/debug (only when that directory is empty,
+    and unmounted again) to read the kprobe blacklist: meant for disposable guests, off by default. Reading
+    /proc/kallsyms and the blacklist needs root on the target (``SshBackend(sudo=True)`` or root login).
+    """
+    info = backend.describe()
+    nonce = secrets.token_hex(8)
+    after = [Read(path, missing_ok=True) for path in _AFTER_READS]
+    result = backend.run(["sh", "-c", _snapshot_script(nonce, mount_debugfs)], timeout=_RUN_TIMEOUT_S, after=after)
+    sections = _sections(result.stdout, nonce)
+    if result.returncode != 0 or "blacklist" not in sections:
+        raise KtraceError(
+            f"snapshot of {backend.name}: the snapshot shell exited {result.returncode} "
+            f"without finishing; stderr: {result.stderr.strip()[-500:]!r}"
+        )
+    uname = sections.get("uname", "").split()
+    release = uname[0] if len(uname) >= 1 else info.release
+    arch = uname[1] if len(uname) >= 2 else info.arch
+    if _status(sections, "kallsyms") not in (0, None):
+        raise KtraceError(f"snapshot of {backend.name}: cannot read /proc/kallsyms: {result.stderr.strip()!r}")
+    symbols, duplicates = parse_kallsyms(sections.get("kallsyms", ""))
+    if not symbols:
+        raise KtraceError(f"snapshot of {backend.name}: /proc/kallsyms lists no text symbols (CONFIG_KALLSYMS=n?)")
+    blacklist = parse_blacklist(sections["blacklist"]) if _status(sections, "blacklist") == 0 else None
+
+    by_path = {r.op.path: r for r in result.after}
+    available = by_path.get("available_events")
+    if available is None or not available.ok:
+        error = available.error if available is not None else "not read (the command's after ops did not run)"
+        raise KtraceError(f"snapshot of {backend.name}: cannot read {info.tracefs}/available_events: {error}")
+    readme = _data(by_path["README"]) if "README" in by_path else ""
+    defined: set[str] = set()
+    for path in ("dynamic_events", "kprobe_events", "uprobe_events"):
+        if path in by_path:
+            defined |= parse_dynamic_events(_data(by_path[path]))
+    names = [e for e in parse_available_events(available.data) if e not in defined]
+
+    events: dict[str, str] = {}
+    if names:
+        reads: Sequence[Read] = [Read(f"events/{event}/format") for event in names]
+        for event, res in zip(names, backend.apply(reads)):
+            if res.ok:
+                events[event] = res.data
+    if names and not events:
+        raise KtraceError(f"snapshot of {backend.name}: no event format file was readable under {info.tracefs}")
+
+    return Profile(
+        name=name,
+        release=release,
+        arch=arch,
+        features=info.features,
+        readme=readme,
+        symbols=symbols,
+        duplicate_symbols=duplicates,
+        blacklist=blacklist,
+        events=events,
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        source=_source(backend, info.backend),
+    )
+
+
+# --- shipped profiles ---------------------------------------------------------------------------------------
+
+
+def _data_dir() -> Path:
+    return Path(str(resources.files("pytest_ktrace.fake") / "data"))
+
+
+def builtin_profiles() -> dict[str, Path]:
+    """Shipped profile name -> its file (``pytest_ktrace/fake/data/NAME.json.gz``), sorted by name."""
+    directory = _data_dir()
+    if not directory.is_dir():
+        return {}
+    found = {p.name[: -len(_SUFFIX)]: p for p in directory.iterdir() if p.name.endswith(_SUFFIX) and p.is_file()}
+    return dict(sorted(found.items()))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A shipped profile by name (see :func:`builtin_profiles`) or a profile file by path."""
+    shipped = builtin_profiles()
+    if name_or_path in shipped:
+        return Profile.load(shipped[name_or_path])
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return Profile.load(path)
+    names = ", ".join(shipped) or "none"
+    raise KtraceError(
+        f"unknown profile {shlex.quote(name_or_path)}: not a shipped profile (shipped: {names}) and no such file"
+    )
