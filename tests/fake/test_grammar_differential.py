@@ -7,13 +7,18 @@ Safety rules, because this is a shared, live kernel:
 * every probe lives in the group ``ktrace_grammartest_<pid>`` and is removed right after its case (and in a final
   sweep), nothing is ever enabled, uprobe_events is never truncated;
 * no two live probes ever share an event name (appending a second probe point to an event has wedged this kernel
-  before): event names are unique across the case list, and a case refuses to run if its event already exists.
+  before): event names are unique across the case list, and a case refuses to run if its event already exists;
+* a command is only written if its first word pins the group to ours (``p:GROUP/``...), cannot create anything
+  (not ``p``/``r``), or is one of a few heads verified to be refused.  uprobe_events silently ignores the name in
+  ``r10:NAME`` or ``pNAME:...`` and would auto-name the probe into the shared ``uprobes`` group, where it could
+  append to someone else's event.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import shutil
 import struct
@@ -249,6 +254,74 @@ CASES: list[str] = [
 ]
 
 
+# Heads outside our group that this kernel was seen to refuse (NO_GROUP_NAME, NO_EVENT_NAME, BAD_GROUP_NAME...).
+REFUSED_FOREIGN_HEADS = {"p:/bad", "p:", "p:1{G}/bad", "p:/", "p:1x.ev", "p:{G}" + "x" * 50 + "/bad"}
+
+
+def head_is_safe(command: str, values: dict[str, str]) -> bool:
+    head = command.replace("\udca0", " ").split(None, 1)[0] if command.strip() else ""
+    if not head or head[0] not in "pr":
+        return True
+    if re.match(rf"[pr]:{re.escape(GROUP)}[/.]", head):
+        return True
+    return head in {expand(allowed, values) for allowed in REFUSED_FOREIGN_HEADS}
+
+
+def fuzz_cases(count: int, seed: int = 20251201) -> list[str]:
+    """Deterministic random argument lists, each under its own event name in our group."""
+    pieces = [
+        "%di",
+        "%si",
+        "%r8",
+        "$stack",
+        "$stack1",
+        "$comm",
+        "$retval",
+        "$arg1",
+        "@0x10",
+        "@+4",
+        "@x",
+        "\\1",
+        '\\"s"',
+        "\\",
+        "+0(",
+        "+u0(",
+        "-8(",
+        "(",
+        ")",
+        ":u8",
+        ":x64",
+        ":string",
+        ":ustring",
+        ":b4@2/8",
+        ":s32[2]",
+        "[3]",
+        "]",
+        ":",
+        "=",
+        "n=",
+        "a",
+        "_",
+        "1",
+        "0x",
+        "$",
+        "%",
+        "@",
+        "+",
+        "-",
+        ".",
+        "*",
+        "&",
+    ]
+    rng = random.Random(seed)
+    cases = []
+    for index in range(count):
+        args = " ".join("".join(rng.choice(pieces) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3)))
+        place = "{T}:{O}" + rng.choice(["", "%return", "(0x8)"])
+        cases.append(f"{rng.choice('pr')}:{{G}}/fuzz{index} {place} {args}")
+    return cases
+
+
 @dataclass(frozen=True)
 class KernelOutcome:
     errno: Optional[int]  # None: accepted
@@ -363,17 +436,20 @@ def test_case_list_is_big_enough_and_names_are_unique(target: dict[str, str]) ->
     assert len(CASES) >= 100
     accepted_names = [
         f"{result.group}/{result.event}"
-        for result in (parse_on_grammar(expand(case, target)) for case in CASES)
+        for result in (parse_on_grammar(expand(case, target)) for case in CASES + fuzz_cases(150))
         if isinstance(result, ProbeCommand)
     ]
     assert len(accepted_names) == len(set(accepted_names)), "two accepted cases share an event name"
     assert all(name.startswith(GROUP + "/") for name in accepted_names)
+    assert all(head_is_safe(expand(case, target), target) for case in CASES + fuzz_cases(150))
 
 
-def test_kernel_and_grammar_agree(target: dict[str, str]) -> None:
+@pytest.mark.parametrize("cases", [CASES, fuzz_cases(150)], ids=["hand-written", "fuzzed"])
+def test_kernel_and_grammar_agree(target: dict[str, str], cases: list[str]) -> None:
     mismatches: list[str] = []
-    for template in CASES:
+    for template in cases:
         command = expand(template, target)
+        assert head_is_safe(command, target), f"{command!r} might create a probe outside {GROUP}"
         expected = parse_on_grammar(command)
         if isinstance(expected, ProbeCommand):
             name = f"{expected.group}/{expected.event}"
@@ -382,7 +458,7 @@ def test_kernel_and_grammar_agree(target: dict[str, str]) -> None:
         problem = compare(expected, outcome, created)
         if problem:
             mismatches.append(f"{command!r}\n    {problem}")
-    assert not mismatches, f"{len(mismatches)} of {len(CASES)} differ:\n" + "\n".join(mismatches)
+    assert not mismatches, f"{len(mismatches)} of {len(cases)} differ:\n" + "\n".join(mismatches)
 
 
 def compare(

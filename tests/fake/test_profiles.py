@@ -82,14 +82,11 @@ def test_local_snapshot_symbols(local_profile: Profile) -> None:
     assert len(local_profile.duplicate_symbols ^ dups) < 10
     for name in ("vfs_read", "__setup_irq", "do_sys_openat2", "schedule"):
         assert local_profile.has_symbol(name), name
-    assert local_profile.has_symbol("__setup_irq.cold") or "__setup_irq" in names
     assert not local_profile.has_symbol("no_such_function_ktrace")
     assert not any(s.startswith("[") or s.endswith("]") for s in local_profile.symbols)
     # data symbols (types d/D/b/B/r/R) are not text
-    data_only = re.search(r"^\S+ [dD] (\S+)$", Path("/proc/kallsyms").read_text(), re.M)
-    assert data_only is not None
-    if data_only.group(1) not in names:
-        assert not local_profile.has_symbol(data_only.group(1))
+    data = set(re.findall(r"^\S+ [dDbBrR] (\S+)$", Path("/proc/kallsyms").read_text(), re.M)) - names
+    assert data and not any(local_profile.has_symbol(name) for name in data)
 
 
 def test_local_snapshot_events(local: LocalBackend, local_profile: Profile) -> None:
@@ -114,7 +111,7 @@ def test_local_blacklist_unknown_without_debugfs(local_profile: Profile) -> None
     assert os.listdir("/sys/kernel/debug") == [] or readable
 
 
-def test_snapshot_costs_few_round_trips() -> None:
+def test_snapshot_costs_few_round_trips(local: LocalBackend) -> None:
     backend = LocalBackend()
     backend.describe()
     before = backend.round_trips
@@ -228,7 +225,6 @@ def test_builtin_profile_loads(name: str) -> None:
         assert "kprobes" in p.features and "argN" in p.features
         assert p.blacklist and len(p.blacklist) > 100
         assert p.source.startswith("ssh ktrace-vm-")
-        assert not (p.blacklist - p.symbols - {s for s in p.blacklist if s.startswith("[")}) or True
 
 
 def test_debian_blacklists_hold_the_arch_entry_code() -> None:
@@ -348,7 +344,6 @@ def _guest_cat(backend: SshBackend, path: str) -> str:
 @pytest.mark.guest
 def test_arm64_guest_snapshot(arm64: SshBackend, arm64_guest: RunningGuest) -> None:
     info = arm64.describe()
-    before = arm64.round_trips
     # a probe someone left defined is target state, not kernel: the snapshot leaves it out
     define = arm64.apply([Write("kprobe_events", "p:ktrace_prof/probe1 vfs_read\n")])
     assert define[0].ok, define[0].error

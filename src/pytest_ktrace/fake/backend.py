@@ -1,0 +1,190 @@
+"""``--ktrace-backend=fake``: the backend contract over an in-memory tracefs that imitates a target profile.
+
+Probe definitions, filters and enables go through the same grammar and errors as the profiled kernel. Commands do
+not run: a test either replays its cassette (recorded on hardware with ``--ktrace-record``), whose events are fed
+into the fake tracefs at the moment their command "runs", or emits synthetic events with ``ktrace.inject``.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from typing import Mapping, Optional, Sequence, Union
+
+from ..backends.base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from ..errors import KtraceError, hide_for_ktrace_errors
+from ..parse import FormatCatalog, TraceParser, parse_format
+from .cassette import Player, _is_arm_batch
+from .profiles import Profile
+from .tracefs import FakeOSError, FakeTracefs
+
+__all__ = ["FakeBackend"]
+
+__tracebackhide__ = hide_for_ktrace_errors
+
+_ROOT = "/sys/kernel/tracing"
+
+
+def _failure(op: Op, exc: OSError) -> OpResult:
+    code = exc.errno or errno_mod.EIO
+    return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
+
+
+class FakeBackend:
+    """A target that exists only in memory, shaped like ``profile``'s kernel."""
+
+    files_are_local = True  # uprobe binaries are resolved on this machine
+
+    def __init__(self, profile: Profile, *, cpus: int = 2) -> None:
+        self.profile = profile
+        self.tracefs = FakeTracefs(profile, cpus=cpus)
+        self.player: Optional[Player] = None
+        self._round_trips = 0
+        self._next_pid = 40000
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    @property
+    def round_trips(self) -> int:
+        return self._round_trips
+
+    def describe(self) -> TargetInfo:
+        return TargetInfo(
+            name=f"fake:{self.profile.name}",
+            backend="fake",
+            release=self.profile.release,
+            arch=self.profile.arch,
+            tracefs=_ROOT,
+            features=frozenset(self.profile.features),
+        )
+
+    # ---------------------------------------------------------------- replay
+    def play(self, player: Optional[Player]) -> None:
+        """Replay ``player``'s cassette in the next test (``None``: no cassette)."""
+        self.player = player
+
+    def _feed(self, lines: Sequence[str], pid_files: Sequence[str] = ()) -> None:
+        """Put recorded trace lines into the fake tracefs as the events they were."""
+        if not lines or self.player is None:
+            return
+        catalog = FormatCatalog()
+        for key in self.player.cassette.formats:
+            restored_key = self.player.names.restore(key)
+            text = self.player.recorded_format(restored_key)
+            if text is not None:
+                catalog.add(parse_format(text, restored_key.split("/", 1)[0]))
+        events = [event for event in TraceParser(catalog).parse("\n".join(lines) + "\n").events if event.system]
+        # The kernel followed the recorded command's children (event-fork); admit the same tasks here.
+        for path in pid_files:
+            if path.endswith("set_event_pid"):
+                for pid in sorted({event.pid for event in events}):
+                    self.tracefs.write(path, str(pid), append=True)
+        for event in events:
+            fields = {k: v for k, v in event.fields.items() if not k.startswith("__probe_")}
+            self.tracefs.emit(
+                f"{event.system}/{event.name}",
+                fields,
+                pid=event.pid,
+                comm=event.comm,
+                cpu=event.cpu,
+                timestamp=event.timestamp,
+            )
+
+    # --------------------------------------------------------------- contract
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        self._round_trips += 1
+        ops = list(ops)
+        if self.player is not None:
+            if _is_arm_batch(ops):
+                self.player.check_arm(ops)
+            elif any(isinstance(op, Read) and op.path.endswith("/trace") for op in ops):
+                step = self.player.pending_collect()
+                if step is not None:
+                    self._feed(self.player.recorded_lines(step))
+        return self._apply(ops, stop_on_error=stop_on_error)
+
+    def _apply(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
+        results: list[OpResult] = []
+        for op in ops:
+            try:
+                if isinstance(op, Write):
+                    self.tracefs.write(op.path, op.data, append=op.append)
+                    result = OpResult(op, ok=True)
+                elif isinstance(op, Read):
+                    if op.missing_ok and not self.tracefs.exists(op.path):
+                        result = OpResult(op, ok=True)
+                    else:
+                        result = OpResult(op, ok=True, data=self.tracefs.read(op.path))
+                elif isinstance(op, Mkdir):
+                    self.tracefs.mkdir(op.path)
+                    result = OpResult(op, ok=True)
+                elif isinstance(op, Rmdir):
+                    self.tracefs.rmdir(op.path)
+                    result = OpResult(op, ok=True)
+                else:  # pragma: no cover - guarded by the Op union
+                    raise TypeError(f"not a tracefs operation: {op!r}")
+            except (FakeOSError, OSError) as exc:
+                result = _failure(op, exc)
+            results.append(result)
+            if stop_on_error and not result.ok:
+                break
+        return results
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        self._round_trips += 1
+        if self.player is None:
+            if list(argv[:1]) == ["ls"] and len(argv) == 3 and argv[1] == "-1":
+                # listing a tracefs directory (stale-leftover scan) is answered by the fake itself
+                listing = "\n".join(self.tracefs.listdir(argv[2][len(_ROOT) + 1 :])) + "\n"
+                return RunResult(tuple(argv), 0, listing, "", 0, 0.0)
+            raise KtraceError(
+                f"the fake backend cannot run {list(argv)}: record this test on a real target with "
+                "--ktrace-record (its cassette is then replayed here), or emit events with ktrace.inject(...)"
+            )
+        step = self.player.next_run(argv, stdin)
+        pid = int(step.get("pid") or 0)
+        for path in pid_files:
+            self.tracefs.write(path, str(pid or 1), append=True)
+        self._feed(self.player.recorded_lines(step), pid_files)
+        return RunResult(
+            argv=tuple(argv),
+            returncode=int(step.get("returncode", 0)),
+            stdout=str(step.get("stdout", "")),
+            stderr=str(step.get("stderr", "")),
+            pid=pid,
+            duration_s=float(step.get("duration_s", 0.0)),
+            after=tuple(self._apply(after, stop_on_error=False)),
+        )
+
+    def inject(
+        self,
+        event: str,
+        fields: Mapping[str, Union[int, str]],
+        *,
+        pid: Optional[int] = None,
+        comm: str = "ktrace-inject",
+        cpu: int = 0,
+        timestamp: Optional[float] = None,
+    ) -> int:
+        """Emit one synthetic event ``group/name``; returns how many buffers recorded it (0: not enabled or
+        filtered out, as on a kernel)."""
+        if pid is None:
+            self._next_pid += 1
+            pid = self._next_pid
+        return self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp)
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        self._apply(ops, stop_on_error=False)
+
+    def close(self) -> None:
+        """Nothing to release: the fake tracefs lives as long as the run."""
