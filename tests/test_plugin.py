@@ -182,7 +182,7 @@ def test_unknown_backend_names_the_builtins(suite: pytest.Pytester) -> None:
     _write(suite, "def test_x(ktrace): pass\n")
     result = suite.runpytest("--ktrace-backend=nosuch")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*no backend called 'nosuch' (built in: local, ssh, vm)*"])
+    result.stderr.fnmatch_lines(["*no backend called 'nosuch' (built in: local, ssh, vm, fake)*"])
 
 
 def test_third_party_backend_through_the_hook(suite: pytest.Pytester) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Generator, Optional
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from . import hookspecs
 from .backends import builtin
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
+from .fake.cassette import Cassette, Tape, cassette_path, profile_of
 from .identity import RunIdentity
 from .session import TraceSession
 from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, state_key, validate_marker
@@ -67,12 +69,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     option("ktrace-timeout", "default timeout of ktrace.run in seconds (default 60)", metavar="SECONDS")
     option("ktrace-buffer-kb", "per-CPU ring buffer size of each test's tracing instance", metavar="KB")
+    option("ktrace-profile", "target profile the fake backend imitates: a shipped name or a file", metavar="NAME")
+    option(
+        "ktrace-record",
+        "record each test's probes, commands and trace into its cassette (real targets)",
+        "bool",
+        action="store_const",
+        const=True,
+    )
+    parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "ktrace(host=, vm=, backend=, tracefs=, sudo=, scope=, timeout=, buffer_kb=): per-test pytest-ktrace "
+        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=): per-test pytest-ktrace "
         "settings; they override the command line and the ini file",
     )
     config.stash[state_key()] = RunState(RunIdentity.current())
@@ -127,8 +138,13 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     config = request.config
     state: RunState = config.stash[state_key()]
     settings = resolve_target(config, _marker_kwargs(request.node))
+    record = bool(config.getoption("ktrace_record") or config.getini("ktrace_record"))
+    cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
+    if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
+        settings = replace(settings, target=replace(settings.target, profile=profile_of(Cassette.load(cassette))))
     try:
         backend = state.backend_for(config, settings.target)
+        tape = Tape(backend, request.node.nodeid, cassette, record=record)
     except MissingTool as exc:
         pytest.skip(f"pytest-ktrace: {exc}")
     except TracefsUnavailable as exc:
@@ -136,7 +152,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     except KtraceError as exc:
         pytest.fail(f"pytest-ktrace: target {settings.target.label} unavailable: {exc}", pytrace=False)
     session = TraceSession(
-        backend,
+        tape.backend,
         state.identity,
         state.next_serial(),
         scope="run" if settings.scope == "run" else "all",
@@ -165,6 +181,10 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
                 f"{settings.target.label}:\n  " + "\n  ".join(report.failures),
                 pytrace=False,
             )
+        try:
+            tape.finish()
+        except KtraceError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

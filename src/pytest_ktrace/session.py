@@ -272,9 +272,9 @@ class TraceSession:
     def _local_copy(self, path: str) -> Path:
         """A local path to the target's ELF file (itself on a local backend), to read symbols from. Remote copies
         are shared by the whole run and re-fetched only when the file's size, mtime or inode changed."""
-        if self.backend.name == "local":
+        if getattr(self.backend, "files_are_local", False):
             if not os.path.exists(path):
-                raise MissingBinary(f"uprobe target {path} does not exist on local")
+                raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
             return Path(path)
         cached = self._elf_cache.get(path)
         if path in self._elf_checked and cached is not None:

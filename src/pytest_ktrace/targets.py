@@ -30,6 +30,7 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "scope": ("ktrace_scope", "ktrace_scope", "all", "str"),
     "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
     "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
+    "profile": ("ktrace_profile", "ktrace_profile", None, "str"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
@@ -47,11 +48,14 @@ class TargetSpec:
     sudo: bool = False
     ssh_config: Optional[str] = None
     accept_new_host_key: bool = False
+    profile: Optional[str] = None  # the fake backend's target profile (a shipped name or a file)
 
     @property
     def label(self) -> str:
         if self.backend == "vm":
             return f"vm:{self.vm}"
+        if self.backend == "fake":
+            return f"fake:{self.profile}"
         return self.host if self.backend == "ssh" and self.host else self.backend
 
 
@@ -122,8 +126,9 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
     kwargs = marker_kwargs or {}
     values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
     backend = values["backend"]
-    if "backend" not in kwargs and ("vm" in kwargs or "host" in kwargs):
-        # A marker naming a host or a vm picks that kind of target, whatever the command line said.
+    if "backend" not in kwargs and ("vm" in kwargs or "host" in kwargs) and backend != "fake":
+        # A marker naming a host or a vm picks that kind of target, whatever the command line said, except
+        # --ktrace-backend=fake: then every real target is replaced by the fake, replaying the tests' cassettes.
         backend = "vm" if "vm" in kwargs else "ssh"
     if backend is None:
         backend = "vm" if values["vm"] else "ssh" if values["host"] else "local"
@@ -141,6 +146,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         sudo=bool(values["sudo"]),
         ssh_config=values["ssh_config"],
         accept_new_host_key=bool(values["accept_new_host_key"]),
+        profile=values["profile"] if backend == "fake" else None,
     )
     if backend == "local":
         target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
@@ -172,7 +178,7 @@ class RunState:
                 backend = config.hook.pytest_ktrace_make_backend(config=config, target=target)
                 if backend is None:
                     raise pytest.UsageError(
-                        f"pytest-ktrace: no backend called {target.backend!r} (built in: local, ssh, vm)"
+                        f"pytest-ktrace: no backend called {target.backend!r} (built in: local, ssh, vm, fake)"
                     )
                 backend.describe()
                 removed = clean_stale(backend, self.identity)

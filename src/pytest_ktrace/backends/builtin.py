@@ -36,6 +36,18 @@ def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Opt
         )
     if target.backend == "vm" and target.vm:
         return _boot_vm(config, target.vm)
+    if target.backend == "fake":
+        from ..errors import KtraceError
+        from ..fake.backend import FakeBackend
+        from ..fake.profiles import builtin_profiles, load_profile
+
+        if not target.profile:
+            raise KtraceError(
+                "the fake backend imitates a target profile: pass --ktrace-profile=NAME or a file from "
+                f"`pytest-ktrace snapshot` (shipped: {', '.join(builtin_profiles())}); a test with a cassette "
+                "uses the profile it was recorded on"
+            )
+        return FakeBackend(load_profile(target.profile))
     return None
 
 

@@ -63,6 +63,8 @@ def _errno_result(op: Op, exc: OSError) -> OpResult:
 class LocalBackend:
     """Tracefs of the machine pytest runs on."""
 
+    files_are_local = True  # uprobe binaries are read directly, not fetched
+
     def __init__(self, tracefs: Optional[str] = None) -> None:
         self._explicit = tracefs
         self._root: Optional[str] = None
@@ -203,8 +205,8 @@ class LocalBackend:
         return RunResult(
             argv=tuple(argv),
             returncode=proc.returncode,
-            stdout=out.decode(errors="replace"),
-            stderr=err.decode(errors="replace"),
+            stdout=out.decode(errors="surrogateescape"),  # byte-exact, like the SSH backend
+            stderr=err.decode(errors="surrogateescape"),
             pid=proc.pid,
             duration_s=time.monotonic() - started,
             after=tuple(self._apply_one(op) for op in after),

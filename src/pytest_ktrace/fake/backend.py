@@ -181,7 +181,7 @@ class FakeBackend:
         if pid is None:
             self._next_pid += 1
             pid = self._next_pid
-        return self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp)
+        return int(self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp))
 
     def defer(self, ops: Sequence[Op]) -> None:
         self._apply(ops, stop_on_error=False)

@@ -190,10 +190,8 @@ class RecordingBackend:
 
     def _delta(self, text: str) -> list[str]:
         lines = _trace_lines(text)
-        if lines[: len(self._seen)] == self._seen:
-            new = lines[len(self._seen) :]
-        else:  # the ring buffer wrapped or was cleared: keep what is there now
-            new = lines
+        # when the ring buffer wrapped or was cleared, keep everything that is there now
+        new = lines[len(self._seen) :] if lines[: len(self._seen)] == self._seen else lines
         self._seen = lines
         return [self.names.normalize(line) for line in new]
 
@@ -321,3 +319,41 @@ class Player:
         if left:
             raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")
 
+
+def profile_of(cassette: Cassette) -> Optional[str]:
+    """The shipped profile of the kernel a cassette was recorded on (same release and arch), if any."""
+    from .profiles import builtin_profiles, load_profile
+
+    for name in builtin_profiles():
+        profile = load_profile(name)
+        if profile.release == cassette.target.get("release") and profile.arch == cassette.target.get("arch"):
+            return name
+    return None
+
+
+class Tape:
+    """One test's cassette handling: record on a real backend, replay on the fake, nothing otherwise."""
+
+    def __init__(self, backend: Backend, test_id: str, path: Path, *, record: bool) -> None:
+        self.path = path
+        self.recorder: Optional[RecordingBackend] = None
+        self.player: Optional[Player] = None
+        self._fake = backend if hasattr(backend, "play") else None
+        self.backend: Backend = backend
+        if self._fake is not None:
+            if record:
+                raise KtraceError("--ktrace-record records on a real target; the fake backend replays cassettes")
+            self.player = Player(Cassette.load(path), path) if path.exists() else None
+            self._fake.play(self.player)
+        elif record:
+            self.recorder = RecordingBackend(backend, test_id)
+            self.backend = self.recorder
+
+    def finish(self) -> None:
+        """After the test's teardown: write the recording, or check that the replay went all the way."""
+        if self.recorder is not None:
+            self.recorder.save(self.path)
+        if self._fake is not None:
+            self._fake.play(None)
+            if self.player is not None:
+                self.player.finish()

@@ -27,9 +27,9 @@ from .grammar import FetchArg, ProbeCommand
 
 __all__ = [
     "COMMON_FIELDS",
+    "PROBE_HEADER_FIELDS",
     "EventField",
     "FetchTypeInfo",
-    "PROBE_HEADER_FIELDS",
     "fetch_type_info",
     "fields_of_format",
     "format_file_text",
