@@ -518,6 +518,41 @@ class TraceSession:
         """The raw trace as last collected (what the failure report section shows)."""
         return self._raw_trace
 
+    def inject(
+        self,
+        probe: ProbeView,
+        count: int = 1,
+        *,
+        pid: Optional[int] = None,
+        comm: str = "ktrace-inject",
+        cpu: int = 0,
+        **fields: Union[int, str],
+    ) -> int:
+        """Emit ``count`` synthetic events of ``probe`` with ``fields`` (fake backend only), typed and checked
+        against the probe's format like kernel data; returns how many were recorded (filters still apply)."""
+        emit = getattr(self.backend, "inject", None)
+        if emit is None:
+            raise KtraceError(
+                f"ktrace.inject needs the fake backend (--ktrace-backend=fake); {self.backend.name} is a real target"
+            )
+        self.arm()
+        fmt = self._catalog.get(f"{probe.spec.group}:{probe.spec.event}")
+        if fmt is None:
+            raise KtraceError(f"no format known for {probe.spec.event_dir}: was the probe armed?")
+        known = {f.name: f for f in fmt.fields}
+        for name, value in fields.items():
+            if name not in known or name.startswith("__probe_"):
+                names = ", ".join(n for n in known if not n.startswith("__probe_")) or "none"
+                raise KtraceError(f"{probe.name} has no field {name!r} (its fields: {names})")
+            if known[name].is_string != isinstance(value, str):
+                kind = "a string" if known[name].is_string else "an integer"
+                raise KtraceError(f"{probe.name}.{name} is {kind} ({known[name].ctype}), got {value!r}")
+        recorded = 0
+        for _ in range(count):
+            recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu) > 0)
+        self._dirty = True
+        return recorded
+
     def wait_for(
         self, probe: ProbeView, count: int = 1, *, timeout: float = 10.0, poll_s: float = 0.05, **fields: Any
     ) -> list[Event]:

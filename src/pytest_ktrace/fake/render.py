@@ -344,10 +344,9 @@ def render_body(record: EventRecord, *, fields_option: bool, symbolize: Symboliz
         else:
             head = f"({_print_address(_as_int(values.get('__probe_ip')), True, symbolize)})"
     elif layout.is_return:
-        ret_ip = _unsigned(_as_int(values.get("__probe_ret_ip")), 8)
-        func = _unsigned(_as_int(values.get("__probe_func")), 8)
-        head = f"(0x{ret_ip:x} <- 0x{func:x})"
+        return_address = _unsigned(_as_int(values.get("__probe_ret_ip")), 8)
+        function_address = _unsigned(_as_int(values.get("__probe_func")), 8)
+        head = f"(0x{return_address:x} <- 0x{function_address:x})"
     else:
         head = f"(0x{_unsigned(_as_int(values.get('__probe_ip')), 8):x})"
     return f"{layout.name}: {head}{_probe_arguments(record, symbolize)}"
-

@@ -1,0 +1,174 @@
+"""Record on real kernels, replay on the fake: the examples' __setup_irq suite recorded on the qemu guests
+passes with no guest running, a changed expectation fails as it would on the board, and a changed test is told
+its cassette is stale."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+pytest_plugins = ["pytester"]
+
+
+def _qemu_pids() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().startswith("qemu-system"):
+                    pids.add(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def guest_suite(tmp_path: Path) -> Path:
+    """A copy of the examples' __setup_irq suite with its cassettes (recorded on the x86_64 and arm64 guests)."""
+    shutil.copy(EXAMPLES / "test_setup_irq.py", tmp_path)
+    shutil.copytree(EXAMPLES / "cassettes" / "test_setup_irq", tmp_path / "cassettes" / "test_setup_irq")
+    return tmp_path
+
+
+def test_guest_suite_replays_on_the_fake_without_a_guest(guest_suite: Path) -> None:
+    before = _qemu_pids()
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-v")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "9 passed, 2 xfailed" in run.stdout, run.stdout[-2000:]
+    assert _qemu_pids() <= before, "replay must not boot a guest"
+
+
+def test_a_changed_expectation_fails_on_the_fake_as_on_the_board(guest_suite: Path) -> None:
+    suite = guest_suite / "test_setup_irq.py"
+    suite.write_text(suite.read_text().replace("    done.assert_returned(0)\n", "    done.assert_returned(-22)\n", 1))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_registers")
+    assert run.returncode == 1
+    assert "2 failed" in run.stdout
+    assert "__setup_irq returned 0 (expected -22)" in run.stdout
+
+
+def test_a_changed_probe_makes_the_cassette_stale(guest_suite: Path) -> None:
+    suite = guest_suite / "test_setup_irq.py"
+    suite.write_text(suite.read_text().replace('irq="$arg1:u32", name=', 'irq="$arg1:s32", name=', 1))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_registers")
+    assert run.returncode == 1
+    assert "cassette is stale: re-record on hardware" in run.stdout
+    assert "the probes changed since the recording" in run.stdout
+
+
+def test_a_changed_command_makes_the_cassette_stale(guest_suite: Path) -> None:
+    suite = guest_suite / "test_setup_irq.py"
+    suite.write_text(suite.read_text().replace("&& echo", "; sleep 0; echo"))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_registers")
+    assert run.returncode == 1
+    assert "cassette is stale: re-record on hardware" in run.stdout and "the command changed" in run.stdout
+
+
+def test_kernel_errors_come_from_the_fake_grammar_not_the_cassette(guest_suite: Path) -> None:
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "retval_on_an_entry or unknown")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "4 passed" in run.stdout
+
+
+def test_record_locally_then_replay_on_the_fake(pytester: pytest.Pytester, probed: Path) -> None:
+    pytester.makepyfile(
+        test_local=f"""
+        BIN = {str(probed)!r}
+
+        def test_setup(ktrace):
+            entry = ktrace.uprobe(BIN, "setup_thing", irq="$arg1:s32", name="+0($arg2):string", filter="irq > 1")
+            done = ktrace.uretprobe(BIN, "setup_thing")
+            for irq in ("1", "30"):
+                ktrace.run([BIN, "setup", "eth2", irq])
+            entry.assert_called_once_with(irq=30, name="eth2")
+            done.assert_returned(0)
+            ktrace.assert_latency(entry, done, max_us=1_000_000)
+        """
+    )
+    recorded = pytester.runpytest("--ktrace-record")
+    recorded.assert_outcomes(passed=1)
+    cassette = pytester.path / "cassettes" / "test_local" / "test_setup.json"
+    assert cassette.exists()
+    assert "<group>" in cassette.read_text() and "ktrace_" not in cassette.read_text()
+    replayed = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=local-6.18-x86_64")
+    replayed.assert_outcomes(passed=1)
+    replayed.stdout.fnmatch_lines(["ktrace: backend fake, target fake:local-6.18-x86_64: Linux 6.18*"])
+
+
+def test_fake_without_a_cassette_explains_what_to_do(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_nocassette="""
+        def test_runs(ktrace):
+            ktrace.kprobe("__setup_irq")
+            ktrace.run(["true"])
+        """
+    )
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the fake backend cannot run *'true'*: record this test on a real target*"])
+
+
+def test_inject_synthetic_events_typed_by_the_format(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_inject=textwrap.dedent(
+            """
+            import pytest
+            from pytest_ktrace import KtraceError
+
+            def test_my_helper_sees_injected_calls(ktrace):
+                setup = ktrace.kprobe("__setup_irq", irq="%x0:u32", name="+0(+80(%x2)):string", filter="irq < 100")
+                done = ktrace.kretprobe("__setup_irq")
+                assert ktrace.inject(setup, irq=16, name="rtc-pl031") == 1
+                assert ktrace.inject(setup, irq=500, name="filtered") == 0  # the kernel filter drops it
+                ktrace.inject(done, ret=-22)
+                setup.assert_called_once_with(irq=16, name="rtc-pl031")
+                with pytest.raises(AssertionError, match=r"__setup_irq returned -22 \\(expected 0\\)"):
+                    done.assert_returned(0)
+                with pytest.raises(KtraceError, match="has no field 'irqq'"):
+                    ktrace.inject(setup, irqq=1)
+                with pytest.raises(KtraceError, match="is an integer"):
+                    ktrace.inject(setup, irq="16")
+
+            def test_fake_rejects_what_the_kernel_rejects(ktrace):
+                from pytest_ktrace import ProbeRejected, UnknownSymbol
+                ktrace.kprobe("__setup_irqq")
+                with pytest.raises(UnknownSymbol):
+                    ktrace.arm()
+            """
+        )
+    )
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64")
+    result.assert_outcomes(passed=2)
+
+
+def test_inject_on_a_real_target_is_refused(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_real="""
+        import pytest
+        from pytest_ktrace import KtraceError
+
+        def test_refused(ktrace):
+            probe = ktrace.tracepoint("sched:sched_process_exec")
+            with pytest.raises(KtraceError, match="needs the fake backend"):
+                ktrace.inject(probe, filename="/bin/true")
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
