@@ -16,6 +16,7 @@ the fake tracefs, where the test's own filters, parser and assertions meet them 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -320,13 +321,18 @@ class Player:
             raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")
 
 
-def profile_of(cassette: Cassette) -> Optional[str]:
-    """The shipped profile of the kernel a cassette was recorded on (same release and arch), if any."""
+@functools.cache
+def _shipped_kernels() -> tuple[tuple[str, str, str], ...]:
+    """(name, release, arch) of each shipped profile; read once per process (they are package data)."""
     from .profiles import builtin_profiles, load_profile
 
-    for name in builtin_profiles():
-        profile = load_profile(name)
-        if profile.release == cassette.target.get("release") and profile.arch == cassette.target.get("arch"):
+    return tuple((name, load_profile(name).release, load_profile(name).arch) for name in builtin_profiles())
+
+
+def profile_of(cassette: Cassette) -> Optional[str]:
+    """The shipped profile of the kernel a cassette was recorded on (same release and arch), if any."""
+    for name, release, arch in _shipped_kernels():
+        if release == cassette.target.get("release") and arch == cassette.target.get("arch"):
             return name
     return None
 
