@@ -11,10 +11,10 @@ import pytest
 from . import hookspecs
 from .backends import builtin
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
-from .fake.cassette import Cassette, Tape, cassette_path, profile_of
+from .fake.cassette import RECORD_MODES, Cassette, Tape, cassette_path, profile_of
 from .identity import RunIdentity
 from .session import TraceSession
-from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, state_key, validate_marker
+from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, should_record, state_key, validate_marker
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -72,10 +72,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("ktrace-profile", "target profile the fake backend imitates: a shipped name or a file", metavar="NAME")
     option(
         "ktrace-record",
-        "record each test's probes, commands and trace into its cassette (real targets)",
+        "record each test's probes, commands and trace into its cassette (real targets); "
+        "same as --ktrace-record-mode=rewrite",
         "bool",
         action="store_const",
         const=True,
+    )
+    option(
+        "ktrace-record-mode",
+        "cassettes on real targets, as in pytest-recording: none (never write, the default), once (record tests "
+        "that have no cassette yet), rewrite (record every test again)",
+        metavar="MODE",
+        choices=RECORD_MODES,
     )
     parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
@@ -138,8 +146,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     config = request.config
     state: RunState = config.stash[state_key()]
     settings = resolve_target(config, _marker_kwargs(request.node))
-    record = bool(config.getoption("ktrace_record") or config.getini("ktrace_record"))
     cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
+    record = should_record(config, cassette, replaying=settings.target.backend == "fake")
     if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
         settings = replace(settings, target=replace(settings.target, profile=profile_of(Cassette.load(cassette))))
     try:

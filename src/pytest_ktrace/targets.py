@@ -14,7 +14,7 @@ from .backends.base import Backend, Read, Rmdir, Write
 from .errors import KtraceError, hide_for_ktrace_errors
 from .identity import RunIdentity, stale_owner
 
-__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
+__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "should_record", "state_key"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -218,6 +218,23 @@ class RunState:
                 closer()
         self.backends.clear()
         self.closers.clear()
+
+
+def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
+    """Whether this test writes its cassette: ``--ktrace-record`` (rewrite), or the record mode (command line
+    over ini), ``once`` recording only tests that have none yet. The fake backend replays, never records."""
+    mode = config.getoption("ktrace_record_mode", default=None) or config.getini("ktrace_record_mode") or "none"
+    if config.getoption("ktrace_record", default=None) or config.getini("ktrace_record"):
+        mode = "rewrite"
+    if mode not in ("none", "once", "rewrite"):
+        raise pytest.UsageError(f"pytest-ktrace: record mode {mode!r} must be none, once or rewrite")
+    if replaying:
+        if mode == "rewrite":
+            raise pytest.UsageError(
+                "pytest-ktrace: --ktrace-record records on a real target; the fake backend replays cassettes"
+            )
+        return False
+    return mode == "rewrite" or (mode == "once" and not cassette.exists())
 
 
 def state_key() -> pytest.StashKey[RunState]:

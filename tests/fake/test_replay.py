@@ -172,3 +172,27 @@ def test_inject_on_a_real_target_is_refused(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_record_modes_follow_pytest_recording(pytester: pytest.Pytester, probed: Path) -> None:
+    pytester.makepyfile(
+        test_modes=f"""
+        BIN = {str(probed)!r}
+
+        def test_one(ktrace):
+            probe = ktrace.uprobe(BIN, "fib")
+            ktrace.run([BIN, "fib", "2"])
+            probe.assert_call_count(3)
+        """
+    )
+    cassette = pytester.path / "cassettes" / "test_modes" / "test_one.json"
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert not cassette.exists()  # mode none (the default) never writes
+    pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
+    first = cassette.read_text()
+    pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
+    assert cassette.read_text() == first  # once: an existing cassette is kept
+    pytester.runpytest("--ktrace-record").assert_outcomes(passed=1)
+    assert cassette.read_text() != first  # rewrite: recorded again (new timestamps)
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=local-6.18-x86_64", "--ktrace-record")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR or "records on a real target" in result.stdout.str()

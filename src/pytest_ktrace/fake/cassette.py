@@ -27,11 +27,22 @@ from typing import Any, Optional, Sequence
 from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
 
-__all__ = ["CASSETTE_VERSION", "Cassette", "Player", "RecordingBackend", "StaleCassette", "cassette_path"]
+__all__ = [
+    "CASSETTE_VERSION",
+    "RECORD_MODES",
+    "Cassette",
+    "Player",
+    "RecordingBackend",
+    "StaleCassette",
+    "Tape",
+    "cassette_path",
+    "profile_of",
+]
 
 __tracebackhide__ = hide_for_ktrace_errors
 
 CASSETTE_VERSION = 1
+RECORD_MODES = ("none", "once", "rewrite")
 _DEFINITION = re.compile(r"^(?P<head>[pr]\d*):(?P<group>[^/\s]+)/(?P<event>\S+)(?P<rest>.*)$", re.S)
 _PYTEST_TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/")
 _EVENT_MARK = re.compile(r"<event:(\d+)>")
@@ -347,8 +358,6 @@ class Tape:
         self._fake = backend if hasattr(backend, "play") else None
         self.backend: Backend = backend
         if self._fake is not None:
-            if record:
-                raise KtraceError("--ktrace-record records on a real target; the fake backend replays cassettes")
             self.player = Player(Cassette.load(path), path) if path.exists() else None
             self._fake.play(self.player)
         elif record:

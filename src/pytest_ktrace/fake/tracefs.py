@@ -101,6 +101,19 @@ _TRACE_ARRAY_FILES = (
 _WRITE_ONLY_FILES = frozenset({"trace_marker"})
 _EVENT_FILES = ("enable", "filter", "format", "id", "trigger")
 _TRIGGER_HELP = "# Available triggers:\n# traceon traceoff stacktrace enable_event disable_event\n"
+# The event trigger commands in the order a trigger file lists them (registration order), each with the line of
+# the README's "trigger" section that says the kernel has it (None: always there).
+_TRIGGER_COMMANDS: tuple[tuple[str, Optional[str]], ...] = (
+    ("traceon", None),
+    ("traceoff", None),
+    ("snapshot", "snapshot"),
+    ("stacktrace", "stacktrace"),
+    ("enable_event", None),
+    ("disable_event", None),
+    ("enable_hist", "hist (see below)"),
+    ("disable_hist", "hist (see below)"),
+    ("hist", "hist (see below)"),
+)
 _SYSTEM_FILTER_HELP = (
     "### global filter ###\n"
     "# Use this to set filters for multiple events.\n"
@@ -407,6 +420,7 @@ class FakeTracefs:
         self._instances: dict[str, _TraceArray] = {}
         self._symbol_addresses: Optional[dict[str, int]] = None
         self._sorted_symbols: Optional[list[tuple[int, str]]] = None
+        self._trigger_help = _trigger_help(profile.readme)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -840,7 +854,7 @@ class FakeTracefs:
             "filter": lambda: event_file.filter_text if event_file.filter_text is not None else "none\n",
             "format": lambda: definition.format_text,
             "id": lambda: f"{definition.event_id}\n",
-            "trigger": lambda: _TRIGGER_HELP,
+            "trigger": lambda: self._trigger_help,
         }
         return readers[rest[3]]()
 
@@ -1188,11 +1202,32 @@ class FakeTracefs:
             kinds = {"kprobe_events": ("kprobe",), "uprobe_events": ("uprobe",)}.get(control, ("kprobe", "uprobe"))
             self._remove_probes(path, parsed, kinds)
             return
-        if parsed.kind == "kprobe" and parsed.symbol is not None and self.profile.is_blacklisted(parsed.symbol):
-            blacklisted = True
-        else:
-            blacklisted = False
-        self._register_probe(path, line, parsed, blacklisted)
+        self._register_probe(path, line, parsed, self._registration_error(parsed))
+
+    def _registration_error(self, command: ProbeCommand) -> Optional[tuple[str, str]]:
+        """(error code, errno name) with which register_kprobe() refuses ``command``; None if it accepts it.
+
+        Checked against the Debian 6.1 guests (``tests/fake/test_kprobe_differential.py``):
+
+        * a blacklisted function: EINVAL, FAIL_REG_PROBE;
+        * x86_64 (no IBT in 6.1): every function kprobes may probe at all is ftrace-traceable (without
+          CONFIG_KPROBE_EVENTS_ON_NOTRACE a notrace function is refused), so it starts with the 5-byte
+          ``__fentry__`` call: offsets 1-4 are inside it (can_probe(): EILSEQ, BAD_INSN_BNDRY).  Later offsets
+          cannot be checked without the function's code and are accepted;
+        * arm64: an offset that is not a multiple of 4 (arch_prepare_kprobe(): EINVAL), and offset 4, the
+          ``bl ftrace_caller`` site of the patchable function entry (check_ftrace_location() without
+          CONFIG_KPROBES_ON_FTRACE: EINVAL), both FAIL_REG_PROBE.
+        """
+        if command.kind != "kprobe" or command.symbol is None:
+            return None
+        if self.profile.is_blacklisted(command.symbol):
+            return "FAIL_REG_PROBE", "EINVAL"
+        arch = self._dialect.canonical_arch
+        if arch == "x86_64" and not self._dialect.modern and 1 <= command.offset <= 4:
+            return "BAD_INSN_BNDRY", "EILSEQ"
+        if arch == "arm64" and (command.offset % 4 or command.offset == 4):
+            return "FAIL_REG_PROBE", "EINVAL"
+        return None
 
     def _symbol_count(self, symbol: str) -> int:
         name = symbol.split(":", 1)[1] if ":" in symbol else symbol
@@ -1200,8 +1235,10 @@ class FakeTracefs:
             return 2
         return 1 if self.profile.has_symbol(name) else 0
 
-    def _log_probe_error(self, path: str, command: ProbeCommand, line: str, code: str, index: int) -> FakeOSError:
-        """trace_probe_log_err() at argv[index] (past the end: one after the command), then EEXIST/EINVAL."""
+    def _log_probe_error(
+        self, path: str, command: ProbeCommand, line: str, code: str, index: int, errno_name: str = "EEXIST"
+    ) -> FakeOSError:
+        """trace_probe_log_err() at argv[index] (past the end: one after the command), then ``errno_name``."""
         argv = _kernel_argv(line)
         subsystem: Literal["trace_kprobe", "trace_uprobe"] = (
             "trace_kprobe" if command.kind == "kprobe" else "trace_uprobe"
@@ -1211,7 +1248,7 @@ class FakeTracefs:
         error = ProbeSyntaxError(
             code,
             self._dialect.message(code),
-            "EEXIST" if code != "FAIL_REG_PROBE" else "EINVAL",
+            errno_name,
             position,
             _from_kernel_bytes(joined),
             subsystem,
@@ -1220,7 +1257,9 @@ class FakeTracefs:
         self._top.error_log.append(error.error_log_entry(self._clock()))
         return FakeOSError(_errno_code(error.errno), path)
 
-    def _register_probe(self, path: str, line: str, command: ProbeCommand, blacklisted: bool) -> None:
+    def _register_probe(
+        self, path: str, line: str, command: ProbeCommand, refused: Optional[tuple[str, str]]
+    ) -> None:
         key = f"{command.group}/{command.event}"
         existing = self._events.get(key)
         if existing is not None:
@@ -1234,13 +1273,13 @@ class FakeTracefs:
                 raise self._log_probe_error(path, command, line, "DIFF_ARG_TYPE", differing + 1)
             if any(self._same_probe(command, other) for other in existing.probes):
                 raise self._log_probe_error(path, command, line, "SAME_PROBE", 0)
-            if blacklisted:
-                raise self._log_probe_error(path, command, line, "FAIL_REG_PROBE", 1)
+            if refused is not None:
+                raise self._log_probe_error(path, command, line, refused[0], 1, refused[1])
             existing.probes.append(command)
             self._probe_order.append((existing, command))
             return
-        if blacklisted:
-            raise self._log_probe_error(path, command, line, "FAIL_REG_PROBE", 1)
+        if refused is not None:
+            raise self._log_probe_error(path, command, line, refused[0], 1, refused[1])
         self._serial += 1
         event_id = self._next_event_id()
         definition = _EventDefinition(command.group, command.event, event_id, self._serial, probes=[command])
@@ -1301,6 +1340,17 @@ class FakeTracefs:
         definition.probes = [probe for probe in definition.probes if probe is not command]
         if not definition.probes:
             self._drop_event(definition)
+
+
+def _trigger_help(readme: str) -> str:
+    """What a ``trigger`` file shows: the trigger commands the README's event "trigger" section lists."""
+    start = readme.find("      trigger\t\t- If set")
+    if start < 0:
+        return _TRIGGER_HELP  # no README: the commands of a kernel without snapshot and hist triggers
+    end = readme.find("example:", start)
+    section = {line.strip() for line in readme[start : end if end >= 0 else len(readme)].splitlines()}
+    names = [name for name, needs in _TRIGGER_COMMANDS if needs is None or needs in section]
+    return "# Available triggers:\n# " + " ".join(names) + "\n"
 
 
 def _current_comm() -> str:

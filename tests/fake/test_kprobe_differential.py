@@ -1,0 +1,386 @@
+"""FakeBackend against the real kprobes of the Debian 6.1 qemu guests: one scripted session, applied to both.
+
+This machine has no kprobes, so the fake's kprobe side is checked against the guests' kernels (x86_64 and arm64,
+the kernels the ``debian-6.1-<arch>`` profiles were taken from).  The same list of tracefs operations goes to
+the guest (:class:`~pytest_ktrace.backends.ssh.SshBackend`) and to ``FakeBackend(load_profile(...))``, and every
+step's outcome must be identical: success or the errno name, and the text of every read.
+
+Contents are normalised only for what cannot agree: error_log and trace timestamps, event IDs, pids and the
+irq-info flags of trace lines, and the sizes the kernel prints in ``sym+0xoff/0xsize`` (the fake's kallsyms has
+no symbol sizes).  The trace of the fake is fed with the very field values the guest recorded (read from an
+unfiltered second instance), so the two ``trace`` files differ only in what the fake renders or filters itself.
+
+The guest is booted once per arch for this module and is disposable, but the test still cleans up after itself
+(group ``ktrace_kdiff_<pid>``, instances ``ktrace_kdiff_<pid>`` and ``..._all``) and never truncates
+``kprobe_events``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import pytest
+
+from pytest_ktrace.backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, Write
+from pytest_ktrace.errors import MissingTool
+from pytest_ktrace.fake.backend import FakeBackend
+from pytest_ktrace.fake.profiles import load_profile
+from pytest_ktrace.guests import RunningGuest, boot, qemu_available
+
+pytestmark = pytest.mark.guest
+
+REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
+GROUP = f"ktrace_kdiff_{os.getpid()}"
+INSTANCE = f"instances/{GROUP}"
+ALL = f"instances/{GROUP}_all"  # unfiltered: what the guest recorded, fed into the fake
+AUTO_EVENT = "kprobes/p___setup_irq_0"  # what `p __setup_irq` is named
+TRIGGER = "/usr/bin/ktrace-trigger-setup-irq"
+# offsetof(struct irqaction, name) on 64-bit 6.1: handler, dev_id, percpu_dev_id, next, thread_fn, thread,
+# secondary (7 pointers), irq, flags (2 x 4 bytes), thread_flags, thread_mask (2 longs).
+IRQACTION_NAME = 80
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the script needs to know of an arch: the first three argument registers and the arch's quirks."""
+
+    name: str
+    regs: tuple[str, str, str]
+    caller: str  # a fetcharg holding __setup_irq's return address at entry
+    bad_reg: str
+    mid_instruction: str  # errno of __setup_irq+1
+    blacklisted: str
+
+
+ARCHS = {
+    "x86_64": Arch("x86_64", ("%di", "%si", "%dx"), "$stack0", "%r16", "EILSEQ", "kprobe_dispatcher"),
+    "arm64": Arch("arm64", ("%x0", "%x1", "%x2"), "%x30", "%x31", "EINVAL", "kprobe_dispatcher"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Steps and outcomes
+# --------------------------------------------------------------------------------------------------------------
+
+Outcome = tuple[str, str]  # ("ok", normalised text read or "") / ("err", "EINVAL")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One tracefs operation, or the trigger (``op`` None); ``normalise`` maps a read's text to what must match."""
+
+    op: Optional[Op]
+    normalise: Callable[[str], str] = lambda text: text
+    expect: Optional[str] = None  # the errno the script means to provoke ("" for success), checked on the guest
+
+    @property
+    def is_trigger(self) -> bool:
+        return self.op is None
+
+
+def outcome(step: Step, result: OpResult) -> Outcome:
+    if not result.ok:
+        return "err", result.errno_name
+    return "ok", step.normalise(result.data) if isinstance(step.op, Read) else ""
+
+
+def describe(step: Step) -> str:
+    op = step.op
+    if isinstance(op, Write):
+        return f"write {op.path} {op.data!r}"
+    if isinstance(op, Read):
+        return f"read {op.path}"
+    if isinstance(op, Mkdir):
+        return f"mkdir {op.path}"
+    if isinstance(op, Rmdir):
+        return f"rmdir {op.path}"
+    return "trigger"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------------------------
+
+_ERROR_LOG_TIME = re.compile(r"^\[\s*\d+\.\d{6}\] ", re.M)
+_EVENT_ID = re.compile(r"^ID: \d+$", re.M)
+_CONTEXT = re.compile(r"^(?P<comm>.{16})-(?P<pid>\d+)\s*(?P<cpu>\[\d{3}\]) (?P<flags>\S{5}) +\d+\.\d{6}: ", re.M)
+_SYMBOL_SIZE = re.compile(r"\b([\w.]+\+0x[0-9a-f]+)/0x[0-9a-f]+")
+
+
+def ours(text: str) -> str:
+    """The lines of a listing that name this test's group or its auto-named probe."""
+    return "".join(line + "\n" for line in text.splitlines() if GROUP in line or AUTO_EVENT in line)
+
+
+def our_error_log_entries(text: str) -> str:
+    entries = re.split(r"(?m)^(?=\[\s*\d+\.\d{6}\] )", text)
+    return _ERROR_LOG_TIME.sub("[TS] ", "".join(entry for entry in entries if GROUP in entry))
+
+
+def normalise_error_log(text: str) -> str:
+    return _ERROR_LOG_TIME.sub("[TS] ", text)
+
+
+def without_event_id(text: str) -> str:
+    return _EVENT_ID.sub("ID: N", text)
+
+
+def normalise_trace(text: str) -> str:
+    text = _CONTEXT.sub(lambda m: f"{m.group('comm')}-PID {m.group('cpu')} FLAGS TS: ", text)
+    return _SYMBOL_SIZE.sub(r"\1/SIZE", text)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The script
+# --------------------------------------------------------------------------------------------------------------
+
+
+def script(arch: Arch) -> list[Step]:
+    r0, r1, r2 = arch.regs
+    entry = (
+        f"p:{GROUP}/entry __setup_irq irq={r0}:u32 desc={r1} act={r2}:x64 a1=$arg1:s32 a3=$arg3 "
+        f"name=+0(+{IRQACTION_NAME}({r2})):string cm=$comm st=$stack0 caller={arch.caller}:symbol "
+        f"bf={r0}:b4@0/32"
+    )
+    exit_ = f"r10:{GROUP}/exit __setup_irq rv=$retval:s32 rx=$retval:x64"
+    events = f"{INSTANCE}/events/{GROUP}"
+    everything = f"{ALL}/events/{GROUP}"
+
+    def write(path: str, data: str, expect: str = "") -> Step:
+        return Step(Write(path, data), expect=expect)
+
+    def read(path: str, normalise: Callable[[str], str] = lambda text: text) -> Step:
+        return Step(Read(path), normalise)
+
+    def probe(line: str, expect: str = "") -> Step:
+        return write("kprobe_events", line, expect)
+
+    return [
+        Step(Mkdir(INSTANCE), expect=""),
+        Step(Mkdir(ALL), expect=""),
+        probe(entry),
+        probe(exit_),
+        probe("p __setup_irq"),  # auto-named: kprobes/p___setup_irq_0
+        # refused by the grammar
+        probe(f"p:{GROUP}/no_symbol ktrace_kdiff_no_such_symbol", "ENOENT"),
+        probe(f"p:{GROUP}/retval_on_entry __setup_irq rv=$retval", "EINVAL"),
+        probe(f"p:{GROUP}/bad_reg __setup_irq x={arch.bad_reg}", "EINVAL"),
+        probe(f"p:{GROUP}/bad_type __setup_irq x={r0}:u128", "EINVAL"),
+        probe(f"p10:{GROUP}/maxactive_on_entry __setup_irq", "EINVAL"),
+        read("error_log", our_error_log_entries),  # error_log keeps only the last 8 entries: read it often
+        # refused at registration
+        probe(f"p:{GROUP}/blacklisted {arch.blacklisted}", "EINVAL"),
+        probe(f"p:{GROUP}/mid_insn __setup_irq+1", arch.mid_instruction),
+        probe(f"r:{GROUP}/retprobe_mid __setup_irq+8", "EINVAL"),  # BAD_RETPROBE
+        read("error_log", our_error_log_entries),
+        # refused by the state
+        probe(entry, "EEXIST"),  # SAME_PROBE
+        probe(f"p:{GROUP}/exit __setup_irq", "EEXIST"),  # DIFF_PROBE_TYPE
+        probe(f"-:{GROUP}/never_defined", "ENOENT"),
+        read("kprobe_events", ours),
+        read("dynamic_events", ours),
+        read("available_events", ours),
+        read("error_log", our_error_log_entries),
+        read(f"events/{GROUP}/entry/format", without_event_id),
+        read(f"events/{GROUP}/exit/format", without_event_id),
+        read(f"events/{AUTO_EVENT}/format", without_event_id),
+        read(f"events/{AUTO_EVENT}/enable"),
+        probe(f"-:{AUTO_EVENT}"),
+        probe(f"-:{AUTO_EVENT}", "ENOENT"),
+        read("kprobe_events", ours),
+        read(f"{events}/entry/enable"),
+        read(f"{events}/entry/filter"),
+        read(f"{events}/entry/trigger"),
+        read(f"{events}/enable"),
+        read(f"{events}/filter"),
+        # filters: a bad one first (EINVAL, error text in the filter file), then good ones
+        write(f"{events}/entry/filter", "irq == ", "EINVAL"),
+        read(f"{events}/entry/filter"),
+        read(f"{INSTANCE}/error_log", normalise_error_log),
+        write(f"{events}/entry/filter", 'irq != 1 && cm ~ "ktrace*"'),
+        read(f"{events}/entry/filter"),
+        write(f"{events}/exit/filter", "rv == 0"),
+        read(f"{events}/exit/filter"),
+        # enables
+        write(f"{events}/entry/enable", "2", "EINVAL"),
+        write(f"{events}/entry/enable", "1"),
+        read(f"{events}/enable"),  # X: mixed
+        write(f"{events}/exit/enable", "1"),
+        read(f"{events}/enable"),
+        read(f"{INSTANCE}/set_event", ours),
+        write(f"{everything}/enable", "1"),
+        # an enabled kprobe event cannot be removed
+        probe(f"-:{GROUP}/entry", "EBUSY"),
+        probe(f"-:{GROUP}/", "EBUSY"),
+        Step(None),  # the trigger: the device rebind calls __setup_irq
+        read(f"{ALL}/trace", normalise_trace),
+        read(f"{INSTANCE}/trace", normalise_trace),
+        # disable, then remove
+        write(f"{events}/enable", "0"),
+        write(f"{everything}/enable", "0"),
+        read(f"{events}/entry/enable"),
+        read(f"{events}/enable"),
+        probe(f"-:{GROUP}/entry"),
+        probe(f"-:{GROUP}/entry", "ENOENT"),
+        read(f"{INSTANCE}/trace", normalise_trace),  # cleared by the removal of an event it had enabled
+        probe(f"-:{GROUP}/exit __setup_irq rv=$retval:s32 rx=$retval:u64", "ENOENT"),  # the args must match
+        probe(f"-:{GROUP}/exit __setup_irq rv=$retval:s32"),
+        read("kprobe_events", ours),
+        read(f"{events}/enable"),  # ENOENT: the group is gone
+        Step(Rmdir(ALL), expect=""),
+        Step(Rmdir(INSTANCE), expect=""),
+        Step(Rmdir(INSTANCE), expect="ENOENT"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The trigger: the guest's records, parsed and fed into the fake
+# --------------------------------------------------------------------------------------------------------------
+
+_LINE = re.compile(
+    r"^(?P<comm>.{16})-(?P<pid>\d+)\s+\[(?P<cpu>\d{3})\] \S{5} +\d+\.\d{6}: (?P<event>\w+): \((?P<head>[^)]*)\)"
+    r"(?P<args>.*)$"
+)
+_ARG = re.compile(r' (\w+)=("[^"]*"|\S+)')
+_SYMBOL_OFFSET = re.compile(r"^([\w.]+)\+(0x[0-9a-f]+)/0x[0-9a-f]+$")
+
+FieldValue = Union[int, str]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event: str
+    pid: int
+    comm: str
+    cpu: int
+    fields: dict[str, FieldValue]
+
+
+def parse_records(trace: str, symbol_address: Callable[[str], int]) -> list[Recorded]:
+    """The probe records of a guest's ``trace``, with symbols turned into the fake kallsyms' addresses."""
+
+    def value(text: str) -> FieldValue:
+        if text.startswith('"'):
+            return text[1:-1]
+        symbol = _SYMBOL_OFFSET.match(text)
+        if symbol:
+            return symbol_address(symbol.group(1)) + int(symbol.group(2), 16)
+        return int(text, 0)
+
+    records = []
+    for line in trace.splitlines():
+        match = _LINE.match(line)
+        if match is None:
+            assert line.startswith("#"), f"unparsed trace line {line!r}"
+            continue
+        fields = {name: value(text) for name, text in _ARG.findall(match.group("args"))}
+        if " <- " in match.group("head"):  # the kretprobe's return address, as sym+off for the fake kallsyms
+            fields["__probe_ret_ip"] = match.group("head").split(" <- ")[0].split("/")[0]
+        records.append(
+            Recorded(
+                f"{GROUP}/{match.group('event')}",
+                int(match.group("pid")),
+                match.group("comm").strip(),
+                int(match.group("cpu")),
+                fields,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures and the test
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _skip_or_fail(reason: str) -> None:
+    if REQUIRE_GUESTS:
+        pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGuest]:
+    arch: str = request.param
+    unavailable = qemu_available(arch)
+    if unavailable is not None:
+        _skip_or_fail(unavailable)
+    try:
+        running = boot(arch, workdir=tmp_path_factory.mktemp(f"kdiff-vm-{arch}"))
+    except MissingTool as missing:
+        _skip_or_fail(f"cannot build/boot the {arch} guest: {missing}")
+        raise  # not reached
+    try:
+        yield running
+    finally:
+        running.shutdown()
+
+
+def _cleanup(backend: Backend) -> None:
+    """Best effort: disable and remove everything this test may have left, on either side."""
+    backend.apply(
+        [
+            Write(f"{INSTANCE}/events/{GROUP}/enable", "0"),
+            Write(f"{ALL}/events/{GROUP}/enable", "0"),
+            Write("kprobe_events", f"-:{GROUP}/"),
+            Write("kprobe_events", f"-:{AUTO_EVENT}"),
+            Rmdir(ALL),
+            Rmdir(INSTANCE),
+        ]
+    )
+
+
+@pytest.fixture
+def real(guest: RunningGuest) -> Iterator[Backend]:
+    from pytest_ktrace.backends.ssh import SshBackend
+
+    with SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as backend:
+        _cleanup(backend)
+        try:
+            yield backend
+        finally:
+            with contextlib.suppress(Exception):
+                _cleanup(backend)
+
+
+def _run(backend: Backend, steps: list[Step]) -> list[Outcome]:
+    ops = [step.op for step in steps if step.op is not None]
+    return [outcome(step, result) for step, result in zip(steps, backend.apply(ops))]
+
+
+def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend) -> None:
+    arch = ARCHS[guest.arch]
+    fake = FakeBackend(load_profile(f"debian-6.1-{arch.name}"), cpus=1)  # the guests boot with -smp 1
+    steps = script(arch)
+    trigger = next(index for index, step in enumerate(steps) if step.is_trigger)
+    before, after = steps[:trigger], steps[trigger + 1 :]
+    try:
+        real_outcomes = _run(real, before)
+        fake_outcomes = _run(fake, before)
+        run = real.run([TRIGGER], timeout=60, after=[Read(f"{ALL}/trace")])
+        assert run.returncode == 0, f"{TRIGGER} failed: {run.stderr}"
+        assert run.after[0].ok, run.after[0].error
+        records = parse_records(run.after[0].data, fake.tracefs.symbol_address)
+        assert records, f"the trigger recorded nothing:\n{run.after[0].data}"
+        for record in records:
+            fake.inject(record.event, record.fields, pid=record.pid, comm=record.comm, cpu=record.cpu)
+        real_outcomes += [("ok", "")] + _run(real, after)
+        fake_outcomes += [("ok", "")] + _run(fake, after)
+    finally:
+        _cleanup(fake)
+
+    problems: list[str] = []
+    for number, (step, real_outcome, fake_outcome) in enumerate(zip(steps, real_outcomes, fake_outcomes)):
+        if step.expect is not None and real_outcome != (("ok", "") if not step.expect else ("err", step.expect)):
+            problems.append(f"step {number} {describe(step)}: the guest gave {real_outcome!r}, the script expects "
+                            f"{step.expect or 'success'}")
+        if real_outcome != fake_outcome:
+            problems.append(
+                f"step {number} {describe(step)}:\n  real: {real_outcome!r}\n  fake: {fake_outcome!r}"
+            )
+    assert not problems, "\n".join(problems)
