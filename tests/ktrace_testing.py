@@ -83,3 +83,16 @@ def append_line(path: Path, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def qemu_pids() -> set[int]:
+    """PIDs of every qemu-system process on this machine (to prove a run started or left none)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().startswith("qemu-system"):
+                    pids.add(int(entry))
+            except OSError:
+                pass
+    return pids

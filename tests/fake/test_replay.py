@@ -4,7 +4,6 @@ its cassette is stale."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from ktrace_testing import qemu_pids
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 pytest_plugins = ["pytester"]
 
 
-def _qemu_pids() -> set[int]:
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().startswith("qemu-system"):
-                    pids.add(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,11 +40,11 @@ def guest_suite(tmp_path: Path) -> Path:
 
 
 def test_guest_suite_replays_on_the_fake_without_a_guest(guest_suite: Path) -> None:
-    before = _qemu_pids()
+    before = qemu_pids()
     run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-v")
     assert run.returncode == 0, run.stdout[-4000:]
     assert "9 passed, 2 xfailed" in run.stdout, run.stdout[-2000:]
-    assert _qemu_pids() <= before, "replay must not boot a guest"
+    assert qemu_pids() <= before, "replay must not boot a guest"
 
 
 def test_a_changed_expectation_fails_on_the_fake_as_on_the_board(guest_suite: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ktrace_testing import qemu_pids
+
 pytest_plugins = ["pytester"]
 
 INNER = """
@@ -28,24 +30,14 @@ def test_same_guest_again(ktrace):
 """
 
 
-def _qemu_pids() -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().startswith("qemu-system"):
-                    found.add(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def test_marker_boots_the_guest_once_and_powers_it_off(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_vm=INNER)
-    before = _qemu_pids()
+    before = qemu_pids()
     result = pytester.runpytest_subprocess("-v")
     result.assert_outcomes(passed=2)
-    assert _qemu_pids() <= before, "the guest must be powered off when the run ends"
+    assert qemu_pids() <= before, "the guest must be powered off when the run ends"
 
 
 def test_without_qemu_the_guest_tests_skip_with_the_reason(pytester: pytest.Pytester, tmp_path: Path) -> None:
