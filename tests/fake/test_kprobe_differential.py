@@ -56,13 +56,24 @@ class Arch:
     regs: tuple[str, str, str]
     caller: str  # a fetcharg holding __setup_irq's return address at entry
     bad_reg: str
-    mid_instruction: str  # errno of __setup_irq+1
+    mid_instruction: str  # errno of __setup_irq+1 and +4
+    mid_instruction_message: str  # and its error_log message
     blacklisted: str
 
 
 ARCHS = {
-    "x86_64": Arch("x86_64", ("%di", "%si", "%dx"), "$stack0", "%r16", "EILSEQ", "kprobe_dispatcher"),
-    "arm64": Arch("arm64", ("%x0", "%x1", "%x2"), "%x30", "%x31", "EINVAL", "kprobe_dispatcher"),
+    "x86_64": Arch(
+        "x86_64",
+        ("%di", "%si", "%dx"),
+        "$stack0",
+        "%r16",
+        "EILSEQ",
+        "Probe point is not an instruction boundary",
+        "kprobe_dispatcher",
+    ),
+    "arm64": Arch(
+        "arm64", ("%x0", "%x1", "%x2"), "%x30", "%x31", "EINVAL", "Failed to register probe event", "kprobe_dispatcher"
+    ),
 }
 
 
@@ -80,6 +91,7 @@ class Step:
     op: Optional[Op]
     normalise: Callable[[str], str] = lambda text: text
     expect: Optional[str] = None  # the errno the script means to provoke ("" for success), checked on the guest
+    message: Optional[str] = None  # the error_log message the guest must have logged for this write
 
     @property
     def is_trigger(self) -> bool:
@@ -171,8 +183,8 @@ def script(arch: Arch) -> list[Step]:
     def read(path: str, normalise: Callable[[str], str] = lambda text: text) -> Step:
         return Step(Read(path), normalise)
 
-    def probe(line: str, expect: str = "") -> Step:
-        return write("kprobe_events", line, expect)
+    def probe(line: str, expect: str = "", message: Optional[str] = None) -> Step:
+        return Step(Write("kprobe_events", line), expect=expect, message=message)
 
     return [
         Step(Mkdir(INSTANCE), expect=""),
@@ -181,20 +193,22 @@ def script(arch: Arch) -> list[Step]:
         probe(exit_),
         probe("p __setup_irq"),  # auto-named: kprobes/p___setup_irq_0
         # refused by the grammar
-        probe(f"p:{GROUP}/no_symbol ktrace_kdiff_no_such_symbol", "ENOENT"),
-        probe(f"p:{GROUP}/retval_on_entry __setup_irq rv=$retval", "EINVAL"),
-        probe(f"p:{GROUP}/bad_reg __setup_irq x={arch.bad_reg}", "EINVAL"),
-        probe(f"p:{GROUP}/bad_type __setup_irq x={r0}:u128", "EINVAL"),
-        probe(f"p10:{GROUP}/maxactive_on_entry __setup_irq", "EINVAL"),
+        probe(f"p:{GROUP}/no_symbol ktrace_kdiff_no_such_symbol", "ENOENT", "Invalid probed address or symbol"),
+        probe(f"p:{GROUP}/retval_on_entry __setup_irq rv=$retval", "EINVAL", "$retval is not available on probe"),
+        probe(f"p:{GROUP}/bad_reg __setup_irq x={arch.bad_reg}", "EINVAL", "Invalid register name"),
+        probe(f"p:{GROUP}/bad_type __setup_irq x={r0}:u128", "EINVAL", "Unknown type is specified"),
+        probe(f"p10:{GROUP}/maxactive_on_entry __setup_irq", "EINVAL", "Maxactive is not for kprobe"),
         read("error_log", our_error_log_entries),  # error_log keeps only the last 8 entries: read it often
         # refused at registration
-        probe(f"p:{GROUP}/blacklisted {arch.blacklisted}", "EINVAL"),
-        probe(f"p:{GROUP}/mid_insn __setup_irq+1", arch.mid_instruction),
-        probe(f"r:{GROUP}/retprobe_mid __setup_irq+8", "EINVAL"),  # BAD_RETPROBE
+        probe(f"p:{GROUP}/blacklisted {arch.blacklisted}", "EINVAL", "Failed to register probe event"),
+        probe(f"p:{GROUP}/mid_insn __setup_irq+1", arch.mid_instruction, arch.mid_instruction_message),
+        # inside the 5-byte __fentry__ nop (x86_64) / the bl ftrace_caller site (arm64)
+        probe(f"p:{GROUP}/ftrace_site __setup_irq+4", arch.mid_instruction, arch.mid_instruction_message),
+        probe(f"r:{GROUP}/retprobe_mid __setup_irq+8", "EINVAL", "Retprobe address must be an function entry"),
         read("error_log", our_error_log_entries),
         # refused by the state
-        probe(entry, "EEXIST"),  # SAME_PROBE
-        probe(f"p:{GROUP}/exit __setup_irq", "EEXIST"),  # DIFF_PROBE_TYPE
+        probe(entry, "EEXIST", "There is already the exact same probe event"),
+        probe(f"p:{GROUP}/exit __setup_irq", "EEXIST", "Probe type is different from existing probe"),
         probe(f"-:{GROUP}/never_defined", "ENOENT"),
         read("kprobe_events", ours),
         read("dynamic_events", ours),
@@ -218,7 +232,7 @@ def script(arch: Arch) -> list[Step]:
         read(f"{INSTANCE}/error_log", normalise_error_log),
         write(f"{events}/entry/filter", 'irq != 1 && cm ~ "ktrace*"'),
         read(f"{events}/entry/filter"),
-        write(f"{events}/exit/filter", "rv == 0"),
+        write(f"{events}/exit/filter", "rv < 0"),  # only failures: drops every exit record
         read(f"{events}/exit/filter"),
         # enables
         write(f"{events}/entry/enable", "2", "EINVAL"),
@@ -293,8 +307,9 @@ def parse_records(trace: str, symbol_address: Callable[[str], int]) -> list[Reco
             assert line.startswith("#"), f"unparsed trace line {line!r}"
             continue
         fields = {name: value(text) for name, text in _ARG.findall(match.group("args"))}
-        if " <- " in match.group("head"):  # the kretprobe's return address, as sym+off for the fake kallsyms
-            fields["__probe_ret_ip"] = match.group("head").split(" <- ")[0].split("/")[0]
+        if " <- " in match.group("head"):
+            # The kretprobe's return address: its function, for the fake kallsyms (the offset is normalised).
+            fields["__probe_ret_ip"] = match.group("head").split(" <- ")[0].split("+")[0]
         records.append(
             Recorded(
                 f"{GROUP}/{match.group('event')}",
@@ -395,4 +410,11 @@ def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend)
                             f"{step.expect or 'success'}")
         if real_outcome != fake_outcome:
             problems.append(f"step {number} {describe(step)}:\n{difference(real_outcome, fake_outcome)}")
+    # The script provoked what it means to: each refusal's message is in one of the guest's error_log reads.
+    logged = "".join(text for step, (_, text) in zip(steps, real_outcomes) if step.op == Read("error_log"))
+    for step in steps:
+        if step.message is not None and isinstance(step.op, Write):
+            entry = f"trace_kprobe: error: {step.message}\n  Command: {step.op.data}\n"
+            if entry not in logged:
+                problems.append(f"the guest's error_log has no entry {entry!r}")
     assert not problems, "\n".join(problems)

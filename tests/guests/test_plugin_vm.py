@@ -27,17 +27,29 @@ def test_arm64_kprobe(ktrace):
 @pytest.mark.ktrace(vm="arm64")
 def test_same_guest_again(ktrace):
     assert "kprobes" in ktrace.target.features
+    import os
+    mine = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().startswith("qemu-system") and int(fields[1]) == os.getpid():
+                    mine.append(entry)
+        except (OSError, ValueError, IndexError):
+            pass
+    print("QEMU_CHILDREN=" + ",".join(mine))
 """
-
-
 
 
 def test_marker_boots_the_guest_once_and_powers_it_off(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_vm=INNER)
-    before = qemu_pids()
-    result = pytester.runpytest_subprocess("-v")
+    result = pytester.runpytest_subprocess("-v", "-s")
     result.assert_outcomes(passed=2)
-    assert qemu_pids() <= before, "the guest must be powered off when the run ends"
+    [line] = [line for line in result.outlines if "QEMU_CHILDREN=" in line]
+    children = {int(pid) for pid in line.split("QEMU_CHILDREN=", 1)[1].split(",") if pid}
+    assert len(children) == 1, "both tests must share one booted guest"
+    assert not children & qemu_pids(), "the guest must be powered off when the run ends"
 
 
 def test_without_qemu_the_guest_tests_skip_with_the_reason(pytester: pytest.Pytester, tmp_path: Path) -> None:
