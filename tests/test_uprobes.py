@@ -217,3 +217,16 @@ def test_offset_location(ktrace, probed: Path) -> None:
     probe = ktrace.uprobe(str(probed), offset, a="$arg1:u64")
     ktrace.run([str(probed), "add", "5", "6"])
     probe.assert_called_once_with(a=5)
+
+
+@pytest.mark.ktrace(buffer_kb=4)
+def test_lost_events_fail_count_assertions(ktrace, probed: Path) -> None:
+    calls = ktrace.uprobe(str(probed), "add_u64", a="$arg1:u64")
+    ktrace.run([str(probed), "loop", "5000"])
+    with pytest.raises(AssertionError) as info:
+        calls.assert_call_count(5000)
+    text = str(info.value)
+    assert "the kernel lost events, so no count can be trusted" in text
+    assert "LOST EVENTS: the kernel's ring buffer overflowed" in text and "on CPU" in text
+    assert "--ktrace-buffer-kb" in text
+    calls.assert_any_call(a=4999)  # what is still in the buffer can be checked

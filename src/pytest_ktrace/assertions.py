@@ -265,7 +265,7 @@ def _distinct(values: Iterable[Any]) -> str:
 def _lost_lines(lost: Mapping[int, int]) -> list[str]:
     if not lost:
         return []
-    where = ", ".join(f"{count} on CPU {cpu}" for cpu, count in sorted(lost.items()))
+    where = ", ".join(f"{count} on CPU {cpu}" if cpu >= 0 else f"{count} in all" for cpu, count in sorted(lost.items()))
     return [
         f"LOST EVENTS: the kernel's ring buffer overflowed ({where}); counts are incomplete. "
         "Enlarge the buffer (--ktrace-buffer-kb) or add a filter."

@@ -40,6 +40,19 @@ Scope = Literal["all", "run"]
 _TRACEPOINT = re.compile(r"^(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)$")
 _KSYM = re.compile(r"^(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?$")
 _DEFAULT_RETURN = "$retval:s32"
+_ENTRIES = re.compile(r"^# entries-in-buffer/entries-written: (\d+)/(\d+)\s+#P:(\d+)", re.M)
+_OVERRUN = re.compile(r"^overrun: (\d+)", re.M)
+
+
+def _overwritten(trace: str) -> int:
+    """Events the ring buffer overwrote, from the `trace` header (written minus still in the buffer)."""
+    match = _ENTRIES.search(trace)
+    return max(0, int(match.group(2)) - int(match.group(1))) if match else 0
+
+
+def _cpu_count(trace: str) -> int:
+    match = _ENTRIES.search(trace)
+    return int(match.group(3)) if match else 1
 
 
 def _definition_site() -> str:
@@ -488,9 +501,26 @@ class TraceSession:
 
     def _take_trace(self, text: str) -> ParsedTrace:
         self._raw_trace = text
-        self._parsed = TraceParser(self._catalog).parse(text)
+        parsed = TraceParser(self._catalog).parse(text)
+        overwritten = _overwritten(text)
+        if overwritten and not parsed.lost:
+            # `trace` shows no LOST line when the ring buffer overwrote old events; its header and the
+            # per-CPU stats tell how many went, and where.
+            parsed.lost.update(self._overruns(_cpu_count(text)) or {-1: overwritten})
+        self._parsed = parsed
         self._dirty = False
-        return self._parsed
+        return parsed
+
+    def _overruns(self, cpus: int) -> dict[int, int]:
+        stats = self.backend.apply(
+            [Read(f"{self.instance_path}/per_cpu/cpu{cpu}/stats", missing_ok=True) for cpu in range(cpus)]
+        )
+        found: dict[int, int] = {}
+        for cpu, result in enumerate(stats):
+            match = _OVERRUN.search(result.data)
+            if match and int(match.group(1)):
+                found[cpu] = int(match.group(1))
+        return found
 
     def _current(self) -> ParsedTrace:
         if self._dirty or self._parsed is None:
