@@ -5,12 +5,11 @@ the kernels the ``debian-6.1-<arch>`` profiles were taken from).  The same list 
 the guest (:class:`~pytest_ktrace.backends.ssh.SshBackend`) and to ``FakeBackend(load_profile(...))``, and every
 step's outcome must be identical: success or the errno name, and the text of every read.
 
-Contents are normalised only for what cannot agree: error_log and trace timestamps, event IDs, pids and the
-irq-info flags of trace lines, and the sizes the kernel prints in ``sym+0xoff/0xsize`` (the fake's kallsyms has
-no symbol sizes).  The trace of the fake is fed with the very field values the guest recorded (read from an
-unfiltered second instance), so the two ``trace`` files differ only in what the fake renders or filters itself.
-The fake's kallsyms gives every symbol the same size (0x100), so the offset of a kretprobe's return address is
-normalised too: it may lie beyond that.
+Contents are normalised only for what cannot agree: error_log and trace timestamps, event IDs, the pids and
+irq-info flags of trace lines, and the sizes the kernel prints in ``sym+0xoff/0xsize`` (the fake's kallsyms gives
+every symbol 0x100 bytes, so the offset of a kretprobe's return address, which may lie beyond that, goes too).
+The fake's trace is fed with the very field values, pids and comms the guest recorded (read from an unfiltered
+second instance), so the two ``trace`` files differ only in what the fake renders or filters itself.
 
 The guest is booted once per arch for this module and is disposable, but the test still cleans up after itself
 (group ``ktrace_kdiff_<pid>``, instances ``ktrace_kdiff_<pid>`` and ``..._all``) and never truncates
@@ -54,7 +53,7 @@ class Arch:
 
     name: str
     regs: tuple[str, str, str]
-    caller: str  # a fetcharg holding __setup_irq's return address at entry
+    caller: str  # a fetcharg holding __setup_irq's return address (the kretprobe trampoline, as it is)
     bad_reg: str
     mid_instruction: str  # errno of __setup_irq+1 and +4
     mid_instruction_message: str  # and its error_log message
@@ -398,16 +397,18 @@ def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend)
         assert records, f"the trigger recorded nothing:\n{run.after[0].data}"
         for record in records:
             fake.inject(record.event, record.fields, pid=record.pid, comm=record.comm, cpu=record.cpu)
-        real_outcomes += [("ok", "")] + _run(real, after)
-        fake_outcomes += [("ok", "")] + _run(fake, after)
+        real_outcomes += [("ok", ""), *_run(real, after)]
+        fake_outcomes += [("ok", ""), *_run(fake, after)]
     finally:
         _cleanup(fake)
 
     problems: list[str] = []
     for number, (step, real_outcome, fake_outcome) in enumerate(zip(steps, real_outcomes, fake_outcomes)):
         if step.expect is not None and real_outcome != (("ok", "") if not step.expect else ("err", step.expect)):
-            problems.append(f"step {number} {describe(step)}: the guest gave {real_outcome!r}, the script expects "
-                            f"{step.expect or 'success'}")
+            problems.append(
+                f"step {number} {describe(step)}: the guest gave {real_outcome!r}, the script expects "
+                f"{step.expect or 'success'}"
+            )
         if real_outcome != fake_outcome:
             problems.append(f"step {number} {describe(step)}:\n{difference(real_outcome, fake_outcome)}")
     # The script provoked what it means to: each refusal's message is in one of the guest's error_log reads.

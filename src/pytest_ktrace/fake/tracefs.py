@@ -17,6 +17,10 @@ Kernel behaviours copied on purpose (v6.12 sources, checked against a 6.18 kerne
 * removing a dynamic event clears the buffer of every trace array in which that event was ever enabled
   (``tracing_reset_all_online_cpus()`` after ``event_remove()`` set ``clear_trace``).
 * a uprobe event with several probes loses one of them even while enabled; a kprobe never (EBUSY).
+* kprobe registration refuses blacklisted functions and, per arch, offsets that are not instruction boundaries
+  or hit the ftrace call site (see :meth:`FakeTracefs._registration_error`; checked against the Debian 6.1
+  guests by ``tests/fake/test_kprobe_differential.py``).  ``trigger`` files list the trigger commands the
+  profile's README names (snapshot and hist triggers only where the kernel has them).
 * ``trace`` does not show ``CPU:N [LOST M EVENTS]`` for events overwritten before the read: the kernel only
   reports losses on the consuming ``trace_pipe`` (a ``trace`` iterator reports them only when the writer
   overtakes it mid-read, which cannot happen here).  ``entries-written`` counts the overwritten ones.
@@ -1257,9 +1261,7 @@ class FakeTracefs:
         self._top.error_log.append(error.error_log_entry(self._clock()))
         return FakeOSError(_errno_code(error.errno), path)
 
-    def _register_probe(
-        self, path: str, line: str, command: ProbeCommand, refused: Optional[tuple[str, str]]
-    ) -> None:
+    def _register_probe(self, path: str, line: str, command: ProbeCommand, refused: Optional[tuple[str, str]]) -> None:
         key = f"{command.group}/{command.event}"
         existing = self._events.get(key)
         if existing is not None:
