@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import replace
 from typing import Any, Generator, Optional
@@ -10,6 +11,7 @@ import pytest
 
 from . import hookspecs
 from .backends import builtin
+from .boards import lease_board
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
 from .fake.cassette import RECORD_MODES, Cassette, Tape, cassette_path, profile_of
 from .identity import RunIdentity
@@ -112,23 +114,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    try:
-        settings = resolve_target(config)
-    except pytest.UsageError:
-        raise
-    target = settings.target
+    settings = resolve_target(config)
     state = config.stash[state_key()]
-    try:
-        backend = state.backend_for(config, target)
-        info = backend.describe()
-    except KtraceError as exc:
-        return [f"ktrace: backend {target.label}: unavailable: {exc}"]
-    features = ", ".join(sorted(info.features)) or "none"
-    return [
-        f"ktrace: backend {target.backend}, target {info.name}: Linux {info.release} {info.arch}, "
-        f"tracefs {info.tracefs}",
-        f"ktrace: features: {features}",
-    ]
+    targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
+    lines: list[str] = []
+    for target in targets:
+        try:
+            info = state.backend_for(config, target).describe()
+        except KtraceError as exc:
+            lines.append(f"ktrace: backend {target.label}: unavailable: {exc}")
+            continue
+        lines.append(
+            f"ktrace: backend {target.backend}, target {info.name}: Linux {info.release} {info.arch}, "
+            f"tracefs {info.tracefs}"
+        )
+        lines.append(f"ktrace: features: {', '.join(sorted(info.features)) or 'none'}")
+    return lines
 
 
 def _marker_kwargs(node: pytest.Item) -> dict[str, Any]:
@@ -148,6 +149,13 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     settings = resolve_target(config, _marker_kwargs(request.node))
     cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
     record = should_record(config, cassette, replaying=settings.target.backend == "fake")
+    lease = None
+    if settings.boards:
+        # One test per board at a time, across every xdist worker of this machine.
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+        lease = lease_board(settings.boards, timeout=3600, start=worker)
+        request.addfinalizer(lease.release)
+        settings = replace(settings, target=replace(settings.target, host=lease.host))
     if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
         settings = replace(settings, target=replace(settings.target, profile=profile_of(Cassette.load(cassette))))
     try:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import pytest
 
 from .backends.base import Backend, Read, Rmdir, Write
+from .boards import split_hosts
 from .errors import KtraceError, hide_for_ktrace_errors
 from .identity import RunIdentity, stale_owner
 
@@ -65,6 +66,7 @@ class TestSettings:
     scope: str = "all"
     timeout: Optional[float] = 60.0
     buffer_kb: Optional[int] = None
+    boards: tuple[str, ...] = ()  # --ktrace-host=a,b: the pool the test leases one board from
 
 
 def _convert(key: str, kind: str, value: Any, source: str) -> Any:
@@ -150,7 +152,13 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
     )
     if backend == "local":
         target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
-    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"])
+    try:
+        boards = split_hosts(target.host) if target.host and "," in target.host else ()
+    except KtraceError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: {exc}") from None
+    if boards:
+        target = replace(target, host=None)
+    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"], boards)
 
 
 @dataclass
