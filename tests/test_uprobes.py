@@ -230,3 +230,14 @@ def test_lost_events_fail_count_assertions(ktrace, probed: Path) -> None:
     assert "LOST EVENTS: the kernel's ring buffer overflowed" in text and "on CPU" in text
     assert "--ktrace-buffer-kb" in text
     calls.assert_any_call(a=4999)  # what is still in the buffer can be checked
+
+
+@pytest.mark.ktrace(buffer_kb=4, lost="warn")
+def test_lost_events_only_warn_when_asked(ktrace, probed: Path) -> None:
+    calls = ktrace.uprobe(str(probed), "add_u64")
+    ktrace.run([str(probed), "loop", "5000"])
+    with pytest.warns(pytest.PytestWarning, match="counting events although LOST EVENTS"):
+        assert calls.call_count < 5000
+        calls.assert_called()
+        with pytest.raises(AssertionError, match="Called"):
+            calls.assert_call_count(5000)

@@ -16,7 +16,16 @@ from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrac
 from .fake.cassette import RECORD_MODES, Cassette, Tape, cassette_path, profile_of
 from .identity import RunIdentity
 from .session import TraceSession
-from .targets import SCOPES, VM_ARCHES, RunState, resolve_target, should_record, state_key, validate_marker
+from .targets import (
+    LOST_POLICIES,
+    SCOPES,
+    VM_ARCHES,
+    RunState,
+    resolve_target,
+    should_record,
+    state_key,
+    validate_marker,
+)
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -71,6 +80,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     option("ktrace-timeout", "default timeout of ktrace.run in seconds (default 60)", metavar="SECONDS")
     option("ktrace-buffer-kb", "per-CPU ring buffer size of each test's tracing instance", metavar="KB")
+    option(
+        "ktrace-lost",
+        "when the kernel lost events: fail count assertions (fail, the default) or only warn (warn)",
+        metavar="POLICY",
+        choices=LOST_POLICIES,
+    )
     option("ktrace-profile", "target profile the fake backend imitates: a shipped name or a file", metavar="NAME")
     option(
         "ktrace-record",
@@ -93,7 +108,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=): per-test pytest-ktrace "
+        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=): per-test "
         "settings; they override the command line and the ini file",
     )
     config.stash[state_key()] = RunState(RunIdentity.current())
@@ -175,6 +190,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         run_timeout=settings.timeout,
         buffer_kb=settings.buffer_kb,
         elf_cache=state.elf_copies,
+        lost_policy=settings.lost,
     )
     request.node.stash[_SESSION_KEY] = session
     state.live.add(session)

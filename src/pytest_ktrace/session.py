@@ -98,6 +98,7 @@ class TraceSession:
         run_timeout: Optional[float] = 60.0,
         buffer_kb: Optional[int] = None,
         elf_cache: Optional[dict[str, tuple[str, Path]]] = None,
+        lost_policy: str = "fail",
     ) -> None:
         self.backend = backend
         self.identity = identity
@@ -105,6 +106,7 @@ class TraceSession:
         self.scope: Scope = scope
         self.run_timeout = run_timeout
         self.buffer_kb = buffer_kb
+        self.lost_policy = lost_policy
         self._probes: list[_Armed] = []
         self._serial = 0
         self._instance_planned = False
@@ -536,7 +538,7 @@ class TraceSession:
                 "nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
                 "or wait for asynchronous events with ktrace.wait_for(...)"
             )
-        return Observation(events, dict(parsed.lost), hints)
+        return Observation(events, dict(parsed.lost), hints, self.lost_policy)
 
     @property
     def events(self) -> list[Event]:

@@ -32,9 +32,11 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
     "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
     "profile": ("ktrace_profile", "ktrace_profile", None, "str"),
+    "lost": ("ktrace_lost", "ktrace_lost", "fail", "str"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
+LOST_POLICIES = ("fail", "warn")
 VM_ARCHES = ("x86_64", "arm64")
 
 
@@ -67,6 +69,7 @@ class TestSettings:
     timeout: Optional[float] = 60.0
     buffer_kb: Optional[int] = None
     boards: tuple[str, ...] = ()  # --ktrace-host=a,b: the pool the test leases one board from
+    lost: str = "fail"  # what count assertions do when the kernel lost events
 
 
 def _convert(key: str, kind: str, value: Any, source: str) -> Any:
@@ -115,6 +118,8 @@ def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) 
             f"{nodeid}: @pytest.mark.ktrace got unknown argument(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(MARKER_KEYS))}"
         )
+    if "lost" in kwargs and kwargs["lost"] not in LOST_POLICIES:
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
     if "scope" in kwargs and kwargs["scope"] not in SCOPES:
         raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(scope={kwargs['scope']!r}): use 'all' or 'run'")
     if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
@@ -158,7 +163,9 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         raise pytest.UsageError(f"pytest-ktrace: {exc}") from None
     if boards:
         target = replace(target, host=None)
-    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"], boards)
+    if values["lost"] not in LOST_POLICIES:
+        raise pytest.UsageError(f"pytest-ktrace: lost={values['lost']!r} must be 'fail' or 'warn'")
+    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"], boards, values["lost"])
 
 
 @dataclass
