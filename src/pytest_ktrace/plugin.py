@@ -199,6 +199,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     finally:
         state.live.discard(session)
         report = session.teardown()
+        for note in report.notes:
+            warnings.warn(pytest.PytestWarning(f"pytest-ktrace: {note}"), stacklevel=1)
         if report.deferred:
             warnings.warn(
                 pytest.PytestWarning(

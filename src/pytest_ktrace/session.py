@@ -17,11 +17,13 @@ from . import elf
 from .arch import normalize_arch, rewrite_argn
 from .assertions import Observation, ProbeView, assert_latency, assert_order
 from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from .backends.features import MOUNT_HINT
 from .errors import (
     ConnectionLost,
     KtraceError,
     MissingBinary,
     ProbeRejected,
+    TracefsUnavailable,
     UnknownSymbol,
     UnsupportedFetchArg,
     hide_for_ktrace_errors,
@@ -76,6 +78,7 @@ class TeardownReport:
     """What teardown could not undo; empty when the kernel is back as it was."""
 
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a warning, not a failure
     deferred: str = ""  # why teardown was handed to the backend for its next connection
 
     def __bool__(self) -> bool:
@@ -122,6 +125,7 @@ class TraceSession:
         self._elf_checked: set[str] = set()
         self._tracing_started = scope == "all"
         self._torn_down = False
+        self._created: set[str] = set()  # group/event of every probe the kernel accepted
 
     # ------------------------------------------------------------------ target
     @property
@@ -362,6 +366,8 @@ class TraceSession:
             if result.ok and isinstance(result.op, Read) and result.op.path.endswith("/format"):
                 system = result.op.path.split("/")[1]
                 self._catalog.add(parse_format(result.data, system))
+            elif result.ok and isinstance(result.op, Write) and result.op.path.endswith("_events"):
+                self._created.add(result.op.data.split(" ", 1)[0].split(":", 1)[1])
         if failed is not None:
             self._explain_failure(failed, pending)
 
@@ -496,7 +502,14 @@ class TraceSession:
     def collect(self) -> ParsedTrace:
         """Read and parse this test's trace now (later accesses reuse it until the next run/arm/wait)."""
         self.arm()
-        result = self.backend.apply([Read(f"{self.instance_path}/trace")])[0]
+        result, mounted = self.backend.apply([Read(f"{self.instance_path}/trace"), Read("tracing_on")])
+        if not mounted.ok:
+            raise TracefsUnavailable(
+                f"tracefs is no longer mounted at {self.target.tracefs} on {self.target.name} (unmounted during "
+                f"the test?); mount it again with: {MOUNT_HINT}",
+                host=self.target.name,
+                cause="tracefs not mounted",
+            )
         if not result.ok:
             raise KtraceError(f"reading {self.instance_path}/trace failed: {result.errno_name} {result.error}")
         return self._take_trace(result.data)
@@ -641,13 +654,28 @@ class TraceSession:
             self.backend.defer(ops)
             report.deferred = str(exc)
             return report
+        vanished = False
         for result in results:
-            if result.ok or result.errno_name == "ENOENT":
-                continue  # ENOENT: the batch that should have created it never got that far
+            if result.errno_name == "ENOENT":
+                vanished = True
+                removed = result.op.data[2:] if isinstance(result.op, Write) and result.op.data.startswith("-:") else ""
+                if removed in self._created:
+                    report.notes.append(f"probe {removed} was removed by someone else while the test ran")
+                continue  # otherwise: the batch that should have created it never got that far
+            if result.ok:
+                continue
             report.failures.append(
                 f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
                 + (f" ({result.op.data!r})" if isinstance(result.op, Write) else "")
             )
+        if vanished and not self.backend.apply([Read("tracing_on")])[0].ok:
+            report.failures.insert(
+                0,
+                f"tracefs is no longer mounted at {self.target.tracefs} on {self.target.name}, so this test's "
+                f"instance and probes are still in the kernel: mount it again ({MOUNT_HINT}); the next "
+                "pytest-ktrace run removes them",
+            )
+            report.notes.clear()
         return report
 
     def describe_target(self) -> str:
