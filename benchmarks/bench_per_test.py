@@ -5,6 +5,7 @@ Usage (root, tracefs mounted):  .venv/bin/python benchmarks/bench_per_test.py [-
 One "test" is what the ktrace fixture does for a typical two-probe test: define an entry and a return probe,
 arm them (one batch), run one command, collect the trace, check one assertion, tear everything down.
 - local:  uprobes on tests/prog/probed.c through this machine's tracefs
+- fake:   the in-memory tracefs imitating the arm64 guest kernel, events injected (it runs no commands)
 - ssh:    the same through a real OpenSSH server on 127.0.0.1 (tests/ssh/sshd.py) as a /bin/sh user
 - naive:  the same SSH operations, but every tracefs write/read as its own command (what a shell script does)
 - vm:     kprobes on __setup_irq in the x86_64 and arm64 qemu guests (TCG), triggered by a device rebind
@@ -59,6 +60,16 @@ def uprobe_test(binary: str) -> Callable[[TraceSession], None]:
         done.assert_returned(0)
 
     return body
+
+
+def injected_test(session: TraceSession) -> None:
+    """The fake backend runs no commands: the same two probes, with the events injected instead."""
+    setup = session.kprobe("__setup_irq", irq="$arg1:u32")
+    done = session.kretprobe("__setup_irq")
+    session.inject(setup, irq=16)
+    session.inject(done, ret=0)
+    setup.assert_called()
+    done.assert_returned(0)
 
 
 def setup_irq_test(arch: str) -> Callable[[TraceSession], None]:
@@ -118,6 +129,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         binary = str(build_probed(Path(scratch)))
         body = uprobe_test(binary)
         rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
+        from pytest_ktrace.fake.backend import FakeBackend
+        from pytest_ktrace.fake.profiles import load_profile
+
+        fake = FakeBackend(load_profile("debian-6.1-arm64"))
+        rows.append(("fake debian-6.1-arm64 (inject)", *measure(fake, injected_test, args.rounds)))
 
         sshd = load_sshd()
         sshd.ensure_users()
@@ -150,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           "assert, teardown)")
     print(f"{'backend':38} {'median ms':>10} {'min ms':>8} {'round trips':>12} {'x local':>8}")
     for name, median, fastest, trips in rows:
-        print(f"{name:38} {median * 1e3:10.1f} {fastest * 1e3:8.1f} {trips:12.0f} {median / base:8.1f}")
+        print(f"{name:38} {median * 1e3:10.1f} {fastest * 1e3:8.1f} {trips:12.0f} {median / base:8.2f}")
     return 0
 
 
