@@ -1,17 +1,33 @@
-"""How fast TraceParser turns ``options/fields`` trace text into events: prints lines/s.
+"""How fast TraceParser turns trace text into events, next to a raw read and a naive baseline: prints lines/s.
 
     python benchmarks/bench_parse.py [--lines N] [--repeat R]
 
-The trace is synthetic but made of real line shapes recorded on a 6.18 kernel: uprobe entry / return events
-(the typical probe line), syscall tracepoints, sched_switch, and a few multi-line string values.
+One run prints, for the same trace (median of R runs each):
+
+(a) ``wc -l`` of the trace file (a subprocess: reading the bytes, no parsing at all);
+(b) the simplest correct-looking baseline: one generic regular expression per line, a dict per event;
+(c) ``TraceParser.parse`` -> full :class:`~pytest_ktrace.events.Event` objects (typed values);
+(r) the line-by-line reference parser inside TraceParser (``_parse_slow``), when there is one;
+
+and the ratios c/b and c/a. The trace is synthetic but made of real line shapes (kernel 6.x guests and
+5.15-6.4 ones): uprobe / uretprobe / kprobe / kretprobe events with ints, strings and ``%pS`` values, in the
+``fields`` format, in reverse field order and in the default probe format; tracepoints (sched_switch,
+sys_enter_openat / sys_exit_openat, irq_handler_entry / irq_handler_exit); a few string values holding
+newlines, LOST lines and the ``trace`` file's header.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
 try:
     from pytest_ktrace.parse import FormatCatalog, TraceParser, parse_format
@@ -31,73 +47,144 @@ def fmt(name: str, eid: int, fields: str) -> str:
     return f'name: {name}\nID: {eid}\nformat:\n{COMMON}\n{fields}\nprint fmt: ""\n'
 
 
+def fl(decl: str, off: int, size: int, signed: int) -> str:
+    return f"\tfield:{decl};\toffset:{off};\tsize:{size};\tsigned:{signed};\n"
+
+
 FORMATS = {
-    "bench": [
+    "bench": [  # uprobes / uretprobes (as pytest-ktrace defines them)
         fmt(
             "ent",
             3000,
-            "\tfield:unsigned long __probe_ip;\toffset:8;\tsize:8;\tsigned:0;\n"
-            "\tfield:s32 irq;\toffset:16;\tsize:4;\tsigned:1;\n"
-            "\tfield:__data_loc char[] name;\toffset:20;\tsize:4;\tsigned:1;\n"
-            "\tfield:u64 t;\toffset:24;\tsize:8;\tsigned:0;\n",
+            fl("unsigned long __probe_ip", 8, 8, 0)
+            + fl("s32 irq", 16, 4, 1)
+            + fl("__data_loc char[] name", 20, 4, 1)
+            + fl("u64 t", 24, 8, 0)
+            + fl("u8 c", 32, 1, 0),
         ),
         fmt(
             "ret",
             3001,
-            "\tfield:unsigned long __probe_func;\toffset:8;\tsize:8;\tsigned:0;\n"
-            "\tfield:unsigned long __probe_ret_ip;\toffset:16;\tsize:8;\tsigned:0;\n"
-            "\tfield:s32 ret;\toffset:24;\tsize:4;\tsigned:1;\n",
+            fl("unsigned long __probe_func", 8, 8, 0)
+            + fl("unsigned long __probe_ret_ip", 16, 8, 0)
+            + fl("s32 ret", 24, 4, 1),
+        ),
+    ],
+    "kbench": [  # kprobes / kretprobes
+        fmt(
+            "kopen",
+            3002,
+            fl("unsigned long __probe_ip", 8, 8, 0)
+            + fl("s32 dfd", 16, 4, 1)
+            + fl("__data_loc char[] path", 20, 4, 1)
+            + fl("u32 flags", 24, 4, 0),
+        ),
+        fmt(
+            "kopen_ret",
+            3003,
+            fl("unsigned long __probe_func", 8, 8, 0)
+            + fl("unsigned long __probe_ret_ip", 16, 8, 0)
+            + fl("s64 ret", 24, 8, 1),
         ),
     ],
     "syscalls": [
         fmt(
             "sys_enter_openat",
             782,
-            "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
-            "\tfield:int dfd;\toffset:16;\tsize:8;\tsigned:0;\n"
-            "\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n"
-            "\tfield:int flags;\toffset:32;\tsize:8;\tsigned:0;\n"
-            "\tfield:umode_t mode;\toffset:40;\tsize:8;\tsigned:0;\n",
+            fl("int __syscall_nr", 8, 4, 1)
+            + fl("int dfd", 16, 8, 0)
+            + fl("const char * filename", 24, 8, 0)
+            + fl("int flags", 32, 8, 0)
+            + fl("umode_t mode", 40, 8, 0),
         ),
-        fmt(
-            "sys_exit_openat",
-            781,
-            "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
-            "\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n",
-        ),
+        fmt("sys_exit_openat", 781, fl("int __syscall_nr", 8, 4, 1) + fl("long ret", 16, 8, 1)),
     ],
     "sched": [
         fmt(
             "sched_switch",
             300,
-            "\tfield:char prev_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n"
-            "\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;\n"
-            "\tfield:int prev_prio;\toffset:28;\tsize:4;\tsigned:1;\n"
-            "\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;\n"
-            "\tfield:char next_comm[16];\toffset:40;\tsize:16;\tsigned:0;\n"
-            "\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;\n"
-            "\tfield:int next_prio;\toffset:60;\tsize:4;\tsigned:1;\n",
+            fl("char prev_comm[16]", 8, 16, 0)
+            + fl("pid_t prev_pid", 24, 4, 1)
+            + fl("int prev_prio", 28, 4, 1)
+            + fl("long prev_state", 32, 8, 1)
+            + fl("char next_comm[16]", 40, 16, 0)
+            + fl("pid_t next_pid", 56, 4, 1)
+            + fl("int next_prio", 60, 4, 1),
         ),
+    ],
+    "irq": [
+        fmt("irq_handler_entry", 120, fl("int irq", 8, 4, 1) + fl("__data_loc char[] name", 12, 4, 1)),
+        fmt("irq_handler_exit", 119, fl("int irq", 8, 4, 1) + fl("int ret", 12, 4, 1)),
     ],
 }
 
-LINES = [
-    "          probed-4585    [001] d..1.   452.559264: ent: __probe_ip=0x560a0faad1c9 (94601212514761) "
-    "irq=0xc8 (200) name=eth0 t=0x2a (42)",
-    "          probed-4585    [001] d..1.   452.559272: ret: __probe_func=0x560a0faad1c9 (94601212514761) "
-    "__probe_ret_ip=0x560a0faad3fe (94601212515326) ret=0xffffffea (-22)",
-    "          probed-4585    [001] d..1.   452.559280: ent: __probe_ip=0x560a0faad1c9 (94601212514761) "
-    "irq=0x7d0 (2000) name=eth 2 x=1 t=0xffffffffffffffff (-1)",
-    "            bash-4264    [000] .....   346.120035: sys_enter_openat: __syscall_nr=0x101 (257) "
-    "dfd=0xffffff9c (4294967196) filename=(0xffff888102a4301c) flags=0x241 (577) mode=0x1b6 (438)",
-    "            bash-4264    [000] .....   346.120256: sys_exit_openat: __syscall_nr=0x101 (257) ret=0x3 (3)",
-    "            bash-4264    [000] d..2.   346.121077: sched_switch: prev_comm=bash prev_pid=0x10a8 (4264) "
-    "prev_prio=0x78 (120) prev_state=0x1 (1) next_comm=swapper/0 next_pid=0x0 (0) next_prio=0x78 (120)",
+HEADER = """\
+# tracer: nop
+#
+# entries-in-buffer/entries-written: 500000/500000   #P:2
+#
+#                                _-----=> irqs-off/BH-disabled
+#                               / _----=> need-resched
+#                              | / _---=> hardirq/softirq
+#                              || / _--=> preempt-depth
+#                              ||| / _-=> migrate-disable
+#                              |||| /     delay
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |   |||||     |         |
+"""
+
+# (weight, line template); {ts} is the timestamp, {i} a counter
+SHAPES: List[Tuple[int, str]] = [
+    # uprobes, fields format (6.x)
+    (
+        6,
+        "          probed-4585    [001] d..1. {ts}: ent: __probe_ip=0x560a0faad1c9 (94601212514761) "
+        "irq=0xc8 (200) name=eth0 t=0x{i:x} ({i}) c='c'(99)",
+    ),
+    (
+        6,
+        "          probed-4585    [001] d..1. {ts}: ret: __probe_func=0x560a0faad1c9 (94601212514761) "
+        "__probe_ret_ip=0x560a0faad3fe (94601212515326) ret=0xffffffea (-22)",
+    ),
+    (
+        1,
+        "          probed-4585    [001] d..1. {ts}: ent: __probe_ip=0x560a0faad1c9 (94601212514761) "
+        "irq=0x7d0 (2000) name=eth 2 x=1 t=0xffffffffffffffff (-1) c=(1)",
+    ),
+    # uprobes, default probe format (kernels without options/fields)
+    (3, '          probed-4590    [000] d..1. {ts}: ent: (0x5613c8dbe1c9) irq=200 name="lo" t=0x{i:x} c=3'),
+    (3, "          probed-4590    [000] d..1. {ts}: ret: (0x5613c8dbe3fe <- 0x5613c8dbe1c9) ret=-22"),
+    # kprobes (%pS addresses), fields format; kretprobe in reverse order (5.15-6.4)
+    (
+        3,
+        "            bash-4264    [000] ..... {ts}: kopen: __probe_ip=do_sys_openat2+0x0/0x3a0 (-2127569872) "
+        "dfd=0xffffff9c (-100) path=/etc/ld.so.cache flags=0x80000 (524288)",
+    ),
+    (
+        3,
+        "            bash-4264    [000] d..1. {ts}: kopen_ret: ret=0x3 (3) "
+        "__probe_ret_ip=do_sys_open+0x5a/0xa0 (-2127569440) __probe_func=do_sys_openat2+0x0/0x3a0 (-2127569872)",
+    ),
+    # tracepoints
+    (
+        4,
+        "            bash-4264    [000] ..... {ts}: sys_enter_openat: __syscall_nr=0x101 (257) "
+        "dfd=0xffffff9c (4294967196) filename=(0xffff888102a4301c) flags=0x241 (577) mode=0x1b6 (438)",
+    ),
+    (4, "            bash-4264    [000] ..... {ts}: sys_exit_openat: __syscall_nr=0x101 (257) ret=0x3 (3)"),
+    (
+        4,
+        "            bash-4264    [000] d..2. {ts}: sched_switch: prev_comm=bash prev_pid=0x10a8 (4264) "
+        "prev_prio=0x78 (120) prev_state=0x1 (1) next_comm=swapper/0 next_pid=0x0 (0) next_prio=0x78 (120)",
+    ),
+    (2, "          <idle>-0       [001] d.h1. {ts}: irq_handler_entry: irq=0x18 (24) name=ahci[0000:00:1f.2]"),
+    (2, "          <idle>-0       [001] d.h1. {ts}: irq_handler_exit: irq=0x18 (24) ret=0x1 (1)"),
 ]
 MULTILINE = (
-    "          probed-4586    [001] d..1.   452.560049: ent: __probe_ip=0x5613c8dbe1c9 (94642974220745) "
-    "irq=0x7d0 (2000) name=line1\nline2 q t=0x0 (0)"
+    "          probed-4586    [001] d..1. {ts}: ent: __probe_ip=0x5613c8dbe1c9 (94642974220745) "
+    "irq=0x7d0 (2000) name=line1\nline2 q t=0x0 (0) c=(0)"
 )
+LOST = "CPU:1 [LOST 12 EVENTS]"
 
 
 def build_catalog() -> FormatCatalog:
@@ -108,39 +195,91 @@ def build_catalog() -> FormatCatalog:
     return cat
 
 
-def build_trace(n: int) -> tuple[str, int]:
-    out = []
-    count = 0
+def build_trace(n: int) -> Tuple[str, int]:
+    """About ``n`` lines of trace text (header included) and the exact line count."""
+    cycle = [shape for weight, shape in SHAPES for _ in range(weight)]
+    # interleave the shapes deterministically (a stride coprime to the cycle length)
+    stride = 7 if len(cycle) % 7 else 11
+    out = HEADER.rstrip("\n").split("\n")
     i = 0
-    while count < n:
+    while len(out) < n:
+        ts = f"{452 + i / 1e5:12.6f}"
         if i % 1000 == 999:
-            out.append(MULTILINE)
+            out.append(MULTILINE.format(ts=ts, i=i))
+        elif i % 50000 == 25000:
+            out.append(LOST)
         else:
-            out.append(LINES[i % len(LINES)])
-        count += 1
+            out.append(cycle[(i * stride) % len(cycle)].format(ts=ts, i=i))
         i += 1
-    return "\n".join(out) + "\n", count
+    text = "\n".join(out) + "\n"
+    return text, text.count("\n")
+
+
+# (b): one generic regex per line -> a dict (header columns + the body's key=value pairs as strings)
+_BASELINE_RE = re.compile(
+    r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>[\d.]+): (?P<name>\w+):(?P<body>.*)"
+)
+
+
+def baseline(text: str) -> List[Dict[str, str]]:
+    out = []
+    match = _BASELINE_RE.match
+    for line in text.split("\n"):
+        m = match(line)
+        if m is not None:
+            out.append(m.groupdict())
+    return out
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lines", type=int, default=200_000)
+    ap.add_argument("--lines", type=int, default=500_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     cat = build_catalog()
     text, n = build_trace(args.lines)
-    best = float("inf")
-    events = 0
-    for _ in range(args.repeat):
-        parser = TraceParser(cat)  # fresh parser: splitter compilation is part of the cost
-        t0 = time.perf_counter()
-        result = parser.parse(text)
-        dt = time.perf_counter() - t0
-        best = min(best, dt)
-        events = len(result.events)
-        assert not result.unparsed, result.unparsed[:3]
-    print(f"parsed {n} events ({events} events, {len(text) / 1e6:.1f} MB) best of {args.repeat}: {best:.3f}s")
-    print(f"{n / best:,.0f} lines/s")
+
+    # check once that the trace is understood (everything but header and LOST lines becomes an event)
+    check = TraceParser(cat).parse(text)
+    if check.unparsed:
+        raise SystemExit(f"benchmark trace not fully understood: {check.unparsed[:3]}")
+
+    with tempfile.NamedTemporaryFile("w", suffix=".trace", delete=False) as f:
+        f.write(text)
+    try:
+        wc_out = subprocess.run(["wc", "-l", f.name], check=True, capture_output=True, text=True).stdout
+        assert int(wc_out.split()[0]) == n, wc_out
+        t_a = median_time(lambda: subprocess.run(["wc", "-l", f.name], check=True, capture_output=True), args.repeat)
+    finally:
+        os.unlink(f.name)
+    t_b = median_time(lambda: baseline(text), args.repeat)
+    # a fresh parser per run: compiling the per-event patterns is part of the cost
+    t_c = median_time(lambda: TraceParser(cat).parse(text), args.repeat)
+    rows = [
+        ("(a) wc -l (raw read, subprocess)", t_a),
+        ("(b) one generic regex per line -> dicts", t_b),
+        ("(c) TraceParser.parse -> Event objects", t_c),
+    ]
+    if hasattr(TraceParser, "_parse_slow"):
+        t_r = median_time(lambda: TraceParser(cat)._parse_slow(text), args.repeat)
+        rows.append(("(r) reference line-by-line parser", t_r))
+
+    print(
+        f"trace: {n:,} lines, {len(text) / 1e6:.1f} MB, {len(check.events):,} events, "
+        f"{sum(check.lost.values())} lost; median of {args.repeat} runs"
+    )
+    for label, t in rows:
+        print(f"  {label:44s} {n / t:>13,.0f} lines/s  {t * 1000:8.1f} ms")
+    print(f"  c/b = {t_b / t_c:.2f}   c/a = {t_a / t_c:.4f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import shutil
 import subprocess
 import time
@@ -1055,3 +1056,159 @@ def test_uprobe_trace_fully_understood(uprobe_run: UprobeRun) -> None:
         assert parsed.unparsed == [] and parsed.lost == {}
         assert len(parsed.events) == 2 * len(SETUP_NAMES) + 1 + 1 + 2 + 5
         assert all(e.system == NAME for e in parsed.events)
+
+
+# fast (whole-text) path == the line-by-line reference, on big generated traces
+
+FAST_FORMATS = [
+    mkfmt(
+        "fent",
+        [
+            ("unsigned long __probe_ip", 8, 0),
+            ("s32 irq", 4, 1),
+            ("__data_loc char[] name", 4, 1),
+            ("u64 t", 8, 0),
+            ("u8 c", 1, 0),
+        ],
+        system="fp",
+        eid=4000,
+    ),
+    mkfmt(
+        "fret",
+        [("unsigned long __probe_func", 8, 0), ("unsigned long __probe_ret_ip", 8, 0), ("s32 ret", 4, 1)],
+        system="fp",
+        eid=4001,
+    ),
+    mkfmt(
+        "fsw",
+        [
+            ("char prev_comm[16]", 16, 0),
+            ("pid_t prev_pid", 4, 1),
+            ("long prev_state", 8, 1),
+            ("const char * filename", 8, 0),
+            ("u8 mac[6]", 6, 0),
+        ],
+        system="tp",
+        eid=4002,
+    ),
+    mkfmt("123", [("int a", 4, 1)], system="tp", eid=4003),  # an all-digit event name
+]
+
+
+def _fast_line(rng: random.Random, i: int) -> str:
+    """One trace line (or several) of some shape, valid or subtly not."""
+    ts = f"{100 + i / 1000:.6f}" if rng.random() < 0.95 else str(1000 + i)
+    comm = rng.choice(
+        [
+            "probed",
+            "bash",
+            "systemd-journal",
+            "jbd2/sda1-8",
+            "a b",
+            "x-1 [0] 1.0:",
+            "<idle>",
+            "kworker/0:1",
+            "w]eird",
+            "",
+        ]
+    )
+    pid = rng.choice(["4585", "1", "0", "12345678"])
+    cpu = rng.choice(["000", "001", "17"])
+    flags = rng.choice(["d..1.", ".....", "d.h2.", None])
+    tgid = rng.choice([None, None, None, "( 4585)", "(-------)"])
+    head = f"{comm:>16}-{pid:<7} " + (f"{tgid} " if tgid else "") + f"[{cpu}] " + (f"{flags} " if flags else "")
+    head += f"{ts:>12}: "
+    u64 = rng.choice([0, 1, 42, 2**63, 2**64 - 1, 94601212514761])
+    s64 = u64 - 2**64 if u64 >= 2**63 else u64
+    s32 = rng.choice([0, -22, 200, 2**31 - 1, -(2**31)])
+    text = rng.choice(
+        ["eth0", "eth 2 x=1", "", "a t=0x1 (1)", "tab\there", "nul\0", "line1\nline2", "q\"uo'te", "\n", "end\n"]
+    )
+    r = rng.random()
+    if r < 0.25:
+        t = rng.choice([f"0x{u64:x} ({s64})", "<OVERFLOW>", f"sym+0x1/0x2 ({s64})", f"0x{u64:x} [mod] ({s64})"])
+        c = rng.choice(["'c'(99)", "(1)", "(-1)", "<INVALID-SIZE>"])
+        return head + f"fent: __probe_ip=0x{u64:x} ({s64}) irq=0x{s32 & 0xFFFFFFFF:x} ({s32}) name={text} t={t} c={c}"
+    if r < 0.35:  # reverse order (5.15 - 6.4)
+        return head + f"fent: c=(3) t=0x2a (42) name={text} irq=0xc8 (200) __probe_ip=0x{u64:x} ({s64})"
+    if r < 0.45:  # default probe output
+        return head + rng.choice(
+            [
+                f'fent: (0x{u64:x}) irq={s32} name="{text}" t=0x{u64:x} c={rng.choice(["3", "0x3", "(fault)", "x"])}',
+                "fent: (do_sys_open+0x0/0x3a0) irq=1 name=(fault) t=-1 c='c'",
+            ]
+        )
+    if r < 0.6:
+        return head + rng.choice(
+            [
+                f"fret: __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0x{s32 & 0xFFFFFFFF:x} ({s32})",
+                f"fret: (0x5613c8dbe3fe <- 0x5613c8dbe1c9) ret={s32}",
+                "fret: (do_sys_open+0x5a/0xa0 <- do_sys_openat2) ret=0x3",
+                f"fret: ret=0x3 (3) __probe_ret_ip=sym+0x5/0x10 ({s64}) __probe_func=0x1 (1)",
+            ]
+        )
+    if r < 0.75:
+        fname = rng.choice(["(0xffff888102a4301c)", "(0xffff888102a4301c:/etc/passwd)", "<INVALID-TYPE>"])
+        mac = rng.choice(["00,11,22,33,44,55", "<INVALID-SIZE>", ""])
+        return head + (
+            f"fsw: prev_comm={text[:16]} prev_pid=0x10a8 (4264) prev_state=0x{u64:x} ({s64}) filename={fname} mac={mac}"
+        )
+    if r < 0.8:
+        return head + rng.choice(["123: a=0x1 (1)", "unknown_ev: x=1 y=2", "UNKNOWN TYPE 5", "fent:", "fent: junk"])
+    return rng.choice(
+        [
+            "CPU:1 [LOST 12 EVENTS]",
+            "CPU:0 [LOST EVENTS]",
+            "# tracer: nop",
+            "",
+            "   ",
+            "garbage line",
+            "##### CPU 2 buffer started ####",
+            "continued t=0x0 (0) c=(0)",
+            head + "fent: " + text,
+        ]
+    )
+
+
+def _event_key(e: Event) -> tuple[object, ...]:
+    return (type(e), list(vars(e).items()), list(e.fields.items()), e.raw)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_path_matches_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    text = "\n".join(_fast_line(rng, i) for i in range(6000)) + rng.choice(["", "\n", "\n\n"])
+    if seed % 2:
+        monkeypatch.setattr(parse_mod, "_CHUNK", 2048)  # many chunks: their boundaries must not matter
+    cat = FormatCatalog(FAST_FORMATS)
+    fast = TraceParser(cat).parse(text)
+    ref = TraceParser(cat)._parse_slow(text)
+    assert [_event_key(e) for e in fast.events] == [_event_key(e) for e in ref.events]
+    assert list(fast.lost.items()) == list(ref.lost.items())
+    assert fast.unparsed == ref.unparsed
+    assert fast == ref
+    # the trace exercises the interesting cases
+    assert ref.lost and ref.unparsed and any("\n" in e.raw for e in ref.events)
+    assert len(ref.events) > 3000
+
+
+def test_fast_path_takes_clean_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only lines that need it go line by line: a multi-line event, and a LOST line with the line before it
+    (which a LOST line could end, were it a multi-line event)."""
+    body = " __probe_ip=0x1 (1) irq=0xc8 (200) name={} t=0x2a (42) c=(1)"
+    lines = [line("fent", body.format("x"), ts=f"{i}.0") for i in range(1000)]
+    lines[500] = line("fent", body.format("a\nb"), ts="500.0")
+    lines.insert(700, "CPU:0 [LOST 3 EVENTS]")
+    seen: list[str] = []
+    parser = TraceParser(FormatCatalog(FAST_FORMATS))
+    orig = parser._parse_lines
+
+    def spy(ls: list[str], result: ParsedTrace) -> None:
+        seen.extend(ls)
+        orig(ls, result)
+
+    monkeypatch.setattr(parser, "_parse_lines", spy)
+    res = parser.parse("\n".join(lines))
+    assert len(res.events) == 1000 and res.lost == {0: 3} and res.unparsed == []
+    assert seen == [*lines[500].split("\n"), lines[699], "CPU:0 [LOST 3 EVENTS]"]
+    assert res.events[500]["name"] == "a\nb" and res.events[999].timestamp == 999.0

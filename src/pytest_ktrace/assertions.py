@@ -29,6 +29,24 @@ class Observation:
     lost: Mapping[int, int] = field(default_factory=dict)  # cpu -> events the kernel dropped
     hints: Sequence[str] = ()
     lost_policy: str = "fail"  # "warn": count assertions go on, with a warning, when events were lost
+    # stream mode: only the most recent events are kept. ``total`` is the probe's exact number of events,
+    # ``evicted`` how many older ones are no longer in ``events``, ``keep`` the bound they were kept under.
+    total: Optional[int] = None
+    evicted: int = 0
+    keep: int = 0
+    filtered: bool = False  # ``events`` are those of a where() view: ``total`` counts the unfiltered probe
+
+    @property
+    def count(self) -> Optional[int]:
+        """The exact number of events, or None when it cannot be known (a where() view of evicted events)."""
+        if not self.evicted:
+            return len(self.events)
+        return None if self.filtered else self.total
+
+    def narrowed(self, events: Sequence[Event]) -> Observation:
+        return Observation(
+            events, self.lost, self.hints, self.lost_policy, self.total, self.evicted, self.keep, filtered=True
+        )
 
 
 def _call_text(display: str, expected: Mapping[str, Any]) -> str:
@@ -73,8 +91,7 @@ class ProbeView:
         seen = self._observe()
         if not self._criteria:
             return seen
-        kept = [event for event in seen.events if self._selected(event)]
-        return Observation(kept, seen.lost, seen.hints, seen.lost_policy)
+        return seen.narrowed([event for event in seen.events if self._selected(event)])
 
     def _selected(self, event: Event) -> bool:
         for key, want in self._criteria.items():
@@ -89,11 +106,15 @@ class ProbeView:
 
     @property
     def call_count(self) -> int:
-        return len(self._observation().events)
+        """The exact number of calls (in stream mode also those no longer kept)."""
+        __tracebackhide__ = True
+        return self._exact(self._observation(), "call_count")
 
     @property
     def called(self) -> bool:
-        return self.call_count > 0
+        __tracebackhide__ = True
+        seen = self._observation()
+        return bool(seen.events) or self._exact(seen, "called") > 0
 
     @property
     def return_values(self) -> list[Any]:
@@ -109,6 +130,36 @@ class ProbeView:
         return f"<{self.spec.kind} {self.spec.display} as {self.spec.group}/{self.spec.event}>"
 
     # ----------------------------------------------------------- reporting
+    def _exact(self, seen: Observation, what: str) -> int:
+        __tracebackhide__ = True
+        count = seen.count
+        if count is None:
+            self._fail_evicted(what, seen)
+            raise AssertionError(what)  # pragma: no cover - _fail_evicted raises
+        return count
+
+    def _fail_evicted(self, what: str, seen: Observation) -> None:
+        """Stream mode dropped older events: a check that needs each of them fails, saying what to do."""
+        __tracebackhide__ = True
+        total = seen.total if seen.total is not None else seen.evicted + len(seen.events)
+        kept = total - seen.evicted
+        lines = [
+            f"{self.spec.display}: {what} needs every event, but only the last {kept} of {total} events were kept "
+            f"(--ktrace-keep-events={seen.keep or kept}); {seen.evicted} older ones were counted and dropped."
+        ]
+        if seen.filtered:
+            lines.append(
+                f"{len(seen.events)} of the kept events match where({_call_text('', self._criteria)[1:-1]}); "
+                "the dropped ones cannot be checked."
+            )
+        lines.append(
+            "Hint: aggregate while streaming (ktrace.count_by(probe, field), ktrace.latency_histogram(entry, "
+            "exit), registered before the first ktrace.run), which sees every event and keeps none, or raise "
+            "--ktrace-keep-events (@pytest.mark.ktrace(keep=N)) above the number of events."
+        )
+        lines.extend(_lost_lines(seen.lost))
+        raise AssertionError("\n".join(lines))
+
     def _fail(self, headline: str, seen: Observation, expected: Mapping[str, Any] | None = None) -> None:
         __tracebackhide__ = True
         lines = [headline]
@@ -119,7 +170,14 @@ class ProbeView:
         if events:
             shown = _closest(events, expected) if expected else events[:_SHOWN]
             order = "closest first" if expected else "first"
-            lines.append(f"Seen: {len(events)} event(s) of {self.spec.display}, {order}:")
+            if seen.evicted:
+                total = seen.total if seen.total is not None else seen.evicted + len(events)
+                lines.append(
+                    f"Seen: {total} event(s) of {self.spec.display}; of the last {total - seen.evicted} kept, "
+                    f"{len(events)} considered, {order}:"
+                )
+            else:
+                lines.append(f"Seen: {len(events)} event(s) of {self.spec.display}, {order}:")
             lines.extend(_event_line(event, expected) for event in shown)
             if len(events) > len(shown):
                 lines.append(f"    ... and {len(events) - len(shown)} more (full trace in the report section)")
@@ -149,14 +207,18 @@ class ProbeView:
     def assert_called(self) -> None:
         __tracebackhide__ = True
         seen = self._observation()
-        if not seen.events:
+        if not seen.events and not self._exact(seen, "assert_called"):
             self._fail(f"Expected {self.spec.display} to have been called.", seen)
 
     def assert_not_called(self) -> None:
         __tracebackhide__ = True
         seen = self._counted()
         if seen.events:
-            self._fail(f"Expected {self.spec.display} not to have been called. Called {len(seen.events)} times.", seen)
+            count = seen.count
+            times = f"Called {count} times." if count is not None else "Called."
+            self._fail(f"Expected {self.spec.display} not to have been called. {times}", seen)
+        if self._exact(seen, "assert_not_called"):
+            self._fail(f"Expected {self.spec.display} not to have been called. Called {seen.count} times.", seen)
 
     def assert_called_once(self) -> None:
         __tracebackhide__ = True
@@ -165,17 +227,17 @@ class ProbeView:
     def assert_call_count(self, count: int) -> None:
         __tracebackhide__ = True
         seen = self._counted()
-        if len(seen.events) != count:
-            self._fail(
-                f"Expected {self.spec.display} to be called {count} times. Called {len(seen.events)} times.",
-                seen,
-            )
+        actual = self._exact(seen, f"assert_call_count({count})")
+        if actual != count:
+            self._fail(f"Expected {self.spec.display} to be called {count} times. Called {actual} times.", seen)
 
     def assert_called_with(self, **expected: Any) -> None:
         """The last event matches ``expected``."""
         __tracebackhide__ = True
         seen = self._observation()
         if not seen.events:
+            if seen.evicted:
+                self._fail_evicted("assert_called_with (the last matching call)", seen)
             self._fail(f"expected call not found.\nExpected: {_call_text(self.spec.display, expected)}", seen)
         last = seen.events[-1]
         problems = mismatches(expected, last.fields)
@@ -190,9 +252,10 @@ class ProbeView:
     def assert_called_once_with(self, **expected: Any) -> None:
         __tracebackhide__ = True
         seen = self._counted()
-        if len(seen.events) != 1:
+        actual = self._exact(seen, "assert_called_once_with")
+        if actual != 1:
             self._fail(
-                f"Expected {self.spec.display} to be called once. Called {len(seen.events)} times.\n"
+                f"Expected {self.spec.display} to be called once. Called {actual} times.\n"
                 f"Expected: {_call_text(self.spec.display, expected)}",
                 seen,
                 expected,
@@ -203,6 +266,8 @@ class ProbeView:
         __tracebackhide__ = True
         seen = self._observation()
         if not any(not mismatches(expected, event.fields) for event in seen.events):
+            if seen.evicted:
+                self._fail_evicted(f"assert_any_call({_call_text('', expected)[1:-1]}) (no kept event matches)", seen)
             self._fail(
                 f"{_call_text(self.spec.display, expected)} call not found.",
                 seen,
@@ -222,6 +287,8 @@ class ProbeView:
                 Observation(bad, seen.lost, seen.hints),
                 expected,
             )
+        if seen.evicted:
+            self._fail_evicted("assert_all_calls", seen)
 
     # ------------------------------------------------------- return probes
     def _return_field(self) -> str:
@@ -249,12 +316,16 @@ class ProbeView:
                 Observation(bad, seen.lost, seen.hints),
                 {ret: value},
             )
+        if seen.evicted:
+            self._fail_evicted(f"assert_returned({describe_expected(value)})", seen)
 
     def assert_any_return(self, value: Any) -> None:
         __tracebackhide__ = True
         ret = self._return_field()
         seen = self._observation()
         if not any(field_matches(value, event.fields.get(ret)) for event in seen.events):
+            if seen.evicted:
+                self._fail_evicted(f"assert_any_return({describe_expected(value)}) (no kept return matches)", seen)
             values = _distinct(event.fields.get(ret) for event in seen.events) or "nothing"
             self._fail(
                 f"{self.spec.display} never returned {describe_expected(value)}; it returned {values}.",
@@ -286,7 +357,10 @@ def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]
     __tracebackhide__ = True
     firsts: list[tuple[ProbeView, Event]] = []
     for view in views:
-        seen = view.events
+        observed = view._observation()
+        if observed.evicted:
+            view._fail_evicted("assert_order (its first call)", observed)
+        seen = list(observed.events)
         if not seen:
             raise AssertionError(
                 f"assert_order: {view.name} has no events, so the order "
@@ -315,6 +389,10 @@ def assert_latency(
     """Pair each exit with the latest unmatched entry of the same task (so recursion nests correctly) and check
     every duration. Returns the durations in microseconds."""
     __tracebackhide__ = True
+    for view in (entry, exit):
+        observed = view._observation()
+        if observed.evicted:
+            view._fail_evicted("assert_latency", observed)
     merged = sorted(
         [(event.timestamp, 0, event) for event in entry.events]
         + [(event.timestamp, 1, event) for event in exit.events],

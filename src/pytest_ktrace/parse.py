@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Sequence, Tuple
 
 from .errors import KtraceError
@@ -388,14 +390,18 @@ class _Splitter:
     """Precompiled regular expressions and conversion code for one event format."""
 
     __slots__ = (
+        "fallback_parts",
         "fallback_plan",
         "fallback_re",
+        "fast",
         "fconv",
         "first",
         "fmt",
         "forward",
         "last",
         "multiline",
+        "parts",
+        "plan",
         "rconv",
         "reverse",
     )
@@ -408,12 +414,17 @@ class _Splitter:
         plan = [_plan_entry(f, k[0]) for f, k in zip(fields, kinds)]
         self.first = " " + fields[0].name + "=" if fields else ""
         self.last = " " + fields[-1].name + "=" if fields else ""
+        self.plan: Tuple[_PlanEntry, ...] = tuple(plan)
+        self.parts: Tuple[str, ...] = ()
+        self.fallback_parts: Tuple[str, ...] = ()
+        self.fast: Dict[int, Optional[_FastForm]] = {}  # per form (_FORM_*), built on first use
         self.forward: Optional[Pattern[str]] = None
         self.reverse: Optional[Pattern[str]] = None
         self.fconv: Optional[_Converter] = None
         self.rconv: Optional[_Converter] = None
         if fields:
             parts = [" " + re.escape(f.name) + "=" + k[1] for f, k in zip(fields, kinds)]
+            self.parts = tuple(parts)
             self.forward = re.compile("".join(parts) + r"\n?", re.DOTALL)
             self.fconv = _compile_converter(plan)
             if len(fields) > 1:
@@ -448,6 +459,7 @@ class _Splitter:
             plan.append(_plan_entry(f, kind))
         self.fallback_re = re.compile("".join(parts) + r"\n?", re.DOTALL)
         self.fallback_plan = tuple(plan)
+        self.fallback_parts = tuple(parts)
 
     def split_fields(self, body: str) -> Optional[Dict[str, FieldValue]]:
         """``print_fields()`` output (body starts with ``" "``) -> typed values, None if it does not fit."""
@@ -577,6 +589,234 @@ def _make_event(
     return Event(system=system, name=name, fields=fields, pid=pid, comm=comm, cpu=cpu, timestamp=ts, raw=raw)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# whole-text fast path
+# ------------------------------------------------------------------------------------------------------------
+#
+# ``TraceParser.parse`` scans the whole text with regular expressions applied by ``findall`` (the per-line
+# loop runs in C), groups the lines by event name, splits each group's bodies with one more ``findall`` per
+# event (the event's own value patterns, unchanged), converts the values column by column and builds the
+# events with one generated comprehension per event. A line takes the fast path only when the result is
+# provably the one the line-by-line parser (``TraceParser._parse_lines``, kept as the reference) gives; every
+# other line, and the line before it (it may be the start of a multi-line string), goes through the
+# reference parser, in runs that start and end on event headers, so its state machine sees the same input.
+#
+# Why the fast path's header is the reference's: the line matches ``<P> [flags] <ts>: <name>:<body>`` with
+# ``P`` up to the first ``]``; ``P`` must fullmatch the reference header's ``comm-pid [(tgid)] [cpu]`` part
+# with a ``comm`` that holds no ``-<digit>``. The reference's lazy ``comm`` ends at the first ``-<digit>``
+# that starts a valid header, so it ends at the same place; pid, tgid and cpu are then fixed, and the
+# optional flags column is tried first by both (they could only differ for an all-digit event name, which
+# is left to the reference). The body is the same text, matched by the same value patterns.
+
+_LOOSE_RE = re.compile(
+    r"(?m)^(([^\]\n]*\])[^\S\n]+(?:\S+[^\S\n]+)?(\d+(?:\.\d+)?): ([^\s:]+):([^\n]*)|[^\n]*)$"
+)  # groups: line, P, ts, name, body (all "" but the line for lines of another shape)
+_PREFIX_RE = re.compile(r"\s*(.*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
+_DASH_DIGIT_RE = re.compile(r"-\d")
+_NUMERIC_NAME_RE = re.compile(r"\d+(?:\.\d+)?")
+_HEX_COLUMN_RE = re.compile(r"0[xX][0-9a-fA-F]+(?:\n0[xX][0-9a-fA-F]+)*")
+_DEC_COLUMN_RE = re.compile(r"-?[0-9]+(?:\n-?[0-9]+)*")
+
+_FORM_FORWARD = 0
+_FORM_REVERSE = 1
+_FORM_FALLBACK = 2
+
+# column conversions of a _FastForm
+_C_INT = 0  # (decimal, error) groups of print_fields() -> masked / sign-reinterpreted int, or the error text
+_C_STR = 1  # raw string, trailing NULs stripped
+_C_PTRSTR = 2  # _ptr_string()
+_C_RAW = 3  # as printed
+_C_FBINT = 4  # default probe output: _int_or_str()
+_C_FBSTR = 5  # default probe output: '"..."' -> inner text, '(fault)' as is
+
+_Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit or 0)
+_Builder = Callable[[str, str, Sequence[str], Sequence[Any], Sequence[float], Sequence[Sequence[Any]]], List[Any]]
+_BUILDERS: Dict[Tuple[str, ...], _Builder] = {}
+_CHUNK = 1 << 16  # characters per chunk of _parse_fast
+_MAX_PREFIXES = 1 << 16  # cached "comm-pid [cpu]" prefixes per parser
+
+
+def _builder(names: Tuple[str, ...]) -> _Builder:
+    """A comprehension building the ``__dict__`` of each event (key order as ``TraceParser._event``)."""
+    try:
+        return _BUILDERS[names]
+    except KeyError:
+        pass
+    vs = [f"v{i}" for i in range(len(names))]
+    fields = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
+    src = (
+        "def build(system, name, raws, hdrs, tss, cols):\n"
+        "    return [\n"
+        f"        {{'system': system, 'name': name, 'fields': {{{fields}}}, 'pid': pid, 'comm': comm,"
+        " 'cpu': cpu, 'timestamp': ts, 'raw': raw}\n"
+        f"        for raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(raws, hdrs, tss, *cols)\n"
+        "    ]\n"
+    )
+    namespace: Dict[str, Any] = {}
+    exec(src, namespace)  # field names are repr()'d literals: no injection possible
+    build: _Builder = namespace["build"]
+    _BUILDERS[names] = build
+    return build
+
+
+class _FastForm:
+    """One way an event prints (``fields`` forward or reverse, default probe output), for whole-text use:
+    ``regex`` (``findall`` over the bodies joined by newlines) yields one row per body, whose group 0 is
+    ``" "`` when the body matched the event's own patterns; ``columns`` say how groups become the values, in
+    the order of the reference parser's dict; ``build`` makes the events' ``__dict__``s."""
+
+    __slots__ = ("build", "columns", "regex")
+
+    def __init__(self, regex: str, names: Sequence[str], columns: Sequence[_Column]) -> None:
+        self.regex: Pattern[str] = re.compile(regex)
+        self.columns: Tuple[_Column, ...] = tuple(columns)
+        self.build = _builder(tuple(names))
+
+
+def _marked(parts: Sequence[str]) -> str:
+    """Body parts (each starting with ``" "``) -> the multi-line findall pattern with the match marker.
+    ``.`` without DOTALL cannot cross a newline, so on one line it is the reference's DOTALL ``.``."""
+    return r"(?m)^(?:( )" + parts[0][1:] + "".join(parts[1:]) + r"|[^\n]*)$"
+
+
+def _fields_form(plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
+    kinds = {_K_INT: _C_INT, _K_STR: _C_STR, _K_PTRSTR: _C_PTRSTR, _K_RAW: _C_RAW}
+    columns = []
+    gi = 1
+    for _name, kind, mask, sign in plan:
+        columns.append((kinds[kind], gi, mask, sign))
+        gi += 2 if kind == _K_INT else 1
+    return _FastForm(_marked(parts), [p[0] for p in plan], columns)
+
+
+def _fallback_form(sp: _Splitter) -> _FastForm:
+    """As ``_Splitter.split_fallback``: head values first, then the arguments, sorted by format order."""
+    mask64 = (1 << 64) - 1
+    entries: List[Tuple[str, _Column]]
+    if sp.fmt.fields[0].name == "__probe_func":  # groups: ret_ip, func
+        entries = [("__probe_func", (_C_FBINT, 2, mask64, 0)), ("__probe_ret_ip", (_C_FBINT, 1, mask64, 0))]
+        gi = 3
+    else:
+        entries = [("__probe_ip", (_C_FBINT, 1, mask64, 0))]
+        gi = 2
+    kinds = {_FB_STR: _C_FBSTR, _FB_INT: _C_FBINT, _FB_RAW: _C_RAW}
+    for name, kind, mask, sign in sp.fallback_plan:
+        entries.append((name, (kinds[kind], gi, mask, sign)))
+        gi += 1
+    order = {f.name: i for i, f in enumerate(sp.fmt.fields)}
+    entries.sort(key=lambda kv: order.get(kv[0], 1 << 30))
+    return _FastForm(_marked(sp.fallback_parts), [e[0] for e in entries], [e[1] for e in entries])
+
+
+def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
+    try:
+        return sp.fast[form]
+    except KeyError:
+        pass
+    ff: Optional[_FastForm] = None
+    if form == _FORM_FORWARD and sp.parts:
+        ff = _fields_form(sp.plan, sp.parts)
+    elif form == _FORM_REVERSE and len(sp.parts) > 1:
+        ff = _fields_form(tuple(reversed(sp.plan)), tuple(reversed(sp.parts)))
+    elif form == _FORM_FALLBACK and sp.fallback_parts:
+        ff = _fallback_form(sp)
+    sp.fast[form] = ff
+    return ff
+
+
+def _ints(col: Sequence[str]) -> List[int]:
+    """``int()`` of every string; values that repeat a lot (pids, probe addresses, flags) converted once."""
+    if len(col) > 64 and len(set(col[:256])) * 4 < min(len(col), 256):
+        table = dict.fromkeys(col)
+        return list(map(dict(zip(table, map(int, table))).__getitem__, col))
+    return list(map(int, col))
+
+
+def _fix_ints(vals: List[int], mask: int, sign: int) -> List[int]:
+    """``v & mask`` reinterpreted as signed when ``sign`` (the sign bit) is set; a no-op when all are in range."""
+    if not vals:
+        return vals
+    lo, hi = (-sign, sign - 1) if sign else (0, mask)
+    if lo <= min(vals) and max(vals) <= hi:
+        return vals
+    out = []
+    for v in vals:
+        v &= mask
+        if sign and v & sign:
+            v -= sign << 1
+        out.append(v)
+    return out
+
+
+def _fb_ints(col: Sequence[str], mask: int, sign: int) -> List[FieldValue]:
+    """``_int_or_str`` of every value, column-wise when all are plain hex or plain decimal numbers."""
+    joined = "\n".join(col)
+    if _HEX_COLUMN_RE.fullmatch(joined):
+        return list(_fix_ints(list(map(int, col, [16] * len(col))), mask, sign))
+    if _DEC_COLUMN_RE.fullmatch(joined):
+        return list(_fix_ints(_ints(col), mask, sign))
+    return [_int_or_str(v, mask, sign) for v in col]
+
+
+def _convert(cols: Sequence[Sequence[str]], column: _Column) -> Sequence[FieldValue]:
+    """One field's values, exactly as the reference parser converts them one by one."""
+    conv, gi, mask, sign = column
+    col = cols[gi]
+    if conv == _C_INT:
+        if "" not in col:
+            return _fix_ints(_ints(col), mask, sign)
+        out: List[FieldValue] = []
+        for d, e in zip(col, cols[gi + 1]):
+            if d:
+                n = int(d) & mask
+                out.append(n - (sign << 1) if sign and n & sign else n)
+            else:
+                out.append(e)
+        return out
+    if conv == _C_STR:
+        if any(v[-1:] == "\0" for v in col):
+            return [v.rstrip("\0") if v[-1:] == "\0" else v for v in col]
+        return col
+    if conv == _C_PTRSTR:
+        return [_ptr_string(v) for v in col] if any(":" in v for v in col) else col
+    if conv == _C_FBINT:
+        return _fb_ints(col, mask, sign)
+    if conv == _C_FBSTR:
+        if "(fault)" in col:
+            return [v[1:-1] if v.startswith('"') else v for v in col]
+        return [v[1:-1] for v in col]
+    return col
+
+
+def _prefix(p: str) -> Optional[Tuple[str, int, int]]:
+    """``comm-pid [(tgid)] [cpu]`` -> (comm, pid, cpu) as the reference header regex splits it, or None when
+    the split could be ambiguous (a ``-<digit>`` inside comm) or P is no header prefix."""
+    m = _PREFIX_RE.fullmatch(p)
+    if m is None:
+        return None
+    comm, pid, cpu = m.groups()
+    if _DASH_DIGIT_RE.search(comm):
+        return None
+    return (comm, int(pid), int(cpu))
+
+
+def _indices(names: List[str], name: str) -> List[int]:
+    return list(compress(range(len(names)), map(name.__eq__, names)))
+
+
+def _runs(indices: List[int]) -> Iterator[Tuple[int, int]]:
+    """Sorted line indices -> maximal [start, end) runs of consecutive ones."""
+    if not indices:
+        return
+    a = b = indices[0]
+    for i in indices[1:]:
+        if i != b + 1:
+            yield a, b + 1
+            a = i
+        b = i
+    yield a, b + 1
+
+
 _UNSET: Any = object()
 _MAX_CONTINUATION = 256  # lines one string value may continue on; more is noise
 
@@ -591,6 +831,7 @@ class TraceParser:
         self.catalog = catalog
         self._splitters: Dict[str, Optional[_Splitter]] = {}  # None: no format known for the name
         self._version = catalog.version
+        self._prefixes: Dict[str, Optional[Tuple[str, int, int]]] = {}  # "comm-pid [cpu]" -> parsed
 
     def _splitter(self, name: str) -> Optional[_Splitter]:
         if self._version != self.catalog.version:
@@ -671,21 +912,198 @@ class TraceParser:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._parse(text)
+            result = self._parse_fast(text) if _FAST_EVENT else None
+            return result if result is not None else self._parse_slow(text)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    def _parse(self, text: str) -> ParsedTrace:
+    def _parse_slow(self, text: str) -> ParsedTrace:
+        """The reference: line by line (``parse`` gives the same result, faster)."""
         result = ParsedTrace()
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self._parse_lines(lines, result)
+        return result
+
+    def _parse_fast(self, text: str) -> Optional[ParsedTrace]:
+        """Whole-text parsing (see "whole-text fast path" above), in chunks of about ``_CHUNK`` characters so
+        the intermediate lists stay in the CPU caches; a chunk ends before a line that is an event header,
+        where the reference parser's state starts afresh. None if an internal check fails (the caller then
+        parses line by line)."""
+        result = ParsedTrace()
+        start = 0
+        end = len(text)
+        while start < end:
+            cut = end
+            if end - start > 2 * _CHUNK:
+                nl = text.find("\n", start + _CHUNK)
+                while nl >= 0:
+                    eol = text.find("\n", nl + 1)
+                    if _HEADER_RE.fullmatch(text, nl + 1, end if eol < 0 else eol) is not None:
+                        cut = nl
+                        break
+                    nl = eol
+            if cut == end:
+                return result if self._parse_chunk(text[start:], True, result) else None
+            if not self._parse_chunk(text[start:cut], False, result):
+                return None
+            start = cut + 1
+        return result
+
+    def _parse_chunk(self, text: str, last: bool, result: ParsedTrace) -> bool:
+        """Parse the lines of ``text`` into ``result``; False if an internal check failed."""
+        rows: List[Tuple[str, str, str, str, str]] = _LOOSE_RE.findall(text)
+        if len(rows) != text.count("\n") + 1:
+            return False  # every line yields one row; anything else would be a bug here
+        if last and rows[-1][0] == "":
+            rows.pop()  # as text.split("\n") without the empty string after the last newline
+        n = len(rows)
+        if not n:
+            return True
+        names = [r[3] for r in rows]
+        groups: Dict[str, List[Tuple[str, str, str, str, str]]] = {k: [] for k in set(names)}
+        deque(map(list.append, map(groups.__getitem__, names), rows), maxlen=0)
+        iters: Dict[str, Iterator[Event]] = {}
+        no_event: List[int] = []  # lines without a fast event (left to the reference parser)
+        not_header: List[int] = []  # ... of which may be no event header (continuations, LOST lines, ...)
+        for name, grows in groups.items():
+            if not name:
+                idx = _indices(names, name)
+                no_event.extend(idx)
+                not_header.extend(idx)
+                continue
+            evs, bad, unsure = self._group_events(name, grows)
+            iters[name] = iter(evs)
+            if bad:
+                idx = _indices(names, name)
+                no_event.extend(idx[j] for j in bad)
+                not_header.extend(idx[j] for j in unsure)
+        # a line that may not be a header may continue the event before it: that one goes along
+        no_event_set = set(no_event)
+        slow_set = set(no_event)
+        slow_set.update(i - 1 for i in not_header if i)
+        # merge, in trace order; runs of reference-parsed lines start and end at event headers
+        events = result.events
+        take = iters.__getitem__
+        start = 0
+        for a, b in _runs(sorted(slow_set)):
+            if start < a:
+                before = len(events)
+                events.extend(map(next, map(take, names[start:a])))
+                if len(events) - before != a - start:
+                    return False
+            for i in range(a, b):
+                if i not in no_event_set and next(take(names[i]), None) is None:  # its fast event: dropped
+                    return False
+            self._parse_lines([r[0] for r in rows[a:b]], result)
+            start = b
+        if start < n:
+            before = len(events)
+            events.extend(map(next, map(take, names[start:] if start else names)))
+            if len(events) - before != n - start:
+                return False
+        return not any(next(it, None) is not None for it in iters.values())
+
+    def _group_events(
+        self, name: str, grows: Sequence[Tuple[str, str, str, str, str]]
+    ) -> Tuple[List[Event], List[int], List[int]]:
+        """The fast events of the lines of event ``name`` (in order), the positions (in ``grows``) of lines
+        without one, and of those the positions of lines that may be no event header at all."""
+        m = len(grows)
+        everything = list(range(m))
+        forms = self._fast_forms_for(name, grows)
+        raws, prefs, tss, _names, bodies = zip(*grows)
+        hdrs = self._prefixes_of(prefs)
+        # a line whose prefix is understood is an event header of the reference parser, whatever its body
+        pending = everything if None not in hdrs else [j for j in everything if hdrs[j] is not None]
+        unsure = [] if len(pending) == m else [j for j in everything if hdrs[j] is None]
+        pieces: List[Tuple[_FastForm, List[int], List[Sequence[str]]]] = []
+        for form in forms:
+            if not pending:
+                break
+            sub = bodies if len(pending) == m else [bodies[j] for j in pending]
+            brows = form.regex.findall("\n".join(sub))
+            if len(brows) != len(sub):
+                return [], everything, unsure  # cannot happen (one row per line); be safe
+            vcols: List[Sequence[str]] = list(zip(*brows))
+            marks = vcols[0]
+            if marks.count(" ") == len(marks):
+                pieces.append((form, pending, vcols))
+                pending = []
+                break
+            ok = [mk == " " for mk in marks]
+            if any(ok):
+                pieces.append((form, list(compress(pending, ok)), [list(compress(c, ok)) for c in vcols]))
+            pending = [j for j, o in zip(pending, ok) if not o]
+        if not pieces:
+            return [], everything, unsure
+        fmt = self._splitters[name].fmt  # type: ignore[union-attr]
+        built: List[List[Event]] = []
+        for form, pos, vcols in pieces:
+            if len(pos) == m:
+                p_raws: Sequence[str] = raws
+                p_hdrs: Sequence[Any] = hdrs
+                p_tss: Sequence[str] = tss
+            else:
+                p_raws = [raws[j] for j in pos]
+                p_hdrs = [hdrs[j] for j in pos]
+                p_tss = [tss[j] for j in pos]
+            values = [_convert(vcols, c) for c in form.columns]
+            dicts = form.build(fmt.system, name, p_raws, p_hdrs, list(map(float, p_tss)), values)
+            evs: List[Event] = list(map(_new, repeat(Event, len(dicts))))
+            deque(map(_setattr, evs, repeat("__dict__"), dicts), maxlen=0)
+            built.append(evs)
+        bad = sorted(set(pending).union(unsure))
+        if len(built) == 1:
+            return built[0], bad, unsure
+        # several forms: back in line order
+        order = [-1] * m
+        for k, (_form, pos, _vcols) in enumerate(pieces):
+            for j in pos:
+                order[j] = k
+        its = [iter(evs) for evs in built]
+        return list(map(next, map(its.__getitem__, [k for k in order if k >= 0]))), bad, unsure
+
+    def _fast_forms_for(self, name: str, grows: Sequence[Tuple[str, str, str, str, str]]) -> List[_FastForm]:
+        """The forms the lines of event ``name`` may print in, the one of its first body first. The forms
+        exclude each other (a forward body starts with the first field, a reverse one with the last, the
+        default probe output with ``" ("``), so the order they are tried in does not change any result."""
+        if _NUMERIC_NAME_RE.fullmatch(name):
+            return []  # "<ts>: <digits>:" could also be read as "<flags> <ts>:" (see above)
+        sp = self._splitter(name)
+        if sp is None:
+            return []
+        ids = [_FORM_FORWARD, _FORM_REVERSE, _FORM_FALLBACK]
+        body = grows[0][4]
+        if body[:2] == " (":
+            ids = [_FORM_FALLBACK, _FORM_FORWARD, _FORM_REVERSE]
+        elif sp.last and body.startswith(sp.last) and not body.startswith(sp.first):
+            ids = [_FORM_REVERSE, _FORM_FORWARD, _FORM_FALLBACK]
+        forms = [_fast_form(sp, i) for i in ids]
+        return [f for f in forms if f is not None]
+
+    def _prefixes_of(self, prefs: Sequence[str]) -> List[Any]:
+        cache = self._prefixes
+        try:
+            return list(map(cache.__getitem__, prefs))
+        except KeyError:
+            pass
+        if len(cache) > _MAX_PREFIXES:
+            cache.clear()
+        for p in set(prefs).difference(cache):
+            cache[p] = _prefix(p)
+        return list(map(cache.__getitem__, prefs))
+
+    def _parse_lines(self, lines: List[str], result: ParsedTrace) -> None:
+        """The reference parser: a state machine over lines (continuations, LOST lines), appending to
+        ``result``."""
         events = result.events
         unparsed = result.unparsed
         lost = result.lost
         header_match = _HEADER_RE.fullmatch
         event = self._event
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
         # the pending event: its header match, first line, continuation lines (None: none so far)
         p_match: Optional[re.Match[str]] = None
         p_line = ""
@@ -732,7 +1150,6 @@ class TraceParser:
             unparsed.append(line)
         if p_match is not None:
             self._flush(p_match, p_line, p_more, result)
-        return result
 
     def _flush(self, m: re.Match[str], first: str, more: Optional[List[str]], result: ParsedTrace) -> None:
         if more is None:

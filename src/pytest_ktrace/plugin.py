@@ -86,6 +86,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="POLICY",
         choices=LOST_POLICIES,
     )
+    option(
+        "ktrace-stream",
+        "stream each test's events from trace_pipe into bounded memory (long, busy tests)",
+        "bool",
+        action="store_const",
+        const=True,
+    )
+    option(
+        "ktrace-keep-events",
+        "stream mode: events kept per probe (default 100000); counts and aggregates stay exact",
+        metavar="N",
+    )
     option("ktrace-profile", "target profile the fake backend imitates: a shipped name or a file", metavar="NAME")
     option(
         "ktrace-record",
@@ -108,8 +120,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=): per-test "
-        "settings; they override the command line and the ini file",
+        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=, stream=, "
+        "keep=): per-test settings; they override the command line and the ini file",
     )
     config.stash[state_key()] = RunState(RunIdentity.current())
     if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
@@ -158,7 +170,8 @@ def _marker_kwargs(node: pytest.Item) -> dict[str, Any]:
 @pytest.fixture
 def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None]:
     """Probes for this test: ``ktrace.kprobe/kretprobe/uprobe/uretprobe/tracepoint``, ``ktrace.run``,
-    ``wait_for``, ``assert_order``, ``assert_latency``. Everything it creates is removed after the test."""
+    ``wait_for``, ``assert_order``, ``assert_latency``, aggregates ``count_by`` and ``latency_histogram``
+    (``stream=True``: events streamed from trace_pipe). Everything it creates is removed after the test."""
     config = request.config
     state: RunState = config.stash[state_key()]
     settings = resolve_target(config, _marker_kwargs(request.node))
@@ -191,6 +204,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         buffer_kb=settings.buffer_kb,
         elf_cache=state.elf_copies,
         lost_policy=settings.lost,
+        stream=settings.stream,
+        keep_events=settings.keep,
     )
     request.node.stash[_SESSION_KEY] = session
     state.live.add(session)

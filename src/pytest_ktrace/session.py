@@ -3,12 +3,14 @@ ledger that undoes exactly what this test created."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
@@ -16,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 from . import elf
 from .arch import normalize_arch, rewrite_argn
 from .assertions import Observation, ProbeView, assert_latency, assert_order
-from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from .backends.features import MOUNT_HINT
 from .errors import (
     ConnectionLost,
@@ -33,6 +35,16 @@ from .identity import RunIdentity
 from .matchers import ANY
 from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 from .probes import ProbeKind, ProbeSpec, check_fetchargs, check_text, event_name_for
+from .streaming import (
+    DEFAULT_BUCKETS_US,
+    DEFAULT_KEEP,
+    SYNC_PREFIX,
+    Aggregate,
+    CountBy,
+    Histogram,
+    LatencyHistogram,
+    StreamPump,
+)
 
 __all__ = ["Scope", "TeardownReport", "TraceSession"]
 
@@ -102,6 +114,9 @@ class TraceSession:
         buffer_kb: Optional[int] = None,
         elf_cache: Optional[dict[str, tuple[str, Path]]] = None,
         lost_policy: str = "fail",
+        stream: bool = False,
+        keep_events: int = DEFAULT_KEEP,
+        sync_stall_s: float = 30.0,
     ) -> None:
         self.backend = backend
         self.identity = identity
@@ -126,6 +141,16 @@ class TraceSession:
         self._tracing_started = scope == "all"
         self._torn_down = False
         self._created: set[str] = set()  # group/event of every probe the kernel accepted
+        if keep_events < 1:
+            raise KtraceError(f"keep_events={keep_events!r}: at least 1 event per probe must be kept")
+        self.stream = stream
+        self.keep_events = keep_events
+        self.sync_stall_s = sync_stall_s
+        self._pump: Optional[StreamPump] = None
+        self._trace_stream: Optional[TraceStream] = None
+        self._markers = 0  # sync markers written to trace_marker (and so, eventually, streamed)
+        self._aggregates: list[Aggregate] = []
+        self._unchecked: list[Aggregate] = []  # aggregates whose field awaits the probe's format
 
     # ------------------------------------------------------------------ target
     @property
@@ -326,6 +351,8 @@ class TraceSession:
         """Define, filter and enable every probe not yet armed, in one batch."""
         pending = [probe for probe in self._probes if not probe.armed]
         if self._instance_planned and not pending:
+            if self.stream and self._pump is None:
+                self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
         info = self.target
         ops: list[Op] = []
@@ -357,19 +384,164 @@ class TraceSession:
         for probe in pending:
             if probe.spec.display not in self._catalog:
                 ops.append(Read(f"events/{probe.spec.event_dir}/format"))
-        results = self.backend.apply(ops, stop_on_error=True)
-        for probe in pending:
-            probe.armed = True
-        self._dirty = True
-        failed = results[-1] if results and not results[-1].ok else None
-        for result in results:
-            if result.ok and isinstance(result.op, Read) and result.op.path.endswith("/format"):
-                system = result.op.path.split("/")[1]
-                self._catalog.add(parse_format(result.data, system))
-            elif result.ok and isinstance(result.op, Write) and result.op.path.endswith("_events"):
-                self._created.add(result.op.data.split(" ", 1)[0].split(":", 1)[1])
+        pump = self._pump
+        with pump.gate if pump is not None else contextlib.nullcontext():
+            # a running pump parses nothing until the new probes' formats are known (else their first events
+            # would be parsed untyped and missed)
+            if pump is not None:
+                for probe in pending:
+                    pump.add_probe((probe.spec.group, probe.spec.event))
+            results = self.backend.apply(ops, stop_on_error=True)
+            for probe in pending:
+                probe.armed = True
+            self._dirty = True
+            failed = results[-1] if results and not results[-1].ok else None
+            for result in results:
+                if result.ok and isinstance(result.op, Read) and result.op.path.endswith("/format"):
+                    system = result.op.path.split("/")[1]
+                    self._catalog.add(parse_format(result.data, system))
+                elif result.ok and isinstance(result.op, Write) and result.op.path.endswith("_events"):
+                    self._created.add(result.op.data.split(" ", 1)[0].split(":", 1)[1])
         if failed is not None:
             self._explain_failure(failed, pending)
+        self._check_aggregate_fields()
+        if self.stream and self._pump is None:
+            self._start_stream()
+
+    # ------------------------------------------------------------- streaming
+    def _start_stream(self) -> None:
+        """Open the instance's trace_pipe and start the pump (stream mode, right after the first arm)."""
+        opener = getattr(self.backend, "open_stream", None)
+        if opener is None:
+            raise KtraceError(
+                f"stream mode needs a backend that can stream trace_pipe, and {self.backend.name} "
+                f"({type(self.backend).__name__}) has no open_stream(); run this test without stream=True / "
+                "--ktrace-stream (recording a cassette, --ktrace-record, does not stream either)"
+            )
+        self._trace_stream = opener(f"{self.instance_path}/trace_pipe")
+        pump = StreamPump(self._trace_stream, self._catalog, keep=self.keep_events, name=f"ktrace-pump-{self.instance}")
+        for probe in self._probes:
+            pump.add_probe((probe.spec.group, probe.spec.event))
+        for aggregate in self._aggregates:
+            pump.register(aggregate)
+        self._pump = pump
+        pump.start()
+
+    def _describe_stream(self) -> str:
+        return f"instance {self.instance} on {self.target.name}"
+
+    def _sync(self, write: Optional[OpResult]) -> None:
+        """After a marker write (its result): wait until the pump has streamed up to it, then publish."""
+        pump = self._pump
+        assert pump is not None
+        if write is not None:
+            if not write.ok:
+                raise KtraceError(
+                    f"writing the sync marker to {write.op.path} failed ({write.errno_name} {write.error}); "
+                    f"the stream of {self.instance} cannot be synchronised"
+                )
+            self._markers += 1
+        pump.wait(self._markers, stall_s=self.sync_stall_s, describe=self._describe_stream)
+        pump.publish(self._aggregates)
+        self._dirty = False
+
+    def _marker_op(self) -> Write:
+        return Write(f"{self.instance_path}/trace_marker", f"{SYNC_PREFIX}{self._markers + 1}")
+
+    def _stop_stream(self) -> list[str]:
+        """Stop the pump (joined) and close the stream, before anything is disabled or removed."""
+        problems: list[str] = []
+        pump, stream = self._pump, self._trace_stream
+        self._trace_stream = None
+        if pump is not None and not pump.stop(timeout=10.0):
+            problems.append(f"the stream reader thread of {self.instance} did not stop within 10 s")
+        if stream is not None:
+            try:
+                stream.close()
+            except ConnectionLost:
+                raise
+            except KtraceError as exc:
+                problems.append(f"closing the trace_pipe stream of {self.instance}: {exc}")
+        if pump is not None and pump.alive and not pump.stop(timeout=5.0):
+            problems.append(f"the stream reader thread of {self.instance} is still alive after the stream closed")
+        return problems
+
+    # ------------------------------------------------------------ aggregates
+    def _view_of(self, probe: ProbeView, what: str) -> ProbeView:
+        if not isinstance(probe, ProbeView) or not any(p.spec is probe.spec for p in self._probes):
+            raise KtraceError(f"{what} takes a probe made by this test's ktrace fixture, got {probe!r}")
+        return probe
+
+    def _add_aggregate(self, aggregate: Aggregate, what: str) -> None:
+        if self.stream and self._runs:
+            raise KtraceError(
+                f"{what} must be registered before the first ktrace.run() in stream mode: streamed events are "
+                "counted as they pass and only the last --ktrace-keep-events of each probe are kept, so the "
+                "events of earlier runs cannot be fed to it. Create the aggregate right after the probes."
+            )
+        self._aggregates.append(aggregate)
+        self._unchecked.append(aggregate)
+        self._check_aggregate_fields()
+        if self._pump is not None:
+            self._pump.register(aggregate)
+        elif not self.stream and self._parsed is not None:
+            self._feed_aggregates(self._parsed, [aggregate])
+
+    def _check_aggregate_fields(self) -> None:
+        for aggregate in list(self._unchecked):
+            if not isinstance(aggregate, CountBy):
+                self._unchecked.remove(aggregate)
+                continue
+            spec = aggregate.view.spec
+            fmt = self._catalog.get(f"{spec.group}:{spec.event}")
+            if fmt is None:
+                continue  # checked when the probe is armed
+            self._unchecked.remove(aggregate)
+            names = [f.name for f in fmt.fields if not f.name.startswith(("common_", "__probe_"))]
+            if aggregate.field not in (*names, "pid", "comm", "cpu") and not aggregate.field.startswith("__probe_"):
+                self._aggregates.remove(aggregate)
+                raise KtraceError(
+                    f"count_by({aggregate.view.name}, {aggregate.field!r}): the probe has no such field "
+                    f"(its fields: {', '.join(names) or 'none'}; also pid, comm, cpu)"
+                )
+
+    def count_by(self, probe: ProbeView, field: str) -> Counter[Any]:
+        """A live :class:`collections.Counter` of ``field``'s values over every event of ``probe`` (a ``where()``
+        view counts only its events; ``pid``, ``comm``, ``cpu`` work too). Updated after each ``run()``,
+        ``collect()`` and ``wait_for()``; in stream mode it sees every streamed event and keeps none (register
+        it before the first ``run()``)."""
+        view = self._view_of(probe, "count_by")
+        aggregate = CountBy(view, field)
+        self._add_aggregate(aggregate, f"count_by({view.name}, {field!r})")
+        return aggregate.counter
+
+    def latency_histogram(
+        self, entry: ProbeView, exit: ProbeView, *, buckets_us: Sequence[float] = DEFAULT_BUCKETS_US
+    ) -> Histogram:
+        """Durations from each ``exit`` event back to the latest open ``entry`` event of the same task (recursion
+        nests, as in :meth:`assert_latency`), counted into ``buckets_us`` (upper bounds, plus an overflow
+        bucket). Live like :meth:`count_by`; ``histogram.assert_below(max_us, quantile=0.99)`` checks it."""
+        aggregate = LatencyHistogram(
+            self._view_of(entry, "latency_histogram"), self._view_of(exit, "latency_histogram"), buckets_us
+        )
+        self._add_aggregate(aggregate, f"latency_histogram({entry.name}, {exit.name})")
+        return aggregate.histogram
+
+    def _feed_aggregates(self, parsed: ParsedTrace, aggregates: Sequence[Aggregate]) -> None:
+        """Trace mode: aggregates are recomputed from the whole trace at each collection."""
+        if not aggregates:
+            return
+        by_key: dict[tuple[str, str], list[Aggregate]] = {}
+        for aggregate in aggregates:
+            aggregate.reset()
+            for key in aggregate.keys:
+                by_key.setdefault(key, []).append(aggregate)
+        for event in parsed.events:
+            key = (event.system, event.name)
+            for aggregate in by_key.get(key, ()):
+                aggregate.feed(key, event)
+        for aggregate in aggregates:
+            aggregate.publish()
 
     def _explain_failure(self, failed: OpResult, pending: list[_Armed]) -> None:
         op = failed.op
@@ -475,18 +647,21 @@ class TraceSession:
                 # A pid is a non-zero number, so appending it to tracing_on turns the instance on after the
                 # pid filter is in place, with no extra round trip.
                 pid_files.append(f"{self.instance_path}/tracing_on")
-        trace = Read(f"{self.instance_path}/trace")
+        # the trace comes back with the command (stream mode: a sync marker is written): no extra round trip
+        after: Op = self._marker_op() if self.stream else Read(f"{self.instance_path}/trace")
         result = self.backend.run(
             argv,
             timeout=self.run_timeout if timeout is None else timeout,
             pid_files=pid_files,
             stdin=stdin,
-            after=[trace],  # the trace comes back with the command: no extra round trip to collect it
+            after=[after],
         )
         self._tracing_started = True
         self._runs.append(result)
         collected = result.after[0] if result.after else None
-        if collected is not None and collected.ok:
+        if self.stream:
+            self._sync(collected)
+        elif collected is not None and collected.ok:
             self._take_trace(collected.data)
         else:
             self._dirty = True
@@ -502,6 +677,8 @@ class TraceSession:
     def collect(self) -> ParsedTrace:
         """Read and parse this test's trace now (later accesses reuse it until the next run/arm/wait)."""
         self.arm()
+        if self.stream:
+            return self._collect_stream()
         result, mounted = self.backend.apply([Read(f"{self.instance_path}/trace"), Read("tracing_on")])
         if not mounted.ok:
             raise TracefsUnavailable(
@@ -514,6 +691,30 @@ class TraceSession:
             raise KtraceError(f"reading {self.instance_path}/trace failed: {result.errno_name} {result.error}")
         return self._take_trace(result.data)
 
+    def _collect_stream(self) -> ParsedTrace:
+        self._sync_stream()
+        return self._stream_snapshot()
+
+    def _sync_stream(self) -> None:
+        """Write a sync marker and wait until it has streamed past (everything before it is dispatched)."""
+        if self._tracing_started:
+            marker, mounted = self.backend.apply([self._marker_op(), Read("tracing_on")])
+            if not mounted.ok:
+                raise TracefsUnavailable(
+                    f"tracefs is no longer mounted at {self.target.tracefs} on {self.target.name} (unmounted "
+                    f"during the test?); mount it again with: {MOUNT_HINT}",
+                    host=self.target.name,
+                    cause="tracefs not mounted",
+                )
+            self._sync(marker)
+        else:
+            self._dirty = False  # scope="run" before the first run: tracing is off, nothing can arrive
+
+    def _stream_snapshot(self) -> ParsedTrace:
+        pump = self._pump
+        assert pump is not None
+        return ParsedTrace(events=pump.ordered(), lost=dict(pump.lost_copy()))
+
     def _take_trace(self, text: str) -> ParsedTrace:
         self._raw_trace = text
         parsed = TraceParser(self._catalog).parse(text)
@@ -524,6 +725,7 @@ class TraceSession:
             parsed.lost.update(self._overruns(_cpu_count(text)) or {-1: overwritten})
         self._parsed = parsed
         self._dirty = False
+        self._feed_aggregates(parsed, self._aggregates)
         return parsed
 
     def _overruns(self, cpus: int) -> dict[int, int]:
@@ -538,11 +740,17 @@ class TraceSession:
         return found
 
     def _current(self) -> ParsedTrace:
+        if self.stream:
+            if self._dirty or self._pump is None:
+                return self.collect()
+            return self._stream_snapshot()
         if self._dirty or self._parsed is None:
             return self.collect()
         return self._parsed
 
     def _observe(self, spec: ProbeSpec) -> Observation:
+        if self.stream:
+            return self._observe_stream(spec)
         parsed = self._current()
         events = [e for e in parsed.events if e.name == spec.event and e.system == spec.group]
         hints: list[str] = []
@@ -553,6 +761,29 @@ class TraceSession:
             )
         return Observation(events, dict(parsed.lost), hints, self.lost_policy)
 
+    def _observe_stream(self, spec: ProbeSpec) -> Observation:
+        if self._dirty or self._pump is None:
+            self.arm()
+            self._sync_stream()
+        pump = self._pump
+        assert pump is not None
+        events, count = pump.snapshot((spec.group, spec.event))
+        hints: list[str] = []
+        if not count and not self._runs:
+            hints.append(
+                "nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
+                "or wait for asynchronous events with ktrace.wait_for(...)"
+            )
+        return Observation(
+            events,
+            dict(pump.lost_copy()),
+            hints,
+            self.lost_policy,
+            total=count,
+            evicted=count - len(events),
+            keep=self.keep_events,
+        )
+
     @property
     def events(self) -> list[Event]:
         """Every event of this test, in trace order."""
@@ -560,7 +791,14 @@ class TraceSession:
 
     @property
     def trace_text(self) -> str:
-        """The raw trace as last collected (what the failure report section shows)."""
+        """The raw trace as last collected (what the failure report section shows); in stream mode the last
+        lines that streamed past."""
+        if self._pump is not None:
+            pump = self._pump
+            with pump.lock:
+                tail = list(pump.raw_tail)
+                total = pump.lines
+            return f"# streamed from trace_pipe: the last {len(tail)} of {total} lines\n" + "\n".join(tail) + "\n"
         return self._raw_trace
 
     def inject(
@@ -608,11 +846,12 @@ class TraceSession:
         while True:
             self._dirty = True
             seen = view.events
-            if len(seen) >= count:
+            have = view.call_count if self.stream and not view._criteria else len(seen)
+            if have >= count:
                 return seen
             if time.monotonic() >= deadline:
                 raise AssertionError(
-                    f"wait_for({probe.name}, count={count}): only {len(seen)} matching event(s) after "
+                    f"wait_for({probe.name}, count={count}): only {have} matching event(s) after "
                     f"{timeout} s" + (f" (where {fields})" if fields else "")
                 )
             time.sleep(poll_s)
@@ -644,6 +883,13 @@ class TraceSession:
         if self._torn_down:
             return report
         self._torn_down = True
+        try:
+            # reading trace_pipe keeps the instance busy (rmdir EBUSY): the reader goes first, always
+            report.failures.extend(self._stop_stream())
+        except ConnectionLost as exc:
+            self.backend.defer(self.teardown_ops())
+            report.deferred = str(exc)
+            return report
         ops = self.teardown_ops()
         if not ops:
             return report

@@ -33,6 +33,8 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
     "profile": ("ktrace_profile", "ktrace_profile", None, "str"),
     "lost": ("ktrace_lost", "ktrace_lost", "fail", "str"),
+    "stream": ("ktrace_stream", "ktrace_stream", False, "bool"),
+    "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
@@ -70,6 +72,8 @@ class TestSettings:
     buffer_kb: Optional[int] = None
     boards: tuple[str, ...] = ()  # --ktrace-host=a,b: the pool the test leases one board from
     lost: str = "fail"  # what count assertions do when the kernel lost events
+    stream: bool = False  # events streamed from trace_pipe into bounded memory
+    keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
 
 
 def _convert(key: str, kind: str, value: Any, source: str) -> Any:
@@ -122,6 +126,8 @@ def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) 
         raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
     if "scope" in kwargs and kwargs["scope"] not in SCOPES:
         raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(scope={kwargs['scope']!r}): use 'all' or 'run'")
+    if "keep" in kwargs and not (isinstance(kwargs["keep"], int) and kwargs["keep"] >= 1):
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(keep={kwargs['keep']!r}): use an int >= 1")
     if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
         raise pytest.UsageError(
             f"{nodeid}: @pytest.mark.ktrace(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}"
@@ -165,7 +171,18 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         target = replace(target, host=None)
     if values["lost"] not in LOST_POLICIES:
         raise pytest.UsageError(f"pytest-ktrace: lost={values['lost']!r} must be 'fail' or 'warn'")
-    return TestSettings(target, values["scope"], values["timeout"], values["buffer_kb"], boards, values["lost"])
+    if values["keep"] < 1:
+        raise pytest.UsageError(f"pytest-ktrace: keep_events={values['keep']!r} must be at least 1")
+    return TestSettings(
+        target,
+        values["scope"],
+        values["timeout"],
+        values["buffer_kb"],
+        boards,
+        values["lost"],
+        stream=bool(values["stream"]),
+        keep=values["keep"],
+    )
 
 
 @dataclass

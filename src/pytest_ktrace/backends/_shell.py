@@ -48,6 +48,8 @@ __all__ = [
     "render_describe",
     "render_kill",
     "render_run",
+    "render_stream",
+    "render_stream_kill",
 ]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
@@ -491,6 +493,36 @@ def render_kill(pid: int) -> str:
         raise ValueError(f"refusing to kill pid {pid}")
     # no "--": dash's kill builtin takes "-PID" after a signal but rejects "--"
     return f"kill -KILL -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; exit 0\n"
+
+
+def render_stream(path: str) -> str:
+    """A command line (for ``sh -c``) that prints its pid, then becomes ``dd`` copying ``path`` (absolute, an
+    instance's ``trace_pipe``) to stdout as it arrives. ``dd`` and not ``cat``: busybox ``cat`` copies with
+    sendfile(), which on trace_pipe blocks the whole stream; ``dd bs=65536`` writes each read as it returns."""
+    if not path.startswith("/"):
+        raise ValueError(f"stream path {path!r} must be absolute")
+    return f"[ -r {quote(path)} ] || exit 98; echo $$; exec dd if={quote(path)} bs=65536 2>/dev/null"
+
+
+def render_stream_kill(readers: Sequence[tuple[int, str]], *, signal: str = "TERM") -> str:
+    """End the stream readers ``(pid, path)`` of :func:`render_stream`: each only if that pid still is a reader
+    of that very path (never a process that reused the pid). Prints ``ALIVE pid`` for each one still there."""
+    if signal not in ("TERM", "KILL"):
+        raise ValueError(f"signal {signal!r}")
+    out = []
+    checks = []
+    for pid, path in readers:
+        if pid <= 1:
+            raise ValueError(f"refusing to kill pid {pid}")
+        # NULs to spaces first: busybox grep stops reading a line at a NUL. Under busybox ash, `exec dd` may
+        # run the applet in the shell's own process, whose cmdline stays the `sh -c` line (the path is in both)
+        mine = f"tr '\\000' ' ' </proc/{pid}/cmdline 2>/dev/null | grep -qF -e {quote(path)}"
+        out.append(f"if {mine}; then kill -{signal} {pid} 2>/dev/null; fi\n")
+        checks.append(f"if {mine}; then echo ALIVE {pid}; fi\n")
+    out.append("sleep 0.1 2>/dev/null || sleep 1\n")
+    out.extend(checks)
+    out.append("exit 0\n")
+    return "".join(out)
 
 
 _SUDO_PROMPT = re.compile(r"a password is required|a terminal is required|askpass", re.IGNORECASE)

@@ -19,6 +19,7 @@ __all__ = [
     "Rmdir",
     "RunResult",
     "TargetInfo",
+    "TraceStream",
     "Write",
 ]
 
@@ -107,6 +108,21 @@ class TargetInfo:
 
 
 @runtime_checkable
+class TraceStream(Protocol):
+    """A consuming reader of one tracefs file (an instance's ``trace_pipe``), opened by
+    :meth:`Backend.open_stream`. Used by one thread at a time."""
+
+    def read(self, timeout: float) -> str:
+        """Whatever arrived since the last read, possibly ``""``; never blocks longer than ``timeout`` seconds.
+        Raises a :class:`~pytest_ktrace.errors.KtraceError` when the reader ended or the target is gone."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading and release the file (a remote reader process is ended); idempotent."""
+        ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """A place with a tracefs: this machine, a board over SSH, or the in-memory fake."""
 
@@ -141,6 +157,12 @@ class Backend(Protocol):
         """Run ``argv`` on the target. Before it execs, the child's pid is appended to each tracefs file in
         ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process. When
         it has ended, ``after`` is applied (all ops attempted) in the same round trip: ``RunResult.after``."""
+        ...
+
+    def open_stream(self, path: str) -> TraceStream:
+        """Open ``path`` (relative to the tracefs root, e.g. ``instances/X/trace_pipe``) for consuming reads.
+        Optional for third-party backends: a session streams only when its backend has this method. While the
+        stream is open the instance is busy (its ``rmdir`` is EBUSY): close it before removing the instance."""
         ...
 
     def defer(self, ops: Sequence[Op]) -> None:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno as errno_mod
 import os
+import select
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import CommandTimeout, TracefsUnavailable, hide_for_ktrace_errors
-from .base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from ..errors import CommandTimeout, KtraceError, TracefsUnavailable, hide_for_ktrace_errors
+from .base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from .features import FEATURE_FILES, MOUNT_HINT, features_from
 
-__all__ = ["LocalBackend", "find_tracefs"]
+__all__ = ["LocalBackend", "LocalTraceStream", "find_tracefs"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -58,6 +60,64 @@ def find_tracefs(explicit: Optional[str] = None) -> str:
 def _errno_result(op: Op, exc: OSError) -> OpResult:
     code = exc.errno or 0
     return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
+
+
+_STREAM_READ = 65536  # one read(2); trace_pipe returns at most a couple of pages per call anyway
+_STREAM_CHUNK = 1 << 20  # at most this much per TraceStream.read, so the consumer parses as it goes
+
+
+class LocalTraceStream:
+    """A consuming, non-blocking reader of a local tracefs file (``trace_pipe``): ``O_RDONLY|O_NONBLOCK`` and
+    ``poll(2)`` with the caller's timeout, so :meth:`read` never blocks longer than that."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd: Optional[int] = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            code = exc.errno or 0
+            raise KtraceError(
+                f"cannot open {path} for streaming: {errno_mod.errorcode.get(code, code)} {os.strerror(code)}"
+            ) from None
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+
+    def read(self, timeout: float) -> str:
+        fd = self._fd
+        if fd is None:
+            raise KtraceError(f"stream {self.path} is closed")
+        chunks: list[bytes] = []
+        size = 0
+        waited = False
+        while size < _STREAM_CHUNK:
+            try:
+                data = os.read(fd, _STREAM_READ)
+            except BlockingIOError:
+                if chunks or waited:
+                    break
+                self._poll.poll(max(0, int(timeout * 1000)))
+                waited = True
+                continue
+            except OSError as exc:
+                code = exc.errno or 0
+                raise KtraceError(
+                    f"reading {self.path} failed: {errno_mod.errorcode.get(code, code)} {os.strerror(code)}"
+                ) from None
+            if not data:  # EOF: trace_pipe ends once tracing is off after a read; nothing more will come now
+                if not chunks and not waited:
+                    time.sleep(timeout)
+                break
+            chunks.append(data)
+            size += len(data)
+        return self._decoder.decode(b"".join(chunks)) if chunks else ""
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self._poll.unregister(fd)
+            os.close(fd)
 
 
 class LocalBackend:
@@ -211,6 +271,10 @@ class LocalBackend:
             duration_s=time.monotonic() - started,
             after=tuple(self._apply_one(op) for op in after),
         )
+
+    def open_stream(self, path: str) -> TraceStream:
+        """``path`` (e.g. ``instances/X/trace_pipe``) opened for non-blocking consuming reads."""
+        return LocalTraceStream(os.path.join(self.root, path))
 
     def defer(self, ops: Sequence[Op]) -> None:
         self.apply(ops)

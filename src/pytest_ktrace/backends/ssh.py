@@ -18,6 +18,7 @@ key is always refused with the file and line to remove.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import getpass
 import hashlib
@@ -44,10 +45,10 @@ from ..errors import (
     hide_for_ktrace_errors,
 )
 from . import _shell
-from .base import Op, OpResult, RunResult, TargetInfo
+from .base import Op, OpResult, RunResult, TargetInfo, TraceStream
 from .features import FEATURE_FILES, MOUNT_HINT, features_from
 
-__all__ = ["PASSWORD_ENV", "SshBackend", "parse_target"]
+__all__ = ["PASSWORD_ENV", "SshBackend", "SshTraceStream", "parse_target"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -186,6 +187,70 @@ def _key_family(name: str) -> str:
     return "ssh-rsa" if name in ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512") else name
 
 
+_STREAM_CHUNK = 1 << 20  # at most this much per SshTraceStream.read
+
+
+class SshTraceStream:
+    """``trace_pipe`` of a remote instance, streamed by ``dd`` on a dedicated exec channel of the backend's
+    transport. :meth:`close` ends exactly that ``dd`` (by the pid it printed) through another channel."""
+
+    def __init__(self, backend: SshBackend, chan: paramiko.Channel, pid: int, path: str, early: bytes) -> None:
+        self._backend = backend
+        self._chan: Optional[paramiko.Channel] = chan
+        self.pid = pid
+        self.path = path
+        self._early = early
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+
+    def read(self, timeout: float) -> str:
+        chan = self._chan
+        if chan is None:
+            raise KtraceError(f"stream {self.path} on {self._backend.name} is closed")
+        data = bytearray(self._early)
+        self._early = b""
+        try:
+            if not data:
+                chan.settimeout(max(timeout, 0.001))
+                try:
+                    first = chan.recv(65536)
+                except socket.timeout:
+                    return ""
+                if not first:
+                    raise self._ended()
+                data += first
+            while len(data) < _STREAM_CHUNK and chan.recv_ready():
+                more = chan.recv(65536)
+                if not more:
+                    break
+                data += more
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._backend._lost(f"streaming {self.path}", str(exc) or type(exc).__name__) from None
+        return self._decoder.decode(bytes(data))
+
+    def _ended(self) -> KtraceError:
+        chan = self._chan
+        if chan is not None and not chan.get_transport().is_active():
+            return self._backend._lost(f"streaming {self.path}", "the SSH transport closed")
+        status = chan.exit_status if chan is not None and chan.status_event.wait(1.0) else -1
+        return KtraceError(
+            f"the trace_pipe reader (dd, pid {self.pid}) on {self._backend.name} ended unexpectedly "
+            f"(exit status {status}) while streaming {self.path}"
+        )
+
+    def close(self) -> None:
+        chan, self._chan = self._chan, None
+        if chan is None:
+            return
+        try:
+            # a status of -1 is paramiko's for "the channel died with the transport": dd may well still run
+            if not (chan.exit_status_ready() and chan.exit_status != -1):
+                self._backend._end_readers([(self.pid, self.path)])  # checked gone, or raises
+                if chan.get_transport().is_active():
+                    chan.status_event.wait(5.0)  # let the channel see dd's exit before closing it
+        finally:
+            chan.close()
+
+
 class SshBackend:
     """A target reached over SSH; satisfies :class:`pytest_ktrace.backends.base.Backend`.
 
@@ -221,6 +286,8 @@ class SshBackend:
         self._lock = threading.RLock()
         self._flushing = False
         self._resolved: Optional[_Resolved] = None
+        # stream readers (pid, path) that could not be ended (connection dropped): ended first on reconnect
+        self.stale_readers: list[tuple[int, str]] = []
 
     # --- Backend protocol ---------------------------------------------------------------------------------
 
@@ -357,6 +424,62 @@ class SshBackend:
                 after=tuple(out.after),
             )
 
+    def open_stream(self, path: str) -> TraceStream:
+        """Stream ``path`` (e.g. ``instances/X/trace_pipe``): a dedicated exec channel runs ``dd`` on it (see
+        :func:`._shell.render_stream`); nothing else on the target is needed (busybox works)."""
+        with self._lock:
+            root = self.describe().tracefs
+            full = f"{root.rstrip('/')}/{path.lstrip('/')}"
+            command = ("sudo -n " if self.sudo else "") + "sh -c " + _shell.quote(_shell.render_stream(full))
+            conn = self._ensure()
+            what = f"opening the stream of {path}"
+            try:
+                chan = conn.transport.open_session(timeout=self.connect_timeout)
+                self._round_trips += 1
+                chan.exec_command(command)
+                chan.shutdown_write()
+                chan.settimeout(self.connect_timeout)
+                head = b""
+                deadline = time.monotonic() + self.connect_timeout
+                while b"\n" not in head and time.monotonic() < deadline:
+                    try:
+                        piece = chan.recv(4096)
+                    except socket.timeout:
+                        break
+                    if not piece:
+                        break
+                    head += piece
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                self._drop()
+                raise self._lost(what, str(exc) or type(exc).__name__) from None
+            line, _, early = head.partition(b"\n")
+            if not line.strip().isdigit():
+                status = chan.exit_status if chan.status_event.wait(1.0) else -1
+                stderr = chan.recv_stderr(4096).decode("utf-8", "replace").strip() if chan.recv_stderr_ready() else ""
+                chan.close()
+                reason = "it is missing or not readable" if status == 98 else (stderr or f"exit status {status}")
+                raise KtraceError(f"cannot stream {full} on {self._host}: {reason}")
+            return SshTraceStream(self, chan, int(line.strip()), full, early)
+
+    def _end_readers(self, readers: Sequence[tuple[int, str]]) -> None:
+        """End stream readers on a second channel (TERM, then KILL if one is still there); remembered for the
+        next connection when the target is unreachable."""
+        with self._lock:
+            try:
+                for signal in ("TERM", "KILL"):
+                    script = _shell.render_stream_kill(readers, signal=signal)
+                    ex = self._call(script, what="ending the stream reader", timeout=self.connect_timeout)
+                    alive = {int(w) for w in ex.stdout.decode(errors="replace").split() if w.isdigit()}
+                    readers = [reader for reader in readers if reader[0] in alive]
+                    if not readers:
+                        return
+            except ConnectionLost:
+                self.stale_readers.extend(r for r in readers if r not in self.stale_readers)
+                raise
+            raise KtraceError(
+                f"stream reader(s) {', '.join(str(pid) for pid, _ in readers)} on {self._host} survived SIGKILL"
+            )
+
     def defer(self, ops: Sequence[Op]) -> None:
         """Queue teardown ``ops`` that could not run (the connection dropped): they run before the next call."""
         with self._lock:
@@ -413,10 +536,15 @@ class SshBackend:
         return out.results
 
     def _flush_deferred(self) -> None:
-        if not self.deferred_ops or self._flushing:
+        if not (self.deferred_ops or self.stale_readers) or self._flushing:
             return
         self._flushing = True
         try:
+            if self.stale_readers:
+                # a reader left running keeps its instance busy: end it before the deferred rmdir
+                readers = list(self.stale_readers)
+                self._call(_shell.render_stream_kill(readers), what="ending stale stream readers")
+                del self.stale_readers[: len(readers)]
             ops = list(self.deferred_ops)
             self.deferred_results = self._apply_now(ops, stop_on_error=False)
             del self.deferred_ops[: len(ops)]
@@ -587,7 +715,7 @@ class SshBackend:
             self._drop()
             conn = self._connect()
             self._conn = conn
-        if self.deferred_ops and not self._flushing:
+        if (self.deferred_ops or self.stale_readers) and not self._flushing:
             try:
                 self._flush_deferred()
             except ConnectionLost:

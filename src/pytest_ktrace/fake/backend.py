@@ -7,11 +7,14 @@ into the fake tracefs at the moment their command "runs", or emits synthetic eve
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
+import threading
+import time
 from typing import Mapping, Optional, Sequence, Union
 
-from ..backends.base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from ..backends.base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
 from ..parse import FormatCatalog, TraceParser, parse_format
 from .cassette import Player, _is_arm_batch
@@ -30,8 +33,45 @@ def _failure(op: Op, exc: OSError) -> OpResult:
     return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
 
 
+class FakeTraceStream:
+    """A reader of the fake ``trace_pipe``: each read consumes everything available (as the fake tracefs models
+    it). While open, the instance is busy (its ``rmdir`` fails with EBUSY), as on a kernel."""
+
+    def __init__(self, backend: FakeBackend, path: str) -> None:
+        self._backend = backend
+        self.path = path
+        self._held: Optional[contextlib.ExitStack] = contextlib.ExitStack()
+        with backend._lock:
+            try:
+                self._held.enter_context(backend.tracefs.hold_open(path))
+            except (FakeOSError, OSError) as exc:
+                code = exc.errno or errno_mod.EIO
+                raise KtraceError(
+                    f"cannot open {path} for streaming: {errno_mod.errorcode.get(code, code)} {os.strerror(code)}"
+                ) from None
+
+    def read(self, timeout: float) -> str:
+        if self._held is None:
+            raise KtraceError(f"stream {self.path} is closed")
+        with self._backend._lock:
+            try:
+                text = self._backend.tracefs.read(self.path)
+            except (FakeOSError, OSError) as exc:
+                raise KtraceError(f"reading {self.path} failed: {exc}") from None
+        if not text:
+            time.sleep(min(timeout, 0.002))
+        return text
+
+    def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with self._backend._lock:
+                held.close()
+
+
 class FakeBackend:
-    """A target that exists only in memory, shaped like ``profile``'s kernel."""
+    """A target that exists only in memory, shaped like ``profile``'s kernel. Thread-safe (one lock): a stream
+    reader may consume ``trace_pipe`` while the test emits events."""
 
     files_are_local = True  # uprobe binaries are resolved on this machine
 
@@ -41,6 +81,7 @@ class FakeBackend:
         self.player: Optional[Player] = None
         self._round_trips = 0
         self._next_pid = 40000
+        self._lock = threading.RLock()
 
     @property
     def name(self) -> str:
@@ -94,6 +135,10 @@ class FakeBackend:
 
     # --------------------------------------------------------------- contract
     def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        with self._lock:
+            return self._apply_batch(ops, stop_on_error=stop_on_error)
+
+    def _apply_batch(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
         self._round_trips += 1
         ops = list(ops)
         if self.player is not None:
@@ -141,6 +186,12 @@ class FakeBackend:
         stdin: Optional[str] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
+        with self._lock:
+            return self._run(argv, pid_files=pid_files, stdin=stdin, after=after)
+
+    def _run(
+        self, argv: Sequence[str], *, pid_files: Sequence[str], stdin: Optional[str], after: Sequence[Op]
+    ) -> RunResult:
         self._round_trips += 1
         if self.player is None:
             if list(argv[:1]) == ["ls"] and len(argv) == 3 and argv[1] == "-1":
@@ -178,13 +229,18 @@ class FakeBackend:
     ) -> int:
         """Emit one synthetic event ``group/name``; returns how many buffers recorded it (0: not enabled or
         filtered out, as on a kernel)."""
-        if pid is None:
-            self._next_pid += 1
-            pid = self._next_pid
-        return int(self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp))
+        with self._lock:
+            if pid is None:
+                self._next_pid += 1
+                pid = self._next_pid
+            return int(self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp))
+
+    def open_stream(self, path: str) -> TraceStream:
+        return FakeTraceStream(self, path)
 
     def defer(self, ops: Sequence[Op]) -> None:
-        self._apply(ops, stop_on_error=False)
+        with self._lock:
+            self._apply(ops, stop_on_error=False)
 
     def close(self) -> None:
         """Nothing to release: the fake tracefs lives as long as the run."""

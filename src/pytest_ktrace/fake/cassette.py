@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, Write
+from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, TraceStream, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
 
 __all__ = [
@@ -253,6 +253,12 @@ class RecordingBackend:
             }
         )
         return result
+
+    def open_stream(self, path: str) -> TraceStream:
+        raise KtraceError(
+            "a cassette records the trace read with each command, so a recorded test (--ktrace-record) cannot "
+            "stream trace_pipe: record it without stream=True / --ktrace-stream"
+        )
 
     def defer(self, ops: Sequence[Op]) -> None:
         self.inner.defer(ops)

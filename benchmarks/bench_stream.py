@@ -1,0 +1,114 @@
+"""Streaming throughput: events per second read from trace_pipe, parsed and dispatched, locally and over SSH.
+
+Usage: .venv/bin/python benchmarks/bench_stream.py [--events 200000] [--burst 2000]
+
+Two workloads on a uprobe on add_u64 of tests/prog/probed.c (``probed loop N``), each through the local backend
+and through SSH to a real sshd on 127.0.0.1 (the dd-based stream):
+
+- one burst: ``loop --events`` in one run with a large buffer (nothing lost), timed from the run's start until
+  the pump has seen the run's sync marker: the pump's own throughput (the program makes events far faster);
+- many runs: ``--events`` in runs of ``loop --burst`` with a 64 KB per-CPU buffer (each run alone overflows it
+  without a reader): events/s of a long busy test, with the lost count (should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from ktrace_testing import build_probed  # noqa: E402
+from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
+from pytest_ktrace.identity import RunIdentity  # noqa: E402
+from pytest_ktrace.session import TraceSession  # noqa: E402
+
+_serial = [0]
+
+
+def _session(backend: Any, **kwargs: Any) -> TraceSession:
+    _serial[0] += 1
+    return TraceSession(backend, RunIdentity.current(), _serial[0], stream=True, keep_events=1000, **kwargs)
+
+
+def one_burst(backend: Any, binary: str, events: int) -> tuple[float, int, int]:
+    session = _session(backend, buffer_kb=65536)
+    try:
+        add = session.uprobe(binary, "add_u64", a="$arg1:u64")
+        session.arm()
+        started = time.perf_counter()
+        session.run([binary, "loop", str(events)], check=True)
+        elapsed = time.perf_counter() - started
+        return elapsed, add.call_count, sum(session.collect().lost.values())
+    finally:
+        assert not session.teardown()
+
+
+def many_runs(backend: Any, binary: str, events: int, burst: int) -> tuple[float, int, int]:
+    session = _session(backend, buffer_kb=64)
+    try:
+        add = session.uprobe(binary, "add_u64", a="$arg1:u64")
+        session.arm()
+        started = time.perf_counter()
+        for _ in range(events // burst):
+            session.run([binary, "loop", str(burst)], check=True)
+        elapsed = time.perf_counter() - started
+        return elapsed, add.call_count, sum(session.collect().lost.values())
+    finally:
+        assert not session.teardown()
+
+
+def load_sshd() -> Any:
+    spec = importlib.util.spec_from_file_location("ktrace_bench_sshd", ROOT / "tests" / "ssh" / "sshd.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ktrace_bench_sshd"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--no-ssh", action="store_true")
+    args = parser.parse_args(argv)
+    rows: list[tuple[str, str, float, int, int]] = []
+    with tempfile.TemporaryDirectory(prefix="ktrace-bench-") as scratch:
+        binary = str(build_probed(Path(scratch)))
+
+        def measure(name: str, backend: Any) -> None:
+            rows.append((name, "one burst, 64 MB buffer", *one_burst(backend, binary, args.events)))
+            rows.append(
+                (name, f"runs of {args.burst}, 64 KB buffer", *many_runs(backend, binary, args.events, args.burst))
+            )
+
+        measure("local", LocalBackend())
+        if not args.no_ssh:
+            sshd = load_sshd()
+            sshd.ensure_users()
+            server = sshd.SshServer(Path(scratch) / "sshd")
+            Path(scratch).chmod(0o755)
+            server.start()
+            try:
+                from pytest_ktrace.backends.ssh import SshBackend
+
+                with SshBackend("ktrace-test", ssh_config=server.ssh_config) as ssh:
+                    measure("ssh 127.0.0.1", ssh)
+            finally:
+                server.stop()
+    print(f"\nstreamed {args.events} uprobe events (add_u64), parsed and dispatched")
+    print(f"{'backend':16} {'workload':28} {'seconds':>8} {'events/s':>10} {'counted':>9} {'lost':>7}")
+    for name, workload, seconds, counted, lost in rows:
+        print(f"{name:16} {workload:28} {seconds:8.2f} {counted / seconds:10.0f} {counted:9d} {lost:7d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
