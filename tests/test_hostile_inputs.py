@@ -483,18 +483,10 @@ _WRONG: dict[str, Any] = {
     "object": Opaque(),
 }
 
-BUG_TYPE_DEEP = (
-    "BUG: a wrong-typed value reaches re.match/check_text/difflib/elf/os.fspath and raises a TypeError or "
-    'AttributeError from deep inside that names no parameter (e.g. "expected string or bytes-like object, got '
-    "'NoneType'\"); a filter that is a list even reaches the fake's write() (AttributeError)"
-)
-BUG_BOOL_AS_INT = (
-    "BUG: bool passes isinstance(x, int): maxactive=True renders 'rTrue:...' (the kernel ignores a non-digit "
-    "maxactive silently) and uprobe location=True probes offset 0x1"
-)
 
-# entry -> (call taking (session, value), wrong kinds that are legal there, kinds that hit BUG_BOOL_AS_INT,
-#           kinds that hit BUG_TYPE_DEEP ("*": all the others), parameter names an allowed TypeError must name)
+# entry -> (call taking (session, value), wrong kinds that are legal there, kinds that hit the (fixed) bool-as-int
+#           bug, kinds that hit the (fixed) deep-TypeError bug ("*": all the others), parameter names an allowed
+#           TypeError must name)
 _ENTRIES: dict[str, tuple[Callable[[TraceSession, Any], Any], set[str], set[str], Any, tuple[str, ...]]] = {
     "kprobe.symbol": (lambda s, v: s.kprobe(v), set(), set(), "*", ("symbol",)),
     "kretprobe.symbol": (lambda s, v: s.kretprobe(v), set(), set(), "*", ("symbol",)),
@@ -537,16 +529,11 @@ _ENTRIES: dict[str, tuple[Callable[[TraceSession, Any], Any], set[str], set[str]
 
 
 def _wrong_type_params() -> Iterator[Any]:
-    for entry, (_, legal, bool_bug, deep_bug, _) in _ENTRIES.items():
+    for entry, (_, legal, *_unused) in _ENTRIES.items():
         for kind in _WRONG:
             if kind in legal:
                 continue
-            marks = []
-            if kind in bool_bug:
-                marks.append(pytest.mark.xfail(strict=True, reason=BUG_BOOL_AS_INT))
-            elif deep_bug == "*" or kind in deep_bug:
-                marks.append(pytest.mark.xfail(strict=True, reason=BUG_TYPE_DEEP))
-            yield pytest.param(entry, kind, marks=marks, id=f"{entry}-{kind}")
+            yield pytest.param(entry, kind, id=f"{entry}-{kind}")
 
 
 @pytest.mark.parametrize(("entry", "kind"), list(_wrong_type_params()))
@@ -571,13 +558,6 @@ def test_wrong_types_at_every_factory(entry: str, kind: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _KSYM/_TRACEPOINT use re.match with '$', which also matches before a trailing newline: "
-    "kprobe('vfs_read\\n', x='%x0') writes the two-line command 'p:... vfs_read\\n x=%x0' to kprobe_events "
-    "(the kernel runs each line: a bare EINVAL), kretprobe('vfs_read\\n') always fails the same way, and "
-    "tracepoint('sched:sched_switch\\n') gets a display name with a newline. Use fullmatch() or \\Z.",
-)
 @pytest.mark.parametrize(
     "call",
     [
@@ -592,7 +572,6 @@ def test_trailing_newline_is_refused_by_the_factory(call: Callable[[TraceSession
         call(session)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: see test_trailing_newline_is_refused_by_the_factory (re '$' + '\\n')")
 @MEDIUM
 @example(kind="kprobe", symbol="vfs_read\n", named={"x": "%x0"}, filter=None)
 @example(kind="kretprobe", symbol="vfs_read\n", named={}, filter=None)
@@ -608,13 +587,6 @@ def test_every_write_is_a_single_line(kind: str, symbol: str, named: dict[str, s
             assert not any(ch in op.data for ch in "\n\r\0"), f"multi-line write to {op.path}: {op.data!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the tracepoint regex [A-Za-z0-9_.-]+ admits '.' and '..' as system or event: "
-    "tracepoint('sched:..') makes arm() write instances/<inst>/events/sched/../enable, which on a real tracefs "
-    "is instances/<inst>/events/enable (every event of the instance), and its filter goes to events/filter. "
-    "Refuse names whose system or event is '.' or '..' (or does not start with a letter/underscore).",
-)
 @FAST
 @example(name="sched:..")
 @example(name="..:sched_switch")
@@ -628,15 +600,6 @@ def test_tracepoint_paths_stay_inside_the_event_directory(name: str) -> None:
         assert "." not in parts and ".." not in parts, f"{type(op).__name__} {op.path!r} for tracepoint {name!r}"
 
 
-BUG_UNENCODABLE = (
-    "BUG: text with a lone surrogate outside U+DC80..U+DCFF (e.g. '\\ud800') passes check_text/check_fetchargs "
-    "and reaches the backend, where data.encode('utf-8', 'surrogateescape') raises UnicodeEncodeError out of "
-    "arm() (fake/tracefs.py _write_file; LocalBackend uses a strict .encode() and fails on every surrogate); "
-    "refuse text that does not encode with surrogateescape in check_text/check_fetchargs with a KtraceError"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_UNENCODABLE)
 @pytest.mark.parametrize(
     "call",
     [
@@ -758,12 +721,6 @@ def test_fake_apply_answers_hostile_ops_with_errno(ops: list[Op], stop_on_error:
         assert not results[-1].ok  # a batch stops only at a failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FakeBackend.apply with an Op whose path or data is not a str raises AttributeError/TypeError "
-    "from fake/tracefs.py (_split: 'NoneType' has no attribute 'strip'; _write_file: no attribute 'encode'); "
-    "answer with OpResult(EINVAL/EFAULT) or raise a TypeError naming the op",
-)
 @pytest.mark.parametrize(
     "op",
     [
@@ -797,24 +754,12 @@ def test_fake_apply_with_wrong_typed_ops(op: Op) -> None:
         assert not results[0].ok and results[0].errno_name.startswith("E")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (fake fidelity): FakeTracefs.mkdir accepts an instance name longer than NAME_MAX (255 bytes); "
-    "the kernel's VFS answers ENAMETOOLONG",
-)
 def test_fake_refuses_instance_names_longer_than_name_max() -> None:
     backend = new_backend()
     result = backend.apply([Mkdir("instances/" + "x" * 300)])[0]
     assert not result.ok and result.errno_name == "ENAMETOOLONG"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LocalBackend.apply encodes Write data with a strict .encode() (backends/local.py _apply_one), "
-    "so text holding surrogateescape'd bytes (U+DC80..U+DCFF, what it decodes tracefs reads into, and what the "
-    "fake accepts) raises UnicodeEncodeError out of arm() on a real target; a path with a NUL raises ValueError "
-    "('embedded null byte') instead of an OpResult; use .encode('utf-8', 'surrogateescape') and catch ValueError",
-)
 @pytest.mark.parametrize(
     "op",
     [Write("trace_marker", "\udcff"), Write("trace_marker", "caf\udce9"), Read("a\x00b"), Write("a\x00b", "1")],
@@ -848,12 +793,6 @@ def test_run_with_odd_argv_on_the_fake_is_a_ktrace_error(argv: Any, stdin: Optio
         session.run(argv, stdin=stdin, timeout=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FakeBackend.run answers ['ls', '-1', DIR] itself (for the stale-leftover scan) with "
-    "tracefs.listdir(DIR[len(root)+1:]) unguarded: a missing directory or a file raises FakeOSError (an OSError, "
-    "not a KtraceError) out of ktrace.run; answer returncode 2 with ls's message, or raise KtraceError",
-)
 @pytest.mark.parametrize("where", ["/sys/kernel/tracing/nope", "/sys/kernel/tracing/trace"])
 def test_run_ls_of_a_missing_tracefs_path_on_the_fake(where: str) -> None:
     with fresh_session() as session:
@@ -865,12 +804,6 @@ def test_run_ls_of_a_missing_tracefs_path_on_the_fake(where: str) -> None:
             assert result.returncode != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FakeBackend.run(['ls', '-1', X]) lists the tracefs root for any X outside tracefs (slicing "
-    "X[len('/sys/kernel/tracing')+1:] gives ''), so ktrace.run(['ls', '-1', 'x']) 'succeeds' with a fake "
-    "listing; only paths under the tracefs root should be answered, others are commands the fake cannot run",
-)
 @pytest.mark.parametrize("where", ["x", "/", "/etc"])
 def test_run_ls_outside_tracefs_on_the_fake(where: str) -> None:
     with fresh_session() as session, pytest.raises(KtraceError):
@@ -1002,13 +935,6 @@ def test_trace_parser_is_fast_on_huge_lines(line: str) -> None:
     assert parsed.unparsed == [line]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TraceParser.parse is quadratic on a long line of only whitespace: _HEADER_RE starts with "
-    "'\\s*(?P<comm>.*?)-', so for every split of the leading \\s* the lazy .*? scans to the end looking for "
-    "'-' (8000 spaces: 0.23 s, 16000: 0.95 s, 70000: ~18 s); skip blank lines before the header match, or "
-    "make the comm group start with a non-space ('\\s*(?P<comm>\\S.*?)-' or a possessive/atomic \\s*+)",
-)
 @pytest.mark.parametrize("blank", [" ", "\u3000"], ids=repr)
 def test_trace_parser_is_fast_on_huge_blank_lines(blank: str) -> None:
     parser = TraceParser(_CATALOG)
@@ -1029,11 +955,6 @@ def test_trace_parser_parse_with_wrong_types(value: Any) -> None:
         TraceParser(_CATALOG).parse(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TraceParser.parse_line (public, documented) does not check its argument like parse() does: "
-    "parse_line(None) raises re's TypeError \"expected string or bytes-like object, got 'NoneType'\"",
-)
 @pytest.mark.parametrize("value", [None, b"x-1 [000] 1.0: a: b", 7], ids=repr)
 def test_trace_parser_parse_line_with_wrong_types(value: Any) -> None:
     try:
@@ -1154,12 +1075,6 @@ def test_matcher_semantics(observed: tuple[TraceSession, ProbeView, ProbeView, P
     assert entry.where(nope=ANY).call_count == 1  # ANY accepts even a missing field (it is None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: assert_call_count('1') compares len(events) != '1' and fails with the self-contradictory "
-    "'Expected __setup_irq to be called 1 times. Called 1 times.'; refuse a non-int count (TypeError naming "
-    "count) or show its repr",
-)
 def test_assert_call_count_with_a_string_says_what_is_wrong(
     observed: tuple[TraceSession, ProbeView, ProbeView, ProbeView],
 ) -> None:
@@ -1229,14 +1144,6 @@ def endless_wait_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session_module.time, "sleep", sleep)
 
 
-BUG_NOT_A_VIEW = (
-    "BUG: assert_order/assert_latency/wait_for/inject use .events/.spec of their arguments unchecked: a "
-    "non-ProbeView (None, a probe's name as a str) raises AttributeError from assertions.py/session.py; check "
-    "isinstance(view, ProbeView) and raise TypeError/KtraceError naming the argument"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_NOT_A_VIEW)
 @pytest.mark.parametrize("value", [None, "__setup_irq", 7, Opaque()], ids=repr)
 @pytest.mark.parametrize("call", ["assert_order", "assert_latency", "wait_for", "inject"])
 def test_view_arguments_that_are_not_views(
@@ -1254,12 +1161,6 @@ def test_view_arguments_that_are_not_views(
     check_error(info.value, names=("ProbeView", "probe", "view"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: assert_latency compares durations with max_us/min_us unchecked: max_us='abc' raises "
-    "\"'>' not supported between instances of 'float' and 'str'\" from a list comprehension in assertions.py, "
-    "and max_us=nan makes every bound hold (the assertion passes silently); refuse non-numbers and NaN",
-)
 @pytest.mark.parametrize(
     "bounds",
     [{"max_us": "abc"}, {"min_us": "abc"}, {"max_us": Opaque()}, {"max_us": math.nan}, {"min_us": math.nan}],
@@ -1274,12 +1175,6 @@ def test_assert_latency_with_bounds_that_are_not_numbers(
     check_error(info.value, names=("max_us", "min_us"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: assert_order ranks an event it does not know (a view of another TraceSession) at position -1 "
-    "(order.get(id(event), -1)), so assert_order(foreign, own) passes although the own event came first; a "
-    "view of another session should be refused (KtraceError) or ranked by timestamp",
-)
 def test_assert_order_with_a_view_of_another_session() -> None:
     backend = new_backend()
     mine = TraceSession(backend, _IDENTITY, next(_SERIALS))
@@ -1296,12 +1191,6 @@ def test_assert_order_with_a_view_of_another_session() -> None:
         mine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: wait_for does not check count/timeout/poll_s: count='x' or None raises \"'>=' not supported\" "
-    "in session.py, timeout=None raises \"unsupported operand type(s) for +: 'float' and 'NoneType'\", "
-    "poll_s='x' a TypeError from time.sleep and poll_s=-1 a ValueError from time.sleep",
-)
 @pytest.mark.parametrize(
     "kwargs",
     [{"count": "x"}, {"count": None}, {"timeout": None}, {"timeout": "x"}, {"poll_s": "x"}, {"poll_s": -1}],
@@ -1317,11 +1206,6 @@ def test_wait_for_with_odd_arguments(
     check_error(info.value, names=tuple(kwargs), assertion=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: wait_for(timeout=nan) never times out (time.monotonic() >= nan is always False): an endless "
-    "loop; refuse NaN (and negative) timeouts",
-)
 def test_wait_for_with_a_nan_timeout_does_not_hang(
     observed: tuple[TraceSession, ProbeView, ProbeView, ProbeView], endless_wait_guard: None
 ) -> None:
@@ -1367,15 +1251,6 @@ def test_inject_with_hostile_fields(
         assert isinstance(events, list)
 
 
-BUG_INJECT = (
-    "BUG: session.inject passes count/pid/comm/cpu and non-str field values to the fake unchecked: count='x' "
-    "is a TypeError from range(), cpu=99/-1 a ValueError and cpu='0' a TypeError from FakeTracefs.emit, a float "
-    "field a TypeError from tracefs._stored_value; pid='x' and comm=None are stored and every later read of the "
-    "trace raises ValueError/TypeError from fake/render.py (the test's trace is poisoned). Validate in inject"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_INJECT)
 @pytest.mark.parametrize(
     "kwargs",
     [{"count": "x"}, {"cpu": 99}, {"cpu": -1}, {"cpu": "0"}, {"irq": 1.5}, {"pid": "x"}, {"comm": None}],
@@ -1400,11 +1275,6 @@ def test_inject_with_wrong_typed_arguments(kwargs: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: inject() after teardown() raises KeyError "no event ... in this tracefs" from FakeTracefs.emit '
-    "(the probe is gone); raise KtraceError ('the session was torn down')",
-)
 def test_inject_after_teardown() -> None:
     backend = new_backend()
     session = TraceSession(backend, _IDENTITY, next(_SERIALS))
@@ -1416,12 +1286,6 @@ def test_inject_after_teardown() -> None:
     check_error(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: factories and arm() keep working after teardown(): the new instance and probe are created, but "
-    "teardown() returns early once _torn_down is set, so both are left in tracefs for good (on a real target "
-    "until the next run's stale scan); refuse with KtraceError after teardown",
-)
 def test_probes_defined_after_teardown_are_refused_not_leaked() -> None:
     backend = new_backend()
     session = TraceSession(backend, _IDENTITY, next(_SERIALS))
@@ -1484,16 +1348,6 @@ def test_marker_arguments_refused_at_collection(pytester: pytest.Pytester, marke
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
-BUG_MARKER_SETUP = (
-    "BUG: marker values are converted only when the ktrace fixture sets up (targets._convert), so "
-    "timeout='abc', buffer_kb='x', sudo='maybe', backend='nosuch' are reported as a per-test ERROR whose "
-    "traceback shows the plugin's own code (targets.py: 'raise pytest.UsageError ...'), unlike scope=/vm= which "
-    "validate_marker refuses at collection (exit 4); convert every marker value in validate_marker, or make "
-    "hide_for_ktrace_errors hide pytest.UsageError too"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_MARKER_SETUP)
 @pytest.mark.parametrize(
     ("marker", "argument"),
     [
@@ -1511,15 +1365,6 @@ def test_marker_values_of_the_wrong_type(pytester: pytest.Pytester, marker: str,
     _clear(pytester.runpytest(*FAKE_ARGS), argument=argument)
 
 
-BUG_RANGES = (
-    "BUG: numeric settings are converted but never range-checked: buffer_kb=-1 or 10**30 fails later as "
-    "ProbeRejected 'arming instances/.../buffer_size_kb failed: EINVAL' (naming neither the marker argument nor "
-    "the option, with assertions.py's frame shown), buffer_kb=1.5 is truncated to 1, and timeout=-5/nan are "
-    "accepted silently; refuse buffer_kb < 1 or non-integral and timeout <= 0 or NaN in resolve_target"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_RANGES)
 @pytest.mark.parametrize(
     ("marker", "argument"),
     [
@@ -1553,12 +1398,6 @@ def test_bad_command_line_options_are_usage_errors(pytester: pytest.Pytester, op
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: command-line values are validated in pytest_report_header only, which -q skips: with -q, "
-    "--ktrace-timeout=abc is a per-test ERROR with targets.py's traceback (exit 1) instead of one usage error "
-    "(exit 4); resolve the command line once in pytest_configure/pytest_sessionstart",
-)
 @pytest.mark.parametrize(
     ("option", "argument"),
     [("--ktrace-timeout=abc", "--ktrace-timeout"), ("--ktrace-buffer-kb=x", "--ktrace-buffer-kb")],
@@ -1581,7 +1420,6 @@ def test_bad_profile_is_a_clear_failure(pytester: pytest.Pytester, profile: str,
     assert "passed" not in result.outlines[-1]
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RANGES)
 @pytest.mark.parametrize(
     ("option", "argument"),
     [
@@ -1603,12 +1441,6 @@ def test_kernel_rejection_through_arm_hides_the_plugin_frames(pytester: pytest.P
     assert "UnknownSymbol" in output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: assertions.py has no module-level __tracebackhide__ = hide_for_ktrace_errors, so a KtraceError "
-    "raised while a ProbeView collects its events (arm at first access: unknown symbol, rejected filter, bad "
-    "buffer_kb) shows ProbeView._observation's source and 'pytest_ktrace/assertions.py:NN' in the failure",
-)
 def test_kernel_rejection_through_a_probe_view_hides_the_plugin_frames(pytester: pytest.Pytester) -> None:
     _suite(pytester, body='ktrace.kprobe("no_such_function_xyz").assert_not_called()')
     _clear(pytester.runpytest(*FAKE_ARGS), argument="no_such_function_xyz")
@@ -1624,7 +1456,6 @@ def test_kernel_rejection_through_a_probe_view_hides_the_plugin_frames(pytester:
         "ktrace.run(None)",
     ],
 )
-@pytest.mark.xfail(strict=True, reason=BUG_TYPE_DEEP)
 def test_wrong_types_in_a_real_test_read_well(pytester: pytest.Pytester, body: str) -> None:
     """The same wrong types as test_wrong_types_at_every_factory, as a user sees them: the failure must not
     point into the plugin."""

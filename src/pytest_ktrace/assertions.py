@@ -6,17 +6,21 @@ was expected, the closest events that did not match, and a hint when the cause i
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pytest
 
+from .errors import KtraceError, hide_for_ktrace_errors
 from .events import Event
 from .matchers import describe_expected, field_matches, mismatches
 from .probes import ProbeSpec
 
 __all__ = ["Observation", "ProbeView", "assert_latency", "assert_order"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _SHOWN = 5  # events quoted in a failure message
 
@@ -226,6 +230,11 @@ class ProbeView:
 
     def assert_call_count(self, count: int) -> None:
         __tracebackhide__ = True
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise KtraceError(
+                f"{self.spec.display}.assert_call_count(count={count!r}): count must be an int, "
+                f"got {type(count).__name__}"
+            )
         seen = self._counted()
         actual = self._exact(seen, f"assert_call_count({count})")
         if actual != count:
@@ -352,9 +361,25 @@ def _lost_lines(lost: Mapping[int, int]) -> list[str]:
     ]
 
 
+def _check_view(what: str, view: object) -> None:
+    if not isinstance(view, ProbeView):
+        raise KtraceError(f"{what} must be a ProbeView (a probe made by the ktrace fixture), got {view!r}")
+
+
+def _check_bound(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise KtraceError(f"assert_latency {name}={value!r} must be a number of microseconds or None")
+    if isinstance(value, float) and math.isnan(value):
+        raise KtraceError(f"assert_latency {name}=nan: NaN compares false with every latency, so nothing is checked")
+
+
 def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]) -> None:
     """The first event of each view occurs in the given order. ``position`` ranks events in trace order."""
     __tracebackhide__ = True
+    for index, view in enumerate(views):
+        _check_view(f"assert_order argument {index + 1}", view)
     firsts: list[tuple[ProbeView, Event]] = []
     for view in views:
         observed = view._observation()
@@ -389,6 +414,10 @@ def assert_latency(
     """Pair each exit with the latest unmatched entry of the same task (so recursion nests correctly) and check
     every duration. Returns the durations in microseconds."""
     __tracebackhide__ = True
+    _check_view("assert_latency entry", entry)
+    _check_view("assert_latency exit", exit)
+    _check_bound("max_us", max_us)
+    _check_bound("min_us", min_us)
     for view in (entry, exit):
         observed = view._observation()
         if observed.evicted:

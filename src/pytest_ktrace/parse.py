@@ -280,9 +280,10 @@ class ParsedTrace:
 # "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <name>: <body>"; comm may hold spaces and dashes, the pid
 # is the number after the last '-' before the cpu column. The tgid column (options/record-tgid) and the flags
 # column (options/irq-info) are optional, the timestamp may be an integer (counter / tsc clocks). ``other``
-# catches event lines without a name (``UNKNOWN TYPE 5``).
+# catches event lines without a name (``UNKNOWN TYPE 5``). The comm starts with a non-blank ((?!\s)): the same
+# matches as without it (the leading \s* is greedy), but a blank line fails in linear, not quadratic, time.
 _HEADER_RE = re.compile(
-    r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:(?P<flags>\S+)\s+)?"
+    r"\s*(?P<comm>(?!\s).*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:(?P<flags>\S+)\s+)?"
     r"(?P<ts>\d+(?:\.\d+)?): (?:(?P<name>[^\s:]+):(?P<body>.*)|(?P<other>.*))",
     re.DOTALL,
 )
@@ -611,7 +612,7 @@ def _make_event(
 _LOOSE_RE = re.compile(
     r"(?m)^(([^\]\n]*\])[^\S\n]+(?:\S+[^\S\n]+)?(\d+(?:\.\d+)?): ([^\s:]+):([^\n]*)|[^\n]*)$"
 )  # groups: line, P, ts, name, body (all "" but the line for lines of another shape)
-_PREFIX_RE = re.compile(r"\s*(.*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
+_PREFIX_RE = re.compile(r"\s*((?!\s).*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
 _DASH_DIGIT_RE = re.compile(r"-\d")
 _NUMERIC_NAME_RE = re.compile(r"\d+(?:\.\d+)?")
 _HEX_COLUMN_RE = re.compile(r"0[xX][0-9a-fA-F]+(?:\n0[xX][0-9a-fA-F]+)*")
@@ -848,6 +849,8 @@ class TraceParser:
 
     def parse_line(self, line: str) -> Optional[Event]:
         """One event (its continuation lines joined with ``"\\n"``) -> :class:`Event`, or None."""
+        if not isinstance(line, str):
+            raise KtraceError(f"trace line must be str, got {type(line).__name__}")
         m = _HEADER_RE.fullmatch(line)
         if m is None:
             return None

@@ -126,6 +126,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[state_key()] = RunState(RunIdentity.current())
     if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
         config.pluginmanager.register(builtin, "ktrace-builtin-backends")
+    # The command line and ini values, checked once for the whole run: a bad value is one usage error (exit 4),
+    # also with -q (which skips pytest_report_header), not an error in every test.
+    resolve_target(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -174,7 +177,10 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     (``stream=True``: events streamed from trace_pipe). Everything it creates is removed after the test."""
     config = request.config
     state: RunState = config.stash[state_key()]
-    settings = resolve_target(config, _marker_kwargs(request.node))
+    try:
+        settings = resolve_target(config, _marker_kwargs(request.node))
+    except pytest.UsageError as exc:
+        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
     cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
     record = should_record(config, cassette, replaying=settings.target.backend == "fake")
     lease = None
@@ -189,6 +195,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     try:
         backend = state.backend_for(config, settings.target)
         tape = Tape(backend, request.node.nodeid, cassette, record=record)
+    except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
+        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
     except MissingTool as exc:
         pytest.skip(f"pytest-ktrace: {exc}")
     except TracefsUnavailable as exc:

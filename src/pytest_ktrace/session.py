@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import math
 import os
 import re
 import tempfile
@@ -34,7 +35,7 @@ from .events import Event
 from .identity import RunIdentity
 from .matchers import ANY
 from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
-from .probes import ProbeKind, ProbeSpec, check_fetchargs, check_text, event_name_for
+from .probes import ProbeKind, ProbeSpec, check_encodable, check_fetchargs, check_text, event_name_for
 from .streaming import (
     DEFAULT_BUCKETS_US,
     DEFAULT_KEEP,
@@ -51,8 +52,9 @@ __all__ = ["Scope", "TeardownReport", "TraceSession"]
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 Scope = Literal["all", "run"]
-_TRACEPOINT = re.compile(r"^(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)$")
-_KSYM = re.compile(r"^(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|\d+))?$")
+# fullmatch() only: "$" would also match before a trailing newline (a second kernel command)
+_TRACEPOINT = re.compile(r"(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)")
+_KSYM = re.compile(r"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|[0-9]+))?")
 _DEFAULT_RETURN = "$retval:s32"
 _ENTRIES = re.compile(r"^# entries-in-buffer/entries-written: (\d+)/(\d+)\s+#P:(\d+)", re.M)
 _OVERRUN = re.compile(r"^overrun: (\d+)", re.M)
@@ -67,6 +69,28 @@ def _overwritten(trace: str) -> int:
 def _cpu_count(trace: str) -> int:
     match = _ENTRIES.search(trace)
     return int(match.group(3)) if match else 1
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_seconds(what: str, value: object, *, optional: bool = False, zero_ok: bool = True) -> None:
+    """A duration in seconds: a real number (not bool, not NaN), >= 0 (or > 0)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise KtraceError(f"{what}={value!r} must be a number of seconds, got {_type_name(value)}")
+    if (isinstance(value, float) and math.isnan(value)) or value < 0 or (value == 0 and not zero_ok):
+        raise KtraceError(f"{what}={value!r} must be a number of seconds {'>= 0' if zero_ok else '> 0'}")
+
+
+def _check_int(what: str, value: object, minimum: int, maximum: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KtraceError(f"{what}={value!r} must be an int, got {_type_name(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise KtraceError(f"{what}={value!r} must be an int {bound}")
 
 
 def _definition_site() -> str:
@@ -191,9 +215,14 @@ class TraceSession:
 
     def tracepoint(self, name: str, *, filter: Optional[str] = None) -> ProbeView:
         """An existing kernel event ``system:event``, enabled in this test's instance only."""
-        match = _TRACEPOINT.match(name)
-        if not match:
-            raise KtraceError(f"tracepoint {name!r} must be 'system:event', e.g. 'sched:sched_process_exec'")
+        self._check_open("tracepoint()")
+        if not isinstance(name, str):
+            raise KtraceError(f"tracepoint name must be a str 'system:event', got {_type_name(name)} {name!r}")
+        match = _TRACEPOINT.fullmatch(name)
+        if not match or any(part in (".", "..") for part in match.group("system", "event")):
+            raise KtraceError(
+                f"tracepoint {name!r} must be 'system:event' on a single line, e.g. 'sched:sched_process_exec'"
+            )
         if filter is not None:
             check_text("filter", filter)
         spec = ProbeSpec(
@@ -250,17 +279,22 @@ class TraceSession:
         filter: Optional[str],
         maxactive: Optional[int],
     ) -> ProbeView:
-        match = _KSYM.match(symbol)
+        self._check_open(f"{kind}()")
+        if not isinstance(symbol, str):
+            raise KtraceError(f"{kind} symbol must be a str, got {_type_name(symbol)} {symbol!r}")
+        match = _KSYM.fullmatch(symbol)
         if not match:
             raise KtraceError(
-                f"{kind} target {symbol!r} must be a kernel symbol, optionally +offset (e.g. '__setup_irq', "
-                "'vfs_read+0x10')"
+                f"{kind} target {symbol!r} must be a kernel symbol on a single line, optionally +offset (e.g. "
+                "'__setup_irq', 'vfs_read+0x10')"
             )
         if kind == "kretprobe" and match.group("off"):
             raise KtraceError(f"kretprobe {symbol!r}: a return probe attaches to a function entry, not an offset")
         if filter is not None:
             check_text("filter", filter)
-        if maxactive is not None and not (isinstance(maxactive, int) and 0 < maxactive <= 4096):
+        if maxactive is not None and (
+            isinstance(maxactive, bool) or not (isinstance(maxactive, int) and 0 < maxactive <= 4096)
+        ):
             raise KtraceError(f"maxactive={maxactive!r} must be an int in 1..4096")
         named = self._adapt(kind, self._named_args(args, fetchargs))
         spec = ProbeSpec(
@@ -285,12 +319,22 @@ class TraceSession:
         fetchargs: dict[str, str],
         filter: Optional[str],
     ) -> ProbeView:
+        self._check_open(f"{kind}()")
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+            raise KtraceError(f"{kind} path must be a str (or a str path-like), got {_type_name(path)} {path!r}")
         path = os.fspath(path)
         check_text("uprobe path", path)
         if any(ch.isspace() for ch in path) or not path.startswith("/"):
             raise KtraceError(f"uprobe path {path!r} must be absolute and free of whitespace (the kernel splits on it)")
         if filter is not None:
             check_text("filter", filter)
+        if isinstance(location, bool) or not isinstance(location, (int, str)):
+            raise KtraceError(
+                f"{kind} location must be a symbol name (str) or a file offset (int), got "
+                f"{_type_name(location)} {location!r}"
+            )
+        if isinstance(location, int) and not 0 <= location < 2**64:
+            raise KtraceError(f"{kind} location {location!r}: a file offset must be in 0..2**64-1")
         if isinstance(location, int):
             offset, display = location, f"{os.path.basename(path)}+{location:#x}"
         else:
@@ -340,7 +384,16 @@ class TraceSession:
         self._elf_cache[path] = (identity, Path(handle.name))
         return self._elf_cache[path][1]
 
+    def _check_open(self, what: str) -> None:
+        """After teardown nothing may be created any more: it would never be removed."""
+        if self._torn_down:
+            raise KtraceError(
+                f"{what}: the ktrace session of this test was torn down; it can no longer define, arm, run or "
+                "inject (anything created now would be left in the kernel)"
+            )
+
     def _register(self, spec: ProbeSpec) -> ProbeView:
+        self._check_open(f"{spec.kind} {spec.display}")
         view = ProbeView(spec, lambda: self._observe(spec))
         self._probes.append(_Armed(spec, view))
         self._dirty = True
@@ -349,6 +402,7 @@ class TraceSession:
     # ------------------------------------------------------------------ arming
     def arm(self) -> None:
         """Define, filter and enable every probe not yet armed, in one batch."""
+        self._check_open("arm()")
         pending = [probe for probe in self._probes if not probe.armed]
         if self._instance_planned and not pending:
             if self.stream and self._pump is None:
@@ -473,6 +527,7 @@ class TraceSession:
         return probe
 
     def _add_aggregate(self, aggregate: Aggregate, what: str) -> None:
+        self._check_open(what)
         if self.stream and self._runs:
             raise KtraceError(
                 f"{what} must be registered before the first ktrace.run() in stream mode: streamed events are "
@@ -636,9 +691,24 @@ class TraceSession:
     ) -> RunResult:
         """Run a command on the target with every probe armed; returns its exit status and output."""
         __tracebackhide__ = True
-        if isinstance(argv, str):
+        self._check_open("run()")
+        if isinstance(argv, (str, os.PathLike)):
             argv = [argv]
-        argv = [os.fspath(part) for part in argv]
+        elif isinstance(argv, (bytes, bytearray)) or not isinstance(argv, Sequence):
+            raise KtraceError(
+                f"run() argv must be a str or a sequence (list, tuple) of str, got {_type_name(argv)} {argv!r}"
+            )
+        words: list[str] = []
+        for index, part in enumerate(argv):
+            if not isinstance(part, (str, bytes, os.PathLike)):
+                raise KtraceError(
+                    f"run() argv[{index}] must be a str (or bytes, a path-like), got {_type_name(part)} {part!r}"
+                )
+            words.append(os.fspath(part))
+        argv = words
+        _check_seconds("run() timeout", timeout, optional=True, zero_ok=False)
+        if stdin is not None and not isinstance(stdin, str):
+            raise KtraceError(f"run() stdin must be a str or None, got {_type_name(stdin)}")
         self.arm()
         pid_files: list[str] = []
         if self.scope == "run":
@@ -813,11 +883,20 @@ class TraceSession:
     ) -> int:
         """Emit ``count`` synthetic events of ``probe`` with ``fields`` (fake backend only), typed and checked
         against the probe's format like kernel data; returns how many were recorded (filters still apply)."""
+        self._check_open("inject()")
         emit = getattr(self.backend, "inject", None)
         if emit is None:
             raise KtraceError(
                 f"ktrace.inject needs the fake backend (--ktrace-backend=fake); {self.backend.name} is a real target"
             )
+        probe = self._view_of(probe, "inject")
+        _check_int("inject count", count, 0)
+        if pid is not None:
+            _check_int("inject pid", pid, 0, 2**31 - 1)
+        if not isinstance(comm, str):
+            raise KtraceError(f"inject comm must be a str, got {_type_name(comm)} {comm!r}")
+        check_encodable("inject comm", comm)
+        _check_int("inject cpu", cpu, 0)
         self.arm()
         fmt = self._catalog.get(f"{probe.spec.group}:{probe.spec.event}")
         if fmt is None:
@@ -827,9 +906,18 @@ class TraceSession:
             if name not in known or name.startswith("__probe_"):
                 names = ", ".join(n for n in known if not n.startswith("__probe_")) or "none"
                 raise KtraceError(f"{probe.name} has no field {name!r} (its fields: {names})")
-            if known[name].is_string != isinstance(value, str):
-                kind = "a string" if known[name].is_string else "an integer"
-                raise KtraceError(f"{probe.name}.{name} is {kind} ({known[name].ctype}), got {value!r}")
+            wanted = known[name]
+            if wanted.is_string:
+                good = isinstance(value, str)
+            elif wanted.is_array and isinstance(value, (list, tuple)):
+                good = all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+            else:
+                good = isinstance(value, int)
+            if not good:
+                kind = "a string" if wanted.is_string else "an integer"
+                raise KtraceError(f"{probe.name}.{name} is {kind} ({wanted.ctype}), got {_type_name(value)} {value!r}")
+            if isinstance(value, str):
+                check_encodable(f"{probe.name}.{name}", value)
         recorded = 0
         for _ in range(count):
             recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu) > 0)
@@ -841,6 +929,11 @@ class TraceSession:
     ) -> list[Event]:
         """Wait until ``probe`` has at least ``count`` events (matching ``fields``); return them."""
         __tracebackhide__ = True
+        self._check_open("wait_for()")
+        probe = self._view_of(probe, "wait_for")
+        _check_int("wait_for count", count, 0)
+        _check_seconds("wait_for timeout", timeout)
+        _check_seconds("wait_for poll_s", poll_s)
         view = probe.where(**fields) if fields else probe
         deadline = time.monotonic() + timeout
         while True:
@@ -859,6 +952,7 @@ class TraceSession:
     def assert_order(self, *probes: ProbeView) -> None:
         """The first event of each probe occurs in the given order."""
         __tracebackhide__ = True
+        probes = tuple(self._view_of(probe, "assert_order") for probe in probes)
         order = {id(event): index for index, event in enumerate(self._current().events)}
         assert_order(probes, position=lambda event: order.get(id(event), -1))
 
@@ -867,6 +961,8 @@ class TraceSession:
     ) -> list[float]:
         """Pair entry/exit events per task and check every duration; returns the durations (us)."""
         __tracebackhide__ = True
+        entry = self._view_of(entry, "assert_latency")
+        exit = self._view_of(exit, "assert_latency")
         return assert_latency(entry, exit, max_us=max_us, min_us=min_us)
 
     # -------------------------------------------------------------- teardown

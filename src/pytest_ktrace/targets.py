@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,26 +77,59 @@ class TestSettings:
     keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
 
 
+MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
+_KINDS = {"bool": "boolean (true/false)", "float": "number", "int": "integer", "str": "string"}
+
+
+def _named(key: str, value: Any, source: str) -> str:
+    """How the value is shown in an error: as the user wrote it (``--ktrace-timeout='abc'``, ``ini
+    ktrace_timeout='abc'``, ``test_x.py::test_it: @pytest.mark.ktrace(timeout='abc')``)."""
+    if source.startswith(("--", "ini ")):
+        return f"{source}={value!r}"
+    return f"{source}({key}={value!r})"
+
+
+def _parse(kind: str, value: Any, *, strict: bool) -> Any:
+    """``strict`` (a marker, a Python value): no coercion from other types except numbers for numbers."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if strict and not isinstance(value, (str, int)):
+            raise TypeError(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(value)
+    if kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(value)
+        if kind == "float":
+            return float(value)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        return int(value)
+    if strict and not isinstance(value, str):
+        raise TypeError(value)
+    return str(value)
+
+
 def _convert(key: str, kind: str, value: Any, source: str) -> Any:
     if value is None:
         return None
+    what = _named(key, value, source)
     try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if kind == "float":
-            return float(value)
-        if kind == "int":
-            return int(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"pytest-ktrace: {source} {key}={value!r} is not a valid {kind}") from None
+        converted = _parse(kind, value, strict=not source.startswith(("--", "ini ")))
+    except (TypeError, ValueError, OverflowError):
+        raise pytest.UsageError(f"pytest-ktrace: {what} is not a valid {_KINDS[kind]}") from None
+    if key == "timeout" and not (math.isfinite(converted) and converted > 0):
+        raise pytest.UsageError(f"pytest-ktrace: {what}: the timeout must be a finite number of seconds > 0")
+    if key == "buffer_kb" and not 1 <= converted <= MAX_BUFFER_KB:
+        raise pytest.UsageError(f"pytest-ktrace: {what}: buffer_kb must be an integer in 1..{MAX_BUFFER_KB} (KiB)")
+    return converted
 
 
 def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> Any:
@@ -112,6 +146,8 @@ def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> 
 
 
 def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
+    """Refuse, at collection, a marker whose arguments are unknown or whose values are of the wrong type or out
+    of range (the error names the test and the argument)."""
     if args:
         raise pytest.UsageError(
             f"{nodeid}: @pytest.mark.ktrace takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})"
@@ -122,6 +158,8 @@ def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) 
             f"{nodeid}: @pytest.mark.ktrace got unknown argument(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(MARKER_KEYS))}"
         )
+    for key, value in kwargs.items():
+        _convert(key, _SETTINGS[key][3], value, f"{nodeid}: @pytest.mark.ktrace")
     if "lost" in kwargs and kwargs["lost"] not in LOST_POLICIES:
         raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
     if "scope" in kwargs and kwargs["scope"] not in SCOPES:

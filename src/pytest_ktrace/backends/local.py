@@ -192,7 +192,7 @@ class LocalBackend:
                 fd = os.open(path, flags)
                 try:
                     # One write(): the kernel parses each write as a unit, so a command must never be split.
-                    os.write(fd, op.data.encode())
+                    os.write(fd, op.data.encode("utf-8", "surrogateescape"))
                 finally:
                     os.close(fd)
                 return OpResult(op, ok=True)
@@ -212,6 +212,10 @@ class LocalBackend:
                 return OpResult(op, ok=True)
         except OSError as exc:
             return _errno_result(op, exc)
+        except ValueError:
+            # a NUL in the path ("embedded null byte"), or text no surrogateescape can encode: no system call
+            # can carry it
+            return OpResult(op, ok=False, errno_name="EINVAL", error=os.strerror(errno_mod.EINVAL))
         raise TypeError(f"not a tracefs operation: {op!r}")
 
     def run(
@@ -250,7 +254,9 @@ class LocalBackend:
         except PermissionError as exc:
             return RunResult(tuple(argv), 126, "", f"{argv[0]}: {exc.strerror}\n", 0, 0.0)
         try:
-            out, err = proc.communicate(input=stdin.encode() if stdin is not None else None, timeout=timeout)
+            out, err = proc.communicate(
+                input=stdin.encode("utf-8", "surrogateescape") if stdin is not None else None, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             # The child leads its own session: end its whole process group, and nothing else.
             with contextlib.suppress(ProcessLookupError):

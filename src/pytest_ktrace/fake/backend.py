@@ -28,6 +28,20 @@ __tracebackhide__ = hide_for_ktrace_errors
 _ROOT = "/sys/kernel/tracing"
 
 
+def _refused(op: Op) -> Optional[OpResult]:
+    """What a kernel would answer to arguments no system call can carry: a path or data that is no text
+    (EFAULT, a bad buffer), or text that cannot be encoded (a lone surrogate outside U+DC80..U+DCFF)."""
+    texts = [getattr(op, "path", None)] + ([op.data] if isinstance(op, Write) else [])
+    for text in texts:
+        if not isinstance(text, str):
+            return OpResult(op, ok=False, errno_name="EFAULT", error=os.strerror(errno_mod.EFAULT))
+        try:
+            text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return OpResult(op, ok=False, errno_name="EINVAL", error=os.strerror(errno_mod.EINVAL))
+    return None
+
+
 def _failure(op: Op, exc: OSError) -> OpResult:
     code = exc.errno or errno_mod.EIO
     return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
@@ -153,6 +167,12 @@ class FakeBackend:
     def _apply(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
         results: list[OpResult] = []
         for op in ops:
+            refused = _refused(op) if isinstance(op, (Write, Read, Mkdir, Rmdir)) else None
+            if refused is not None:
+                results.append(refused)
+                if stop_on_error:
+                    break
+                continue
             try:
                 if isinstance(op, Write):
                     self.tracefs.write(op.path, op.data, append=op.append)
@@ -194,10 +214,18 @@ class FakeBackend:
     ) -> RunResult:
         self._round_trips += 1
         if self.player is None:
-            if list(argv[:1]) == ["ls"] and len(argv) == 3 and argv[1] == "-1":
+            if self._is_tracefs_listing(argv):
                 # listing a tracefs directory (stale-leftover scan) is answered by the fake itself
-                listing = "\n".join(self.tracefs.listdir(argv[2][len(_ROOT) + 1 :])) + "\n"
-                return RunResult(tuple(argv), 0, listing, "", 0, 0.0)
+                where = argv[2]
+                try:
+                    entries = self.tracefs.listdir(where[len(_ROOT) + 1 :])
+                except FakeOSError as exc:
+                    if exc.errno != errno_mod.ENOTDIR:
+                        message = f"ls: cannot access '{where}': {os.strerror(exc.errno or errno_mod.ENOENT)}\n"
+                        return RunResult(tuple(argv), 2, "", message, 0, 0.0)
+                    # `ls -1 FILE` prints the file's name: the fake answers directory listings only
+                else:
+                    return RunResult(tuple(argv), 0, "\n".join(entries) + "\n", "", 0, 0.0)
             raise KtraceError(
                 f"the fake backend cannot run {list(argv)}: record this test on a real target with "
                 "--ktrace-record (its cassette is then replayed here), or emit events with ktrace.inject(...)"
@@ -217,6 +245,13 @@ class FakeBackend:
             after=tuple(self._apply(after, stop_on_error=False)),
         )
 
+    @staticmethod
+    def _is_tracefs_listing(argv: Sequence[str]) -> bool:
+        if len(argv) != 3 or list(argv[:2]) != ["ls", "-1"] or not isinstance(argv[2], str):
+            return False
+        where = argv[2].rstrip("/") or "/"
+        return where == _ROOT or where.startswith(_ROOT + "/")
+
     def inject(
         self,
         event: str,
@@ -233,6 +268,11 @@ class FakeBackend:
             if pid is None:
                 self._next_pid += 1
                 pid = self._next_pid
+            if not self.tracefs.exists(f"events/{event.replace(':', '/', 1)}"):
+                raise KtraceError(f"cannot inject {event}: the fake tracefs has no such event (was it removed?)")
+            cpus = self.tracefs.cpus
+            if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < cpus:
+                raise KtraceError(f"inject cpu={cpu!r}: the fake target has CPUs 0..{cpus - 1}")
             return int(self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp))
 
     def open_stream(self, path: str) -> TraceStream:

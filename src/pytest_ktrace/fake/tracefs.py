@@ -128,6 +128,8 @@ _BAD_SUBSYSTEM_FILTER = 13  # FILT_ERR_BAD_SUBSYS_FILTER
 _ERROR_LOG_MAX = 8  # TRACING_LOG_ERRS_MAX
 _BUFFER_PAGE_DATA = 4080  # BUF_PAGE_SIZE: a 4 KiB sub-buffer minus its header
 _DEFAULT_BUFFER_PAGES = 354  # 1410 KiB per CPU, what a 6.x kernel shows once the buffer is expanded
+_NAME_MAX = 255  # bytes of one path component (the VFS answers ENAMETOOLONG beyond)
+_PATH_MAX = 4096  # bytes of a whole path, its NUL included
 _MAX_BUFFER_KB = 1 << 24  # larger resizes fail with ENOMEM (the allocation would)
 _TRACE_MARKER_MAX_SIZE = 4096
 _PID_MAX_LIMIT = 4 * 1024 * 1024
@@ -564,7 +566,14 @@ class FakeTracefs:
 
     @staticmethod
     def _split(path: str) -> list[str]:
-        return [part for part in path.strip("/").split("/") if part and part != "."]
+        """The components of ``path``; ENAMETOOLONG, as the VFS answers, for a component longer than NAME_MAX
+        or a path of PATH_MAX bytes or more."""
+        if len(path.encode("utf-8", "surrogatepass")) >= _PATH_MAX:
+            raise FakeOSError(errno.ENAMETOOLONG, path)
+        parts = [part for part in path.strip("/").split("/") if part and part != "."]
+        if any(len(part.encode("utf-8", "surrogatepass")) > _NAME_MAX for part in parts):
+            raise FakeOSError(errno.ENAMETOOLONG, path)
+        return parts
 
     def _resolve(self, path: str) -> tuple[_TraceArray, list[str]]:
         parts = self._split(path)
