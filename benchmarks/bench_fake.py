@@ -78,8 +78,17 @@ def suite(workers: int, tests: int, scratch: Path) -> float:
         target = suite_dir / "cassettes" / name
         target.mkdir()
         shutil.copy(recorded, target / "test_rebind_registers_the_irq_arm64.json")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ktrace-backend=fake",
-            "-k", "rebind_registers and arm64"]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--ktrace-backend=fake",
+        "-k",
+        "rebind_registers and arm64",
+    ]
     if workers:
         args += ["-n", str(workers)]
     started = time.perf_counter()

@@ -15,7 +15,6 @@ Prints the median and min per test, round trips per test, and the ratio to local
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from loopback_sshd import ssh_backend  # noqa: E402
 
 from ktrace_testing import build_probed  # noqa: E402
 from pytest_ktrace.backends.base import Backend, Op, OpResult  # noqa: E402
@@ -110,15 +111,6 @@ def measure(backend: Any, body: Callable[[TraceSession], None], rounds: int) -> 
     return statistics.median(times), min(times), statistics.median(trips)
 
 
-def load_sshd() -> Any:
-    spec = importlib.util.spec_from_file_location("ktrace_bench_sshd", ROOT / "tests" / "ssh" / "sshd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ktrace_bench_sshd"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
@@ -135,19 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         fake = FakeBackend(load_profile("debian-6.1-arm64"))
         rows.append(("fake debian-6.1-arm64 (inject)", *measure(fake, injected_test, args.rounds)))
 
-        sshd = load_sshd()
-        sshd.ensure_users()
-        server = sshd.SshServer(Path(scratch) / "sshd")
-        Path(scratch).chmod(0o755)
-        server.start()
-        try:
-            from pytest_ktrace.backends.ssh import SshBackend
-
-            with SshBackend("ktrace-test", ssh_config=server.ssh_config) as ssh:
-                rows.append(("ssh 127.0.0.1, batched", *measure(ssh, body, args.rounds)))
-                rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
-        finally:
-            server.stop()
+        with ssh_backend(Path(scratch)) as ssh:
+            rows.append(("ssh 127.0.0.1, batched", *measure(ssh, body, args.rounds)))
+            rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
 
         if not args.no_vm:
             from pytest_ktrace import guests
@@ -162,8 +144,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     rows.append((f"vm {arch} (kprobes, TCG)", *measure(vm, setup_irq_test(arch), args.rounds)))
 
     base = rows[0][1]
-    print(f"\nper-test overhead, {args.rounds} rounds after one warm-up (define 2 probes, arm, run, collect, "
-          "assert, teardown)")
+    print(
+        f"\nper-test overhead, {args.rounds} rounds after one warm-up (define 2 probes, arm, run, collect, "
+        "assert, teardown)"
+    )
     print(f"{'backend':38} {'median ms':>10} {'min ms':>8} {'round trips':>12} {'x local':>8}")
     for name, median, fastest, trips in rows:
         print(f"{name:38} {median * 1e3:10.1f} {fastest * 1e3:8.1f} {trips:12.0f} {median / base:8.2f}")

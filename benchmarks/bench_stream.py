@@ -14,7 +14,6 @@ and through SSH to a real sshd on 127.0.0.1 (the dd-based stream):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from loopback_sshd import ssh_backend  # noqa: E402
 
 from ktrace_testing import build_probed  # noqa: E402
 from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
@@ -64,15 +65,6 @@ def many_runs(backend: Any, binary: str, events: int, burst: int) -> tuple[float
         assert not session.teardown()
 
 
-def load_sshd() -> Any:
-    spec = importlib.util.spec_from_file_location("ktrace_bench_sshd", ROOT / "tests" / "ssh" / "sshd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ktrace_bench_sshd"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
@@ -91,18 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         measure("local", LocalBackend())
         if not args.no_ssh:
-            sshd = load_sshd()
-            sshd.ensure_users()
-            server = sshd.SshServer(Path(scratch) / "sshd")
-            Path(scratch).chmod(0o755)
-            server.start()
-            try:
-                from pytest_ktrace.backends.ssh import SshBackend
-
-                with SshBackend("ktrace-test", ssh_config=server.ssh_config) as ssh:
-                    measure("ssh 127.0.0.1", ssh)
-            finally:
-                server.stop()
+            with ssh_backend(Path(scratch)) as ssh:
+                measure("ssh 127.0.0.1", ssh)
     print(f"\nstreamed {args.events} uprobe events (add_u64), parsed and dispatched")
     print(f"{'backend':16} {'workload':28} {'seconds':>8} {'events/s':>10} {'counted':>9} {'lost':>7}")
     for name, workload, seconds, counted, lost in rows:

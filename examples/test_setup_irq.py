@@ -72,9 +72,7 @@ def test_retval_on_an_entry_probe_is_the_kernels_error(ktrace, arch):
         ktrace.arm()
     assert "$retval is not available on probe" in str(info.value)
     command, caret = info.value.kernel_log.splitlines()[1:3]
-    assert command[caret.index("^") :].startswith("bad=$retval") or command[caret.index("^") :].startswith(
-        "$retval"
-    )
+    assert command[caret.index("^") :].startswith("bad=$retval") or command[caret.index("^") :].startswith("$retval")
 
 
 @on_each_guest
