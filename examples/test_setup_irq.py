@@ -3,7 +3,8 @@
 `__setup_irq(irq, desc, new)` is where every request_irq() lands. The test unbinds and rebinds a platform device
 (i8042 on x86_64, the PL031 RTC on the arm64 `virt` machine), so the kernel really frees and requests the IRQ,
 and checks the arguments (`%x0..%x2` on arm64, `$argN` portably), the irqaction's name read through a struct
-offset (`+0(+80(new)):string`, `irqaction->name` on 64-bit 6.1) and the return value.
+offset (`+0(+80(new)):string`, `irqaction->name` on 64-bit 6.1) and the return value. Or by name
+(`test_rebind_by_name`): `irq="irq"`, `name="new->name:string"`, resolved from the guest kernel's BTF.
 
 Runs on disposable qemu guests (stock Debian 6.1 kernels): `pytest examples/test_setup_irq.py`, or against a
 board: `pytest examples/test_setup_irq.py --ktrace-host=arm-board` with the board's device in DEVICES.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_ktrace import ProbeRejected, UnknownSymbol
+from pytest_ktrace import ProbeRejected, UnknownSymbol, UnsupportedFetchArg
+from pytest_ktrace.btf import UnknownMember, UnknownParameter
 
 # arch -> (driver directory, device, irqaction name the driver requests)
 DEVICES = {
@@ -45,6 +47,32 @@ def test_rebind_registers_the_irq(ktrace, arch):
     done.assert_returned(0)
     ktrace.assert_order(setup, done)
     ktrace.assert_latency(setup, done, max_us=1_000_000)
+
+
+@on_each_guest
+def test_rebind_by_name(ktrace, arch):
+    """The same probes by name: parameters and struct members are resolved from the kernel's BTF, so the offsets
+    (80 into struct irqaction; 44 or 100 into struct irq_desc, x86_64 or arm64) are the kernel's own."""
+    _, _, irq_name = DEVICES[arch]
+    setup = ktrace.kprobe("__setup_irq", irq="irq", name="new->name:string", inner="desc->irq_data.irq")
+    done = ktrace.kretprobe("__setup_irq")  # ret typed from BTF: int, so s32 (an error reads -22, not 4294967274)
+
+    rebind(ktrace, arch)
+
+    setup.assert_any_call(name=irq_name, irq=lambda irq: irq > 0)
+    assert setup.events and all(event["inner"] == event["irq"] for event in setup.events)
+    done.assert_returned(0)
+    ktrace.assert_order(setup, done)
+
+
+@on_each_guest
+def test_names_are_checked_against_the_kernel(ktrace, arch):
+    with pytest.raises(UnknownMember, match=r"no member 'irq_dat' \(did you mean 'irq_data'"):
+        ktrace.kprobe("__setup_irq", inner="desc->irq_dat.irq")
+    with pytest.raises(UnknownParameter, match=r"its parameters: irq, desc, new"):
+        ktrace.kprobe("__setup_irq", irq="irqq")
+    with pytest.raises(UnsupportedFetchArg, match=r"Record it with an entry probe"):
+        ktrace.kretprobe("__setup_irq", irq="irq")  # Linux 6.1 keeps no entry arguments for return probes
 
 
 @pytest.mark.ktrace(vm="arm64")

@@ -921,6 +921,13 @@ trace_text = st.lists(
 def test_trace_parser_with_garbage(text: str) -> None:
     parsed = clean(lambda: TraceParser(_CATALOG).parse(text))
     assert isinstance(parsed, ParsedTrace), "TraceParser.parse promises never to raise on odd text"
+    # the lazily decoded result is the line-by-line reference's, counts and per-event selections included
+    reference = TraceParser(_CATALOG)._parse_slow(text)
+    assert parsed.unparsed == reference.unparsed and parsed.lost == reference.lost
+    assert parsed.event_counts() == reference.event_counts()
+    for system, name in reference.event_counts():
+        assert parsed.of(system, name) == reference.of(system, name)
+    assert parsed == reference
     for event in parsed.events:
         assert isinstance(event.pid, int) and isinstance(event.cpu, int) and isinstance(event.timestamp, float)
         assert all(isinstance(value, (int, str)) for value in event.fields.values())

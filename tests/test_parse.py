@@ -7,11 +7,16 @@ Real-kernel tests need root and tracefs (skipped otherwise). They work in a scra
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import gc
 import os
+import pickle
 import platform
 import random
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -1112,11 +1117,15 @@ def _fast_line(rng: random.Random, i: int) -> str:
             "",
         ]
     )
-    pid = rng.choice(["4585", "1", "0", "12345678"])
-    cpu = rng.choice(["000", "001", "17"])
-    flags = rng.choice(["d..1.", ".....", "d.h2.", None])
+    comm = comm if rng.random() < 0.97 else rng.choice(["x-\u0661", "a\tb", "12", "-", "x-1-"])
+    pid = rng.choice(["4585", "1", "0", "12345678"]) if rng.random() < 0.98 else "\u0661\u0662"
+    cpu = rng.choice(["000", "001", "17"]) if rng.random() < 0.98 else "\u0663"
+    flags = rng.choice(["d..1.", ".....", "d.h2.", None, None if rng.random() < 0.98 else "5.0:"])
     tgid = rng.choice([None, None, None, "( 4585)", "(-------)"])
-    head = f"{comm:>16}-{pid:<7} " + (f"{tgid} " if tgid else "") + f"[{cpu}] " + (f"{flags} " if flags else "")
+    sep = " " if rng.random() < 0.98 else rng.choice(["\t", "  ", "\u00a0"])
+    head = f"{comm:>16}-{pid:<7}{sep}" + (f"{tgid} " if tgid else "") + f"[{cpu}]{sep}" + (f"{flags} " if flags else "")
+    if rng.random() < 0.01:
+        ts = "\u0661.5"
     head += f"{ts:>12}: "
     u64 = rng.choice([0, 1, 42, 2**63, 2**64 - 1, 94601212514761])
     s64 = u64 - 2**64 if u64 >= 2**63 else u64
@@ -1154,7 +1163,16 @@ def _fast_line(rng: random.Random, i: int) -> str:
             f"fsw: prev_comm={text[:16]} prev_pid=0x10a8 (4264) prev_state=0x{u64:x} ({s64}) filename={fname} mac={mac}"
         )
     if r < 0.8:
-        return head + rng.choice(["123: a=0x1 (1)", "unknown_ev: x=1 y=2", "UNKNOWN TYPE 5", "fent:", "fent: junk"])
+        return head + rng.choice(
+            [
+                "123: a=0x1 (1)",
+                "unknown_ev: x=1 y=2",
+                "UNKNOWN TYPE 5",
+                "fent:",
+                "fent: junk",
+                "tracing_mark_write: hi\r",
+            ]
+        )
     return rng.choice(
         [
             "CPU:1 [LOST 12 EVENTS]",
@@ -1174,27 +1192,209 @@ def _event_key(e: Event) -> tuple[object, ...]:
     return (type(e), list(vars(e).items()), list(e.fields.items()), e.raw)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_fast_path_matches_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+FAST_KEYS = [
+    ("fp", "fent"),
+    ("fp", "fret"),
+    ("tp", "fsw"),
+    ("tp", "123"),
+    ("", "unknown_ev"),
+    ("ftrace", "tracing_mark_write"),
+]
+
+
+def _fast_text(seed: int, lines: int) -> str:
     rng = random.Random(seed)
-    text = "\n".join(_fast_line(rng, i) for i in range(6000)) + rng.choice(["", "\n", "\n\n"])
-    if seed % 2:
-        monkeypatch.setattr(parse_mod, "_CHUNK", 2048)  # many chunks: their boundaries must not matter
+    return "\n".join(_fast_line(rng, i) for i in range(lines)) + rng.choice(["", "\n", "\n\n"])
+
+
+def _check_against_reference(parsed: ParsedTrace, ref: ParsedTrace, order: Sequence[object]) -> None:
+    """``parsed`` (lazy) answers like the reference, whatever it is asked first (``order``: keys for of(),
+    "counts", "len", "all", an int index)."""
+    want = [_event_key(e) for e in ref.events]
+    for what in order:
+        if what == "counts":
+            assert parsed.event_counts() == ref.event_counts()
+        elif what == "len":
+            assert len(parsed.events) == len(ref.events) and bool(parsed.events) == bool(ref.events)
+        elif what == "all":
+            assert [_event_key(e) for e in parsed.events] == want
+        elif isinstance(what, int):
+            if ref.events:
+                assert _event_key(parsed.events[what % len(ref.events)]) == want[what % len(ref.events)]
+        else:
+            system, name = what  # type: ignore[misc]
+            got = parsed.of(system, name)
+            assert [_event_key(e) for e in got] == [_event_key(e) for e in ref.of(system, name)]
+            assert parsed.count_of(system, name) == len(got)
+        assert parsed.lost == ref.lost and list(parsed.lost.items()) == list(ref.lost.items())
+        assert parsed.unparsed == ref.unparsed
+    assert [_event_key(e) for e in parsed.events] == want
+    assert parsed == ref and parsed.events == ref.events and ref.events == parsed.events
+    # the events of of() are the very objects of events (session.assert_order relies on it)
+    ids = {id(e) for e in parsed.events}
+    for system, name in FAST_KEYS:
+        assert all(id(e) in ids for e in parsed.of(system, name))
+    pairs = parsed.select(FAST_KEYS[:2] + FAST_KEYS[4:5])
+    assert pairs == [e for e in parsed.events if (e.system, e.name) in set(FAST_KEYS[:2] + FAST_KEYS[4:5])]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_path_matches_reference(seed: int) -> None:
+    text = _fast_text(seed, 6000)
     cat = FormatCatalog(FAST_FORMATS)
     fast = TraceParser(cat).parse(text)
     ref = TraceParser(cat)._parse_slow(text)
-    assert [_event_key(e) for e in fast.events] == [_event_key(e) for e in ref.events]
-    assert list(fast.lost.items()) == list(ref.lost.items())
-    assert fast.unparsed == ref.unparsed
-    assert fast == ref
+    assert isinstance(ref.events, list) and not isinstance(fast.events, list)  # lazy, vs the plain reference
+    order: list[object] = [["all"], ["len", "counts", *FAST_KEYS], [("fp", "fret"), 17, ("tp", "fsw")]][seed % 3]
+    _check_against_reference(fast, ref, order)
     # the trace exercises the interesting cases
     assert ref.lost and ref.unparsed and any("\n" in e.raw for e in ref.events)
     assert len(ref.events) > 3000
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    lines=st.integers(0, 120),
+    order=st.lists(st.one_of(st.sampled_from(["counts", "len", "all", *FAST_KEYS]), st.integers(-200, 200))),
+)
+def test_lazy_trace_equals_reference_in_any_access_order(seed: int, lines: int, order: list[object]) -> None:
+    text = _fast_text(seed, lines)
+    cat = FormatCatalog(FAST_FORMATS)
+    _check_against_reference(TraceParser(cat).parse(text), TraceParser(cat)._parse_slow(text), order)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=40), st.sampled_from([_fast_line(random.Random(i), i) for i in range(60)]))))
+def test_lazy_trace_equals_reference_on_mixed_garbage(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    cat = FormatCatalog(FAST_FORMATS)
+    _check_against_reference(TraceParser(cat).parse(text), TraceParser(cat)._parse_slow(text), ["counts"])
+
+
+def _clean_trace(n: int) -> str:
+    """``n`` single-line events of every form (no multi-line strings), with a header and LOST lines."""
+    body = " __probe_ip=0x1 (1) irq=0xc8 (200) name={} t=0x2a (42) c=(1)"
+    out = ["# tracer: nop", "#", "#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION"]
+    for i in range(n):
+        ts = f"{i}.5"
+        k = i % 5
+        if k == 0:
+            out.append(line("fent", body.format(f"n{i}"), ts=ts))
+        elif k == 1:
+            out.append(line("fent", ' (0x5613c8dbe1c9) irq=3 name="lo" t=0x1 c=3', ts=ts))
+        elif k == 2:
+            out.append(line("fret", " __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0xffffffea (-22)", ts=ts))
+        elif k == 3:
+            out.append(line("unknown_ev", " x=1 y=2", ts=ts))
+        else:
+            out.append(
+                line("fsw", " prev_comm=bash prev_pid=0x10a8 (4264) prev_state=0x1 (1) filename=(0x1) mac=", ts=ts)
+            )
+        if i % 997 == 500:
+            out.append("CPU:1 [LOST 7 EVENTS]")
+    return "\n".join(out) + "\n"
+
+
+def _live_events() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is Event)
+
+
+def test_unread_events_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the parser's speed rests on: parse() builds no Event at all; len, lost, unparsed and the counts
+    come from the index; of() builds only the events asked for; reading events builds the rest, once."""
+    built = [0]
+    real_new = parse_mod._new
+
+    def counting_new(cls: type) -> object:
+        if cls is Event:
+            built[0] += 1
+        return real_new(cls)
+
+    monkeypatch.setattr(parse_mod, "_new", counting_new)
+    monkeypatch.setattr(parse_mod, "_make_event", None)  # the non-fast construction: must not be reached
+    text = _clean_trace(20000)
+    cat = FormatCatalog(FAST_FORMATS)
+    before = _live_events()
+    parsed = TraceParser(cat).parse(text)
+    assert built[0] == 0 and _live_events() == before
+    assert len(parsed.events) == 20000 and parsed.events and parsed.lost == {1: 7 * 20} and parsed.unparsed == []
+    assert parsed.event_counts() == {
+        ("fp", "fent"): 8000,
+        ("fp", "fret"): 4000,
+        ("", "unknown_ev"): 4000,
+        ("tp", "fsw"): 4000,
+    }
+    assert parsed.count_of("fp", "fret") == 4000 and parsed.count_of("tp", "fret") == 0
+    assert built[0] == 0 and _live_events() == before
+    rets = parsed.of("fp", "fret")
+    assert built[0] == 4000 and [e.timestamp for e in rets[:2]] == [2.5, 7.5]
+    assert parsed.of("fp", "fret") == rets and built[0] == 4000  # decoded once
+    everything = list(parsed.events)
+    assert built[0] == 20000 and len(everything) == 20000
+    assert [e for e in everything if e.name == "fret"] == rets and everything[2] is rets[0]
+    ref = TraceParser(cat)._parse_slow(text)
+    assert parsed == ref
+
+
+def test_lazy_events_use_the_formats_of_parse_time() -> None:
+    """Decoding later, after the catalog changed, gives what parsing gave then."""
+    cat = FormatCatalog(FAST_FORMATS)
+    text = _fast_text(7, 500)
+    ref = TraceParser(cat)._parse_slow(text)
+    parsed = TraceParser(cat).parse(text)
+    cat.add(mkfmt("fent", [("int other", 4, 1)], system="changed", eid=4000))
+    cat.remove("tp:fsw")
+    assert parsed.count_of("fp", "fent") == ref.count_of("fp", "fent") > 0
+    assert parsed.of("fp", "fent") == ref.of("fp", "fent")
+    assert parsed.events == ref.events
+
+
+def test_lazy_events_behave_as_a_list() -> None:
+    cat = FormatCatalog(FAST_FORMATS)
+    text = _clean_trace(50)
+    parsed = TraceParser(cat).parse(text)
+    ref = TraceParser(cat)._parse_slow(text)
+    events, want = parsed.events, ref.events
+    assert events == want and want == events and (events != want) is False and events != want[:-1]
+    assert events != tuple(want) and events != "x" and events == TraceParser(cat).parse(text).events
+    assert events[0] == want[0] and events[-1] == want[-1] and events[3:9] == want[3:9]
+    assert list(reversed(events)) == want[::-1] and want[5] in events and events.index(want[5]) == 5
+    assert events.count(want[5]) == 1 and repr(events) == repr(want)
+    with pytest.raises(TypeError):
+        hash(events)
+    assert pickle.loads(pickle.dumps(parsed)) == ref
+    assert copy.copy(events) == want and type(copy.deepcopy(parsed).events) is list
+    empty = TraceParser(cat).parse("# tracer: nop\n")
+    assert not empty.events and len(empty.events) == 0 and empty.events == [] and empty.of("fp", "fent") == []
+    # a ParsedTrace built from a plain list answers the same questions
+    plain = ParsedTrace(events=list(want))
+    assert plain.of("fp", "fret") == parsed.of("fp", "fret") and plain.event_counts() == parsed.event_counts()
+    assert plain.count_of("fp", "fent") == parsed.count_of("fp", "fent") == 20
+
+
+def test_lazy_events_decode_once_across_threads() -> None:
+    cat = FormatCatalog(FAST_FORMATS)
+    parsed = TraceParser(cat).parse(_clean_trace(20000))
+    results: list[list[Event]] = []
+    barrier = threading.Barrier(4)
+
+    def read() -> None:
+        barrier.wait()
+        results.append(parsed.of("fp", "fent") if len(results) % 2 else list(parsed.events))
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = {id(e) for e in parsed.events}
+    assert len(results) == 4 and all(id(e) in ids for r in results for e in r)
+
+
 def test_fast_path_takes_clean_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only lines that need it go line by line: a multi-line event, and a LOST line with the line before it
-    (which a LOST line could end, were it a multi-line event)."""
+    """Only lines that need it go line by line, at parse time: a multi-line event; a LOST line goes alone (it
+    ends whatever event is before it)."""
     body = " __probe_ip=0x1 (1) irq=0xc8 (200) name={} t=0x2a (42) c=(1)"
     lines = [line("fent", body.format("x"), ts=f"{i}.0") for i in range(1000)]
     lines[500] = line("fent", body.format("a\nb"), ts="500.0")
@@ -1203,12 +1403,23 @@ def test_fast_path_takes_clean_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = TraceParser(FormatCatalog(FAST_FORMATS))
     orig = parser._parse_lines
 
-    def spy(ls: list[str], result: ParsedTrace) -> None:
+    def spy(ls: list[str], result: object) -> None:
         seen.extend(ls)
-        orig(ls, result)
+        orig(ls, result)  # type: ignore[arg-type]
 
     monkeypatch.setattr(parser, "_parse_lines", spy)
     res = parser.parse("\n".join(lines))
     assert len(res.events) == 1000 and res.lost == {0: 3} and res.unparsed == []
-    assert seen == [*lines[500].split("\n"), lines[699], "CPU:0 [LOST 3 EVENTS]"]
+    assert seen == [*lines[500].split("\n"), "CPU:0 [LOST 3 EVENTS]"]
     assert res.events[500]["name"] == "a\nb" and res.events[999].timestamp == 999.0
+    assert seen == [*lines[500].split("\n"), "CPU:0 [LOST 3 EVENTS]"]  # decoding the others needs no reference
+
+
+def test_fast_built_events_are_what_the_constructor_builds() -> None:
+    """Events built by setting ``__dict__`` at once have every field of Event, later defaulted ones included,
+    in field order, as ``Event(...)`` gives them."""
+    parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse(_clean_trace(10))
+    assert parse_mod._FAST_EVENT
+    for event in parsed.events:
+        made = Event(**{f.name: getattr(event, f.name) for f in dataclasses.fields(Event) if f.init})
+        assert list(vars(event).items()) == list(vars(made).items()) and event == made

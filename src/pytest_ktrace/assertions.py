@@ -6,6 +6,7 @@ was expected, the closest events that did not match, and a hint when the cause i
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from .events import Event
 from .matchers import describe_expected, field_matches, mismatches
 from .probes import ProbeSpec
 
-__all__ = ["Observation", "ProbeView", "assert_latency", "assert_order"]
+__all__ = ["CallPairs", "Observation", "ProbeView", "assert_latency", "assert_order", "pair_calls"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -65,6 +66,11 @@ def _event_line(event: Event, expected: Mapping[str, Any]) -> str:
     if problems:
         line += "\n      differs: " + "; ".join(problems)
     return line
+
+
+def _on_stack(function: str, stack: Sequence[str]) -> bool:
+    """``function`` is a frame of ``stack``, also as a compiler clone (``name.isra.0``, ``name.constprop.1``)."""
+    return any(frame == function or frame.startswith(function + ".") for frame in stack)
 
 
 def _closest(events: Sequence[Event], expected: Mapping[str, Any]) -> list[Event]:
@@ -271,6 +277,57 @@ class ProbeView:
             )
         self.assert_called_with(**expected)
 
+    def assert_called_from(self, function: str) -> None:
+        """Fail unless some hit has ``function`` on its kernel call stack (probe defined with ``stacktrace=True``).
+        Compiler clones match their origin: ``do_execveat_common`` matches ``do_execveat_common.isra.0``."""
+        __tracebackhide__ = True
+        self._check_stack_query("assert_called_from", function)
+        seen = self._observation()
+        if any(_on_stack(function, event.stack) for event in seen.events):
+            return
+        self._fail_stack(f"{self.spec.display} was not called from {function}.", function, seen)
+
+    def assert_not_called_from(self, function: str) -> None:
+        """Fail if any hit has ``function`` on its kernel call stack (``stacktrace=True``)."""
+        __tracebackhide__ = True
+        self._check_stack_query("assert_not_called_from", function)
+        seen = self._observation()
+        hits = [event for event in seen.events if _on_stack(function, event.stack)]
+        if hits:
+            self._fail_stack(
+                f"{self.spec.display} was called from {function} in {len(hits)} of {len(seen.events)} hit(s).",
+                function,
+                seen.narrowed(hits),
+            )
+
+    def _check_stack_query(self, what: str, function: object) -> None:
+        if not isinstance(function, str) or not function.strip():
+            raise TypeError(f"{what}() needs a function name (str), got {function!r}")
+        if not self.spec.stacktrace:
+            raise TypeError(f"{what}(): {self.spec.display} records no call stacks; define it with stacktrace=True")
+
+    def _fail_stack(self, headline: str, function: str, seen: Observation) -> None:
+        __tracebackhide__ = True
+        lines = [headline]
+        events = list(seen.events)
+        if not events:
+            lines.append(f"Seen: no events of {self.spec.display}.")
+        stacks: dict[tuple[str, ...], int] = {}
+        for event in events:
+            stacks[event.stack] = stacks.get(event.stack, 0) + 1
+        for number, (stack, count) in enumerate(sorted(stacks.items(), key=lambda item: -item[1])[:_SHOWN]):
+            lines.append(f"Stack {number + 1} ({count} hit{'s' if count != 1 else ''}):")
+            lines.extend(f"    => {frame}" for frame in stack[:24])
+            if not stack:
+                lines.append("    (no stack entry was recorded for these hits)")
+            elif len(stack) > 24:
+                lines.append(f"    ... {len(stack) - 24} more frames")
+        near = difflib.get_close_matches(function, {f for stack in stacks for f in stack}, n=3, cutoff=0.6)
+        if near:
+            lines.append(f"Hint: close names on these stacks: {', '.join(near)}")
+        lines.extend(_lost_lines(seen.lost))
+        raise AssertionError("\n".join(lines))
+
     def assert_any_call(self, **expected: Any) -> None:
         __tracebackhide__ = True
         seen = self._observation()
@@ -404,6 +461,34 @@ def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]
             )
 
 
+@dataclass(frozen=True)
+class CallPairs:
+    """Entry and exit events matched into calls: ``pairs`` in the order the calls returned, ``open_entries``
+    (no exit seen yet) and ``orphan_exits`` (their entry happened before tracing started) in trace order."""
+
+    pairs: Sequence[tuple[Event, Event]]
+    open_entries: Sequence[Event]
+    orphan_exits: Sequence[Event]
+
+
+def pair_calls(sequence: Iterable[tuple[Event, bool]]) -> CallPairs:
+    """Walk ``(event, is_exit)`` in time order; each exit closes the latest unmatched entry of the same task, so
+    recursive calls nest correctly (the innermost entry returns first)."""
+    open_calls: dict[int, list[tuple[int, Event]]] = {}
+    pairs: list[tuple[Event, Event]] = []
+    orphans: list[Event] = []
+    for position, (event, is_exit) in enumerate(sequence):
+        stack = open_calls.setdefault(event.pid, [])
+        if not is_exit:
+            stack.append((position, event))
+        elif stack:
+            pairs.append((stack.pop()[1], event))
+        else:
+            orphans.append(event)
+    still_open = sorted((entry for stack in open_calls.values() for entry in stack), key=lambda item: item[0])
+    return CallPairs(pairs, [event for _, event in still_open], orphans)
+
+
 def assert_latency(
     entry: ProbeView,
     exit: ProbeView,
@@ -423,19 +508,14 @@ def assert_latency(
         if observed.evicted:
             view._fail_evicted("assert_latency", observed)
     merged = sorted(
-        [(event.timestamp, 0, event) for event in entry.events]
-        + [(event.timestamp, 1, event) for event in exit.events],
+        [(event.timestamp, False, event) for event in entry.events]
+        + [(event.timestamp, True, event) for event in exit.events],
         key=lambda item: (item[0], item[1]),
     )
-    open_calls: dict[int, list[Event]] = {}
-    pairs: list[tuple[Event, Event, float]] = []
-    for _, is_exit, event in merged:
-        stack = open_calls.setdefault(event.pid, [])
-        if not is_exit:
-            stack.append(event)
-        elif stack:
-            start = stack.pop()
-            pairs.append((start, event, (event.timestamp - start.timestamp) * 1e6))
+    pairs = [
+        (start, end, (end.timestamp - start.timestamp) * 1e6)
+        for start, end in pair_calls((event, is_exit) for _, is_exit, event in merged).pairs
+    ]
     if not pairs:
         raise AssertionError(
             f"assert_latency: no {entry.name} -> {exit.name} pair on any task "

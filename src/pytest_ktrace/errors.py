@@ -7,10 +7,12 @@ from typing import Any, Optional
 __all__ = [
     "CommandTimeout",
     "ConnectionLost",
+    "DiskFull",
     "KtraceError",
     "MissingBinary",
     "MissingTool",
     "ProbeRejected",
+    "TargetDiskFull",
     "TargetError",
     "TracefsUnavailable",
     "UnknownSymbol",
@@ -98,3 +100,23 @@ class CommandTimeout(TargetError):
     def __init__(self, message: str, *, host: str = "", command: str = "", timeout: Optional[float] = None) -> None:
         self.timeout = timeout
         super().__init__(message, host=host, command=command, cause="timeout")
+
+
+class DiskFull(KtraceError):
+    """A file could not be written because its filesystem is full (ENOSPC, or EDQUOT: a quota is used up).
+
+    ``path`` is the file; nothing half-written of it is left behind (a previous version stays as it was)."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class TargetDiskFull(TargetError, DiskFull):
+    """A file on the target could not be written: its filesystem is full. Names the host and the path."""
+
+    def __init__(
+        self, message: str, *, host: str = "", path: str = "", command: str = "", cause: str = "ENOSPC"
+    ) -> None:
+        super().__init__(message, host=host, command=command, cause=cause)
+        self.path = path

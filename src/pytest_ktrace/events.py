@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Tuple, Union
 
 __all__ = ["Event", "FieldValue"]
 
@@ -23,6 +23,8 @@ class Event:
     cpu: int
     timestamp: float
     raw: str = field(default="", compare=False, repr=False)
+    #: the kernel call stack of this hit, innermost first (probes defined with ``stacktrace=True``)
+    stack: Tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def full_name(self) -> str:

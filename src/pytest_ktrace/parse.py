@@ -29,10 +29,26 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
-from collections import deque
+import sys
+import threading
+from bisect import bisect_left
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Sequence, Tuple
+from itertools import chain, compress, repeat
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Pattern,
+    Sequence,
+    Tuple,
+    Union,
+    overload,
+)
 
 from .errors import KtraceError
 from .events import Event, FieldValue
@@ -266,15 +282,51 @@ class FormatCatalog:
 @dataclass
 class ParsedTrace:
     """The result of :meth:`TraceParser.parse`: events in trace order, lost-event counts per CPU
-    (``CPU:n [LOST EVENTS]`` without a number counts as 1) and lines that could not be understood."""
+    (``CPU:n [LOST EVENTS]`` without a number counts as 1) and lines that could not be understood.
 
-    events: List[Event] = field(default_factory=list)
+    ``events`` is a sequence (any list may be given); the one :meth:`TraceParser.parse` returns knows its
+    length and the events' names at once but builds the typed :class:`Event` objects only when they are first
+    read (all of them, when iterated or indexed), so asking for the events of one probe (:meth:`of`,
+    :meth:`select`) or for counts (:meth:`count_of`, :meth:`event_counts`) never decodes the others. Decoded
+    events are kept: every access returns the same objects."""
+
+    events: Sequence[Event] = field(default_factory=list)
     lost: Dict[int, int] = field(default_factory=dict)
     unparsed: List[str] = field(default_factory=list)
 
     @property
     def lost_total(self) -> int:
         return sum(self.lost.values())
+
+    def of(self, system: str, name: str) -> List[Event]:
+        """The events of ``system:name`` in trace order (the same objects ``events`` holds)."""
+        return self.select([(system, name)])
+
+    def select(self, keys: Iterable[Tuple[str, str]]) -> List[Event]:
+        """The events whose ``(system, name)`` is one of ``keys``, in trace order."""
+        events = self.events
+        if isinstance(events, _LazyEvents):
+            return events.select(keys)
+        wanted = set(keys)
+        return [e for e in events if (e.system, e.name) in wanted]
+
+    def count_of(self, system: str, name: str) -> int:
+        """How many events of ``system:name`` there are (without decoding any)."""
+        events = self.events
+        if isinstance(events, _LazyEvents):
+            return events.count_of(system, name)
+        return sum(1 for e in events if e.name == name and e.system == system)
+
+    def event_counts(self) -> Dict[Tuple[str, str], int]:
+        """``(system, name) -> number of events`` (without decoding any)."""
+        events = self.events
+        if isinstance(events, _LazyEvents):
+            return events.event_counts()
+        out: Dict[Tuple[str, str], int] = {}
+        for e in events:
+            key = (e.system, e.name)
+            out[key] = out.get(key, 0) + 1
+        return out
 
 
 # "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <name>: <body>"; comm may hold spaces and dashes, the pid
@@ -555,11 +607,18 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
     return out
 
 
-# Event is a frozen dataclass; its generated __init__ (object.__setattr__ per field) is a third of the parse
-# time. When Event is the plain dataclass we know, build instances by setting __dict__ at once (same object).
+# Event is a frozen dataclass; its generated __init__ (object.__setattr__ per field) is a third of the decoding
+# time. When Event is the plain dataclass we know (our fields first, any later ones with a plain default), build
+# instances by setting __dict__ at once (the same object, later fields at their defaults).
 _EVENT_FIELDS = ("system", "name", "fields", "pid", "comm", "cpu", "timestamp", "raw")
+_ALL_FIELDS = dataclasses.fields(Event)
+_EVENT_EXTRA: Dict[str, Any] = {f.name: f.default for f in _ALL_FIELDS[len(_EVENT_FIELDS) :]}
 _FAST_EVENT = (
-    tuple(f.name for f in dataclasses.fields(Event)) == _EVENT_FIELDS
+    tuple(f.name for f in _ALL_FIELDS[: len(_EVENT_FIELDS)]) == _EVENT_FIELDS
+    and all(
+        f.default is not dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
+        for f in _ALL_FIELDS[len(_EVENT_FIELDS) :]
+    )
     and not hasattr(Event, "__post_init__")
     and "__slots__" not in vars(Event)
 )
@@ -570,48 +629,45 @@ _setattr = object.__setattr__
 def _make_event(
     system: str, name: str, fields: Dict[str, FieldValue], pid: int, comm: str, cpu: int, ts: float, raw: str
 ) -> Event:
-    if _FAST_EVENT:
-        ev: Event = _new(Event)
-        _setattr(
-            ev,
-            "__dict__",
-            {
-                "system": system,
-                "name": name,
-                "fields": fields,
-                "pid": pid,
-                "comm": comm,
-                "cpu": cpu,
-                "timestamp": ts,
-                "raw": raw,
-            },
-        )
-        return ev
+    """An Event through its constructor (when it is not the plain dataclass ``_FAST_EVENT`` knows)."""
     return Event(system=system, name=name, fields=fields, pid=pid, comm=comm, cpu=cpu, timestamp=ts, raw=raw)
 
 
 # ------------------------------------------------------------------------------------------------------------
-# whole-text fast path
+# indexed parsing, lazy decoding
 # ------------------------------------------------------------------------------------------------------------
 #
-# ``TraceParser.parse`` scans the whole text with regular expressions applied by ``findall`` (the per-line
-# loop runs in C), groups the lines by event name, splits each group's bodies with one more ``findall`` per
-# event (the event's own value patterns, unchanged), converts the values column by column and builds the
-# events with one generated comprehension per event. A line takes the fast path only when the result is
-# provably the one the line-by-line parser (``TraceParser._parse_lines``, kept as the reference) gives; every
-# other line, and the line before it (it may be the start of a multi-line string), goes through the
-# reference parser, in runs that start and end on event headers, so its state machine sees the same input.
+# ``TraceParser.parse`` does one cheap pass over the whole text: ``text.split("\n")`` for the lines and one
+# ``findall`` of ``_INDEX_RE`` (the per-line loop runs in C) for the event name of every line that is an
+# event header of a shape the reference parser (``TraceParser._parse_lines``, line by line) provably reads
+# the same way ("H" lines). Every other line (LOST lines, headers, noise, continuations of multi-line
+# strings, headers of odd shapes), and the H line before it when that one's event has a string that could
+# continue on it, goes through the reference parser at once, in runs that start and end where the
+# reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and their events; an H line
+# outside them is exactly one event of its name, nothing else. So the length of ``events``, ``lost``,
+# ``unparsed`` and the per-event counts are exact after that pass, before any value is converted.
 #
-# Why the fast path's header is the reference's: the line matches ``<P> [flags] <ts>: <name>:<body>`` with
-# ``P`` up to the first ``]``; ``P`` must fullmatch the reference header's ``comm-pid [(tgid)] [cpu]`` part
-# with a ``comm`` that holds no ``-<digit>``. The reference's lazy ``comm`` ends at the first ``-<digit>``
-# that starts a valid header, so it ends at the same place; pid, tgid and cpu are then fixed, and the
-# optional flags column is tried first by both (they could only differ for an all-digit event name, which
-# is left to the reference). The body is the same text, matched by the same value patterns.
+# The typed events of the H lines are decoded per event name when first needed (``_LazyEvents``): the lines
+# of one event are joined and split with one more ``findall`` per way the event prints (its own value
+# patterns, unchanged), the values converted column by column and the events built by one generated
+# comprehension per event; a line that fits no form goes through the reference's per-line decoder. The
+# splitters are those of parse time (a later catalog change does not change the result).
+#
+# Why an H line's header is the reference's: ``_INDEX_RE`` matches ``comm-pid [(tgid)] [cpu]`` up to the
+# first ``]``, with a ``comm`` holding no ``-<ASCII digit>``, then ``[flags] <ts>: <name>:``, with ASCII digits
+# and single-space-or-more separators only. The reference's lazy ``comm`` tries each ``-<digit>`` in turn; one
+# before ours would need its own ``[cpu]`` ending at the same first ``]``, with only digits, blanks and a
+# ``(tgid)`` in between, and our ``-<digit>`` then lies inside that tgid, where no blank follows it: so the
+# reference's ``comm`` ends where ours does. pid, tgid and cpu are then fixed (the reference's wider classes
+# stop at the same characters), and the optional flags column is tried first by both. They can only part on
+# an all-digit name: the reference reads ``<ts>: <digits>: x`` as flags ``<ts>:`` and an ``other`` line, so
+# such names are no H lines. The body is the same text, matched by the same value patterns. Lines with tabs
+# or non-ASCII digits in the header are no H lines (the reference reads them, exactly as ever).
 
-_LOOSE_RE = re.compile(
-    r"(?m)^(([^\]\n]*\])[^\S\n]+(?:\S+[^\S\n]+)?(\d+(?:\.\d+)?): ([^\s:]+):([^\n]*)|[^\n]*)$"
-)  # groups: line, P, ts, name, body (all "" but the line for lines of another shape)
+_INDEX_RE = re.compile(
+    r"(?m)^(?:[^\]\n-]*(?:-(?![0-9])[^\]\n-]*)*-[0-9]+ +(?:\( *[0-9-]+\) +)?\[[0-9]+\] +(?:\S+ +)?"
+    r"[0-9]+(?:\.[0-9]+)?: ([^\s:]+):[^\n]*|[^\n]*)$"
+)  # one row per line: the event name, "" for lines of another shape
 _PREFIX_RE = re.compile(r"\s*((?!\s).*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
 _DASH_DIGIT_RE = re.compile(r"-\d")
 _NUMERIC_NAME_RE = re.compile(r"\d+(?:\.\d+)?")
@@ -633,8 +689,6 @@ _C_FBSTR = 5  # default probe output: '"..."' -> inner text, '(fault)' as is
 _Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit or 0)
 _Builder = Callable[[str, str, Sequence[str], Sequence[Any], Sequence[float], Sequence[Sequence[Any]]], List[Any]]
 _BUILDERS: Dict[Tuple[str, ...], _Builder] = {}
-_CHUNK = 1 << 16  # characters per chunk of _parse_fast
-_MAX_PREFIXES = 1 << 16  # cached "comm-pid [cpu]" prefixes per parser
 
 
 def _builder(names: Tuple[str, ...]) -> _Builder:
@@ -645,16 +699,17 @@ def _builder(names: Tuple[str, ...]) -> _Builder:
         pass
     vs = [f"v{i}" for i in range(len(names))]
     fields = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
+    extra = "".join(f", {k!r}: _x{i}" for i, k in enumerate(_EVENT_EXTRA))  # later Event fields: defaults
     src = (
         "def build(system, name, raws, hdrs, tss, cols):\n"
         "    return [\n"
         f"        {{'system': system, 'name': name, 'fields': {{{fields}}}, 'pid': pid, 'comm': comm,"
-        " 'cpu': cpu, 'timestamp': ts, 'raw': raw}\n"
+        f" 'cpu': cpu, 'timestamp': ts, 'raw': raw{extra}}}\n"
         f"        for raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(raws, hdrs, tss, *cols)\n"
         "    ]\n"
     )
-    namespace: Dict[str, Any] = {}
-    exec(src, namespace)  # field names are repr()'d literals: no injection possible
+    namespace: Dict[str, Any] = {f"_x{i}": v for i, v in enumerate(_EVENT_EXTRA.values())}
+    exec(src, namespace)  # field names are repr()'d literals, defaults passed as values: no injection possible
     build: _Builder = namespace["build"]
     _BUILDERS[names] = build
     return build
@@ -662,9 +717,10 @@ def _builder(names: Tuple[str, ...]) -> _Builder:
 
 class _FastForm:
     """One way an event prints (``fields`` forward or reverse, default probe output), for whole-text use:
-    ``regex`` (``findall`` over the bodies joined by newlines) yields one row per body, whose group 0 is
-    ``" "`` when the body matched the event's own patterns; ``columns`` say how groups become the values, in
-    the order of the reference parser's dict; ``build`` makes the events' ``__dict__``s."""
+    ``regex`` (``findall`` over H lines of the event joined by newlines) yields one row per line: groups 0
+    and 1 are the ``comm-pid [cpu]`` prefix and the timestamp, group 2 is ``" "`` when the body matched the
+    event's own patterns; ``columns`` say how groups become the values, in the order of the reference
+    parser's dict; ``build`` makes the events' ``__dict__``s."""
 
     __slots__ = ("build", "columns", "regex")
 
@@ -674,39 +730,48 @@ class _FastForm:
         self.build = _builder(tuple(names))
 
 
-def _marked(parts: Sequence[str]) -> str:
-    """Body parts (each starting with ``" "``) -> the multi-line findall pattern with the match marker.
-    ``.`` without DOTALL cannot cross a newline, so on one line it is the reference's DOTALL ``.``."""
-    return r"(?m)^(?:( )" + parts[0][1:] + "".join(parts[1:]) + r"|[^\n]*)$"
+_VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, marker)
 
 
-def _fields_form(plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
+def _marked(name: str, parts: Sequence[str]) -> str:
+    """Body parts (each starting with ``" "``) -> the multi-line findall pattern for whole H lines of event
+    ``name``, with the match marker. ``.`` without DOTALL cannot cross a newline, so on one line it is the
+    reference's DOTALL ``.``. The header splits only one way: the prefix ends at the first ``]``, blanks are
+    greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
+    by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
+    (never an H line)."""
+    head = r"([^\]\n]*\]) +(?:\S+ +)?([0-9]+(?:\.[0-9]+)?): " + re.escape(name) + ":"
+    return r"(?m)^(?:" + head + "( )" + parts[0][1:] + "".join(parts[1:]) + r"|[^\n]*)$"
+
+
+def _fields_form(name: str, plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
     kinds = {_K_INT: _C_INT, _K_STR: _C_STR, _K_PTRSTR: _C_PTRSTR, _K_RAW: _C_RAW}
     columns = []
-    gi = 1
+    gi = _VALUES
     for _name, kind, mask, sign in plan:
         columns.append((kinds[kind], gi, mask, sign))
         gi += 2 if kind == _K_INT else 1
-    return _FastForm(_marked(parts), [p[0] for p in plan], columns)
+    return _FastForm(_marked(name, parts), [p[0] for p in plan], columns)
 
 
 def _fallback_form(sp: _Splitter) -> _FastForm:
     """As ``_Splitter.split_fallback``: head values first, then the arguments, sorted by format order."""
     mask64 = (1 << 64) - 1
     entries: List[Tuple[str, _Column]]
+    v = _VALUES
     if sp.fmt.fields[0].name == "__probe_func":  # groups: ret_ip, func
-        entries = [("__probe_func", (_C_FBINT, 2, mask64, 0)), ("__probe_ret_ip", (_C_FBINT, 1, mask64, 0))]
-        gi = 3
+        entries = [("__probe_func", (_C_FBINT, v + 1, mask64, 0)), ("__probe_ret_ip", (_C_FBINT, v, mask64, 0))]
+        gi = v + 2
     else:
-        entries = [("__probe_ip", (_C_FBINT, 1, mask64, 0))]
-        gi = 2
+        entries = [("__probe_ip", (_C_FBINT, v, mask64, 0))]
+        gi = v + 1
     kinds = {_FB_STR: _C_FBSTR, _FB_INT: _C_FBINT, _FB_RAW: _C_RAW}
     for name, kind, mask, sign in sp.fallback_plan:
         entries.append((name, (kinds[kind], gi, mask, sign)))
         gi += 1
     order = {f.name: i for i, f in enumerate(sp.fmt.fields)}
     entries.sort(key=lambda kv: order.get(kv[0], 1 << 30))
-    return _FastForm(_marked(sp.fallback_parts), [e[0] for e in entries], [e[1] for e in entries])
+    return _FastForm(_marked(sp.fmt.name, sp.fallback_parts), [e[0] for e in entries], [e[1] for e in entries])
 
 
 def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
@@ -716,9 +781,9 @@ def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
         pass
     ff: Optional[_FastForm] = None
     if form == _FORM_FORWARD and sp.parts:
-        ff = _fields_form(sp.plan, sp.parts)
+        ff = _fields_form(sp.fmt.name, sp.plan, sp.parts)
     elif form == _FORM_REVERSE and len(sp.parts) > 1:
-        ff = _fields_form(tuple(reversed(sp.plan)), tuple(reversed(sp.parts)))
+        ff = _fields_form(sp.fmt.name, tuple(reversed(sp.plan)), tuple(reversed(sp.parts)))
     elif form == _FORM_FALLBACK and sp.fallback_parts:
         ff = _fallback_form(sp)
     sp.fast[form] = ff
@@ -775,11 +840,12 @@ def _convert(cols: Sequence[Sequence[str]], column: _Column) -> Sequence[FieldVa
                 out.append(e)
         return out
     if conv == _C_STR:
-        if any(v[-1:] == "\0" for v in col):
+        # values of one line each (no newline in them): "\0\n" in the joined column <=> a value ends with NUL
+        if "\0\n" in "\n".join(col) + "\n":
             return [v.rstrip("\0") if v[-1:] == "\0" else v for v in col]
         return col
     if conv == _C_PTRSTR:
-        return [_ptr_string(v) for v in col] if any(":" in v for v in col) else col
+        return [_ptr_string(v) for v in col] if ":" in "".join(col) else col
     if conv == _C_FBINT:
         return _fb_ints(col, mask, sign)
     if conv == _C_FBSTR:
@@ -822,17 +888,385 @@ _UNSET: Any = object()
 _MAX_CONTINUATION = 256  # lines one string value may continue on; more is noise
 
 
+def _event_of(sp: Optional[_Splitter], g: Sequence[Any], raw: str) -> Optional[Event]:
+    """The reference's decoding of one event: ``g`` are the groups of its ``_HEADER_RE`` match, ``sp`` the
+    splitter of its name (None: no format known)."""
+    comm, pid, cpu, _flags, ts, name, body, _other = g
+    if name is None:
+        return None
+    values: Optional[Dict[str, FieldValue]] = None
+    if sp is not None:
+        fmt: Optional[EventFormat] = sp.fmt
+        fwd = sp.forward
+        if fwd is not None and sp.fconv is not None:
+            fm = fwd.fullmatch(body)
+            if fm is not None:
+                values = sp.fconv(fm.groups())
+        if values is None:
+            if body[:2] != " (":
+                values = sp.split_fields(body)
+            if values is None:
+                values = sp.split_fallback(body)
+    else:
+        fmt = None
+    if values is None:
+        if name == "tracing_mark_write" and fmt is None:
+            values = {"buf": (body[1:] if body[:1] == " " else body).rstrip("\n")}
+        else:
+            values = _split_generic(body, fmt)
+    system = fmt.system if fmt is not None else ("ftrace" if name == "tracing_mark_write" else "")
+    if _FAST_EVENT:
+        ev: Event = _new(Event)
+        _setattr(
+            ev,
+            "__dict__",
+            {
+                "system": system,
+                "name": name,
+                "fields": values,
+                "pid": int(pid),
+                "comm": comm,
+                "cpu": int(cpu),
+                "timestamp": float(ts),
+                "raw": raw,
+                **_EVENT_EXTRA,
+            },
+        )
+        return ev
+    return _make_event(system, name, values, int(pid), comm, int(cpu), float(ts), raw)
+
+
+def _system_of(sp: Optional[_Splitter], name: str) -> str:
+    """The ``system`` the reference gives an event of ``name`` (as in :func:`_event_of`)."""
+    if sp is not None:
+        return sp.fmt.system
+    return "ftrace" if name == "tracing_mark_write" else ""
+
+
+def _line_event(sp: Optional[_Splitter], raw: str) -> Event:
+    """The event of an H line (see "indexed parsing" above), decoded by the reference."""
+    hm = _HEADER_RE.fullmatch(raw)
+    ev = _event_of(sp, hm.groups(), raw) if hm is not None else None
+    if ev is None:  # cannot happen: an H line is an event header of the reference parser
+        raise RuntimeError(f"pytest-ktrace internal error: indexed line is no event: {raw[:200]!r}")
+    return ev
+
+
+def _fast_forms(sp: _Splitter, body: str) -> List[_FastForm]:
+    """The forms the lines of ``sp``'s event may print in, the one of ``body`` first. The forms exclude each
+    other (a forward body starts with the first field, a reverse one with the last, the default probe output
+    with ``" ("``), so the order they are tried in does not change any result."""
+    ids = [_FORM_FORWARD, _FORM_REVERSE, _FORM_FALLBACK]
+    if body[:2] == " (":
+        ids = [_FORM_FALLBACK, _FORM_FORWARD, _FORM_REVERSE]
+    elif sp.last and body.startswith(sp.last) and not body.startswith(sp.first):
+        ids = [_FORM_REVERSE, _FORM_FORWARD, _FORM_FALLBACK]
+    forms = [_fast_form(sp, i) for i in ids]
+    return [f for f in forms if f is not None]
+
+
+def _prefixes_of(cache: Dict[str, Optional[Tuple[str, int, int]]], prefs: Sequence[str]) -> List[Any]:
+    try:
+        return list(map(cache.__getitem__, prefs))
+    except KeyError:
+        pass
+    for p in set(prefs).difference(cache):
+        cache[p] = _prefix(p)
+    return list(map(cache.__getitem__, prefs))
+
+
+def _decode_group(
+    sp: Optional[_Splitter], name: str, raws: List[str], prefixes: Dict[str, Optional[Tuple[str, int, int]]]
+) -> List[Event]:
+    """The events of ``raws``, H lines of event ``name`` (in order): exactly :func:`_line_event` of each,
+    column-wise for the lines that fit a form of the event."""
+    m = len(raws)
+    if not m:
+        return []
+    if sp is None or sp.fmt.name != name or _NUMERIC_NAME_RE.fullmatch(name):
+        return [_line_event(sp, raw) for raw in raws]
+    pending = list(range(m))
+    rest: List[int] = []  # lines left to the per-line decoder
+    pieces: List[Tuple[_FastForm, List[int], List[Sequence[str]], List[Any]]] = []
+    tried: List[_FastForm] = []
+    while pending:
+        # the form the first pending line prints in first (the forms exclude each other: any order gives the
+        # same result, this one runs no regex over lines it cannot match)
+        hm = _HEADER_RE.fullmatch(raws[pending[0]])
+        body = (hm.group("body") if hm is not None else None) or ""
+        form = next((f for f in _fast_forms(sp, body) if f not in tried), None)
+        if form is None:
+            break
+        tried.append(form)
+        sub = raws if len(pending) == m else [raws[j] for j in pending]
+        rows = form.regex.findall("\n".join(sub))
+        if len(rows) != len(sub):
+            return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
+        vcols: List[Sequence[str]] = list(zip(*rows))
+        marks = vcols[2]
+        if marks.count(" ") == len(marks):
+            pos, pending = pending, []
+        else:
+            ok = [mk == " " for mk in marks]
+            if not any(ok):
+                continue
+            pos = list(compress(pending, ok))
+            vcols = [list(compress(c, ok)) for c in vcols]
+            pending = [j for j, o in zip(pending, ok) if not o]
+        hdrs = _prefixes_of(prefixes, vcols[0])
+        if None in hdrs:  # a prefix the column-wise split cannot take: the line goes alone
+            ok = [h is not None for h in hdrs]
+            rest.extend(j for j, o in zip(pos, ok) if not o)
+            pos = list(compress(pos, ok))
+            vcols = [list(compress(c, ok)) for c in vcols]
+            hdrs = list(compress(hdrs, ok))
+        if pos:
+            pieces.append((form, pos, vcols, hdrs))
+    rest.extend(pending)
+    built: List[List[Event]] = []
+    system = sp.fmt.system
+    for form, pos, vcols, hdrs in pieces:
+        p_raws = raws if len(pos) == m else [raws[j] for j in pos]
+        values = [_convert(vcols, c) for c in form.columns]
+        dicts = form.build(system, name, p_raws, hdrs, list(map(float, vcols[1])), values)
+        evs: List[Event] = list(map(_new, repeat(Event, len(dicts))))
+        deque(map(_setattr, evs, repeat("__dict__"), dicts), maxlen=0)
+        built.append(evs)
+    if len(built) == 1 and not rest:
+        return built[0]
+    out: List[Any] = [None] * m
+    for (_form, pos, _vcols, _hdrs), evs in zip(pieces, built):
+        deque(map(out.__setitem__, pos, evs), maxlen=0)
+    for j in rest:
+        out[j] = _line_event(sp, raws[j])
+    return out
+
+
+def _positions(names: List[str], name: str, count: int) -> List[int]:
+    """The indices of the ``count`` occurrences of ``name`` in ``names``."""
+    if count * 64 > len(names):
+        return _indices(names, name)
+    out = []
+    index = names.index
+    i = -1
+    for _ in range(count):
+        i = index(name, i + 1)
+        out.append(i)
+    return out
+
+
+class _PausedGC:
+    """``with _PausedGC():`` -- the cyclic GC off (restored after, also on errors). The events are acyclic;
+    letting the GC walk the growing lists over and over costs ~30% of the time for big traces."""
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_enabled:
+            gc.enable()
+
+
+_Run = Tuple[int, int, List[Event]]  # lines [start, end) read by the reference parser at parse time, their events
+
+
+class _LazyEvents(Sequence[Event]):
+    """The ``events`` of :meth:`TraceParser.parse`: a read-only sequence (equal to the list of the same events)
+    whose length and per-event counts are known at once, and whose events are decoded per event name when
+    first needed (see "indexed parsing" above). Thread-safe."""
+
+    def __init__(
+        self,
+        lines: List[str],
+        names: List[str],
+        counts: Dict[str, int],
+        splitters: Dict[str, Optional[_Splitter]],
+        runs: List[_Run],
+        total: int,
+    ) -> None:
+        self._lines: Optional[List[str]] = lines  # the trace's lines (dropped once all groups are decoded)
+        self._names = names  # per line: the event name of an H line outside the runs, else ""
+        self._counts = counts  # event name -> number of such lines
+        self._splitters = splitters  # event name -> splitter, as at parse time
+        self._runs = runs
+        self._total = total
+        self._groups: Dict[str, List[Event]] = {}  # decoded so far, per name (in trace order)
+        self._where: Dict[str, List[int]] = {}  # line indices of the events of a name (as needed)
+        self._all: Optional[List[Event]] = None
+        self._prefixes: Dict[str, Optional[Tuple[str, int, int]]] = {}
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- decoding
+    def _group(self, name: str) -> List[Event]:
+        evs = self._groups.get(name)
+        if evs is not None:
+            return evs
+        with self._lock, _PausedGC():
+            evs = self._groups.get(name)
+            if evs is None:
+                lines = self._lines
+                assert lines is not None  # dropped only when every group is decoded
+                raws = list(map(lines.__getitem__, self._positions(name)))
+                evs = _decode_group(self._splitters[name], name, raws, self._prefixes)
+                self._groups[name] = evs
+                if len(self._groups) == len(self._counts):
+                    self._lines = None
+            return evs
+
+    def _positions(self, name: str) -> List[int]:
+        where = self._where.get(name)
+        if where is None:
+            where = self._where[name] = _positions(self._names, name, self._counts[name])
+        return where
+
+    def _list(self) -> List[Event]:
+        """Every event, in trace order."""
+        out = self._all
+        if out is not None:
+            return out
+        with self._lock, _PausedGC():
+            if self._all is not None:
+                return self._all
+            names = self._names
+            todo = [k for k in self._counts if k not in self._groups]
+            if len(todo) > 1:  # the lines of every event in one pass
+                lines = self._lines
+                assert lines is not None
+                buckets: Dict[str, List[str]] = {k: [] for k in self._counts}
+                buckets[""] = []
+                deque(map(list.append, map(buckets.__getitem__, names), lines), maxlen=0)
+                for k in todo:
+                    self._groups[k] = _decode_group(self._splitters[k], k, buckets[k], self._prefixes)
+                del buckets
+            else:
+                for k in todo:
+                    self._group(k)
+            self._lines = None
+            its = {k: iter(evs) for k, evs in self._groups.items()}
+            take = its.__getitem__
+            out = []
+            start = 0
+            for a, b, evs in self._runs:
+                if start < a:
+                    out.extend(map(next, map(take, names[start:a])))
+                out.extend(evs)
+                start = b
+            if start < len(names):
+                out.extend(map(next, map(take, names[start:] if start else names)))
+            if len(out) != self._total or any(next(it, None) is not None for it in its.values()):
+                raise RuntimeError("pytest-ktrace internal error: decoded events do not match the index")
+            self._all = out
+            return out
+
+    # ---------------------------------------------------------------- selections
+    def select(self, keys: Iterable[Tuple[str, str]]) -> List[Event]:
+        wanted = set(keys)
+        sel = [k for k in self._counts if (_system_of(self._splitters[k], k), k) in wanted]
+        extra = [(a, [e for e in evs if (e.system, e.name) in wanted]) for a, _b, evs in self._runs if evs]
+        extra = [(a, evs) for a, evs in extra if evs]
+        if len(sel) == 1 and not extra:
+            return list(self._group(sel[0]))
+        names = self._names
+        its = {k: iter(self._group(k)) for k in sel}
+        take = its.__getitem__
+        idx = sorted(chain.from_iterable(map(self._positions, sel)))  # each sorted already: merged in O(n)
+        out: List[Event] = []
+        pos = 0
+        for a, evs in extra:
+            cut = bisect_left(idx, a, pos)
+            if pos < cut:
+                out.extend(map(next, map(take, map(names.__getitem__, idx[pos:cut]))))
+            out.extend(evs)
+            pos = cut
+        if pos < len(idx):
+            out.extend(map(next, map(take, map(names.__getitem__, idx[pos:]))))
+        return out
+
+    def count_of(self, system: str, name: str) -> int:
+        n = self._counts.get(name, 0) if _system_of(self._splitters.get(name), name) == system else 0
+        for _a, _b, evs in self._runs:
+            n += sum(1 for e in evs if e.name == name and e.system == system)
+        return n
+
+    def event_counts(self) -> Dict[Tuple[str, str], int]:
+        out = {(_system_of(self._splitters[k], k), k): n for k, n in self._counts.items()}
+        for _a, _b, evs in self._runs:
+            for e in evs:
+                key = (e.system, e.name)
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    # ---------------------------------------------------------------- Sequence
+    def __len__(self) -> int:
+        return self._total
+
+    def __bool__(self) -> bool:
+        return self._total > 0
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Event]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Event, List[Event]]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._list())
+
+    def __reversed__(self) -> Iterator[Event]:
+        return reversed(self._list())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._list()
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        return self._list().index(value, start, stop)
+
+    def count(self, value: Any) -> int:
+        return self._list().count(value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _LazyEvents):
+            return other is self or self._list() == other._list()
+        if isinstance(other, list):
+            return self._list() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as a list
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (list, (self._list(),))  # pickles / copies as the plain list
+
+
+class _Sink:
+    """Where the reference parser puts what it finds."""
+
+    __slots__ = ("events", "lost", "unparsed")
+
+    def __init__(self, events: List[Event], lost: Dict[int, int], unparsed: List[str]) -> None:
+        self.events = events
+        self.lost = lost
+        self.unparsed = unparsed
+
+
 class TraceParser:
     """Parses the text of a ``trace`` / ``trace_pipe`` read into events, using a :class:`FormatCatalog`.
 
     Splitters are compiled once per event format and cached; a format replaced in the catalog (same name) gets
-    a new splitter. Not thread-safe (use one parser per thread)."""
+    a new splitter. Not thread-safe (use one parser per thread); the :class:`ParsedTrace` it returns is."""
 
     def __init__(self, catalog: FormatCatalog) -> None:
         self.catalog = catalog
         self._splitters: Dict[str, Optional[_Splitter]] = {}  # None: no format known for the name
         self._version = catalog.version
-        self._prefixes: Dict[str, Optional[Tuple[str, int, int]]] = {}  # "comm-pid [cpu]" -> parsed
 
     def _splitter(self, name: str) -> Optional[_Splitter]:
         if self._version != self.catalog.version:
@@ -857,7 +1291,8 @@ class TraceParser:
         return self._event(m, line)
 
     def _event(self, m: re.Match[str], raw: str) -> Optional[Event]:
-        comm, pid, cpu, _flags, ts, name, body, _other = m.groups()
+        g = m.groups()
+        name = g[5]
         if name is None:
             return None
         if self._version == self.catalog.version:
@@ -866,240 +1301,76 @@ class TraceParser:
                 sp = self._splitter(name)
         else:
             sp = self._splitter(name)
-        values: Optional[Dict[str, FieldValue]] = None
-        if sp is not None:
-            fmt: Optional[EventFormat] = sp.fmt
-            fwd = sp.forward
-            if fwd is not None and sp.fconv is not None:
-                fm = fwd.fullmatch(body)
-                if fm is not None:
-                    values = sp.fconv(fm.groups())
-            if values is None:
-                if body[:2] != " (":
-                    values = sp.split_fields(body)
-                if values is None:
-                    values = sp.split_fallback(body)
-        else:
-            fmt = None
-        if values is None:
-            if name == "tracing_mark_write" and fmt is None:
-                values = {"buf": (body[1:] if body[:1] == " " else body).rstrip("\n")}
-            else:
-                values = _split_generic(body, fmt)
-        system = fmt.system if fmt is not None else ("ftrace" if name == "tracing_mark_write" else "")
-        if _FAST_EVENT:
-            ev: Event = _new(Event)
-            _setattr(
-                ev,
-                "__dict__",
-                {
-                    "system": system,
-                    "name": name,
-                    "fields": values,
-                    "pid": int(pid),
-                    "comm": comm,
-                    "cpu": int(cpu),
-                    "timestamp": float(ts),
-                    "raw": raw,
-                },
-            )
-            return ev
-        return _make_event(system, name, values, int(pid), comm, int(cpu), float(ts), raw)
+        return _event_of(sp, g, raw)
 
     def parse(self, text: str) -> ParsedTrace:
-        """Parse a whole trace. Never raises on odd input: what cannot be understood lands in ``unparsed``."""
+        """Parse a whole trace. Never raises on odd input: what cannot be understood lands in ``unparsed``.
+
+        The result's ``events`` are decoded when first read (see :class:`ParsedTrace`); its length, ``lost``,
+        ``unparsed`` and the per-event counts are known at once."""
         if not isinstance(text, str):
             raise KtraceError(f"trace text must be str, got {type(text).__name__}")
-        # The events are acyclic; letting the cyclic GC walk the growing list over and over costs ~30% of the
-        # parse time for big traces. Pause it (restored right after, also on errors).
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            result = self._parse_fast(text) if _FAST_EVENT else None
+        with _PausedGC():
+            result = self._parse_indexed(text) if _FAST_EVENT else None
             return result if result is not None else self._parse_slow(text)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
 
     def _parse_slow(self, text: str) -> ParsedTrace:
-        """The reference: line by line (``parse`` gives the same result, faster)."""
-        result = ParsedTrace()
+        """The reference: line by line, every event decoded (``parse`` gives the same result, faster)."""
+        result = _Sink([], {}, [])
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         self._parse_lines(lines, result)
-        return result
+        return ParsedTrace(result.events, result.lost, result.unparsed)
 
-    def _parse_fast(self, text: str) -> Optional[ParsedTrace]:
-        """Whole-text parsing (see "whole-text fast path" above), in chunks of about ``_CHUNK`` characters so
-        the intermediate lists stay in the CPU caches; a chunk ends before a line that is an event header,
-        where the reference parser's state starts afresh. None if an internal check fails (the caller then
+    def _parse_indexed(self, text: str) -> Optional[ParsedTrace]:
+        """The index pass (see "indexed parsing" above); None if an internal check fails (the caller then
         parses line by line)."""
-        result = ParsedTrace()
-        start = 0
-        end = len(text)
-        while start < end:
-            cut = end
-            if end - start > 2 * _CHUNK:
-                nl = text.find("\n", start + _CHUNK)
-                while nl >= 0:
-                    eol = text.find("\n", nl + 1)
-                    if _HEADER_RE.fullmatch(text, nl + 1, end if eol < 0 else eol) is not None:
-                        cut = nl
-                        break
-                    nl = eol
-            if cut == end:
-                return result if self._parse_chunk(text[start:], True, result) else None
-            if not self._parse_chunk(text[start:cut], False, result):
-                return None
-            start = cut + 1
-        return result
-
-    def _parse_chunk(self, text: str, last: bool, result: ParsedTrace) -> bool:
-        """Parse the lines of ``text`` into ``result``; False if an internal check failed."""
-        rows: List[Tuple[str, str, str, str, str]] = _LOOSE_RE.findall(text)
-        if len(rows) != text.count("\n") + 1:
-            return False  # every line yields one row; anything else would be a bug here
-        if last and rows[-1][0] == "":
-            rows.pop()  # as text.split("\n") without the empty string after the last newline
-        n = len(rows)
-        if not n:
-            return True
-        names = [r[3] for r in rows]
-        groups: Dict[str, List[Tuple[str, str, str, str, str]]] = {k: [] for k in set(names)}
-        deque(map(list.append, map(groups.__getitem__, names), rows), maxlen=0)
-        iters: Dict[str, Iterator[Event]] = {}
-        no_event: List[int] = []  # lines without a fast event (left to the reference parser)
-        not_header: List[int] = []  # ... of which may be no event header (continuations, LOST lines, ...)
-        for name, grows in groups.items():
-            if not name:
-                idx = _indices(names, name)
-                no_event.extend(idx)
-                not_header.extend(idx)
-                continue
-            evs, bad, unsure = self._group_events(name, grows)
-            iters[name] = iter(evs)
-            if bad:
-                idx = _indices(names, name)
-                no_event.extend(idx[j] for j in bad)
-                not_header.extend(idx[j] for j in unsure)
-        # a line that may not be a header may continue the event before it: that one goes along
-        no_event_set = set(no_event)
-        slow_set = set(no_event)
-        slow_set.update(i - 1 for i in not_header if i)
-        # merge, in trace order; runs of reference-parsed lines start and end at event headers
-        events = result.events
-        take = iters.__getitem__
-        start = 0
-        for a, b in _runs(sorted(slow_set)):
-            if start < a:
-                before = len(events)
-                events.extend(map(next, map(take, names[start:a])))
-                if len(events) - before != a - start:
-                    return False
-            for i in range(a, b):
-                if i not in no_event_set and next(take(names[i]), None) is None:  # its fast event: dropped
-                    return False
-            self._parse_lines([r[0] for r in rows[a:b]], result)
-            start = b
-        if start < n:
-            before = len(events)
-            events.extend(map(next, map(take, names[start:] if start else names)))
-            if len(events) - before != n - start:
-                return False
-        return not any(next(it, None) is not None for it in iters.values())
-
-    def _group_events(
-        self, name: str, grows: Sequence[Tuple[str, str, str, str, str]]
-    ) -> Tuple[List[Event], List[int], List[int]]:
-        """The fast events of the lines of event ``name`` (in order), the positions (in ``grows``) of lines
-        without one, and of those the positions of lines that may be no event header at all."""
-        m = len(grows)
-        everything = list(range(m))
-        forms = self._fast_forms_for(name, grows)
-        raws, prefs, tss, _names, bodies = zip(*grows)
-        hdrs = self._prefixes_of(prefs)
-        # a line whose prefix is understood is an event header of the reference parser, whatever its body
-        pending = everything if None not in hdrs else [j for j in everything if hdrs[j] is not None]
-        unsure = [] if len(pending) == m else [j for j in everything if hdrs[j] is None]
-        pieces: List[Tuple[_FastForm, List[int], List[Sequence[str]]]] = []
-        for form in forms:
-            if not pending:
-                break
-            sub = bodies if len(pending) == m else [bodies[j] for j in pending]
-            brows = form.regex.findall("\n".join(sub))
-            if len(brows) != len(sub):
-                return [], everything, unsure  # cannot happen (one row per line); be safe
-            vcols: List[Sequence[str]] = list(zip(*brows))
-            marks = vcols[0]
-            if marks.count(" ") == len(marks):
-                pieces.append((form, pending, vcols))
-                pending = []
-                break
-            ok = [mk == " " for mk in marks]
-            if any(ok):
-                pieces.append((form, list(compress(pending, ok)), [list(compress(c, ok)) for c in vcols]))
-            pending = [j for j, o in zip(pending, ok) if not o]
-        if not pieces:
-            return [], everything, unsure
-        fmt = self._splitters[name].fmt  # type: ignore[union-attr]
-        built: List[List[Event]] = []
-        for form, pos, vcols in pieces:
-            if len(pos) == m:
-                p_raws: Sequence[str] = raws
-                p_hdrs: Sequence[Any] = hdrs
-                p_tss: Sequence[str] = tss
+        lines = text.split("\n")
+        names: List[str] = _INDEX_RE.findall(text)
+        if len(names) != len(lines):
+            return None  # every line yields one row; anything else would be a bug here
+        if lines[-1] == "":
+            lines.pop()  # as the reference: no empty line after the last newline
+            names.pop()
+        counts = Counter(names)
+        splitters: Dict[str, Optional[_Splitter]] = {}
+        others: List[int] = []  # lines that are no H lines
+        for k, c in counts.items():
+            if k and not _NUMERIC_NAME_RE.fullmatch(k):
+                splitters[k] = self._splitter(k)
             else:
-                p_raws = [raws[j] for j in pos]
-                p_hdrs = [hdrs[j] for j in pos]
-                p_tss = [tss[j] for j in pos]
-            values = [_convert(vcols, c) for c in form.columns]
-            dicts = form.build(fmt.system, name, p_raws, p_hdrs, list(map(float, p_tss)), values)
-            evs: List[Event] = list(map(_new, repeat(Event, len(dicts))))
-            deque(map(_setattr, evs, repeat("__dict__"), dicts), maxlen=0)
-            built.append(evs)
-        bad = sorted(set(pending).union(unsure))
-        if len(built) == 1:
-            return built[0], bad, unsure
-        # several forms: back in line order
-        order = [-1] * m
-        for k, (_form, pos, _vcols) in enumerate(pieces):
-            for j in pos:
-                order[j] = k
-        its = [iter(evs) for evs in built]
-        return list(map(next, map(its.__getitem__, [k for k in order if k >= 0]))), bad, unsure
+                others.extend(_positions(names, k, c))
+        runs: List[_Run] = []
+        lost: Dict[int, int] = {}
+        unparsed: List[str] = []
+        if others:
+            slow = set(others)
+            for i in others:
+                # the H line before may be continued by this one (unless it is a LOST line, which ends it)
+                j = i - 1
+                if j >= 0 and j not in slow:
+                    sp = splitters.get(names[j])
+                    if sp is not None and sp.multiline:
+                        line = lines[i]
+                        if line[:4] != "CPU:" or _LOST_RE.fullmatch(line) is None:
+                            slow.add(j)
+            sink = _Sink([], lost, unparsed)
+            for a, b in _runs(sorted(slow)):
+                sink.events = []
+                self._parse_lines(lines[a:b], sink)
+                runs.append((a, b, sink.events))
+                for i in range(a, b):
+                    k = names[i]
+                    if k:
+                        counts[k] -= 1
+                        names[i] = ""
+        kept = {k: c for k, c in counts.items() if c and k in splitters}
+        total = sum(kept.values()) + sum(len(evs) for _a, _b, evs in runs)
+        events = _LazyEvents(lines, names, kept, {k: splitters[k] for k in kept}, runs, total)
+        return ParsedTrace(events, lost, unparsed)
 
-    def _fast_forms_for(self, name: str, grows: Sequence[Tuple[str, str, str, str, str]]) -> List[_FastForm]:
-        """The forms the lines of event ``name`` may print in, the one of its first body first. The forms
-        exclude each other (a forward body starts with the first field, a reverse one with the last, the
-        default probe output with ``" ("``), so the order they are tried in does not change any result."""
-        if _NUMERIC_NAME_RE.fullmatch(name):
-            return []  # "<ts>: <digits>:" could also be read as "<flags> <ts>:" (see above)
-        sp = self._splitter(name)
-        if sp is None:
-            return []
-        ids = [_FORM_FORWARD, _FORM_REVERSE, _FORM_FALLBACK]
-        body = grows[0][4]
-        if body[:2] == " (":
-            ids = [_FORM_FALLBACK, _FORM_FORWARD, _FORM_REVERSE]
-        elif sp.last and body.startswith(sp.last) and not body.startswith(sp.first):
-            ids = [_FORM_REVERSE, _FORM_FORWARD, _FORM_FALLBACK]
-        forms = [_fast_form(sp, i) for i in ids]
-        return [f for f in forms if f is not None]
-
-    def _prefixes_of(self, prefs: Sequence[str]) -> List[Any]:
-        cache = self._prefixes
-        try:
-            return list(map(cache.__getitem__, prefs))
-        except KeyError:
-            pass
-        if len(cache) > _MAX_PREFIXES:
-            cache.clear()
-        for p in set(prefs).difference(cache):
-            cache[p] = _prefix(p)
-        return list(map(cache.__getitem__, prefs))
-
-    def _parse_lines(self, lines: List[str], result: ParsedTrace) -> None:
+    def _parse_lines(self, lines: List[str], result: _Sink) -> None:
         """The reference parser: a state machine over lines (continuations, LOST lines), appending to
         ``result``."""
         events = result.events
@@ -1154,7 +1425,7 @@ class TraceParser:
         if p_match is not None:
             self._flush(p_match, p_line, p_more, result)
 
-    def _flush(self, m: re.Match[str], first: str, more: Optional[List[str]], result: ParsedTrace) -> None:
+    def _flush(self, m: re.Match[str], first: str, more: Optional[List[str]], result: _Sink) -> None:
         if more is None:
             ev = self._event(m, first)
             if ev is None:
@@ -1183,7 +1454,7 @@ class TraceParser:
         self._noise(more, result)
 
     @staticmethod
-    def _noise(lines: List[str], result: ParsedTrace) -> None:
+    def _noise(lines: List[str], result: _Sink) -> None:
         for line in lines:
             if line[:1] == "#" or not line.strip():
                 continue  # header lines, blank lines

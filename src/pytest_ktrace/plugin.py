@@ -9,12 +9,21 @@ from typing import Any, Generator, Optional
 
 import pytest
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .backends import builtin
 from .boards import lease_board
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
 from .fake.cassette import RECORD_MODES, Cassette, Tape, cassette_path, profile_of
+from .flamegraphs import MODES as FLAMEGRAPH_MODES
+from .flamegraphs import after_call as write_flamegraphs_after
+from .flamegraphs import flamegraph_mode
 from .identity import RunIdentity
+from .provenance import record_session
+from .report import WORKER_INPUT_KEY, RunReport, TestFiles, annotate, resolve_report_dir
+from .requirements import MARKER as REQUIRES_MARKER
+from .requirements import MARKER_HELP as REQUIRES_HELP
+from .requirements import check_before_setup, check_item
+from .requirements import validate_marker as validate_requires
 from .session import TraceSession
 from .targets import (
     LOST_POLICIES,
@@ -30,7 +39,7 @@ from .targets import (
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _SESSION_KEY = pytest.StashKey[TraceSession]()
-_REPORT_LINES = 400
+_FILES_KEY = pytest.StashKey[TestFiles]()  # --ktrace-report: every process writes the files of its tests
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -114,6 +123,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="MODE",
         choices=RECORD_MODES,
     )
+    option(
+        "ktrace-report",
+        "write each ktrace test's trace, timeline and attached files under DIR, and an HTML summary DIR/index.html",
+        metavar="DIR",
+    )
+    option(
+        "ktrace-flamegraph",
+        "write the flame graphs of ktrace.profile() blocks (SVG + folded stacks, next to --ktrace-report or in "
+        ".ktrace/flamegraphs): failed (the default: tests that failed), all, or none",
+        metavar="WHEN",
+        choices=FLAMEGRAPH_MODES,
+    )
     parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
 
@@ -123,12 +144,27 @@ def pytest_configure(config: pytest.Config) -> None:
         "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=, stream=, "
         "keep=): per-test settings; they override the command line and the ini file",
     )
+    config.addinivalue_line("markers", REQUIRES_HELP)
     config.stash[state_key()] = RunState(RunIdentity.current())
     if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
         config.pluginmanager.register(builtin, "ktrace-builtin-backends")
     # The command line and ini values, checked once for the whole run: a bad value is one usage error (exit 4),
     # also with -q (which skips pytest_report_header), not an error in every test.
     resolve_target(config)
+    flamegraph_mode(config)
+    report_dir = resolve_report_dir(config)
+    if report_dir is not None:
+        config.stash[_FILES_KEY] = TestFiles(report_dir)
+        if not hasattr(config, "workerinput"):  # an xdist worker only writes its tests' files
+            config.pluginmanager.register(_ReportHooks(RunReport(report_dir)), "ktrace-report")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: workers write into the directory the controller resolved and checked."""
+    files = node.config.stash.get(_FILES_KEY, None)
+    if files is not None:
+        node.workerinput[WORKER_INPUT_KEY] = str(files.root)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -141,6 +177,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for marker in item.iter_markers("ktrace"):
             validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+        for marker in item.iter_markers(REQUIRES_MARKER):
+            validate_requires(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_before_setup(item)  # @pytest.mark.ktrace_requires, before the test's fixtures (see requirements.py)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -194,6 +236,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         settings = replace(settings, target=replace(settings.target, profile=profile_of(Cassette.load(cassette))))
     try:
         backend = state.backend_for(config, settings.target)
+        check_item(request.node, settings.target, backend)  # ktrace_requires, if not checked before setup
         tape = Tape(backend, request.node.nodeid, cassette, record=record)
     except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
         pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
@@ -220,6 +263,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     try:
         yield session
     finally:
+        record_session(request.node, settings.target, session)  # JUnit XML properties
         state.live.discard(session)
         report = session.teardown()
         for note in report.notes:
@@ -247,19 +291,29 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if report.when != "call" or not report.failed:
-        return
-    session = item.stash.get(_SESSION_KEY, None)
-    if session is None or not session._instance_planned:
-        return
-    try:
-        session.collect()
-        text = session.trace_text
-    except Exception as exc:  # the report must not hide the test's own failure
-        text = f"(trace could not be read: {exc})"
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
-    if len(lines) > _REPORT_LINES:
-        lines = [f"... {len(lines) - _REPORT_LINES} earlier lines omitted ...", *lines[-_REPORT_LINES:]]
-    header = f"target: {session.describe_target()}\ninstance: {session.instance}\n"
-    report.sections.append(("ktrace trace", header + ("\n".join(lines) or "(no events recorded)")))
+    report, session, files = (
+        outcome.get_result(),
+        item.stash.get(_SESSION_KEY, None),
+        item.config.stash.get(_FILES_KEY, None),
+    )
+    write_flamegraphs_after(item, report, session, files.root if files is not None else None)
+    annotate(item, report, session, files)
+
+
+class _ReportHooks:
+    """``--ktrace-report`` on the controller (or the only process): the reports of every phase of every test
+    (under xdist the workers' reports, deserialized), and the index written once at the end."""
+
+    def __init__(self, run_report: RunReport) -> None:
+        self.run_report = run_report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.run_report.add(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        self.run_report.write(__version__)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.run_report.written is not None:
+            terminalreporter.write_line(f"ktrace report: {self.run_report.written}")

@@ -98,6 +98,7 @@ class ProbeSpec:
     maxactive: Optional[int] = None
     display: str = ""  # what the user named: "__setup_irq", "/bin/prog:setup_thing", "sched:sched_switch"
     where: str = ""  # file:line of the definition in the test
+    stacktrace: bool = False  # a "stacktrace" trigger records the kernel call stack of each hit
 
     @property
     def is_dynamic(self) -> bool:

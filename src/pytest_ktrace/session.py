@@ -4,20 +4,25 @@ ledger that undoes exactly what this test created."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import inspect
 import math
 import os
+import posixpath
 import re
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Optional, Sequence, Union
+
+import pytest
 
 from . import elf
+from ._files import write_private_temp
 from .arch import normalize_arch, rewrite_argn
+from .artifacts import Artifact, make_artifact
 from .assertions import Observation, ProbeView, assert_latency, assert_order
 from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from .backends.features import MOUNT_HINT
@@ -26,6 +31,7 @@ from .errors import (
     KtraceError,
     MissingBinary,
     ProbeRejected,
+    TargetError,
     TracefsUnavailable,
     UnknownSymbol,
     UnsupportedFetchArg,
@@ -34,8 +40,11 @@ from .errors import (
 from .events import Event
 from .identity import RunIdentity
 from .matchers import ANY
+from .names import kernel_fetchargs
 from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+from .perf import PerfStat, Profile, UnsupportedPolicy, parse_stat, unwrap, wrap_record, wrap_stat
 from .probes import ProbeKind, ProbeSpec, check_encodable, check_fetchargs, check_text, event_name_for
+from .stacks import StackKey, stacks_by_event, with_stacks
 from .streaming import (
     DEFAULT_BUCKETS_US,
     DEFAULT_KEEP,
@@ -54,7 +63,9 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 Scope = Literal["all", "run"]
 # fullmatch() only: "$" would also match before a trailing newline (a second kernel command)
 _TRACEPOINT = re.compile(r"(?P<system>[A-Za-z0-9_.-]+):(?P<event>[A-Za-z0-9_.-]+)")
-_KSYM = re.compile(r"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|[0-9]+))?")
+_KSYM = re.compile(
+    r"(?:(?P<mod>[A-Za-z0-9_-]+):)?(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|[0-9]+))?"
+)
 _DEFAULT_RETURN = "$retval:s32"
 _ENTRIES = re.compile(r"^# entries-in-buffer/entries-written: (\d+)/(\d+)\s+#P:(\d+)", re.M)
 _OVERRUN = re.compile(r"^overrun: (\d+)", re.M)
@@ -171,10 +182,16 @@ class TraceSession:
         self.keep_events = keep_events
         self.sync_stall_s = sync_stall_s
         self._pump: Optional[StreamPump] = None
+        self._perf: Optional[Union[PerfStat, Profile]] = None  # the perf block run() wraps commands for
+        self.profiles: list[Profile] = []
+        self._stacks: set[tuple[str, str]] = set()  # (group, event) of probes with stacktrace=True
+        self._stack_cache: Optional[tuple[str, dict[StackKey, tuple[str, ...]]]] = None
+        self._fields_on = False  # the instance prints events with options/fields
         self._trace_stream: Optional[TraceStream] = None
         self._markers = 0  # sync markers written to trace_marker (and so, eventually, streamed)
         self._aggregates: list[Aggregate] = []
         self._unchecked: list[Aggregate] = []  # aggregates whose field awaits the probe's format
+        self._artifacts: list[Artifact] = []
 
     # ------------------------------------------------------------------ target
     @property
@@ -186,9 +203,13 @@ class TraceSession:
         return f"instances/{self.instance}"
 
     # --------------------------------------------------------------- factories
-    def kprobe(self, symbol: str, *args: str, filter: Optional[str] = None, **fetchargs: str) -> ProbeView:
-        """A kprobe on ``symbol[+offset]``; fetchargs in kernel syntax (``irq="%x0:u32"``, ``"$arg1"``)."""
-        return self._kernel_probe("kprobe", symbol, args, fetchargs, filter, None)
+    def kprobe(
+        self, symbol: str, *args: str, filter: Optional[str] = None, stacktrace: bool = False, **fetchargs: str
+    ) -> ProbeView:
+        """A kprobe on ``[module:]symbol[+offset]``; fetchargs in kernel syntax (``irq="%x0:u32"``, ``"$arg1"``)
+        or C names resolved from the target's BTF (``irq="irq"``, ``name="new->name:string"``, see names.py).
+        ``stacktrace=True`` records the kernel call stack of every hit (``event.stack``)."""
+        return self._with_stack(self._kernel_probe("kprobe", symbol, args, fetchargs, filter, None), stacktrace)
 
     def kretprobe(
         self,
@@ -196,24 +217,59 @@ class TraceSession:
         *args: str,
         filter: Optional[str] = None,
         maxactive: Optional[int] = None,
+        stacktrace: bool = False,
         **fetchargs: str,
     ) -> ProbeView:
-        """A return probe on ``symbol``; records ``ret=$retval:s32`` unless a fetcharg uses ``$retval``."""
-        return self._kernel_probe("kretprobe", symbol, args, fetchargs, filter, maxactive)
+        """A return probe on ``symbol``; records ``ret=$retval`` typed from BTF (``:s32`` without BTF) unless a
+        fetcharg uses ``$retval``."""
+        return self._with_stack(self._kernel_probe("kretprobe", symbol, args, fetchargs, filter, maxactive), stacktrace)
 
     def uprobe(
-        self, path: str, location: Union[str, int], *args: str, filter: Optional[str] = None, **fetchargs: str
+        self,
+        path: str,
+        location: Union[str, int],
+        *args: str,
+        filter: Optional[str] = None,
+        stacktrace: bool = False,
+        **fetchargs: str,
     ) -> ProbeView:
         """A uprobe on ``path`` at a symbol name or file offset (int)."""
-        return self._user_probe("uprobe", path, location, args, fetchargs, filter)
+        return self._with_stack(self._user_probe("uprobe", path, location, args, fetchargs, filter), stacktrace)
 
     def uretprobe(
-        self, path: str, location: Union[str, int], *args: str, filter: Optional[str] = None, **fetchargs: str
+        self,
+        path: str,
+        location: Union[str, int],
+        *args: str,
+        filter: Optional[str] = None,
+        stacktrace: bool = False,
+        **fetchargs: str,
     ) -> ProbeView:
         """A uretprobe; records ``ret=$retval:s32`` unless a fetcharg uses ``$retval``."""
-        return self._user_probe("uretprobe", path, location, args, fetchargs, filter)
+        return self._with_stack(self._user_probe("uretprobe", path, location, args, fetchargs, filter), stacktrace)
 
-    def tracepoint(self, name: str, *, filter: Optional[str] = None) -> ProbeView:
+    def tracepoint(self, name: str, *, filter: Optional[str] = None, stacktrace: bool = False) -> ProbeView:
+        """An existing kernel event ``system:event``, enabled in this test's instance only; ``stacktrace=True``
+        records the kernel call stack of every hit (``event.stack``)."""
+        return self._with_stack(self._tracepoint(name, filter), stacktrace)
+
+    def _with_stack(self, view: ProbeView, stacktrace: object) -> ProbeView:
+        if not isinstance(stacktrace, bool):
+            raise KtraceError(f"stacktrace= must be True or False, got {_type_name(stacktrace)} {stacktrace!r}")
+        if stacktrace:
+            if self.stream:
+                raise KtraceError(
+                    f"{view.name}: stacktrace=True is not available in stream mode (stack entries are not "
+                    "streamed); turn streaming off for this test"
+                )
+            self._stacks.add((view.spec.group, view.spec.event))
+            view.spec = dataclasses.replace(view.spec, stacktrace=True)
+            for probe in self._probes:
+                if probe.view is view:
+                    probe.spec = view.spec
+        return view
+
+    def _tracepoint(self, name: str, filter: Optional[str]) -> ProbeView:
         """An existing kernel event ``system:event``, enabled in this test's instance only."""
         self._check_open("tracepoint()")
         if not isinstance(name, str):
@@ -248,13 +304,15 @@ class TraceSession:
         check_fetchargs(named)
         return named
 
-    def _adapt(self, kind: ProbeKind, named: dict[str, str]) -> dict[str, str]:
+    def _adapt(
+        self, kind: ProbeKind, named: dict[str, str], default_return: Optional[str] = _DEFAULT_RETURN
+    ) -> dict[str, str]:
         """Make fetchargs runnable on this target: ``$argN`` becomes a register where the kernel lacks it."""
         info = self.target
         is_user = kind in ("uprobe", "uretprobe")
         is_return = kind in ("kretprobe", "uretprobe")
-        if is_return and not any(text.startswith("$retval") for text in named.values()):
-            named = {"ret": _DEFAULT_RETURN, **named} if "ret" not in named else named
+        if is_return and default_return and not any(text.startswith("$retval") for text in named.values()):
+            named = {"ret": default_return, **named} if "ret" not in named else named
         adapted: dict[str, str] = {}
         for key, text in named.items():
             if "$arg" in text and not text.startswith("$args"):
@@ -296,7 +354,11 @@ class TraceSession:
             isinstance(maxactive, bool) or not (isinstance(maxactive, int) and 0 < maxactive <= 4096)
         ):
             raise KtraceError(f"maxactive={maxactive!r} must be an int in 1..4096")
-        named = self._adapt(kind, self._named_args(args, fetchargs))
+        # names (irq="irq", name="new->name:string") resolved from the target's BTF, the return value typed by it
+        named, default_return = kernel_fetchargs(
+            self.backend, kind, symbol, self._named_args(args, fetchargs), default_return=_DEFAULT_RETURN
+        )
+        named = self._adapt(kind, named, default_return)
         spec = ProbeSpec(
             kind=kind,
             group=self.identity.group,
@@ -377,12 +439,15 @@ class TraceSession:
         result = self.backend.run(["cat", "--", path], timeout=self.run_timeout)
         if result.returncode != 0:
             raise MissingBinary(f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}")
-        with tempfile.NamedTemporaryFile(prefix="ktrace-elf-", delete=False) as handle:
-            handle.write(result.stdout.encode("utf-8", "surrogateescape"))
+        copy = write_private_temp(
+            result.stdout.encode("utf-8", "surrogateescape"),
+            prefix="ktrace-elf-",
+            what=f"the local copy of {self.backend.name}:{path} at",
+        )
         if cached is not None:
             cached[1].unlink(missing_ok=True)
-        self._elf_cache[path] = (identity, Path(handle.name))
-        return self._elf_cache[path][1]
+        self._elf_cache[path] = (identity, copy)
+        return copy
 
     def _check_open(self, what: str) -> None:
         """After teardown nothing may be created any more: it would never be removed."""
@@ -415,7 +480,9 @@ class TraceSession:
             # Recorded before it exists: teardown removes it even if this batch dies half way.
             self._instance_planned = True
             ops.append(Mkdir(inst))
-            if "fields" in info.features:
+            # with options/fields the kernel prints stack entries as "UNKNOWN TYPE 4": not when stacks are wanted
+            if "fields" in info.features and not self._stacks:
+                self._fields_on = True
                 ops.append(Write(f"{inst}/options/fields", "1", append=False))
             if self.buffer_kb:
                 ops.append(Write(f"{inst}/buffer_size_kb", str(self.buffer_kb), append=False))
@@ -423,6 +490,9 @@ class TraceSession:
                 # Nothing is recorded until run() has put its pid in set_event_pid and turned tracing on.
                 ops.append(Write(f"{inst}/tracing_on", "0", append=False))
                 ops.append(Write(f"{inst}/options/event-fork", "1", append=False))
+        elif self._fields_on and self._stacks:
+            self._fields_on = False
+            ops.append(Write(f"{inst}/options/fields", "0", append=False))
         for probe in pending:
             spec = probe.spec
             if spec.is_dynamic:
@@ -434,6 +504,11 @@ class TraceSession:
             if spec.filter:
                 ops.append(Write(f"{events_dir}/filter", spec.filter, append=False))
             self._disable_ops.append(Write(f"{events_dir}/enable", "0", append=False))
+            if (spec.group, spec.event) in self._stacks:
+                # the trigger's own filter, so only the hits the event keeps get a stack entry
+                trigger = "stacktrace" + (f" if {spec.filter}" if spec.filter else "")
+                ops.append(Write(f"{events_dir}/trigger", trigger))
+                self._disable_ops.append(Write(f"{events_dir}/trigger", "!stacktrace"))
             ops.append(Write(f"{events_dir}/enable", "1", append=False))
         for probe in pending:
             if probe.spec.display not in self._catalog:
@@ -591,9 +666,9 @@ class TraceSession:
             aggregate.reset()
             for key in aggregate.keys:
                 by_key.setdefault(key, []).append(aggregate)
-        for event in parsed.events:
+        for event in parsed.select(by_key):  # decodes the events of these probes only
             key = (event.system, event.name)
-            for aggregate in by_key.get(key, ()):
+            for aggregate in by_key[key]:
                 aggregate.feed(key, event)
         for aggregate in aggregates:
             aggregate.publish()
@@ -719,6 +794,15 @@ class TraceSession:
                 pid_files.append(f"{self.instance_path}/tracing_on")
         # the trace comes back with the command (stream mode: a sync marker is written): no extra round trip
         after: Op = self._marker_op() if self.stream else Read(f"{self.instance_path}/trace")
+        perf = self._perf
+        if perf is not None:
+            # the wrapper hands the pid files to the command itself, so scope="run" follows it, not perf
+            inside = [posixpath.join(self.target.tracefs, path) for path in pid_files]
+            if isinstance(perf, PerfStat):
+                argv = wrap_stat(argv, perf.events, system_wide=perf.system_wide, pid_files=inside)
+            else:
+                argv = wrap_record(argv, frequency=perf.frequency, system_wide=perf.system_wide, pid_files=inside)
+            pid_files = []
         result = self.backend.run(
             argv,
             timeout=self.run_timeout if timeout is None else timeout,
@@ -726,6 +810,8 @@ class TraceSession:
             stdin=stdin,
             after=[after],
         )
+        if perf is not None:
+            result = self._perf_result(perf, result)
         self._tracing_started = True
         self._runs.append(result)
         collected = result.after[0] if result.after else None
@@ -742,6 +828,106 @@ class TraceSession:
     @property
     def runs(self) -> list[RunResult]:
         return list(self._runs)
+
+    # ------------------------------------------------------------------ perf
+    @contextlib.contextmanager
+    def perf_stat(
+        self,
+        events: Sequence[str] = ("task-clock", "context-switches", "cpu-migrations", "page-faults"),
+        *,
+        system_wide: bool = False,
+        unsupported: UnsupportedPolicy = "skip",
+    ) -> Iterator[PerfStat]:
+        """Count ``events`` with ``perf stat`` on the target for every ``ktrace.run(...)`` inside the block
+        (``system_wide``: everything on the target while those commands run, ``perf stat -a``). An event perf
+        cannot count there (``<not supported>``, e.g. hardware counters in a VM) skips the test with the
+        reason, fails it (``unsupported="fail"``), or is left out of the counts (``"ignore"``). No perf on the
+        target: the test is skipped, naming the target."""
+        __tracebackhide__ = True
+        self._check_open("perf_stat()")
+        if isinstance(events, str) or not isinstance(events, Sequence) or not events:
+            raise KtraceError(f"perf_stat() events must be a non-empty list of perf event names, got {events!r}")
+        for event in events:
+            if not isinstance(event, str) or not event.strip() or any(c in event for c in ",\n\0 "):
+                raise KtraceError(
+                    f"perf_stat() event {event!r} is not one perf event name (no commas, blanks or newlines; "
+                    "give each event as its own list item)"
+                )
+        if unsupported not in ("skip", "fail", "ignore"):
+            raise KtraceError(f"perf_stat() unsupported= must be 'skip', 'fail' or 'ignore', got {unsupported!r}")
+        stat = PerfStat(events, system_wide=bool(system_wide), target=self.target.name)
+        with self._perf_block(stat, "perf_stat()"):
+            yield stat
+        self._check_perf_ran(stat, "perf_stat()")
+        missing = stat.unsupported
+        if missing and unsupported != "ignore":
+            what = ", ".join(f"{event} is {status}" for event, status in missing.items())
+            message = f"perf stat on {self.target.name} ({self.target.release} {self.target.arch}): {what}"
+            if unsupported == "skip":
+                pytest.skip(message)
+            raise AssertionError(message)
+
+    @contextlib.contextmanager
+    def profile(self, *, frequency: int = 999, system_wide: bool = False, label: str = "") -> Iterator[Profile]:
+        """Sample call stacks with ``perf record -g`` (``frequency`` Hz) on the target for every
+        ``ktrace.run(...)`` inside the block; the result is folded on the target's own symbols. With
+        ``--ktrace-flamegraph`` the plugin writes it as an SVG flame graph next to the report."""
+        __tracebackhide__ = True
+        self._check_open("profile()")
+        _check_int("profile() frequency", frequency, 1, 100_000)
+        prof = Profile(frequency=frequency, system_wide=bool(system_wide), target=self.target.name, label=label)
+        with self._perf_block(prof, "profile()"):
+            yield prof
+        self._check_perf_ran(prof, "profile()")
+        self.profiles.append(prof)
+
+    @contextlib.contextmanager
+    def _perf_block(self, block: Union[PerfStat, Profile], what: str) -> Iterator[None]:
+        if self._perf is not None:
+            raise KtraceError(f"{what} inside another perf_stat()/profile() block: one perf block at a time")
+        self._perf = block
+        try:
+            yield
+        finally:
+            self._perf = None
+
+    def _check_perf_ran(self, block: Union[PerfStat, Profile], what: str) -> None:
+        if not block.runs:
+            raise KtraceError(
+                f"{what} block ran no command: perf measures the commands started with ktrace.run(...) inside it"
+            )
+
+    def _perf_result(self, block: Union[PerfStat, Profile], result: RunResult) -> RunResult:
+        command, output = unwrap(result)
+        tool = "perf stat" if isinstance(block, PerfStat) else "perf record"
+        if output.missing:
+            pytest.skip(
+                f"perf is not installed on {self.target.name}: {tool} needs it on the target "
+                "(Debian/Ubuntu: apt install linux-perf; Fedora: dnf install perf)"
+            )
+        if output.pid_file_error:
+            raise TargetError(
+                f"could not hand the pid of {list(command.argv)} to the trace filter on {self.target.name}: "
+                f"{output.pid_file_error}",
+                host=self.target.name,
+                cause="pid file refused",
+            )
+        if isinstance(block, PerfStat):
+            values = parse_stat(output.text)
+            if not values:
+                raise KtraceError(
+                    f"perf stat on {self.target.name} counted nothing (exit status {command.returncode}): "
+                    f"{command.stderr.strip()[-1500:] or 'no error output'}"
+                )
+            block.add(values)
+        else:
+            if output.returncode is None:
+                raise KtraceError(
+                    f"perf record on {self.target.name} did not run the command: "
+                    f"{command.stderr.strip()[-1500:] or 'no error output'}"
+                )
+            block.add(output.text)
+        return command
 
     # ------------------------------------------------------------ collecting
     def collect(self) -> ParsedTrace:
@@ -818,11 +1004,20 @@ class TraceSession:
             return self.collect()
         return self._parsed
 
+    def _stacks_of_trace(self) -> dict[StackKey, tuple[str, ...]]:
+        text = self._raw_trace
+        cached = self._stack_cache
+        if cached is None or cached[0] is not text:
+            cached = self._stack_cache = (text, stacks_by_event(text))
+        return cached[1]
+
     def _observe(self, spec: ProbeSpec) -> Observation:
         if self.stream:
             return self._observe_stream(spec)
         parsed = self._current()
-        events = [e for e in parsed.events if e.name == spec.event and e.system == spec.group]
+        events = parsed.of(spec.group, spec.event)  # decodes this probe's events only
+        if (spec.group, spec.event) in self._stacks:
+            events = with_stacks(events, self._stacks_of_trace())
         hints: list[str] = []
         if not events and not self._runs:
             hints.append(
@@ -879,10 +1074,12 @@ class TraceSession:
         pid: Optional[int] = None,
         comm: str = "ktrace-inject",
         cpu: int = 0,
+        stack: Sequence[str] = (),
         **fields: Union[int, str],
     ) -> int:
         """Emit ``count`` synthetic events of ``probe`` with ``fields`` (fake backend only), typed and checked
-        against the probe's format like kernel data; returns how many were recorded (filters still apply)."""
+        against the probe's format like kernel data; returns how many were recorded (filters still apply).
+        ``stack``: the kernel call stack (innermost first) a ``stacktrace=True`` probe records with each."""
         self._check_open("inject()")
         emit = getattr(self.backend, "inject", None)
         if emit is None:
@@ -897,6 +1094,13 @@ class TraceSession:
             raise KtraceError(f"inject comm must be a str, got {_type_name(comm)} {comm!r}")
         check_encodable("inject comm", comm)
         _check_int("inject cpu", cpu, 0)
+        if (
+            isinstance(stack, str)
+            or not isinstance(stack, Sequence)
+            or not all(isinstance(frame, str) and frame.strip() and "\n" not in frame for frame in stack)
+        ):
+            raise KtraceError(f"inject stack= must be a list of function names (innermost first), got {stack!r}")
+        extra: dict[str, Any] = {"stack": tuple(stack)} if stack else {}
         self.arm()
         fmt = self._catalog.get(f"{probe.spec.group}:{probe.spec.event}")
         if fmt is None:
@@ -920,7 +1124,7 @@ class TraceSession:
                 check_encodable(f"{probe.name}.{name}", value)
         recorded = 0
         for _ in range(count):
-            recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu) > 0)
+            recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu, **extra) > 0)
         self._dirty = True
         return recorded
 
@@ -1022,6 +1226,22 @@ class TraceSession:
 
     def describe_target(self) -> str:
         return self.target.summary()
+
+    # ------------------------------------------------------------- reporting
+    @property
+    def probes(self) -> list[ProbeView]:
+        """Every probe this test defined, in definition order (``.spec`` is its definition)."""
+        return [probe.view for probe in self._probes]
+
+    def attach(self, label: str, path: Union[str, os.PathLike[str]]) -> None:
+        """Attach a file (a flame graph, a capture) to this test's report: listed in the failure report section,
+        copied and linked by ``--ktrace-report``. It may be written after this call, until the test ends."""
+        self._artifacts.append(make_artifact(label, path))
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        """What :meth:`attach` was given, in order."""
+        return list(self._artifacts)
 
     @property
     def arch(self) -> str:

@@ -62,7 +62,7 @@ def test_guest_suite_replays_on_the_fake_without_a_guest(guest_suite: Path, tmp_
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-4000:]
-    assert "9 passed, 2 xfailed" in run.stdout, run.stdout[-2000:]
+    assert "13 passed, 2 xfailed" in run.stdout, run.stdout[-2000:]
 
 
 def test_a_changed_expectation_fails_on_the_fake_as_on_the_board(guest_suite: Path) -> None:
@@ -81,6 +81,29 @@ def test_a_changed_probe_makes_the_cassette_stale(guest_suite: Path) -> None:
     assert run.returncode == 1
     assert "cassette is stale: re-record on hardware" in run.stdout
     assert "the probes changed since the recording" in run.stdout
+
+
+def test_a_changed_name_makes_the_cassette_stale(guest_suite: Path) -> None:
+    # names are resolved from the BTF recorded in the cassette: one it did not record cannot be resolved here
+    suite = guest_suite / "test_setup_irq.py"
+    suite.write_text(suite.read_text().replace('inner="desc->irq_data.irq"', 'inner="desc->irq_data.hwirq"', 1))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_by_name")
+    assert run.returncode == 1
+    assert "2 failed" in run.stdout
+    assert "cassette is stale: re-record on hardware" in run.stdout
+    assert "__setup_irq 'desc->irq_data.hwirq' (at entry) was not resolved from BTF" in run.stdout
+    assert "recorded names at entry: desc->irq_data.irq, irq, new->name:string" in run.stdout
+
+
+def test_names_replay_with_their_recorded_types_and_errors(guest_suite: Path) -> None:
+    # the return type recorded from BTF (int: s32) shows -22 as -22; the errors the test expects replay too
+    suite = guest_suite / "test_setup_irq.py"
+    head, tail = suite.read_text().split("def test_rebind_by_name", 1)
+    suite.write_text(head + "def test_rebind_by_name" + tail.replace("assert_returned(0)", "assert_returned(-22)", 1))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_by_name or checked_against")
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "2 failed, 2 passed" in run.stdout, run.stdout[-3000:]
+    assert "__setup_irq returned 0 (expected -22)" in run.stdout
 
 
 def test_a_changed_command_makes_the_cassette_stale(guest_suite: Path) -> None:

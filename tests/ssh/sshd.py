@@ -5,6 +5,12 @@ directory: its own config, a fresh ed25519 host key, a PidFile, per-user ``autho
 client key pair, a private ``known_hosts`` and a private ``ssh_config`` with ``Host`` aliases. Only loopback is
 ever used. :meth:`SshServer.stop` ends exactly the sshd process it started.
 
+``SshServer(workdir, full_tmp="64k")`` is a target whose ``/tmp`` is full: its sshd runs in a private mount
+namespace (``unshare --mount``) where a tmpfs of that size covers ``/tmp`` and a filler file takes its every
+byte. The server's own directory (under the real ``/tmp``) is bind-mounted back into that tmpfs at the same path,
+so its config, host key and authorized_keys stay readable. Nothing of it is visible outside the namespace, and
+the namespace (with its mounts) ends with the last of its processes, i.e. with :meth:`SshServer.stop`.
+
 :func:`ensure_users` creates, idempotently, the local accounts the tests log in as:
 
 - ``ktrace-root``: a uid-0 alias of root whose login shell is ``/bin/sh``. root's ``~/.bashrc`` on the dev machine
@@ -89,6 +95,20 @@ def keygen(path: Path, comment: str) -> None:
     )
 
 
+# Run by `unshare --mount --propagation private sh -c` before sshd: $1 the server's directory, $2 the tmpfs size,
+# then sshd's argv. The cwd keeps hold of the real directory while the tmpfs covers /tmp; mkdir before filling.
+_FULL_TMP = r"""set -e
+cd "$1"
+exec 2>full-tmp.log
+mount -t tmpfs -o size="$2",mode=1777 ktrace-full-tmp /tmp
+case $1 in /tmp/*) mkdir -p "$1"; mount --no-canonicalize --bind . "$1";; esac
+dd if=/dev/zero of=/tmp/.ktrace-filler bs=4096 >/dev/null 2>&1 || true
+shift 2
+exec "$@"
+"""
+FULL_TMP_SOURCE = "ktrace-full-tmp"  # the tmpfs's name in /proc/*/mounts
+
+
 @dataclass
 class SshServer:
     """One sshd on 127.0.0.1 living in ``workdir``; see the module docstring."""
@@ -97,6 +117,14 @@ class SshServer:
     port: int = 0
     proc: Optional[subprocess.Popen[bytes]] = None
     aliases: dict[str, str] = field(default_factory=dict)
+    full_tmp: Optional[str] = None  # a tmpfs size ("64k"): /tmp of this target is that small, and full
+    extra_config: list[str] = field(default_factory=list)  # appended to sshd_config (e.g. a Match block)
+
+    @property
+    def target_tmp(self) -> Path:
+        """``/tmp`` as the target (sshd and its sessions) sees it, from outside its mount namespace."""
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/root/tmp")
 
     @property
     def host_key(self) -> Path:
@@ -161,6 +189,7 @@ class SshServer:
                     "MaxSessions 100",
                     "LogLevel VERBOSE",
                     "Subsystem sftp internal-sftp",
+                    *self.extra_config,
                     "",
                 ]
             )
@@ -185,8 +214,12 @@ class SshServer:
             f"  UserKnownHostsFile {self.known_hosts}\n"
         )
         self.ssh_config.write_text("\n".join(blocks))
+        argv = [SSHD, "-D", "-f", str(config), "-E", str(self.log)]
+        if self.full_tmp is not None:
+            prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _FULL_TMP, "sh"]
+            argv = [*prefix, str(self.workdir), self.full_tmp, *argv]
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-f", str(config), "-E", str(self.log)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -194,7 +227,9 @@ class SshServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                logs = [p for p in (self.log, self.workdir / "full-tmp.log") if p.exists()]
+                log = "".join(p.read_text()[-2000:] for p in logs) or "(no log)"
+                raise RuntimeError(f"sshd exited {self.proc.returncode}: {log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(4).startswith(b"SSH-"):

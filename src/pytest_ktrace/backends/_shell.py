@@ -402,6 +402,20 @@ exec "$@"
 """
 
 
+# The command's stdin, in a new file (0600, never an existing one: set -C) of $TMPDIR or /tmp that the child
+# removes once it has it open. Written by cat, not the printf builtin: dash's printf reports a full disk as
+# "I/O error" and busybox's reports nothing, while cat (GNU and busybox) says "No space left on device". A failed
+# write removes the part already written; either failure is an ``I path`` frame with the error text as payload.
+_STDIN_FILE = r"""kt_in="${TMPDIR:-/tmp}/.ktrace-stdin.$$.$kt_n"
+if ! kt_e=$( (umask 077; set -C; : >"$kt_in") 2>&1 ); then
+  kt_f I "$kt_in"; printf '%s' "$kt_e"; kt_f END; exit 0
+fi
+if ! kt_e=$(printf '%s' @DATA@ | cat 2>&1 >>"$kt_in"); then
+  rm -f "$kt_in"; kt_f I "$kt_in"; printf '%s' "$kt_e"; kt_f END; exit 0
+fi
+"""
+
+
 def render_run(
     argv: Sequence[str],
     nonce: str,
@@ -415,7 +429,8 @@ def render_run(
     it), with ``stdin`` as its standard input (else /dev/null), in the login directory; then applies ``after``
     inside tracefs (frames as in :func:`render_batch`), so reading the trace costs no extra round trip.
 
-    Frames: ``START``; ``T``/``X`` when there are pid files; ``C pid`` as soon as the child exists (the pid to
+    Frames: ``START``; ``T``/``X`` when there are pid files; ``I file`` + error when the stdin file could not be
+    written (nothing is left of it; the command is not run); ``C pid`` as soon as the child exists (the pid to
     kill on timeout); ``P pid`` from the child right before exec; ``F file`` + error when a pid file refused the
     pid; ``R rc`` when it ended; ``END``. The command's stdout is the payloads of ``C`` and ``P`` in order."""
     if not argv:
@@ -424,11 +439,7 @@ def render_run(
     if pid_files:
         out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
     if stdin is not None:
-        out.append(
-            'kt_in="${TMPDIR:-/tmp}/.ktrace-stdin.$$.$kt_n"\n'
-            f"if ! (umask 077; set -C; printf '%s' {quote(stdin)} > \"$kt_in\"); then\n"
-            "  kt_f X stdin; kt_f END; exit 0\nfi\n"
-        )
+        out.append(_STDIN_FILE.replace("@DATA@", quote(stdin)))
     else:
         out.append("kt_in=\n")
     words = " ".join(quote(a) for a in (*pid_files, *argv))
@@ -454,6 +465,7 @@ class RunOutput:
     problem: Optional[TracefsProblem]
     pid_file_error: Optional[tuple[str, str]]
     after: list[OpResult] = field(default_factory=list)
+    stdin_error: Optional[tuple[str, str]] = None  # (stdin file path, the shell's error text)
 
 
 def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
@@ -482,6 +494,8 @@ def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
             result.returncode = int(frame.fields[0])
         elif frame.tag == "F":
             result.pid_file_error = (" ".join(frame.fields), decode(frame.payload))
+        elif frame.tag == "I":
+            result.stdin_error = (" ".join(frame.fields), decode(frame.payload))
     result.stdout = b"".join(stdout)
     result.after = op_results(after, frames)
     return result

@@ -165,6 +165,13 @@ class Backend(Protocol):
         stream is open the instance is busy (its ``rmdir`` is EBUSY): close it before removing the instance."""
         ...
 
+    def fetch_file(self, path: str) -> bytes:
+        """The bytes of the file at the absolute ``path`` on the target (not tracefs-relative: e.g. the kernel's
+        BTF, ``/sys/kernel/btf/vmlinux``). Raises :class:`OSError` (``FileNotFoundError`` when it does not
+        exist) or a :class:`~pytest_ktrace.errors.KtraceError` when the target is unreachable. Optional for
+        third-party backends, like :meth:`open_stream`: without it, ``cat`` is run through :meth:`run`."""
+        ...
+
     def defer(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` (teardown that could not run because the target was unreachable) before anything else
         on the next successful connection. A backend that cannot lose its target applies them at once."""

@@ -282,6 +282,13 @@ class LocalBackend:
         """``path`` (e.g. ``instances/X/trace_pipe``) opened for non-blocking consuming reads."""
         return LocalTraceStream(os.path.join(self.root, path))
 
+    def fetch_file(self, path: str) -> bytes:
+        """The bytes of ``path`` (absolute, on this machine); :class:`OSError` if it cannot be read."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise KtraceError(f"fetch_file path {path!r} must be an absolute path")
+        with open(path, "rb") as handle:
+            return handle.read()
+
     def defer(self, ops: Sequence[Op]) -> None:
         self.apply(ops)
 

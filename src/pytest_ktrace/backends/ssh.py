@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import errno as errno_mod
 import getpass
 import hashlib
 import os
@@ -36,10 +37,13 @@ from typing import Callable, Optional, Sequence, Union
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
+from .._files import append_atomic
 from ..errors import (
     CommandTimeout,
     ConnectionLost,
+    DiskFull,
     KtraceError,
+    TargetDiskFull,
     TargetError,
     TracefsUnavailable,
     hide_for_ktrace_errors,
@@ -402,6 +406,8 @@ class SshBackend:
             self._check_started(out.started, ex, f"run {command!r}")
             if out.problem is not None:
                 raise self._tracefs_error(out.problem)
+            if out.stdin_error is not None:
+                raise self._stdin_error(command, *out.stdin_error)
             if out.pid_file_error is not None:
                 path, error = out.pid_file_error
                 name, text = _shell.errno_from_text(error)
@@ -460,6 +466,19 @@ class SshBackend:
                 reason = "it is missing or not readable" if status == 98 else (stderr or f"exit status {status}")
                 raise KtraceError(f"cannot stream {full} on {self._host}: {reason}")
             return SshTraceStream(self, chan, int(line.strip()), full, early)
+
+    def fetch_file(self, path: str) -> bytes:
+        """The bytes of ``path`` (absolute) on the target, read with ``cat`` in one round trip (byte-exact: the
+        command's output is framed, never decoded lossily); :class:`OSError` with the target's errno if it
+        cannot be read."""
+        if not isinstance(path, str) or not path.startswith("/") or "\n" in path or "\0" in path:
+            raise KtraceError(f"fetch_file path {path!r} must be an absolute path on one line")
+        result = self.run(["cat", "--", path])
+        if result.returncode != 0:
+            name, text = _shell.errno_from_text(result.stderr)
+            code = getattr(errno_mod, name, errno_mod.EIO) if name else errno_mod.EIO
+            raise OSError(code, text or result.stderr.strip() or f"cat exited {result.returncode}", path)
+        return result.stdout.encode("utf-8", "surrogateescape")
 
     def _end_readers(self, readers: Sequence[tuple[int, str]]) -> None:
         """End stream readers on a second channel (TERM, then KILL if one is still there); remembered for the
@@ -681,17 +700,32 @@ class SshBackend:
                 host=self._host,
                 cause="permission denied",
             )
-        if problem is not None and problem.reason == "stdin":
-            return TargetError(
-                f"could not create the stdin file in $TMPDIR or /tmp on {self._host}",
-                host=self._host,
-                cause="cannot write temporary file",
-            )
         return TracefsUnavailable(
             f"tracefs is not mounted on {self._host} (looked in {looked}); mount it on the target with: {MOUNT_HINT}",
             host=self._host,
             cause="tracefs not mounted",
         )
+
+    def _stdin_error(self, command: str, path: str, error: str) -> TargetError:
+        """The command's stdin could not be put into its file on the target (the script removed what it had
+        written of it): a full disk is a :class:`TargetDiskFull`."""
+        name, text = _shell.errno_from_text(error)
+        detail = (text or error.strip() or "no error output") + (f" ({name})" if name else "")
+        message = (
+            f"could not write the stdin of {command!r} to {path} on {self._host}: {detail}; "
+            "no part of that file is left on the target and the command was not run"
+        )
+        if name in ("ENOSPC", "EDQUOT"):
+            where = path.rsplit("/", 1)[0] or "/"
+            return TargetDiskFull(
+                message + f". The filesystem of {where} on {self._host} is full: free space there (or set TMPDIR "
+                "on the target to a directory that has some); only commands given stdin need it",
+                host=self._host,
+                path=path,
+                command=command,
+                cause=name,
+            )
+        return TargetError(message, host=self._host, command=command, cause=name or "cannot write the stdin file")
 
     def _lost(self, what: str, cause: str) -> ConnectionLost:
         return ConnectionLost(
@@ -1006,21 +1040,28 @@ class SshBackend:
         path = res.user_known_hosts[0]
         name = res.known_name
         host_field = paramiko.HostKeys.hash_host(name) if res.hash_known_hosts else name
+        line = f"{host_field} {key.get_name()} {key.get_base64()}\n".encode()
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as handle:
-                if handle.tell() > 0:
-                    with open(path, "rb") as check:
-                        check.seek(-1, os.SEEK_END)
-                        if check.read(1) != b"\n":
-                            handle.write("\n")
-                handle.write(f"{host_field} {key.get_name()} {key.get_base64()}\n")
+            with open(path, "rb") as check:
+                if check.seek(0, os.SEEK_END) > 0:
+                    check.seek(-1, os.SEEK_END)
+                    if check.read(1) != b"\n":
+                        line = b"\n" + line
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             raise TargetError(
                 f"accepted the new host key of {name} but cannot save it to {path}: {exc}",
                 host=self._host,
                 cause="cannot save host key",
             ) from None
+        try:
+            # one O_APPEND write, cut off again if it fails part-way: known_hosts never ends in half a key
+            append_atomic(path, line, what=f"the new host key of {name} to")
+        except DiskFull:
+            raise
+        except KtraceError as exc:
+            raise TargetError(str(exc), host=self._host, cause="cannot save host key") from None
 
     # --- authentication ---------------------------------------------------------------------------------------
 

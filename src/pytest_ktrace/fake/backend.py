@@ -261,9 +261,10 @@ class FakeBackend:
         comm: str = "ktrace-inject",
         cpu: int = 0,
         timestamp: Optional[float] = None,
+        stack: Sequence[str] = (),
     ) -> int:
         """Emit one synthetic event ``group/name``; returns how many buffers recorded it (0: not enabled or
-        filtered out, as on a kernel)."""
+        filtered out, as on a kernel). ``stack`` is what a ``stacktrace`` trigger on the event records."""
         with self._lock:
             if pid is None:
                 self._next_pid += 1
@@ -273,10 +274,19 @@ class FakeBackend:
             cpus = self.tracefs.cpus
             if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < cpus:
                 raise KtraceError(f"inject cpu={cpu!r}: the fake target has CPUs 0..{cpus - 1}")
-            return int(self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp))
+            return int(
+                self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp, stack=tuple(stack))
+            )
 
     def open_stream(self, path: str) -> TraceStream:
         return FakeTraceStream(self, path)
+
+    def fetch_file(self, path: str) -> bytes:
+        """The fake target has tracefs only: no other file (no ``/sys/kernel/btf``) can be read from it."""
+        raise KtraceError(
+            f"the fake backend has no file {path!r}: it imitates tracefs only (no kernel BTF, no binaries); "
+            "record the test on a real target with --ktrace-record and replay its cassette here"
+        )
 
     def defer(self, ops: Sequence[Op]) -> None:
         with self._lock:

@@ -8,6 +8,10 @@ pytest-recording does for HTTP). It holds, in order, what the test did and what 
 - ``run``: a command with its exit status, output, and the trace lines it produced;
 - ``collect``: trace lines that appeared while the test waited (``wait_for``) or re-read the trace.
 
+Beside them, ``btf`` holds what the target's BTF answered for the test's named fetch arguments (``irq="irq"``,
+``name="new->name:string"``) and typed return values, so the replay resolves the same names without the kernel's
+BTF (:mod:`pytest_ktrace.names`).
+
 Recording wraps any real backend (:class:`RecordingBackend`). Replay (:class:`Player`, driven by the fake backend)
 checks every arm batch and every command against the recording, so a test whose probes or commands changed fails
 with "cassette is stale: re-record on hardware" instead of passing on old data; it feeds the recorded events into
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .._files import write_atomic
 from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, TraceStream, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
 
@@ -66,9 +71,13 @@ class Cassette:
     interactions: list[dict[str, Any]] = field(default_factory=list)
     recorded_at: str = ""
     version: int = CASSETTE_VERSION
+    # function -> what its BTF said: "returns" (fetch type, "" for void), "at entry"/"at return": expression ->
+    # resolved fetcharg or {"error": class, "message": ...} (see pytest_ktrace.names)
+    btf: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the cassette atomically (temporary file, fsync, rename): a failed write, e.g. a full disk
+        (:class:`~pytest_ktrace.errors.DiskFull`), leaves the previous cassette or none, never a truncated one."""
         body = {
             "version": self.version,
             "test": self.test,
@@ -77,14 +86,15 @@ class Cassette:
             "interactions": self.interactions,
             "formats": dict(sorted(self.formats.items())),
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        if self.btf:
+            body["btf"] = dict(sorted(self.btf.items()))
+        text = json.dumps(body, indent=1, ensure_ascii=False) + "\n"
+        write_atomic(path, text.encode("utf-8", "surrogateescape"), what="cassette")
 
     @classmethod
     def load(cls, path: Path) -> Cassette:
         try:
-            body = json.loads(path.read_text())
+            body = json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
         except (OSError, ValueError) as exc:
             raise KtraceError(f"cassette {path} cannot be read: {exc}") from None
         if not isinstance(body, dict) or body.get("version") != CASSETTE_VERSION:
@@ -98,6 +108,7 @@ class Cassette:
             formats={str(k): str(v) for k, v in dict(body.get("formats", {})).items()},
             interactions=list(body.get("interactions", [])),
             recorded_at=str(body.get("recorded_at", "")),
+            btf=dict(body["btf"]) if isinstance(body.get("btf"), dict) else {},
         )
 
 
@@ -259,6 +270,18 @@ class RecordingBackend:
             "a cassette records the trace read with each command, so a recorded test (--ktrace-record) cannot "
             "stream trace_pipe: record it without stream=True / --ktrace-stream"
         )
+
+    def fetch_file(self, path: str) -> bytes:
+        """Passed through unrecorded (the BTF a test's names need is recorded as resolutions, see
+        :mod:`pytest_ktrace.names`)."""
+        fetch = getattr(self.inner, "fetch_file", None)
+        if fetch is not None:
+            data: bytes = fetch(path)
+            return data
+        result = self.inner.run(["cat", "--", path])
+        if result.returncode != 0:
+            raise OSError(f"cannot read {path} on {self.inner.name}: {result.stderr.strip()}")
+        return result.stdout.encode("utf-8", "surrogateescape")
 
     def defer(self, ops: Sequence[Op]) -> None:
         self.inner.defer(ops)

@@ -20,7 +20,7 @@ What is rendered how:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Optional, Union
+from typing import Callable, Literal, Mapping, Optional, Tuple, Union
 
 from .formats import EventField, fetch_type_info
 
@@ -90,6 +90,7 @@ class EventRecord:
     values: Mapping[str, RecordValue] = field(hash=False)
     irq_flags: int = 0
     preempt_count: int = 0
+    stack: Optional[Tuple[str, ...]] = None  # set: this entry is the <stack trace> a trigger wrote after an event
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ ring-buffer overwrite (one record at a time here), blocking reads of ``trace_pip
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -104,6 +105,7 @@ _TRACE_ARRAY_FILES = (
 )
 _WRITE_ONLY_FILES = frozenset({"trace_marker"})
 _EVENT_FILES = ("enable", "filter", "format", "id", "trigger")
+_TRACE_STACK = 4  # enum trace_type: TRACE_STACK, as "UNKNOWN TYPE 4" shows it
 _TRIGGER_HELP = "# Available triggers:\n# traceon traceoff stacktrace enable_event disable_event\n"
 # The event trigger commands in the order a trigger file lists them (registration order), each with the line of
 # the README's "trigger" section that says the kernel has it (None: always there).
@@ -315,6 +317,9 @@ class _EventFile:
     was_enabled: bool = False
     active_filter: Optional[CompiledFilter] = None
     filter_text: Optional[str] = None  # what the filter file shows; None: "none"
+    stacktrace: bool = False  # a "stacktrace" trigger is set (the only trigger the fake models)
+    stack_filter: Optional[CompiledFilter] = None  # its "if ..." filter
+    stack_filter_text: str = ""
 
 
 @dataclass
@@ -517,6 +522,7 @@ class FakeTracefs:
         tgid: Optional[int] = None,
         irq_flags: int = 0,
         preempt_count: int = 0,
+        stack: Sequence[str] = (),
     ) -> int:
         """The event ``group/name`` fires in task ``pid``/``comm`` on ``cpu``; returns how many buffers kept it.
 
@@ -559,6 +565,12 @@ class FakeTracefs:
                 continue
             if self._store(array, record, tgid if tgid is not None else pid):
                 recorded += 1
+                stacked = event_file.stacktrace and (
+                    event_file.stack_filter is None or event_file.stack_filter.matches(filter_values)
+                )
+                if stacked:  # the trigger's entry follows the event in the same CPU's buffer
+                    entry = dataclasses.replace(record, values={}, stack=tuple(stack))
+                    self._store(array, entry, tgid if tgid is not None else pid)
         self._follow_forks(definition.key, values)
         return recorded
 
@@ -867,7 +879,11 @@ class FakeTracefs:
             "filter": lambda: event_file.filter_text if event_file.filter_text is not None else "none\n",
             "format": lambda: definition.format_text,
             "id": lambda: f"{definition.event_id}\n",
-            "trigger": lambda: self._trigger_help,
+            "trigger": lambda: (
+                f"stacktrace:unlimited{' if ' + event_file.stack_filter_text if event_file.stack_filter_text else ''}\n"
+                if event_file.stacktrace
+                else self._trigger_help
+            ),
         }
         return readers[rest[3]]()
 
@@ -884,7 +900,12 @@ class FakeTracefs:
 
     def _render(self, array: _TraceArray, record: EventRecord) -> str:
         options = array.options
-        body = render_body(record, fields_option=options["fields"], symbolize=self._symbolize)
+        if record.stack is None:
+            body = render_body(record, fields_option=options["fields"], symbolize=self._symbolize)
+        elif options["fields"]:
+            body = f"UNKNOWN TYPE {_TRACE_STACK}"  # print_event_fields() knows no stack entries
+        else:
+            body = "<stack trace>" + "".join(f"\n => {frame}" for frame in record.stack)
         if not options["context-info"]:
             return body
         context = render_context(
@@ -1106,7 +1127,42 @@ class FakeTracefs:
         if rest[3] == "filter":
             self._write_event_filter(path, array, definition, data, size)
             return size
-        raise FakeOSError(errno.EINVAL, path)  # format, id, trigger (triggers are not modelled)
+        if rest[3] == "trigger":
+            self._write_trigger(path, array, definition, data)
+            return size
+        raise FakeOSError(errno.EINVAL, path)  # format, id
+
+    def _write_trigger(self, path: str, array: _TraceArray, definition: _EventDefinition, data: str) -> None:
+        """The ``stacktrace`` trigger (event_trigger_parse): ``stacktrace[:N] [if FILTER]`` sets it (EEXIST when
+        set), ``!stacktrace`` clears it (ENOENT when not set). Other triggers are not modelled (EINVAL)."""
+        text = data.strip()
+        if not text:
+            return
+        command, _, rest = text.partition(" ")
+        remove = command.startswith("!")
+        name = command.lstrip("!").split(":", 1)[0]
+        if name != "stacktrace":
+            raise FakeOSError(errno.EINVAL, path)
+        event_file = array.file(definition.key)
+        if remove:
+            if not event_file.stacktrace:
+                raise FakeOSError(errno.ENOENT, path)
+            event_file.stacktrace, event_file.stack_filter, event_file.stack_filter_text = False, None, ""
+            return
+        if event_file.stacktrace:
+            raise FakeOSError(errno.EEXIST, path)
+        compiled: Optional[CompiledFilter] = None
+        rest = rest.strip()
+        if rest:
+            if not rest.startswith("if "):
+                raise FakeOSError(errno.EINVAL, path)
+            try:
+                compiled = compile_filter(rest[3:], definition.filter_fields(), nr_cpu_ids=self.cpus)
+            except FilterError as exc:
+                self._log_filter_error(array, exc.error_log_entry(rest[3:]))
+                raise FakeOSError(_errno_code(exc.errno), path) from None
+        event_file.stacktrace, event_file.stack_filter = True, compiled
+        event_file.stack_filter_text = compiled.filter_file_text().strip() if compiled is not None else ""
 
     def _log_filter_error(self, array: _TraceArray, text: str) -> None:
         array.error_log.append(self._timestamp_prefix() + text)

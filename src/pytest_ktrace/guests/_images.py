@@ -37,6 +37,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from .._files import file_error
 from ..errors import MissingTool, TargetError
 from ._arches import ArchSpec, spec_for
 from ._guest_files import (
@@ -169,24 +170,30 @@ def build_image(arch: str, cache_dir: Optional[Path] = None) -> GuestImage:
     cached = _load_cached(image_dir)
     if cached is not None:
         return cached
-    cache_root.mkdir(parents=True, exist_ok=True)
-    with _FileLock(cache_root / f".lock-{spec.name}"):
-        cached = _load_cached(image_dir)  # another process may have finished it while we waited
-        if cached is not None:
-            return cached
-        for stale in cache_root.glob(f".build-{spec.name}-*"):
-            # Only a builder holding this lock creates these, so any present now belongs to a dead process.
-            shutil.rmtree(stale, ignore_errors=True)
-        build_dir = Path(tempfile.mkdtemp(prefix=f".build-{spec.name}-", dir=cache_root))
-        try:
-            _build_into(spec, build_dir, cache_root / "debs" / spec.debian_arch)
-            if image_dir.exists():
-                # A leftover without a valid manifest (e.g. deleted files); replace it.
-                shutil.rmtree(image_dir)
-            os.rename(build_dir, image_dir)
-        except BaseException:
-            shutil.rmtree(build_dir, ignore_errors=True)
-            raise
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with _FileLock(cache_root / f".lock-{spec.name}"):
+            cached = _load_cached(image_dir)  # another process may have finished it while we waited
+            if cached is not None:
+                return cached
+            for stale in cache_root.glob(f".build-{spec.name}-*"):
+                # Only a builder holding this lock creates these, so any present now belongs to a dead process.
+                shutil.rmtree(stale, ignore_errors=True)
+            build_dir = Path(tempfile.mkdtemp(prefix=f".build-{spec.name}-", dir=cache_root))
+            try:
+                _build_into(spec, build_dir, cache_root / "debs" / spec.debian_arch)
+                if image_dir.exists():
+                    # A leftover without a valid manifest (e.g. deleted files); replace it.
+                    shutil.rmtree(image_dir)
+                os.rename(build_dir, image_dir)
+            except BaseException:
+                shutil.rmtree(build_dir, ignore_errors=True)
+                raise
+    except OSError as exc:
+        # e.g. a full disk (DiskFull): the build directory is gone again, so no half image is ever cached
+        raise file_error(
+            exc, exc.filename or cache_root, f"the {spec.name} guest image file", left="nothing of the build was kept"
+        ) from None
     image = _load_cached(image_dir)
     if image is None:
         raise TargetError(f"guest image in {image_dir} is incomplete right after building it")

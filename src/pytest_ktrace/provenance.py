@@ -1,0 +1,65 @@
+"""Where a test traced, and with which probes, in its JUnit XML (``--junitxml``).
+
+Each test that used the ``ktrace`` fixture (or was checked against a target by ``ktrace_requires``) gets these
+``<property>`` elements, appended to ``item.user_properties`` as ``record_property`` does (so they also travel from
+xdist workers to the controller):
+
+* ``ktrace_target``: the target's name (``local``, the SSH host, ``fake:PROFILE``);
+* ``ktrace_backend``: the backend that reached it (``local``, ``ssh``, ``vm``, ``fake``, a plugin's);
+* ``ktrace_kernel``: its kernel release; ``ktrace_arch``: its ``uname -m``;
+* ``ktrace_host``: the host given for an SSH target (the board leased from a pool);
+* ``ktrace_probe``, once per probe the test defined, in order: the exact line written to ``kprobe_events`` /
+  ``uprobe_events`` (``p:GROUP/EVENT LOCATION ARGS``) or the tracepoint's ``system:event``; a probe with a filter
+  gets `` if FILTER`` after it (the filter is written to the event's own ``filter`` file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .backends.base import TargetInfo
+from .errors import KtraceError
+from .probes import ProbeSpec
+
+if TYPE_CHECKING:
+    from .session import TraceSession
+    from .targets import TargetSpec
+
+__all__ = ["PREFIX", "probe_line", "record_session", "record_target", "target_properties"]
+
+PREFIX = "ktrace_"
+
+
+def target_properties(target: TargetSpec, info: TargetInfo) -> list[tuple[str, str]]:
+    props = [
+        ("ktrace_target", info.name),
+        ("ktrace_backend", target.backend),
+        ("ktrace_kernel", info.release),
+        ("ktrace_arch", info.arch),
+    ]
+    if target.host:
+        props.append(("ktrace_host", target.host))
+    return props
+
+
+def probe_line(spec: ProbeSpec) -> str:
+    line = spec.render() if spec.is_dynamic else f"{spec.group}:{spec.event}"
+    return f"{line} if {spec.filter}" if spec.filter else line
+
+
+def record_target(item: pytest.Item, target: TargetSpec, info: TargetInfo) -> None:
+    """Append the target properties once per test (a later call for the same test adds nothing)."""
+    if not any(name == "ktrace_target" for name, _ in item.user_properties):
+        item.user_properties.extend(target_properties(target, info))
+
+
+def record_session(item: pytest.Item, target: TargetSpec, session: TraceSession) -> None:
+    """At the ``ktrace`` fixture's teardown (the teardown report is the one junitxml reads properties from):
+    the target, then one ``ktrace_probe`` per probe. Never raises: provenance must not fail a test."""
+    with contextlib.suppress(KtraceError):
+        record_target(item, target, session.target)
+    for view in session.probes:
+        item.user_properties.append(("ktrace_probe", probe_line(view.spec)))

@@ -1,0 +1,108 @@
+"""Call stacks of ``stacktrace=True`` probes: the ``<stack trace>`` entries the kernel's ``stacktrace`` event
+trigger writes right after the event on the same CPU, read from the trace text and attached to that event.
+
+The kernel prints a stack as its own entry (trace_output.c ``trace_stack_print``)::
+
+    insmod-812  [001] .....  91.203: p___setup_irq: (__setup_irq+0x0/0x6e0) irq=0x1
+    insmod-812  [001] .....  91.203: <stack trace>
+     => __setup_irq
+     => request_threaded_irq
+     => i8042_probe
+
+Each CPU's buffer holds an event and then its stack, so the stack belongs to the last event seen on that CPU
+(``trace`` merges the CPUs by time, which keeps each CPU's own order). The frames of the tracer itself in front
+(``kprobe_dispatcher``, the ftrace trampoline, ``trace_event_raw_event_*``) are left out: a stack starts at the
+probed function."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .events import Event
+
+__all__ = ["StackKey", "frame_name", "probed_part", "stacks_by_event", "with_stacks"]
+
+StackKey = Tuple[int, int, float, str]  # cpu, pid, timestamp, event name
+
+# "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <rest>", as the trace parser reads event headers
+_HEADER = re.compile(
+    r"\s*(?!\s).*?-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+    r"(?P<ts>\d+(?:\.\d+)?): (?P<rest>.*)"
+)
+_EVENT_NAME = re.compile(r"([^\s:]+):")
+_KERNEL_STACK = "<stack trace>"
+_SYM_OFFSET = re.compile(r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
+# The tracer's own frames above the probed code (kprobe/uprobe dispatch, the ftrace trampoline, printed as a bare
+# address, the tracepoint's event writer): left out of the front of a stack, so it starts where the probe is.
+_MACHINERY = re.compile(
+    r"(?:k|kret|u|uret)probe_(?:trace_func|dispatcher|ftrace_handler|perf_func)|__kretprobe_trampoline_handler|"
+    r"kretprobe_trampoline_handler|trampoline_handler|__kretprobe_trampoline|kretprobe_trampoline|"
+    r"arch_rethook_trampoline(?:_callback)?|rethook_trampoline_handler|kprobe_breakpoint_handler|"
+    r"kprobe_handler|handler_chain|handle_swbp|uprobe_notify_resume|"
+    r"call_break_hook|brk_handler|do_debug_exception|el1_dbg|el1h_64_sync_handler|el1h_64_sync|"  # arm64 BRK
+    r"kprobe_int3_handler|do_int3|exc_int3|asm_exc_int3|"  # x86 int3
+    r"trace_event_raw_event_\w+|__traceiter_\w+|perf_trace_\w+|trace_\w+_rcuidle|"
+    r"0x[0-9a-fA-F]+|\[FTRACE TRAMPOLINE\]"
+)
+
+
+def frame_name(frame: str) -> str:
+    """A frame as printed (``name``, ``name+0x1a/0x40`` with options/sym-offset, ``[FTRACE TRAMPOLINE]``)
+    without the offset."""
+    return _SYM_OFFSET.sub("", frame.strip())
+
+
+def probed_part(frames: Sequence[str]) -> Tuple[str, ...]:
+    """``frames`` without the tracing machinery in front of the probed function (all of it if nothing is left)."""
+    start = 0
+    while start < len(frames) and _MACHINERY.fullmatch(frames[start]):
+        start += 1
+    return tuple(frames[start:] if start < len(frames) else frames)
+
+
+def stacks_by_event(text: str) -> Dict[StackKey, Tuple[str, ...]]:
+    """Every kernel stack entry of a trace, keyed by the event it follows (on the same CPU)."""
+    last: Dict[int, StackKey] = {}  # cpu -> key of the last event on it
+    stacks: Dict[StackKey, Tuple[str, ...]] = {}
+    frames: Optional[List[str]] = None
+    owner: Optional[StackKey] = None
+
+    def close() -> None:
+        if owner is not None and frames is not None:
+            stacks[owner] = probed_part(frames)
+
+    for line in text.split("\n"):
+        if frames is not None and line.startswith(" => "):
+            frames.append(frame_name(line[4:]))
+            continue
+        if not line or line.startswith("#"):
+            continue
+        head = _HEADER.match(line)
+        if head is None:
+            continue  # a continuation of a multi-line string value, or a frame of a user stack
+        close()
+        frames, owner = None, None
+        cpu = int(head.group("cpu"))
+        rest = head.group("rest")
+        if rest.startswith(_KERNEL_STACK):
+            owner = last.get(cpu)
+            frames = []
+            continue
+        if rest.startswith("<"):  # "<user stack trace>" and other non-events: no owner change
+            continue
+        name = _EVENT_NAME.match(rest)
+        if name is not None:
+            last[cpu] = (cpu, int(head.group("pid")), float(head.group("ts")), name.group(1))
+    close()
+    return stacks
+
+
+def with_stacks(events: Sequence[Event], stacks: Mapping[StackKey, Tuple[str, ...]]) -> List[Event]:
+    """``events`` with ``stack`` set from ``stacks`` (an event without a stack entry keeps ``()``)."""
+    out: List[Event] = []
+    for event in events:
+        stack = stacks.get((event.cpu, event.pid, event.timestamp, event.name))
+        out.append(dataclasses.replace(event, stack=stack) if stack else event)
+    return out
