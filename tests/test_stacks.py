@@ -32,17 +32,33 @@ def test_exec_is_called_from_execve(ktrace) -> None:
         execs.where(pid=result.pid).assert_not_called_from("bprm_execve")
 
 
-def test_the_trigger_keeps_the_probes_filter_and_is_removed(ktrace, probed: Path) -> None:
-    entry = ktrace.uprobe(str(probed), "setup_thing", irq="$arg1:s32", filter="irq > 10", stacktrace=True)
-    ktrace.run([str(probed), "setup", "eth0", "5"])
-    ktrace.run([str(probed), "setup", "eth0", "50"])
-    [event] = entry.events
-    assert event["irq"] == 50 and event.stack, event.stack  # the kernel side of a uprobe hit
-    assert "stack trace" in ktrace.trace_text and ktrace.trace_text.count("<stack trace>") == 1
-    trigger = TRACEFS / ktrace.instance_path / "events" / entry.spec.event_dir / "trigger"
-    assert trigger.read_text().strip() == "stacktrace:unlimited if irq > 10"
+def test_the_trigger_keeps_the_probes_filter_and_is_removed(ktrace) -> None:
+    execs = ktrace.tracepoint("sched:sched_process_exec", filter='filename ~ "*/true"', stacktrace=True)
+    result = ktrace.run(["sh", "-c", "/bin/true; /bin/echo x"])
+    mine = [event for event in execs.events if event.pid != result.pid or event["filename"].endswith("/true")]
+    assert [event["filename"] for event in mine] == ["/bin/true"] and mine[0].stack[0] == "bprm_execve"
+    # the filtered-out execs (sh, echo) got no stack entry either: one entry per kept event
+    assert ktrace.trace_text.count("<stack trace>") == len(execs.events)
+    trigger = TRACEFS / ktrace.instance_path / "events" / execs.spec.event_dir / "trigger"
+    assert trigger.read_text().strip() == 'stacktrace:unlimited if filename ~ "*/true"'
     ktrace.teardown()
     assert not trigger.exists()
+
+
+def test_uprobe_stacks_are_the_programs_own_frames(ktrace, probed: Path) -> None:
+    fib = ktrace.uprobe(str(probed), "fib", n="$arg1:s32", stacktrace=True)
+    ktrace.run([str(probed), "fib", "3"])
+    # fib(3) from main; fib(2) and fib(1) from fib(3); fib(1), fib(0) from fib(2): caller depth = recursion depth
+    depths = [event.stack.index("main") for event in fib.events]
+    assert [event["n"] for event in fib.events] == [3, 2, 1, 0, 1]
+    assert depths == [1, 2, 3, 3, 2], [event.stack for event in fib.events]
+    assert all(set(event.stack[: event.stack.index("main")]) == {"fib"} for event in fib.events)
+    fib.assert_called_from("main")
+    fib.where(n=0).assert_called_from("fib")
+    with pytest.raises(AssertionError, match="was not called from setup_thing"):
+        fib.assert_called_from("setup_thing")
+    # the frames after main are the C library's, outside the binary: left as addresses
+    assert all(frame.startswith("0x") for event in fib.events for frame in event.stack[event.stack.index("main") + 1 :])
 
 
 def test_probes_without_stacktrace_have_none(ktrace, probed: Path) -> None:
@@ -114,7 +130,8 @@ def test_stack_entries_attach_to_the_last_event_of_their_cpu() -> None:
         """
     )
     stacks = stacks_by_event(text)
-    assert stacks == {
+    assert stacks.user == {(1, 812, 91.203, "p___setup_irq"): (0x7F6FF1F86B70,)}
+    assert stacks.kernel == {
         (1, 812, 91.203, "p___setup_irq"): ("__setup_irq", "request_threaded_irq", "[FTRACE TRAMPOLINE]"),
         (0, 77, 91.203001, "sched_switch"): ("__schedule",),
     }

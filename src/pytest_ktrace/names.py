@@ -178,11 +178,12 @@ class KernelBtf:
     cache_dir: Optional[Path] = None
     source: str = ""
     fetched: int = 0
-    _vmlinux: Optional[BtfTypes] = None
-    _vmlinux_error: str = ""
-    _modules: dict[str, Union[BtfTypes, str]] = field(default_factory=dict)  # name -> BTF or why not
-    _homes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # function -> modules (kallsyms)
-    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _vmlinux: Optional[BtfTypes] = field(default=None, repr=False, compare=False)
+    _vmlinux_error: str = field(default="", repr=False, compare=False)
+    # module name -> its BTF or why there is none; function -> the modules /proc/kallsyms places it in
+    _modules: dict[str, Union[BtfTypes, str]] = field(default_factory=dict, repr=False, compare=False)
+    _homes: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def _unavailable(self, reason: str, expr: str = "") -> BtfUnavailable:
         return BtfUnavailable.for_target(self.info.name, reason, arch=self.info.arch, expr=expr)

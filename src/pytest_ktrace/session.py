@@ -44,7 +44,7 @@ from .names import kernel_fetchargs
 from .parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 from .perf import PerfStat, Profile, UnsupportedPolicy, parse_stat, unwrap, wrap_record, wrap_stat
 from .probes import ProbeKind, ProbeSpec, check_encodable, check_fetchargs, check_text, event_name_for
-from .stacks import StackKey, stacks_by_event, with_stacks
+from .stacks import TraceStacks, stack_key, stacks_by_event, symbolize_user, with_stacks
 from .streaming import (
     DEFAULT_BUCKETS_US,
     DEFAULT_KEEP,
@@ -67,6 +67,8 @@ _KSYM = re.compile(
     r"(?:(?P<mod>[A-Za-z0-9_-]+):)?(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>0x[0-9a-fA-F]+|[0-9]+))?"
 )
 _DEFAULT_RETURN = "$retval:s32"
+_CALLER_FIELD = "__probe_caller"
+_CALLER_AT_ENTRY = {"x86_64": "$stack0:x64", "arm64": "%x30:x64"}  # return address at a function's first byte
 _ENTRIES = re.compile(r"^# entries-in-buffer/entries-written: (\d+)/(\d+)\s+#P:(\d+)", re.M)
 _OVERRUN = re.compile(r"^overrun: (\d+)", re.M)
 
@@ -185,8 +187,9 @@ class TraceSession:
         self._perf: Optional[Union[PerfStat, Profile]] = None  # the perf block run() wraps commands for
         self.profiles: list[Profile] = []
         self._stacks: set[tuple[str, str]] = set()  # (group, event) of probes with stacktrace=True
-        self._stack_cache: Optional[tuple[str, dict[StackKey, tuple[str, ...]]]] = None
+        self._stack_cache: Optional[tuple[str, TraceStacks]] = None
         self._fields_on = False  # the instance prints events with options/fields
+        self._user_stacks_on = False  # options/userstacktrace is set in the instance
         self._trace_stream: Optional[TraceStream] = None
         self._markers = 0  # sync markers written to trace_marker (and so, eventually, streamed)
         self._aggregates: list[Aggregate] = []
@@ -263,7 +266,13 @@ class TraceSession:
                     "streamed); turn streaming off for this test"
                 )
             self._stacks.add((view.spec.group, view.spec.event))
-            view.spec = dataclasses.replace(view.spec, stacktrace=True)
+            extra: tuple[tuple[str, str], ...] = ()
+            caller = _CALLER_AT_ENTRY.get(self.arch)
+            if view.spec.kind == "uprobe" and caller is not None:
+                # at a function's entry the frame-pointer walk skips the direct caller, whose return address is
+                # still in the link register / on top of the stack: fetch it with the event
+                extra = ((_CALLER_FIELD, caller),)
+            view.spec = dataclasses.replace(view.spec, stacktrace=True, fetchargs=view.spec.fetchargs + extra)
             for probe in self._probes:
                 if probe.view is view:
                     probe.spec = view.spec
@@ -504,7 +513,12 @@ class TraceSession:
             if spec.filter:
                 ops.append(Write(f"{events_dir}/filter", spec.filter, append=False))
             self._disable_ops.append(Write(f"{events_dir}/enable", "0", append=False))
-            if (spec.group, spec.event) in self._stacks:
+            if (spec.group, spec.event) in self._stacks and spec.kind in ("uprobe", "uretprobe"):
+                if not self._user_stacks_on:
+                    # instance-wide: every event of this instance gets its task's user stack after it
+                    self._user_stacks_on = True
+                    ops.append(Write(f"{inst}/options/userstacktrace", "1", append=False))
+            elif (spec.group, spec.event) in self._stacks:
                 # the trigger's own filter, so only the hits the event keeps get a stack entry
                 trigger = "stacktrace" + (f" if {spec.filter}" if spec.filter else "")
                 ops.append(Write(f"{events_dir}/trigger", trigger))
@@ -1004,12 +1018,35 @@ class TraceSession:
             return self.collect()
         return self._parsed
 
-    def _stacks_of_trace(self) -> dict[StackKey, tuple[str, ...]]:
+    def _stacks_of_trace(self) -> TraceStacks:
         text = self._raw_trace
         cached = self._stack_cache
         if cached is None or cached[0] is not text:
             cached = self._stack_cache = (text, stacks_by_event(text))
         return cached[1]
+
+    def _with_user_stacks(self, spec: ProbeSpec, events: list[Event]) -> list[Event]:
+        """User stacks (``options/userstacktrace``) of a uprobe's hits, named from the probed binary's symbols;
+        the probe's own address in each hit gives that process's load bias."""
+        stacks = self._stacks_of_trace().user
+        path, _, offset_text = spec.location.rpartition(":")
+        functions = elf.list_function_symbols(self._local_copy(path))
+        anchor_field = "__probe_func" if spec.is_return else "__probe_ip"
+        out: list[Event] = []
+        for event in events:
+            frames = stacks.get(stack_key(event))
+            anchor = event.fields.get(anchor_field)
+            if not frames or not isinstance(anchor, int):
+                out.append(event)
+                continue
+            caller = event.fields.get(_CALLER_FIELD)
+            if isinstance(caller, int):  # never on the walked stack (recursion repeats the same address)
+                frames = (frames[0], caller, *frames[1:])
+            named = symbolize_user(
+                frames, anchor_address=anchor, anchor_offset=int(offset_text, 16), functions=functions
+            )
+            out.append(dataclasses.replace(event, stack=named))
+        return out
 
     def _observe(self, spec: ProbeSpec) -> Observation:
         if self.stream:
@@ -1017,7 +1054,10 @@ class TraceSession:
         parsed = self._current()
         events = parsed.of(spec.group, spec.event)  # decodes this probe's events only
         if (spec.group, spec.event) in self._stacks:
-            events = with_stacks(events, self._stacks_of_trace())
+            if spec.kind in ("uprobe", "uretprobe"):
+                events = self._with_user_stacks(spec, list(events))
+            else:
+                events = with_stacks(events, self._stacks_of_trace().kernel)
         hints: list[str] = []
         if not events and not self._runs:
             hints.append(

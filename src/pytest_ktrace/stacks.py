@@ -16,13 +16,24 @@ probed function."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .events import Event
 
-__all__ = ["StackKey", "frame_name", "probed_part", "stacks_by_event", "with_stacks"]
+__all__ = [
+    "StackKey",
+    "TraceStacks",
+    "frame_name",
+    "probed_part",
+    "stack_key",
+    "stacks_by_event",
+    "symbolize_user",
+    "with_stacks",
+]
 
 StackKey = Tuple[int, int, float, str]  # cpu, pid, timestamp, event name
 
@@ -33,6 +44,7 @@ _HEADER = re.compile(
 )
 _EVENT_NAME = re.compile(r"([^\s:]+):")
 _KERNEL_STACK = "<stack trace>"
+_USER_STACK = "<user stack trace>"
 _SYM_OFFSET = re.compile(r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
 # The tracer's own frames above the probed code (kprobe/uprobe dispatch, the ftrace trampoline, printed as a bare
 # address, the tracepoint's event writer): left out of the front of a stack, so it starts where the probe is.
@@ -62,47 +74,98 @@ def probed_part(frames: Sequence[str]) -> Tuple[str, ...]:
     return tuple(frames[start:] if start < len(frames) else frames)
 
 
-def stacks_by_event(text: str) -> Dict[StackKey, Tuple[str, ...]]:
-    """Every kernel stack entry of a trace, keyed by the event it follows (on the same CPU)."""
+@dataclass
+class TraceStacks:
+    """The stack entries of one trace, keyed by the event each follows: ``kernel`` frames (names, the probed
+    part) and ``user`` frames (what ``<user stack trace>`` printed: addresses as ints, ``path[+0x..]`` as str)."""
+
+    kernel: Dict[StackKey, Tuple[str, ...]] = field(default_factory=dict)
+    user: Dict[StackKey, Tuple[Union[int, str], ...]] = field(default_factory=dict)
+
+
+def _user_frame(text: str) -> Union[int, str]:
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        try:
+            return int(text[1:-1], 16)
+        except ValueError:
+            return text
+    return text
+
+
+def stacks_by_event(text: str) -> TraceStacks:
+    """Every stack entry of a trace, keyed by the event it follows on the same CPU."""
     last: Dict[int, StackKey] = {}  # cpu -> key of the last event on it
-    stacks: Dict[StackKey, Tuple[str, ...]] = {}
+    found = TraceStacks()
     frames: Optional[List[str]] = None
     owner: Optional[StackKey] = None
+    user = False
 
     def close() -> None:
-        if owner is not None and frames is not None:
-            stacks[owner] = probed_part(frames)
+        if owner is None or frames is None:
+            return
+        if user:
+            found.user[owner] = tuple(_user_frame(frame) for frame in frames)
+        else:
+            found.kernel[owner] = probed_part([frame_name(frame) for frame in frames])
 
     for line in text.split("\n"):
         if frames is not None and line.startswith(" => "):
-            frames.append(frame_name(line[4:]))
+            frames.append(line[4:])
             continue
         if not line or line.startswith("#"):
             continue
         head = _HEADER.match(line)
         if head is None:
-            continue  # a continuation of a multi-line string value, or a frame of a user stack
+            continue  # a continuation of a multi-line string value
         close()
         frames, owner = None, None
         cpu = int(head.group("cpu"))
         rest = head.group("rest")
-        if rest.startswith(_KERNEL_STACK):
+        if rest.startswith(_KERNEL_STACK) or rest.startswith(_USER_STACK):
+            user = rest.startswith(_USER_STACK)
             owner = last.get(cpu)
             frames = []
-            continue
-        if rest.startswith("<"):  # "<user stack trace>" and other non-events: no owner change
             continue
         name = _EVENT_NAME.match(rest)
         if name is not None:
             last[cpu] = (cpu, int(head.group("pid")), float(head.group("ts")), name.group(1))
     close()
-    return stacks
+    return found
+
+
+def symbolize_user(
+    frames: Sequence[Union[int, str]], *, anchor_address: int, anchor_offset: int, functions: Mapping[str, int]
+) -> Tuple[str, ...]:
+    """User frames (addresses) as function names of one ELF file: ``anchor_address`` is where the probe hit
+    (its file offset ``anchor_offset``) in this process, which gives the load bias; ``functions`` maps names to
+    file offsets. A frame outside the file's functions stays a hex address (another library)."""
+    starts = sorted((offset, name) for name, offset in functions.items())
+    offsets = [offset for offset, _ in starts]
+    last_end = offsets[-1] + 0x100000 if offsets else 0
+    bias = anchor_address - anchor_offset
+    out: List[str] = []
+    for frame in frames:
+        if isinstance(frame, str):
+            out.append(frame)
+            continue
+        offset = frame - bias
+        index = bisect.bisect_right(offsets, offset) - 1
+        if index >= 0 and offset < last_end:
+            out.append(starts[index][1])
+        else:
+            out.append(f"0x{frame:x}")
+    return tuple(out)
+
+
+def stack_key(event: Event) -> StackKey:
+    return (event.cpu, event.pid, event.timestamp, event.name)
 
 
 def with_stacks(events: Sequence[Event], stacks: Mapping[StackKey, Tuple[str, ...]]) -> List[Event]:
     """``events`` with ``stack`` set from ``stacks`` (an event without a stack entry keeps ``()``)."""
     out: List[Event] = []
     for event in events:
-        stack = stacks.get((event.cpu, event.pid, event.timestamp, event.name))
+        stack = stacks.get(stack_key(event))
         out.append(dataclasses.replace(event, stack=stack) if stack else event)
     return out
