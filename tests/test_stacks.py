@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +20,8 @@ pytest_plugins = ["pytester"]
 def test_exec_is_called_from_execve(ktrace) -> None:
     execs = ktrace.tracepoint("sched:sched_process_exec", stacktrace=True)
     result = ktrace.run(["/bin/true"])
-    [event] = [e for e in execs.events if e.pid == result.pid]
+    # (over SSH the command's pid first execs the remote shell's setsid and sh: take the exec of /bin/true)
+    [event] = [e for e in execs.events if e.pid == result.pid and e["filename"] == "/bin/true"]
     # what the kernel's exec path is made of on every 6.x kernel
     assert "bprm_execve" in event.stack, event.stack
     assert event.stack[0] == "bprm_execve", event.stack  # the tracepoint's own writer frames are left out
@@ -29,7 +32,7 @@ def test_exec_is_called_from_execve(ktrace) -> None:
     with pytest.raises(AssertionError, match=r"was not called from do_exit\.\nStack 1 \(\d+ hits?\):\n    => "):
         execs.assert_called_from("do_exit")
     with pytest.raises(AssertionError, match="was called from bprm_execve in 1 of 1 hit"):
-        execs.where(pid=result.pid).assert_not_called_from("bprm_execve")
+        execs.where(pid=result.pid, filename="/bin/true").assert_not_called_from("bprm_execve")
 
 
 def test_the_trigger_keeps_the_probes_filter_and_is_removed(ktrace) -> None:
@@ -136,3 +139,32 @@ def test_stack_entries_attach_to_the_last_event_of_their_cpu() -> None:
         (0, 77, 91.203001, "sched_switch"): ("__schedule",),
     }
     assert frame_name(" do_execveat_common.isra.0 ") == "do_execveat_common.isra.0"
+
+
+REPLAY_SUITE = """
+def test_exec_stack(ktrace):
+    execs = ktrace.tracepoint("sched:sched_process_exec", filter='filename ~ "*/true"', stacktrace=True)
+    ktrace.run(["/bin/true"])
+    execs.assert_called_from("CALLER")
+"""
+
+
+def test_recorded_stacks_replay_on_the_fake(tmp_path: Path) -> None:
+    def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    suite = tmp_path / "test_replayed.py"
+    suite.write_text(REPLAY_SUITE.replace("CALLER", "bprm_execve"))
+    recorded = pytest_run("--ktrace-record")
+    assert recorded.returncode == 0, recorded.stdout[-3000:]
+    replayed = pytest_run("--ktrace-backend=fake")
+    assert replayed.returncode == 0 and "1 passed" in replayed.stdout, replayed.stdout[-3000:]
+    suite.write_text(REPLAY_SUITE.replace("CALLER", "do_exit"))
+    changed = pytest_run("--ktrace-backend=fake")
+    assert changed.returncode == 1 and "was not called from do_exit" in changed.stdout, changed.stdout[-3000:]

@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence, Union
 from ..backends.base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
 from ..parse import FormatCatalog, TraceParser, parse_format
+from ..stacks import stack_key, stacks_by_event
 from .cassette import Player, _is_arm_batch
 from .profiles import Profile
 from .tracefs import FakeOSError, FakeTracefs
@@ -130,7 +131,9 @@ class FakeBackend:
             text = self.player.recorded_format(restored_key)
             if text is not None:
                 catalog.add(parse_format(text, restored_key.split("/", 1)[0]))
-        events = [event for event in TraceParser(catalog).parse("\n".join(lines) + "\n").events if event.system]
+        text = "\n".join(lines) + "\n"
+        events = [event for event in TraceParser(catalog).parse(text).events if event.system]
+        stacks = stacks_by_event(text).kernel  # the stacktrace trigger's entries: replayed with their events
         # The kernel followed the recorded command's children (event-fork); admit the same tasks here.
         for path in pid_files:
             if path.endswith("set_event_pid"):
@@ -145,6 +148,7 @@ class FakeBackend:
                 comm=event.comm,
                 cpu=event.cpu,
                 timestamp=event.timestamp,
+                stack=stacks.get(stack_key(event), ()),
             )
 
     # --------------------------------------------------------------- contract
