@@ -22,7 +22,7 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 from .backends.base import RunResult
 
@@ -332,13 +332,6 @@ def self_counts(folded: Mapping[tuple[str, ...], int]) -> Counter[str]:
         if len(stack) > 1:
             counts[stack[-1]] += count
     return counts
-
-
-def merge(counters: Iterable[Mapping[tuple[str, ...], int]]) -> Counter[tuple[str, ...]]:
-    total: Counter[tuple[str, ...]] = Counter()
-    for c in counters:
-        total.update(c)
-    return total
 
 
 # ------------------------------------------------------------------------------------------------ test API
