@@ -7,10 +7,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 PROG_DIR = Path(__file__).parent / "prog"
 PROBED_SOURCE = PROG_DIR / "probed.c"
@@ -96,3 +97,20 @@ def qemu_pids() -> set[int]:
             except OSError:
                 pass
     return pids
+
+
+def run_pytest(
+    cwd: Union[str, os.PathLike[str]],
+    *args: str,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """pytest in its own process, as a user runs it (``-q -rs``, no cache), from ``cwd``; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from ktrace_testing import run_pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-        cwd=EXAMPLES.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pytest(EXAMPLES.parent, *args)
 
 
 def test_failing_example_explains_itself() -> None:

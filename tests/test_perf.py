@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from ktrace_testing import run_pytest
 from pytest_ktrace import KtraceError
 
 pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf is not installed (apt install linux-perf)")
@@ -153,17 +153,7 @@ def _suite(directory: Path, execs: int = 3) -> Path:
 
 
 def _pytest(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if path:
-        env["PATH"] = path
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pytest(cwd, *args, env={**os.environ, "PATH": path} if path else None)
 
 
 def test_no_perf_on_the_target_is_a_skip_naming_it(tmp_path: Path) -> None:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from ktrace_testing import run_pytest
 from pytest_ktrace import KtraceError
 from pytest_ktrace.stacks import frame_name, stacks_by_event
 
@@ -150,21 +149,12 @@ def test_exec_stack(ktrace):
 
 
 def test_recorded_stacks_replay_on_the_fake(tmp_path: Path) -> None:
-    def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
     suite = tmp_path / "test_replayed.py"
     suite.write_text(REPLAY_SUITE.replace("CALLER", "bprm_execve"))
-    recorded = pytest_run("--ktrace-record")
+    recorded = run_pytest(tmp_path, "--ktrace-record")
     assert recorded.returncode == 0, recorded.stdout[-3000:]
-    replayed = pytest_run("--ktrace-backend=fake")
+    replayed = run_pytest(tmp_path, "--ktrace-backend=fake")
     assert replayed.returncode == 0 and "1 passed" in replayed.stdout, replayed.stdout[-3000:]
     suite.write_text(REPLAY_SUITE.replace("CALLER", "do_exit"))
-    changed = pytest_run("--ktrace-backend=fake")
+    changed = run_pytest(tmp_path, "--ktrace-backend=fake")
     assert changed.returncode == 1 and "was not called from do_exit" in changed.stdout, changed.stdout[-3000:]

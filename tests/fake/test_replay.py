@@ -13,19 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from ktrace_testing import run_pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 pytest_plugins = ["pytester"]
 
 
-def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+_pytest = run_pytest
 
 
 @pytest.fixture

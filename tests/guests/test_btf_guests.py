@@ -10,11 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from ktrace_testing import run_pytest
 from pytest_ktrace.guests import ARCHES, qemu_available
 
 pytest_plugins = ["pytester"]
@@ -74,14 +74,7 @@ def test_btf_fetched_once(ktrace):
 
 
 def _pytest(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "-rs", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pytest(cwd, "-s", *args, env=env)
 
 
 def test_recorded_on_a_guest_replayed_on_the_fake_with_the_btf_cached(tmp_path: Path) -> None:

@@ -5,20 +5,15 @@ is covered by the same script locally)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from ktrace_testing import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_pytest(ROOT, *args, timeout=900)
 
 
 def test_stack_tests_pass_unchanged_through_ssh(sshd_server) -> None:

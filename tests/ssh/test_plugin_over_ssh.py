@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from ktrace_testing import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest_plugins = ["pytester"]
@@ -22,13 +23,7 @@ def _ktrace_leftovers() -> list[str]:
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_pytest(ROOT, *args, timeout=900)
 
 
 def test_local_suite_passes_unchanged_through_ssh(sshd_server) -> None:
