@@ -339,6 +339,7 @@ _HEADER_RE = re.compile(
     r"(?P<ts>\d+(?:\.\d+)?): (?:(?P<name>[^\s:]+):(?P<body>.*)|(?P<other>.*))",
     re.DOTALL,
 )
+HEADER_RE = _HEADER_RE  # what an event header line is, for other readers of trace text (stacks.py)
 _LOST_RE = re.compile(r"CPU:(\d+) \[LOST(?: (\d+))? EVENTS\]\s*")
 
 # value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .events import Event
+from .parse import HEADER_RE
 
 __all__ = [
     "StackKey",
@@ -37,12 +38,6 @@ __all__ = [
 
 StackKey = Tuple[int, int, float, str]  # cpu, pid, timestamp, event name
 
-# "<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <ts>: <rest>", as the trace parser reads event headers
-_HEADER = re.compile(
-    r"\s*(?!\s).*?-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-    r"(?P<ts>\d+(?:\.\d+)?): (?P<rest>.*)"
-)
-_EVENT_NAME = re.compile(r"([^\s:]+):")
 _KERNEL_STACK = "<stack trace>"
 _USER_STACK = "<user stack trace>"
 _SYM_OFFSET = re.compile(r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
@@ -115,21 +110,20 @@ def stacks_by_event(text: str) -> TraceStacks:
             continue
         if not line or line.startswith("#"):
             continue
-        head = _HEADER.match(line)
+        head = HEADER_RE.fullmatch(line)
         if head is None:
             continue  # a continuation of a multi-line string value
         close()
         frames, owner = None, None
         cpu = int(head.group("cpu"))
-        rest = head.group("rest")
-        if rest.startswith(_KERNEL_STACK) or rest.startswith(_USER_STACK):
-            user = rest.startswith(_USER_STACK)
+        other = head.group("other") or ""
+        if other.startswith(_KERNEL_STACK) or other.startswith(_USER_STACK):
+            user = other.startswith(_USER_STACK)
             owner = last.get(cpu)
             frames = []
             continue
-        name = _EVENT_NAME.match(rest)
-        if name is not None:
-            last[cpu] = (cpu, int(head.group("pid")), float(head.group("ts")), name.group(1))
+        if head.group("name") is not None:
+            last[cpu] = (cpu, int(head.group("pid")), float(head.group("ts")), head.group("name"))
     close()
     return found
 
