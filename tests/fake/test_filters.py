@@ -159,12 +159,16 @@ def test_an_overlong_expression_loses_the_lines_that_do_not_fit_the_trace_seq() 
     assert rejection(caret_fits).filter_file_text(caret_fits).endswith("1\n" + " " * 4068 + "^\n")
 
 
-def test_meaningless_expression_is_an_option_for_the_6_12_source() -> None:
-    assert compiled("pid == 1 &&").matches({"pid": 1})
+@pytest.mark.parametrize("expression", ["pid == 1 &&", "pid == 1 ||", "pid == 1 && !", "(pid == 1) ||"])
+def test_a_trailing_operator_is_meaningless(expression: str) -> None:
     with pytest.raises(FilterError) as caught:
-        compile_filter("pid == 1 &&", EXEC_FIELDS, trailing_operator_is_error=True)
+        compile_filter(expression, EXEC_FIELDS)
     assert caught.value.message == "Meaningless filter expression"
-    assert caught.value.position == len("pid == 1 &&")
+    assert caught.value.position == len(expression)
+
+
+def test_a_kernel_that_took_a_trailing_operator_is_an_answer_of_its_profile() -> None:
+    assert compiled("pid == 1 &&", trailing_operator_is_error=False).matches({"pid": 1})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

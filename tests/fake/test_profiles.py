@@ -134,8 +134,11 @@ def test_save_load_round_trip(local_profile: Profile, tmp_path: Path) -> None:
     loaded.save(again)
     assert again.read_bytes() == path.read_bytes()
     data = json.loads(gzip.decompress(path.read_bytes()))
-    assert data["format"] == 1
-    assert data["symbols"] == sorted(data["symbols"])
+    assert data["format"] == 2
+    # the text symbols are stored once, in address order, with the distances between their starts
+    assert data["symbols"] is None and loaded.text is not None
+    assert list(loaded.text.starts) == sorted(loaded.text.starts)
+    assert loaded.text.starts == local_profile.text.starts  # type: ignore[union-attr]
     assert list(data["events"]) == sorted(data["events"])
     assert path.stat().st_size < 2_000_000
     assert not list(tmp_path.glob(".*.tmp"))
@@ -362,6 +365,10 @@ def test_arm64_guest_snapshot(arm64: SshBackend, arm64_guest: RunningGuest) -> N
     assert (p.symbols, p.duplicate_symbols) == parse_kallsyms(kallsyms)
     for name in ("__setup_irq", "vfs_read", "el0_svc", "do_el0_svc"):
         assert p.has_symbol(name), name
+    # the kernel's own layout: where __setup_irq starts, as kallsyms lists it
+    setup_irq = next(line.split()[0] for line in kallsyms.splitlines() if line.endswith(" __setup_irq"))
+    assert p.text is not None and p.text.span_of_name("__setup_irq")[0] == int(setup_irq, 16)  # type: ignore[index]
+    assert p.answer("filter_trailing_operator") == "rejected" == p.answers["filter_trailing_operator"]
     assert "virtnet_poll" in p.symbols  # a module's text symbol, without its [virtio_net] suffix
 
     for event in ("sched/sched_switch", "irq/irq_handler_entry", "syscalls/sys_enter_openat"):

@@ -34,6 +34,8 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
+from .kallsyms import KernelText
+
 __all__ = [
     "COMMON_FIELDS",
     "CURRENT_COMM_KEY",
@@ -923,7 +925,7 @@ class _FilterParser:
         text: bytes,
         fields: Sequence[FilterField],
         nr_cpu_ids: int,
-        kernel_functions: Mapping[str, tuple[int, int]],
+        kernel_functions: KernelText,
         trailing_operator_is_error: bool,
     ) -> None:
         self._text = text
@@ -1108,21 +1110,11 @@ class _FilterParser:
             address = _parse_unsigned(self._text[operand_start:index])
             if address is None:
                 raise self._error(_ERR_INVALID_VALUE, index)
-            span = next(
-                (
-                    (begin, begin + size)
-                    for begin, size in self._kernel_functions.values()
-                    if begin <= address < begin + size
-                ),
-                None,
-            )
+            span = self._kernel_functions.span_of_address(address)
         else:
             while self._at(index) and not _is_space(self._at(index)):
                 index += 1
-            symbol = self._kernel_functions.get(_decode(self._text[operand_start:index]))
-            if symbol is None:
-                raise self._error(_ERR_NO_FUNCTION, index)
-            span = (symbol[0], symbol[0] + symbol[1])
+            span = self._kernel_functions.span_of_name(_decode(self._text[operand_start:index]))
         if span is None:
             raise self._error(_ERR_NO_FUNCTION, index)
         predicate = _FunctionAddress(known.name, span[0], span[1], operator is _Operator.NOT_EQUAL)
@@ -1265,16 +1257,17 @@ def compile_filter(
     fields: Sequence[FilterField],
     *,
     nr_cpu_ids: int = DEFAULT_NR_CPU_IDS,
-    kernel_functions: Optional[Mapping[str, tuple[int, int]]] = None,
-    trailing_operator_is_error: bool = False,
+    kernel_functions: KernelText | Mapping[str, tuple[int, int]] | None = None,
+    trailing_operator_is_error: bool = True,
 ) -> CompiledFilter | None:
     """Parse a write to an event's ``filter`` file the way the kernel does.
 
     Returns None when the write clears the filter (``0``), a CompiledFilter when the kernel accepts it, and raises
     FilterError with the kernel's message, position and errno otherwise.  ``fields`` are the event's own fields;
-    the common and generic (``CPU``, ``COMM``, ...) fields are always known.  ``kernel_functions`` maps symbol
-    names to (start address, size) for ``field.function == symbol``.  ``trailing_operator_is_error`` selects the
-    Debian 6.12.117 source's behaviour of rejecting ``a &&`` with "Meaningless filter expression"; 6.18 accepts it.
+    the common and generic (``CPU``, ``COMM``, ...) fields are always known.  ``kernel_functions`` is the kernel's
+    text layout for ``field.function == symbol`` (or a mapping of names to (start address, size)).
+    ``trailing_operator_is_error``: the kernel rejects ``a &&`` with "Meaningless filter expression" (v6.1, v6.12
+    and the 6.18 builds checked); a kernel that took it as ``a`` has a profile that says so.
     The FILTER_WRITE_LIMIT check belongs to the file layer and is not applied here.
     """
     text = _normalize_written_bytes(expression)
@@ -1283,6 +1276,10 @@ def compile_filter(
         stripped = stripped[1:]
     if stripped == b"0":
         return None
-    parser = _FilterParser(text, fields, nr_cpu_ids, kernel_functions or {}, trailing_operator_is_error)
+    if kernel_functions is None:
+        kernel_functions = KernelText(())
+    elif not isinstance(kernel_functions, KernelText):
+        kernel_functions = KernelText.from_spans(kernel_functions)
+    parser = _FilterParser(text, fields, nr_cpu_ids, kernel_functions, trailing_operator_is_error)
     program = parser.parse()
     return CompiledFilter(_decode(text), program)

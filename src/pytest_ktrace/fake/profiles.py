@@ -25,13 +25,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
-from ..backends.base import Backend, OpResult, Read
+from ..backends.base import Backend, Mkdir, OpResult, Read, Rmdir, Write
 from ..errors import KtraceError
+from ..identity import RunIdentity
+from .kallsyms import TEXT_TYPES, KernelText
+from .kallsyms import parse_kallsyms as parse_kernel_text
 
 __all__ = [
+    "ANSWERS",
     "FORMAT_VERSION",
     "Profile",
     "builtin_profiles",
+    "kernel_version",
     "load_profile",
     "parse_available_events",
     "parse_blacklist",
@@ -40,14 +45,27 @@ __all__ = [
     "snapshot",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: no text layout, no measured answers
 _SUFFIX = ".json.gz"
 _DEBUGFS = "/sys/kernel/debug"
 _BLACKLIST = f"{_DEBUGFS}/kprobes/blacklist"
-_TEXT_TYPES = frozenset("Tt")
 # Files read in the same round trip as the snapshot command (missing_ok: older kernels lack some).
 _AFTER_READS = ("available_events", "README", "dynamic_events", "kprobe_events", "uprobe_events")
 _RUN_TIMEOUT_S = 600.0
+
+# Questions whose answer differs between builds of one kernel version, asked of the kernel at snapshot time:
+# question -> (the answer of every kernel checked so far, what is asked). Profiles without an answer use the first.
+ANSWERS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "filter_trailing_operator": (
+            "rejected",
+            "a filter ending in an operator ('common_pid == 0 &&') is rejected with 'Meaningless filter "
+            "expression' (rejected) or taken as if the operator were not there (accepted)",
+        ),
+    }
+)
+_TRAILING_OPERATOR_PROBE = "common_pid == 0 &&"
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,11 @@ class Profile:
     events: Mapping[str, str] = field(hash=False)  # "system/event" -> exact text of events/system/event/format
     created: str = ""  # ISO 8601 time of the snapshot (UTC)
     source: str = ""  # where it came from, e.g. "ssh ktrace-vm-arm64"
+    # where each text symbol starts (for ``field.function`` filters); None when the snapshot could not read
+    # the addresses (kallsyms read without root shows zeros)
+    text: Optional[KernelText] = field(default=None, hash=False, compare=False)
+    # how this kernel answered questions its version does not settle, asked at snapshot time (see ANSWERS)
+    answers: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # Accept any iterables/mappings but always hold immutable, hashable values.
@@ -75,6 +98,16 @@ class Profile:
         if self.blacklist is not None:
             object.__setattr__(self, "blacklist", frozenset(self.blacklist))
         object.__setattr__(self, "events", MappingProxyType(dict(sorted(self.events.items()))))
+        object.__setattr__(self, "answers", MappingProxyType(dict(sorted(self.answers.items()))))
+
+    def answer(self, question: str) -> str:
+        """The measured answer to ``question`` (a key of :data:`ANSWERS`), or what every kernel we checked says."""
+        return self.answers.get(question, ANSWERS[question][0])
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """(major, minor) of the kernel release, e.g. (6, 1) for ``6.1.0-57-arm64``; (0, 0) if unreadable."""
+        return kernel_version(self.release)
 
     def has_symbol(self, name: str) -> bool:
         """Whether ``name`` is a text symbol of the target's kernel (or of a module loaded at snapshot time)."""
@@ -98,6 +131,11 @@ class Profile:
 
     # --- storage ------------------------------------------------------------------------------------------
 
+    def _symbols_are_the_text(self) -> bool:
+        if self.text is None:
+            return False
+        return (self.symbols, self.duplicate_symbols) == _names_and_duplicates(self.text.names)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
@@ -108,31 +146,44 @@ class Profile:
             "source": self.source,
             "features": sorted(self.features),
             "readme": self.readme,
-            "symbols": sorted(self.symbols),
-            "duplicate_symbols": sorted(self.duplicate_symbols),
+            # with the text layout, its names are the symbols: stored once
+            "symbols": None if self._symbols_are_the_text() else sorted(self.symbols),
+            "duplicate_symbols": None if self._symbols_are_the_text() else sorted(self.duplicate_symbols),
             "blacklist": None if self.blacklist is None else sorted(self.blacklist),
             "events": dict(sorted(self.events.items())),
+            "answers": dict(sorted(self.answers.items())),
+            "text": None if self.text is None else self.text.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "profile") -> Profile:
         version = data.get("format")
-        if version != FORMAT_VERSION:
-            raise KtraceError(f"{where}: profile format {version!r} is not supported (expected {FORMAT_VERSION})")
+        if version not in _READABLE_VERSIONS:
+            raise KtraceError(
+                f"{where}: profile format {version!r} is not supported (this pytest-ktrace reads "
+                f"{', '.join(map(str, _READABLE_VERSIONS))})"
+            )
         try:
             blacklist = data["blacklist"]
+            text = None if data.get("text") is None else KernelText.from_json(data["text"])
+            if data["symbols"] is None and text is not None:
+                symbols, duplicates = _names_and_duplicates(text.names)
+            else:
+                symbols, duplicates = frozenset(data["symbols"]), frozenset(data["duplicate_symbols"])
             return cls(
                 name=str(data["name"]),
                 release=str(data["release"]),
                 arch=str(data["arch"]),
                 features=frozenset(data["features"]),
                 readme=str(data["readme"]),
-                symbols=frozenset(data["symbols"]),
-                duplicate_symbols=frozenset(data["duplicate_symbols"]),
+                symbols=symbols,
+                duplicate_symbols=duplicates,
                 blacklist=None if blacklist is None else frozenset(blacklist),
                 events={str(k): str(v) for k, v in dict(data["events"]).items()},
                 created=str(data.get("created", "")),
                 source=str(data.get("source", "")),
+                text=text,
+                answers={str(k): str(v) for k, v in dict(data.get("answers", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KtraceError(f"{where}: not a valid profile ({type(exc).__name__}: {exc})") from None
@@ -180,18 +231,22 @@ class Profile:
 def parse_kallsyms(text: str) -> tuple[frozenset[str], frozenset[str]]:
     """``/proc/kallsyms`` -> (text symbol names, names that occur more than once). Lines are
     ``ADDR TYPE NAME`` or ``ADDR TYPE NAME\\t[module]``; only types T and t (text) count."""
+    names = [parts[2] for parts in map(str.split, text.splitlines()) if len(parts) >= 3 and parts[1] in TEXT_TYPES]
+    return _names_and_duplicates(names)
+
+
+def _names_and_duplicates(names: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
     seen: set[str] = set()
     dups: set[str] = set()
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
-            continue
-        name = parts[2]
-        if name in seen:
-            dups.add(name)
-        else:
-            seen.add(name)
+    for name in names:
+        (dups if name in seen else seen).add(name)
     return frozenset(seen), frozenset(dups)
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """``6.1.0-57-amd64`` -> (6, 1); (0, 0) when the release does not start with two numbers."""
+    match = re.match(r"^(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def parse_blacklist(text: str) -> frozenset[str]:
@@ -330,13 +385,17 @@ def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Pro
     names = [e for e in parse_available_events(available.data) if e not in defined]
 
     events: dict[str, str] = {}
+    questions = _questions(info.features, names)
     if names:
         reads: Sequence[Read] = [Read(f"events/{event}/format") for event in names]
-        for event, res in zip(names, backend.apply(reads)):
+        results = backend.apply([*reads, *questions])
+        for event, res in zip(names, results):
             if res.ok:
                 events[event] = res.data
+        answers = _answers(results[len(reads) :])
     if names and not events:
         raise KtraceError(f"snapshot of {backend.name}: no event format file was readable under {info.tracefs}")
+    kernel_text = parse_kernel_text(sections.get("kallsyms", ""))
 
     return Profile(
         name=name,
@@ -350,7 +409,28 @@ def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Pro
         events=events,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         source=_source(backend, info.backend),
+        text=kernel_text if kernel_text.span_of_name(kernel_text.names[0]) is not None else None,
+        answers=answers if names else {},
     )
+
+
+def _questions(features: frozenset[str], events: Sequence[str]) -> list[Mkdir | Write | Rmdir]:
+    """How :data:`ANSWERS` are asked: in a scratch instance of ours, removed in the same batch (named like a
+    test's instance, so a crash leaves nothing that the next run would not recognise and remove)."""
+    if "instances" not in features or not events:
+        return []
+    event = "sched/sched_process_exec" if "sched/sched_process_exec" in events else events[0]
+    instance = f"instances/{RunIdentity.current().instance(0)}"
+    return [Mkdir(instance), Write(f"{instance}/events/{event}/filter", _TRAILING_OPERATOR_PROBE), Rmdir(instance)]
+
+
+def _answers(results: Sequence[OpResult]) -> dict[str, str]:
+    if len(results) != 3 or not results[0].ok:
+        return {}
+    trailing = results[1]
+    if not (trailing.ok or trailing.errno_name == "EINVAL"):
+        return {}
+    return {"filter_trailing_operator": "accepted" if trailing.ok else "rejected"}
 
 
 # --- shipped profiles ---------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ from .grammar import (
     parse_command,
     split_commands,
 )
+from .kallsyms import KernelText
 from .profiles import Profile
 from .render import (
     EventLayout,
@@ -430,7 +431,7 @@ class FakeTracefs:
         self._top = _TraceArray("", self._serial, cpus)
         self._instances: dict[str, _TraceArray] = {}
         self._symbol_addresses: Optional[dict[str, int]] = None
-        self._sorted_symbols: Optional[list[tuple[int, str]]] = None
+        self._kernel_text: Optional[KernelText] = None
         self._trigger_help = _trigger_help(profile.readme)
 
     # --- public API -------------------------------------------------------------------------------------------
@@ -690,14 +691,25 @@ class FakeTracefs:
 
     # --- kallsyms ---------------------------------------------------------------------------------------------
 
+    def _text(self) -> KernelText:
+        """The profile's kallsyms layout, or, for a profile taken without addresses, a made-up one: every text
+        symbol, sorted by name, _FAKE_SYMBOL_SIZE bytes apart (what rendering and ``.function`` filters use)."""
+        if self._kernel_text is None:
+            text = self.profile.text
+            if text is None:
+                names = sorted(self.profile.symbols)
+                pairs = [(_KERNEL_TEXT_BASE + index * _FAKE_SYMBOL_SIZE, name) for index, name in enumerate(names)]
+                pairs.append((_KERNEL_TEXT_BASE + len(names) * _FAKE_SYMBOL_SIZE, "_etext"))
+                text = KernelText(pairs)
+            self._kernel_text = text
+        return self._kernel_text
+
     def _symbols(self) -> dict[str, int]:
-        """A made-up kallsyms: every profile text symbol, sorted by name, _FAKE_SYMBOL_SIZE bytes apart."""
         if self._symbol_addresses is None:
-            names = sorted(self.profile.symbols)
-            self._symbol_addresses = {
-                name: _KERNEL_TEXT_BASE + index * _FAKE_SYMBOL_SIZE for index, name in enumerate(names)
-            }
-            self._sorted_symbols = [(address, name) for name, address in self._symbol_addresses.items()]
+            text = self._text()
+            self._symbol_addresses = {}
+            for start, name in zip(text.starts, text.names):
+                self._symbol_addresses.setdefault(name, start)
         return self._symbol_addresses
 
     def symbol_address(self, name: str) -> int:
@@ -705,17 +717,13 @@ class FakeTracefs:
         return self._symbols()[name]
 
     def _symbolize(self, address: int, with_offset: bool) -> Optional[str]:
-        self._symbols()
-        assert self._sorted_symbols is not None
-        if not self._sorted_symbols:
+        found = self._text().symbol_at(address)
+        if found is None:
             return None
-        index = (address - _KERNEL_TEXT_BASE) // _FAKE_SYMBOL_SIZE
-        if address < _KERNEL_TEXT_BASE or index >= len(self._sorted_symbols):
-            return None
-        start, name = self._sorted_symbols[index]
+        name, start, end = found
         if not with_offset:
             return name
-        return f"{name}+0x{address - start:x}/0x{_FAKE_SYMBOL_SIZE:x}"
+        return f"{name}+0x{address - start:x}/0x{end - start:x}"
 
     def _address_value(self, value: FieldInput) -> int:
         if isinstance(value, int):
@@ -1157,12 +1165,21 @@ class FakeTracefs:
             if not rest.startswith("if "):
                 raise FakeOSError(errno.EINVAL, path)
             try:
-                compiled = compile_filter(rest[3:], definition.filter_fields(), nr_cpu_ids=self.cpus)
+                compiled = self._compile_filter(rest[3:], definition)
             except FilterError as exc:
                 self._log_filter_error(array, exc.error_log_entry(rest[3:]))
                 raise FakeOSError(_errno_code(exc.errno), path) from None
         event_file.stacktrace, event_file.stack_filter = True, compiled
         event_file.stack_filter_text = compiled.filter_file_text().strip() if compiled is not None else ""
+
+    def _compile_filter(self, expression: str, definition: _EventDefinition) -> Optional[CompiledFilter]:
+        return compile_filter(
+            expression,
+            definition.filter_fields(),
+            nr_cpu_ids=self.cpus,
+            kernel_functions=self._text(),
+            trailing_operator_is_error=self.profile.answer("filter_trailing_operator") == "rejected",
+        )
 
     def _log_filter_error(self, array: _TraceArray, text: str) -> None:
         array.error_log.append(self._timestamp_prefix() + text)
@@ -1179,7 +1196,7 @@ class FakeTracefs:
             raise FakeOSError(errno.EINVAL, path)
         event_file = array.file(definition.key)
         try:
-            compiled = compile_filter(data, definition.filter_fields(), nr_cpu_ids=self.cpus)
+            compiled = self._compile_filter(data, definition)
         except FilterError as exc:
             # The failed filter replaces the old one, disabled, and the file shows the error (apply_event_filter).
             event_file.active_filter = None
@@ -1206,7 +1223,7 @@ class FakeTracefs:
         for definition in events:
             event_file = array.file(definition.key)
             try:
-                compiled = compile_filter(data, definition.filter_fields(), nr_cpu_ids=self.cpus)
+                compiled = self._compile_filter(data, definition)
             except FilterError:
                 event_file.active_filter = None
                 event_file.filter_text = subsystem_error.filter_file_text(data)
