@@ -30,7 +30,7 @@ TMPFS_NAME = "ktrace-full-disk"
 # $4 bytes to leave free; then the command. The report gets its exit status, the tmpfs's free blocks and the
 # sha256 of every file on it but the filler.
 _IN_FULL_TMPFS = r"""set -e
-mount -t tmpfs -o size=64k "$KT_NAME" "$1"
+mount -t tmpfs -o size=2m "$KT_NAME" "$1"
 [ -z "$3" ] || cp -a "$3/." "$1/"
 dd if=/dev/zero of="$1/.filler" bs=4096 >/dev/null 2>&1 || true
 [ "$4" = 0 ] || truncate -s "-$4" "$1/.filler"
@@ -60,7 +60,7 @@ def in_full_tmpfs(
     mount_point: Path, command: list[str], *, cwd: Path, seed: Path | None = None, free: int = 0,
     env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], int, int, dict[str, str]]:  # fmt: skip
-    """Run ``command`` with a full 64 KiB tmpfs on ``mount_point`` (``free`` bytes left, ``seed``'s files put in
+    """Run ``command`` with a full 2 MiB tmpfs on ``mount_point`` (``free`` bytes left, ``seed``'s files put in
     before filling): (the process, its exit status, free blocks after, {file on the tmpfs: sha256})."""
     mount_point.mkdir(parents=True, exist_ok=True)
     report = cwd / f".report-{os.getpid()}-{len(os.listdir(cwd))}"
@@ -125,6 +125,11 @@ def test_a_failed_rewrite_keeps_the_previous_cassette_whole(pytester: pytest.Pyt
     assert first.returncode == 0, first.stdout[-3000:]
     recorded = pytester.path / "cassettes"
     old = hashlib.sha256((recorded / "test_rec" / "test_one.json").read_bytes()).hexdigest()
+    profiles = {
+        str(path.relative_to(recorded)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in (recorded / "_targets").glob("*.json.gz")
+    }
+    assert len(profiles) == 1  # the recording kernel's profile, beside the cassettes
     seed = pytester.path / "seed"
     recorded.rename(seed)
     # the rewrite fails on the full disk; the replay afterwards (same namespace) still trusts the whole old one
@@ -135,7 +140,8 @@ def test_a_failed_rewrite_keeps_the_previous_cassette_whole(pytester: pytest.Pyt
     assert rc == 1, out[-3000:]
     path = recorded / "test_rec" / "test_one.json"
     assert f"cannot write cassette {path}: no space left on device (ENOSPC); the previous version is unchanged" in out
-    assert files == {"test_rec/test_one.json": old}  # byte for byte the old cassette, and no temporary file
+    # byte for byte the old cassette and the kernel profile recorded with it, and no temporary file
+    assert files == {"test_rec/test_one.json": old, **profiles}
     assert out.count(" passed") == 2 and "1 passed, 1 error" in out, out[-3000:]  # the replay passed
     assert free == 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ktrace_testing import TRACEFS
+from ktrace_testing import DEV_VM_PROFILE, TRACEFS
 from pytest_ktrace.arch import normalize_arch
 from pytest_ktrace.backends.base import TargetInfo
 from pytest_ktrace.backends.local import LocalBackend
@@ -635,12 +635,12 @@ def test_on_a_fake_profile_without_kprobes_kprobes_skip(pytester: pytest.Pyteste
         """
     )
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", "--ktrace-profile=local-6.18-x86_64"
+        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}"
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "SKIPPED [[]1] test_fake.py:3: pytest-ktrace: fake:local-6.18-x86_64 (Linux 6.18.44-* x86_64) cannot run "
+            "SKIPPED [[]1] test_fake.py:3: pytest-ktrace: fake:dev-vm-6.18-x86_64 (Linux 6.18.44-* x86_64) cannot run "
             "this test: no kprobes (kprobe_events missing)"
         ]
     )

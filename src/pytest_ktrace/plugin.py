@@ -13,7 +13,7 @@ from . import __version__, hookspecs
 from .backends import builtin
 from .boards import lease_board
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
-from .fake.cassette import RECORD_MODES, Cassette, Tape, cassette_path, profile_of
+from .fake.cassette import RECORD_MODES, Tape, cassette_path, replay_profile
 from .flamegraphs import MODES as FLAMEGRAPH_MODES
 from .flamegraphs import after_call as write_flamegraphs_after
 from .flamegraphs import flamegraph_mode
@@ -30,6 +30,7 @@ from .targets import (
     SCOPES,
     VM_ARCHES,
     RunState,
+    record_mode,
     resolve_target,
     should_record,
     state_key,
@@ -191,6 +192,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
     lines: list[str] = []
     for target in targets:
+        if target.backend == "fake" and not target.profile:
+            lines.append(
+                "ktrace: backend fake: each test replays its cassette on the profile of the kernel it was recorded "
+                "on (cassettes/_targets/, else a shipped profile of that arch and version)"
+            )
+            continue
         try:
             info = state.backend_for(config, target).describe()
         except KtraceError as exc:
@@ -232,12 +239,19 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         lease = lease_board(settings.boards, timeout=3600, start=worker)
         request.addfinalizer(lease.release)
         settings = replace(settings, target=replace(settings.target, host=lease.host))
-    if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
-        settings = replace(settings, target=replace(settings.target, profile=profile_of(Cassette.load(cassette))))
     try:
+        if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
+            settings = replace(settings, target=replace(settings.target, profile=replay_profile(cassette)))
         backend = state.backend_for(config, settings.target)
         check_item(request.node, settings.target, backend)  # ktrace_requires, if not checked before setup
-        tape = Tape(backend, request.node.nodeid, cassette, record=record)
+        tape = Tape(
+            backend,
+            request.node.nodeid,
+            cassette,
+            record=record,
+            rewrite=record_mode(config) == "rewrite",
+            snapshotted=state.target_profiles,
+        )
     except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
         pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
     except MissingTool as exc:

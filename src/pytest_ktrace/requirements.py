@@ -46,7 +46,7 @@ import pytest
 from .arch import normalize_arch
 from .backends.base import Backend, Read, TargetInfo
 from .errors import KtraceError, MissingTool, TargetError, TracefsUnavailable, hide_for_ktrace_errors
-from .fake.cassette import Cassette, cassette_path, profile_of
+from .fake.cassette import cassette_path, replay_profile
 from .fake.profiles import Profile, parse_blacklist
 from .provenance import record_target
 from .targets import TargetSpec, resolve_target, state_key
@@ -569,7 +569,7 @@ def check_before_setup(item: pytest.Item) -> None:
         if target.backend == "fake" and not target.profile:
             cassette = cassette_path(item.path, item.name, config.getini("ktrace_cassette_dir") or "cassettes")
             if cassette.exists():
-                target = replace(target, profile=profile_of(Cassette.load(cassette)))
+                target = replace(target, profile=replay_profile(cassette))
         backend = config.stash[state_key()].backend_for(config, target)
     except (pytest.UsageError, KtraceError) as exc:
         problem: Optional[BaseException] = exc

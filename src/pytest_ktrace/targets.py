@@ -16,7 +16,7 @@ from .boards import split_hosts
 from .errors import KtraceError, hide_for_ktrace_errors
 from .identity import RunIdentity, stale_owner
 
-__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "should_record", "state_key"]
+__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "record_mode", "resolve_target", "should_record", "state_key"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -61,7 +61,9 @@ class TargetSpec:
         if self.backend == "vm":
             return f"vm:{self.vm}"
         if self.backend == "fake":
-            return f"fake:{self.profile}"
+            # a profile file is named by its file name: NAME.json.gz
+            name = Path(self.profile).name.removesuffix(".json.gz") if self.profile else "(profile of each cassette)"
+            return f"fake:{name}"
         return self.host if self.backend == "ssh" and self.host else self.backend
 
 
@@ -234,6 +236,7 @@ class RunState:
     closers: list[Any] = field(default_factory=list)
     live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
     elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
+    target_profiles: set[Path] = field(default_factory=set)  # kernel profiles written beside cassettes this run
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -290,14 +293,21 @@ class RunState:
         self.closers.clear()
 
 
-def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
-    """Whether this test writes its cassette: ``--ktrace-record`` (rewrite), or the record mode (command line
-    over ini), ``once`` recording only tests that have none yet. The fake backend replays, never records."""
+def record_mode(config: pytest.Config) -> str:
+    """``none``, ``once`` or ``rewrite``: ``--ktrace-record`` (rewrite), else the record mode (command line over
+    ini)."""
     mode = config.getoption("ktrace_record_mode", default=None) or config.getini("ktrace_record_mode") or "none"
     if config.getoption("ktrace_record", default=None) or config.getini("ktrace_record"):
         mode = "rewrite"
     if mode not in ("none", "once", "rewrite"):
         raise pytest.UsageError(f"pytest-ktrace: record mode {mode!r} must be none, once or rewrite")
+    return str(mode)
+
+
+def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
+    """Whether this test writes its cassette (see :func:`record_mode`), ``once`` recording only tests that have
+    none yet. The fake backend replays, never records."""
+    mode = record_mode(config)
     if replaying:
         if mode == "rewrite":
             raise pytest.UsageError(

@@ -4,6 +4,7 @@ its cassette is stale."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import run_pytest
+from ktrace_testing import DEV_VM_PROFILE, run_pytest
+from pytest_ktrace.fake.profiles import Profile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -115,29 +117,92 @@ def test_kernel_errors_come_from_the_fake_grammar_not_the_cassette(guest_suite: 
     assert "4 passed" in run.stdout
 
 
-def test_record_locally_then_replay_on_the_fake(pytester: pytest.Pytester, probed: Path) -> None:
-    pytester.makepyfile(
-        test_local=f"""
-        BIN = {str(probed)!r}
+LOCAL_SUITE = """
+BIN = {binary!r}
 
-        def test_setup(ktrace):
-            entry = ktrace.uprobe(BIN, "setup_thing", irq="$arg1:s32", name="+0($arg2):string", filter="irq > 1")
-            done = ktrace.uretprobe(BIN, "setup_thing")
-            for irq in ("1", "30"):
-                ktrace.run([BIN, "setup", "eth2", irq])
-            entry.assert_called_once_with(irq=30, name="eth2")
-            done.assert_returned(0)
-            ktrace.assert_latency(entry, done, max_us=1_000_000)
-        """
-    )
+def test_setup(ktrace):
+    entry = ktrace.uprobe(BIN, "setup_thing", irq="$arg1:s32", name="+0($arg2):string", filter="irq > 1")
+    done = ktrace.uretprobe(BIN, "setup_thing")
+    for irq in ("1", "30"):
+        ktrace.run([BIN, "setup", "eth2", irq])
+    entry.assert_called_once_with(irq=30, name="eth2")
+    done.assert_returned(0)
+    ktrace.assert_latency(entry, done, max_us=1_000_000)
+"""
+
+
+def test_record_locally_then_replay_in_a_clean_checkout(pytester: pytest.Pytester, probed: Path) -> None:
+    pytester.makepyfile(test_local=LOCAL_SUITE.format(binary=str(probed)))
     recorded = pytester.runpytest("--ktrace-record")
     recorded.assert_outcomes(passed=1)
     cassette = pytester.path / "cassettes" / "test_local" / "test_setup.json"
-    assert cassette.exists()
     assert "<group>" in cassette.read_text() and "ktrace_" not in cassette.read_text()
-    replayed = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=local-6.18-x86_64")
-    replayed.assert_outcomes(passed=1)
-    replayed.stdout.fnmatch_lines(["ktrace: backend fake, target fake:local-6.18-x86_64: Linux 6.18*"])
+    # the recording kernel's profile, once, beside the cassettes; the cassette names it
+    [profile] = (pytester.path / "cassettes" / "_targets").iterdir()
+    release, machine = os.uname().release, os.uname().machine
+    assert profile.name == f"{release}-{machine}.json.gz"
+    assert json.loads(cassette.read_text())["target"]["profile"] == f"_targets/{profile.name}"
+    loaded = load_profile(str(profile))
+    assert (loaded.release, loaded.arch) == (release, machine) and loaded.text is not None
+
+    # a clean checkout: the test file and its cassettes, nothing else; no option but the backend
+    clean = pytester.path / "clean"
+    clean.mkdir()
+    shutil.copy(pytester.path / "test_local.py", clean)
+    shutil.copytree(pytester.path / "cassettes", clean / "cassettes")
+    replayed = _pytest(clean, "--ktrace-backend=fake", "-v")
+    assert replayed.returncode == 0, replayed.stdout[-3000:]
+    assert "1 passed" in replayed.stdout
+    assert "ktrace: backend fake: each test replays its cassette on the profile of the kernel" in replayed.stdout
+
+    # an explicit profile still wins
+    explicit = _pytest(clean, "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}", "-v")
+    assert explicit.returncode == 0, explicit.stdout[-3000:]
+    assert "target fake:dev-vm-6.18-x86_64: Linux 6.18.44-fc-v857" in explicit.stdout
+
+    # without the profile, and no shipped one of that kernel: say what is missing and the one command to get it
+    shutil.rmtree(clean / "cassettes" / "_targets")
+    missing = _pytest(clean, "--ktrace-backend=fake")
+    assert missing.returncode == 1, missing.stdout[-3000:]
+    assert f"was recorded on Linux {release} {machine} (local local)" in missing.stdout
+    assert f"Take it from the target with: pytest-ktrace snapshot --name target -o {clean}/cassettes/_targets/" in (
+        " ".join(missing.stdout.split())
+    )
+
+
+def test_recording_again_keeps_the_profile_unless_rewriting(pytester: pytest.Pytester, probed: Path) -> None:
+    pytester.makepyfile(test_local=LOCAL_SUITE.format(binary=str(probed)))
+    pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
+    [profile] = (pytester.path / "cassettes" / "_targets").iterdir()
+    profile.write_bytes(Profile.load(profile).dumps())  # same content, new inode: a rewrite would replace it
+    inode = profile.stat().st_ino
+    (pytester.path / "cassettes" / "test_local" / "test_setup.json").unlink()
+    pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
+    assert profile.stat().st_ino == inode
+    pytester.runpytest("--ktrace-record-mode=rewrite").assert_outcomes(passed=1)
+    assert profile.stat().st_ino != inode
+
+
+def test_a_board_of_a_shipped_kernel_version_replays_on_the_shipped_profile(guest_suite: Path) -> None:
+    # a cassette from another build of Debian's 6.1 (as on a user's board): matched by arch, version, features
+    for cassette in (guest_suite / "cassettes").rglob("*.json"):
+        body = json.loads(cassette.read_text())
+        body["target"]["release"] = body["target"]["release"].replace("6.1.0-57", "6.1.0-99")
+        cassette.write_text(json.dumps(body))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_registers")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "2 passed" in run.stdout
+
+
+def test_a_shipped_profile_without_a_recorded_feature_is_not_used(guest_suite: Path) -> None:
+    for cassette in (guest_suite / "cassettes").rglob("*.json"):
+        body = json.loads(cassette.read_text())
+        body["target"]["features"].append("hist_triggers_of_the_future")
+        cassette.write_text(json.dumps(body))
+    run = _pytest(guest_suite, "test_setup_irq.py", "--ktrace-backend=fake", "-k", "rebind_registers")
+    assert run.returncode == 1
+    assert "was recorded on Linux 6.1.0-57-amd64 x86_64 (ssh ktrace-vm-x86_64)" in run.stdout
+    assert "pytest-ktrace snapshot --name target --host ktrace-vm-x86_64 -o " in " ".join(run.stdout.split())
 
 
 def test_fake_without_a_cassette_explains_what_to_do(pytester: pytest.Pytester) -> None:
@@ -221,5 +286,5 @@ def test_record_modes_follow_pytest_recording(pytester: pytest.Pytester, probed:
     assert cassette.read_text() == first  # once: an existing cassette is kept
     pytester.runpytest("--ktrace-record").assert_outcomes(passed=1)
     assert cassette.read_text() != first  # rewrite: recorded again (new timestamps)
-    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=local-6.18-x86_64", "--ktrace-record")
+    result = pytester.runpytest("--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}", "--ktrace-record")
     assert result.ret == pytest.ExitCode.USAGE_ERROR or "records on a real target" in result.stdout.str()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ktrace_testing import DEV_VM_PROFILE
 from pytest_ktrace.fake.profiles import Profile, load_profile
 from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError, FieldInput
 from pytest_ktrace.parse import FormatCatalog, TraceParser, parse_format
@@ -18,7 +19,7 @@ BINARY = "/opt/fake/bin/app"
 
 
 def _sched_events() -> dict[str, str]:
-    shipped = load_profile("local-6.18-x86_64")
+    shipped = load_profile(str(DEV_VM_PROFILE))
     wanted = ("sched/sched_switch", "sched/sched_process_fork", "sched/sched_process_exit", "sched/sched_wakeup")
     return {name: shipped.events[name] for name in wanted}
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Union
 import pytest
 
 from pytest_ktrace.elf import symbol_file_offset
-from pytest_ktrace.fake.profiles import Profile, load_profile
+from pytest_ktrace.fake.profiles import Profile
 from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs, FieldInput
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -312,14 +312,11 @@ def fire_in_fake(fake: FakeTracefs) -> None:
 
 @pytest.fixture(scope="module")
 def local_profile() -> Profile:
-    """A profile of this machine: a fresh snapshot, or the shipped one of this kernel if that fails."""
-    try:
-        from pytest_ktrace.backends.local import LocalBackend
-        from pytest_ktrace.fake.profiles import snapshot
+    """A profile of this machine, taken now: the fake must follow the kernel the test runs on."""
+    from pytest_ktrace.backends.local import LocalBackend
+    from pytest_ktrace.fake.profiles import snapshot
 
-        return snapshot(LocalBackend(), "local")
-    except Exception:  # the snapshot needs /proc/kallsyms etc.; the shipped profile is of this kernel
-        return load_profile("local-6.18-x86_64")
+    return snapshot(LocalBackend(), "local")
 
 
 @pytest.fixture(scope="module")

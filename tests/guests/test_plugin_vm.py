@@ -4,13 +4,14 @@ run, powered off at its end, and a machine without qemu gets a skip that says wh
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ktrace_testing import qemu_pids
+from ktrace_testing import qemu_pids, run_pytest
 
 pytest_plugins = ["pytester"]
 
@@ -87,3 +88,36 @@ def test_command_line_vm_runs_the_whole_suite_there(pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(
         ["ktrace: backend vm, target ktrace-vm-x86_64: Linux 6.1.0-*-amd64 x86_64, tracefs /sys/kernel/tracing"]
     )
+
+
+RECORDED_ON_A_GUEST = """
+import pytest
+
+@pytest.mark.ktrace(vm={arch!r})
+def test_setup_irq_returns_zero(ktrace):
+    done = ktrace.kretprobe("__setup_irq", ret="$retval:s32")
+    ktrace.run(["ktrace-trigger-setup-irq"])
+    done.assert_returned(0)
+    print("REPLAYED_ON=" + ktrace.target.name)
+"""
+
+
+@pytest.mark.parametrize(
+    ("arch", "profile"), [("x86_64", "6.1.0-57-amd64-x86_64"), ("arm64", "6.1.0-57-arm64-aarch64")]
+)
+def test_recorded_on_a_guest_replays_in_a_clean_checkout(tmp_path: Path, arch: str, profile: str) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_guest.py").write_text(RECORDED_ON_A_GUEST.format(arch=arch))
+    recorded = run_pytest(suite, "-s", "--ktrace-record")
+    assert recorded.returncode == 0, recorded.stdout[-4000:]
+    assert (suite / "cassettes" / "_targets" / f"{profile}.json.gz").is_file()
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    shutil.copy(suite / "test_guest.py", clean)
+    shutil.copytree(suite / "cassettes", clean / "cassettes")
+    replayed = run_pytest(clean, "-s", "--ktrace-backend=fake")
+    assert replayed.returncode == 0, replayed.stdout[-4000:]
+    # the guest kernel's own profile from beside the cassettes, not the shipped Debian one
+    assert f"REPLAYED_ON=fake:{profile}" in replayed.stdout

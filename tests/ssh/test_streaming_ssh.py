@@ -83,10 +83,12 @@ def test_stream_reader_is_dd_and_is_ended_by_its_pid(
     stream = backend.open_stream(f"{instance}/trace_pipe")
     assert isinstance(stream, SshTraceStream)
     try:
-        deadline = time.monotonic() + 5  # the pid is printed right before `exec dd`
-        while Path(f"/proc/{stream.pid}/cmdline").read_bytes().startswith(b"sh") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # the pid is printed right before `exec dd`; while the exec is under way the cmdline reads empty
+        deadline = time.monotonic() + 5
         cmdline = Path(f"/proc/{stream.pid}/cmdline").read_bytes().split(b"\0")
+        while not cmdline[0].endswith(b"dd") and time.monotonic() < deadline:
+            time.sleep(0.01)
+            cmdline = Path(f"/proc/{stream.pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[0].endswith(b"dd") and cmdline[1] == f"if={TRACEFS}/{instance}/trace_pipe".encode()
         # a busy instance cannot be removed while its trace_pipe is read
         [busy] = backend.apply([Rmdir(instance)])

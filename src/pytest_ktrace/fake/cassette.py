@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from .._files import write_atomic
 from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, TraceStream, Write
@@ -38,10 +38,14 @@ __all__ = [
     "Cassette",
     "Player",
     "RecordingBackend",
+    "Replaying",
     "StaleCassette",
     "Tape",
     "cassette_path",
+    "cassette_root",
     "profile_of",
+    "replay_profile",
+    "target_profile_ref",
 ]
 
 __tracebackhide__ = hide_for_ktrace_errors
@@ -51,6 +55,13 @@ RECORD_MODES = ("none", "once", "rewrite")
 _DEFINITION = re.compile(r"^(?P<head>[pr]\d*):(?P<group>[^/\s]+)/(?P<event>\S+)(?P<rest>.*)$", re.S)
 _PYTEST_TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/")
 _EVENT_MARK = re.compile(r"<event:(\d+)>")
+
+
+@runtime_checkable
+class Replaying(Protocol):
+    """A backend that replays cassettes (the fake): it is handed each test's player, or None between tests."""
+
+    def play(self, player: Optional[Player]) -> None: ...
 
 
 class StaleCassette(KtraceError):
@@ -361,30 +372,99 @@ class Player:
             raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")
 
 
+TARGETS_DIR = "_targets"
+
+
+def target_profile_ref(release: str, arch: str) -> str:
+    """Where a cassette's kernel profile lives, relative to the cassette root: ``_targets/<release>-<arch>.json.gz``
+    (one per kernel build, shared by every cassette recorded on it)."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{release}-{arch}").strip("._") or "target"
+    return f"{TARGETS_DIR}/{safe}.json.gz"
+
+
+def cassette_root(cassette: Path) -> Path:
+    """``<dir of the test module>/cassettes`` for ``cassettes/<module>/<test>.json``."""
+    return cassette.parent.parent
+
+
 @functools.cache
-def _shipped_kernels() -> tuple[tuple[str, str, str], ...]:
-    """(name, release, arch) of each shipped profile; read once per process (they are package data)."""
+def _shipped_kernels() -> tuple[tuple[str, tuple[int, int], str, frozenset[str]], ...]:
+    """(name, version, arch, features) of each shipped profile; read once per process (they are package data)."""
     from .profiles import builtin_profiles, load_profile
 
-    return tuple((name, load_profile(name).release, load_profile(name).arch) for name in builtin_profiles())
+    shipped = []
+    for name in builtin_profiles():
+        profile = load_profile(name)
+        shipped.append((name, profile.version, profile.arch, profile.features))
+    return tuple(shipped)
 
 
 def profile_of(cassette: Cassette) -> Optional[str]:
-    """The shipped profile of the kernel a cassette was recorded on (same release and arch), if any."""
-    for name, release, arch in _shipped_kernels():
-        if release == cassette.target.get("release") and arch == cassette.target.get("arch"):
+    """A shipped profile that can stand in for the kernel a cassette was recorded on: the same arch and kernel
+    version (major.minor), with every tracefs feature the recording target had. Never matched by build string:
+    a user's board runs its own build."""
+    from .profiles import kernel_version
+
+    target = cassette.target
+    version = kernel_version(str(target.get("release", "")))
+    needed = frozenset(target.get("features", ()))
+    for name, shipped_version, arch, features in _shipped_kernels():
+        if version == shipped_version and arch == target.get("arch") and needed <= features:
             return name
     return None
 
 
-class Tape:
-    """One test's cassette handling: record on a real backend, replay on the fake, nothing otherwise."""
+def replay_profile(path: Path) -> str:
+    """The profile a cassette replays on: the snapshot of its recording kernel written beside the cassettes,
+    else a shipped profile of the same arch and kernel version. Raises :class:`StaleCassette` saying how to get
+    one when there is neither."""
+    cassette = Cassette.load(path)
+    target = cassette.target
+    release, arch = str(target.get("release", "?")), str(target.get("arch", "?"))
+    ref = str(target.get("profile") or target_profile_ref(release, arch))
+    snapshot_file = cassette_root(path) / ref
+    if snapshot_file.is_file():
+        return str(snapshot_file)
+    shipped = profile_of(cassette)
+    if shipped is not None:
+        return shipped
+    where = f"{target.get('backend', '?')} {target.get('name', '?')}"
+    how = (
+        "pytest-ktrace snapshot --name target"
+        + (f" --host {target.get('name')}" if target.get("backend") == "ssh" else "")
+        + f" -o {snapshot_file}"
+    )
+    raise StaleCassette(
+        f"cassette {path} was recorded on Linux {release} {arch} ({where}); replaying it needs that kernel's "
+        f"profile, written beside the cassettes when they are recorded, and {snapshot_file} is missing "
+        f"(no shipped profile is of that arch and version either). Take it from the target with: {how}"
+    )
 
-    def __init__(self, backend: Backend, test_id: str, path: Path, *, record: bool) -> None:
+
+class Tape:
+    """One test's cassette handling: record on a real backend, replay on the fake, nothing otherwise.
+
+    Recording also makes sure the cassette root holds a profile of the recording kernel (``_targets/``), so the
+    cassettes replay anywhere with nothing else: taken once per run and kernel (``snapshotted`` is the run's
+    memory of which files it wrote), kept when it exists unless ``rewrite``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        test_id: str,
+        path: Path,
+        *,
+        record: bool,
+        rewrite: bool = False,
+        snapshotted: Optional[set[Path]] = None,
+    ) -> None:
         self.path = path
         self.recorder: Optional[RecordingBackend] = None
         self.player: Optional[Player] = None
-        self._fake = backend if hasattr(backend, "play") else None
+        self._real = backend
+        self._rewrite = rewrite
+        self._snapshotted = snapshotted if snapshotted is not None else set()
+        self._fake = backend if isinstance(backend, Replaying) else None
         self.backend: Backend = backend
         if self._fake is not None:
             self.player = Player(Cassette.load(path), path) if path.exists() else None
@@ -392,11 +472,27 @@ class Tape:
         elif record:
             self.recorder = RecordingBackend(backend, test_id)
             self.backend = self.recorder
+            target = self.recorder.cassette.target
+            target["profile"] = target_profile_ref(str(target["release"]), str(target["arch"]))
+
+    def _save_target_profile(self) -> None:
+        """The recording kernel's profile beside the cassettes, once per run and kernel; taken after the test's
+        teardown, so nothing of the test is in it."""
+        from .profiles import snapshot
+
+        assert self.recorder is not None
+        ref = str(self.recorder.cassette.target["profile"])
+        destination = cassette_root(self.path) / ref
+        if destination in self._snapshotted or (destination.exists() and not self._rewrite):
+            return
+        snapshot(self._real, destination.name[: -len(".json.gz")]).save(destination)
+        self._snapshotted.add(destination)
 
     def finish(self) -> None:
         """After the test's teardown: write the recording, or check that the replay went all the way."""
         if self.recorder is not None:
             self.recorder.save(self.path)
+            self._save_target_profile()
         if self._fake is not None:
             self._fake.play(None)
             if self.player is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
+from .._files import write_atomic
 from ..backends.base import Backend, Mkdir, OpResult, Read, Rmdir, Write
 from ..errors import KtraceError
 from ..identity import RunIdentity
@@ -198,15 +199,9 @@ class Profile:
         return buffer.getvalue()
 
     def save(self, path: Path) -> None:
-        """Write the profile to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_bytes(self.dumps())
-            tmp.replace(path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise KtraceError(f"cannot write profile {path}: {exc.strerror or exc}") from None
+        """Write the profile to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically (a full disk
+        leaves the previous file whole and raises :class:`~pytest_ktrace.errors.DiskFull`)."""
+        write_atomic(Path(path), self.dumps(), what="profile")
 
     @classmethod
     def load(cls, path: Path) -> Profile:
