@@ -42,7 +42,7 @@ from pytest_ktrace.fake.grammar import (
 TRACEFS = Path("/sys/kernel/tracing")
 UPROBE_EVENTS = TRACEFS / "uprobe_events"
 ERROR_LOG = TRACEFS / "error_log"
-DIALECT = KernelDialect("6.18.44", "x86_64")
+DIALECT = KernelDialect(os.uname().release, os.uname().machine)  # the kernel these tests run on
 GROUP = f"ktrace_grammartest_{os.getpid()}"
 TARGET_SOURCE = "/usr/bin/true"
 
