@@ -79,6 +79,12 @@ def ours(state: dict[str, str]) -> list[str]:
     return [line for text in state.values() for line in text.splitlines() if _PLUGIN_NAME.search(line)]
 
 
+def ours_in_this_process(state: dict[str, str]) -> list[str]:
+    """Lines naming a group or instance of a run in this process (pytester's inline runs): other xdist workers'
+    runs, with their own pids, do not count."""
+    return [line for line in ours(state) if re.search(rf"ktrace_[0-9a-f]{{6}}_{os.getpid()}_", line)]
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one command the way `echo >>` does (Python's "a" mode lseeks, which tracefs refuses)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)

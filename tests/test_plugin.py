@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import TRACEFS, append_line, ours, tracefs_state
+from ktrace_testing import TRACEFS, append_line, ours, ours_in_this_process, run_pytest, tracefs_state
 
 pytest_plugins = ["pytester"]
 
@@ -26,16 +27,71 @@ def _write(pytester: pytest.Pytester, body: str, name: str = "test_it") -> None:
     pytester.makepyfile(**{name: "from conftest import BIN\nimport pytest\n" + textwrap.dedent(body)})
 
 
-def test_header_shows_backend_kernel_and_features(suite: pytest.Pytester) -> None:
-    _write(suite, "def test_nothing(): pass\n")
+def test_the_summary_shows_what_the_tests_reached(suite: pytest.Pytester) -> None:
+    _write(suite, "def test_traces(ktrace):\n    ktrace.tracepoint('sched:sched_process_exec')\n")
     result = suite.runpytest()
     result.stdout.fnmatch_lines(
         [
-            f"ktrace: backend local, target local: Linux {os.uname().release} {os.uname().machine}, tracefs /sys/*",
-            "ktrace: features: *uprobes*",
+            "ktrace: backend local, target local: reached when a test first needs it",
+            "*",
+            f"ktrace: local (backend local): Linux {os.uname().release} {os.uname().machine}; features *uprobes*; "
+            "1 test(s)",
         ]
     )
     result.assert_outcomes(passed=1)
+
+
+class _CountingListener:
+    """A TCP port on 127.0.0.1 that counts the connections made to it (an SSH target nobody should reach)."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.socket.settimeout(0.2)
+        self.port = self.socket.getsockname()[1]
+
+    def connections(self) -> int:
+        count = 0
+        while True:
+            try:
+                peer, _ = self.socket.accept()
+            except OSError:  # timed out: nobody is waiting
+                return count
+            peer.close()
+            count += 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--collect-only"], ["--fixtures"], ["--help"], ["-k", "plain"], ["test_plain.py"]],
+    ids=["collect-only", "fixtures", "help", "deselected", "no-ktrace-test"],
+)
+def test_nothing_reaches_the_target_until_a_test_needs_it(pytester: pytest.Pytester, args: list[str]) -> None:
+    pytester.makepyfile(
+        test_plain="def test_plain():\n    pass\n", test_traced="def test_traced(ktrace):\n    ktrace.run(['true'])\n"
+    )
+    listener = _CountingListener()
+    try:
+        run = run_pytest(pytester.path, f"--ktrace-host=root@127.0.0.1:{listener.port}", *args, "-v")
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert listener.connections() == 0, "the target was contacted though no test needed it"
+        if "--help" not in args:
+            assert f"target root@127.0.0.1:{listener.port}: reached when a test first needs it" in run.stdout
+    finally:
+        listener.socket.close()
+
+
+def test_a_refused_target_fails_only_the_tests_that_need_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_both="def test_plain():\n    pass\n\ndef test_traced(ktrace):\n    ktrace.run(['true'])\n")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: connections are refused
+    run = run_pytest(pytester.path, f"--ktrace-host=root@127.0.0.1:{port}")
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "1 passed, 1 error" in run.stdout
+    assert f"target root@127.0.0.1:{port} unavailable" in run.stdout
 
 
 def test_failing_assertion_reads_well_and_attaches_trace(suite: pytest.Pytester) -> None:
@@ -92,11 +148,9 @@ def test_teardown_after_pass_fail_error_skip_xfail(suite: pytest.Pytester) -> No
             ktrace.uretprobe(BIN, "fib"); ktrace.arm(); raise KeyError("boom")
         """,
     )
-    before = tracefs_state()
     result = suite.runpytest()
     result.assert_outcomes(passed=1, failed=2, errors=1, skipped=1, xfailed=1)
-    after = tracefs_state()
-    assert ours(after) == ours(before) == []
+    assert ours_in_this_process(tracefs_state()) == []
 
 
 def test_foreign_probe_survives_the_suite(suite: pytest.Pytester, probed: Path) -> None:
@@ -150,18 +204,21 @@ def test_marker_overrides_command_line_overrides_ini(suite: pytest.Pytester) -> 
     suite.runpytest("--ktrace-scope=all", "--ktrace-timeout=5").assert_outcomes(passed=2)
 
 
-def test_unknown_marker_argument_is_a_usage_error(suite: pytest.Pytester) -> None:
+def test_unknown_marker_argument_is_an_error_of_that_test(suite: pytest.Pytester) -> None:
     _write(
         suite,
         """
         @pytest.mark.ktrace(hots="board")
         def test_typo(ktrace):
             pass
+
+        def test_fine():
+            pass
         """,
     )
     result = suite.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_typo: @pytest.mark.ktrace got unknown argument(s) hots; known: *host*"])
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*test_typo: @pytest.mark.ktrace got unknown argument(s) hots; known: *host*"])
 
 
 def test_bad_scope_value(suite: pytest.Pytester) -> None:
@@ -182,7 +239,7 @@ def test_unknown_backend_names_the_builtins(suite: pytest.Pytester) -> None:
     _write(suite, "def test_x(ktrace): pass\n")
     result = suite.runpytest("--ktrace-backend=nosuch")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*no backend called 'nosuch' (built in: local, ssh, vm, fake)*"])
+    result.stderr.fnmatch_lines(["*no backend called 'nosuch' (built in: local, ssh, vm, fake; *"])
 
 
 def test_third_party_backend_through_the_hook(suite: pytest.Pytester) -> None:

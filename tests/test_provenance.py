@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_ktrace.backends.local import LocalBackend
 from pytest_ktrace.probes import ProbeSpec
 from pytest_ktrace.provenance import probe_line
 
@@ -122,10 +123,11 @@ def _check_local(props: dict[str, list[tuple[str, str]]], written: dict[str, lis
         "ktrace_backend": "local",
         "ktrace_kernel": RELEASE,
         "ktrace_arch": MACHINE,
+        "ktrace_features": ",".join(sorted(LocalBackend().describe().features)),
     }
     assert _target(props["test_uprobes_and_tracepoint"]) == target
     # the target first, then one property per probe in definition order; dynamic ones exactly as written
-    assert [name for name, _ in props["test_uprobes_and_tracepoint"]][:4] == list(target)
+    assert [name for name, _ in props["test_uprobes_and_tracepoint"]][:5] == list(target)
     entry, done, tracepoint = _probes(props["test_uprobes_and_tracepoint"])
     assert [entry, done] == written["test_uprobes_and_tracepoint"]
     assert re.fullmatch(
@@ -139,7 +141,8 @@ def _check_local(props: dict[str, list[tuple[str, str]]], written: dict[str, lis
     assert _target(props["test_failing_still_says_where"]) == target
 
     assert props["test_without_ktrace"] == []
-    assert props["test_skipped_by_requirements"] == list(target.items())  # where it was judged
+    # where it was judged, and that the target could not run it
+    assert props["test_skipped_by_requirements"] == [*target.items(), ("ktrace_unmet", "local")]
     assert props["test_requirements_without_fixture"] == list(target.items())
 
 
@@ -180,6 +183,10 @@ def test_properties_travel_through_xdist(pytester: pytest.Pytester, recording: P
         assert line == written[name][0] and line.endswith(" n=%di:s32"), line
         assert _target(props[name])["ktrace_kernel"] == RELEASE
     assert len(props) == 9
+    # the controller's summary counts the workers' tests per target (all but test_without_ktrace)
+    result.stdout.fnmatch_lines(
+        [f"ktrace: local (backend local): Linux {RELEASE} {MACHINE}; features *; 8 test(s), 1 skipped for unmet *"]
+    )
 
 
 def test_fake_backend_properties(pytester: pytest.Pytester) -> None:
@@ -203,6 +210,7 @@ def test_fake_backend_properties(pytester: pytest.Pytester) -> None:
         "ktrace_backend": "fake",
         "ktrace_kernel": "6.1.0-57-arm64",
         "ktrace_arch": "aarch64",
+        "ktrace_features": "argN,dynamic_events,error_log,instances,kprobes,set_event_pid,uprobes",
     }
     kprobe, kretprobe, tracepoint = _probes(props)
     # $argN is rewritten to the arm64 register the 6.1 kernel reads it from: the property is what was written

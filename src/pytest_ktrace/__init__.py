@@ -1,9 +1,14 @@
-"""pytest-ktrace: kprobes, uprobes and tracepoints as pytest fixtures, with mock-style assertions."""
+"""pytest-ktrace: kprobes, uprobes and tracepoints as pytest fixtures, with mock-style assertions.
+
+The names below are imported on first use (PEP 562), so that loading the pytest plugin costs a run that traces
+nothing next to nothing.
+"""
 
 from __future__ import annotations
 
-from .assertions import ProbeView
-from .backends.base import Backend, RunResult, TargetInfo
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CommandTimeout,
     ConnectionLost,
@@ -18,10 +23,14 @@ from .errors import (
     UnknownSymbol,
     UnsupportedFetchArg,
 )
-from .events import Event
-from .matchers import ANY
-from .session import TraceSession
-from .targets import TargetSpec
+
+if TYPE_CHECKING:
+    from .assertions import ProbeView
+    from .backends.base import Backend, RunResult, TargetInfo
+    from .events import Event
+    from .matchers import ANY
+    from .session import TraceSession
+    from .targets import TargetSpec
 
 __all__ = [
     "ANY",
@@ -47,3 +56,27 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ANY": ".matchers",
+    "Backend": ".backends.base",
+    "Event": ".events",
+    "ProbeView": ".assertions",
+    "RunResult": ".backends.base",
+    "TargetInfo": ".backends.base",
+    "TargetSpec": ".targets",
+    "TraceSession": ".session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

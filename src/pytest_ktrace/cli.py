@@ -1,9 +1,10 @@
-"""The ``pytest-ktrace`` command: take target profiles for the fake tracefs, and list the shipped ones.
+"""The ``pytest-ktrace`` command: target profiles for the fake tracefs, and leftovers of killed runs.
 
     pytest-ktrace snapshot --name NAME [-o FILE]                      # this machine (needs root for kallsyms)
     pytest-ktrace snapshot --host [USER@]HOST[:PORT] [--ssh-config F] [--sudo] --name NAME
     pytest-ktrace snapshot --vm x86_64|arm64 --name NAME               # boots a qemu guest, snapshots, stops it
     pytest-ktrace profiles [NAME_OR_FILE ...]                          # shipped (or given) profiles
+    pytest-ktrace clean [--host H] [--older-than 1h] [--dry-run]      # leftovers of killed runs on a target
 
 Errors of the plugin (:class:`~pytest_ktrace.errors.KtraceError`) print as one line on stderr and exit 2.
 """
@@ -25,7 +26,7 @@ EXIT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_PROG, description="pytest-ktrace tools: target profiles for the fake.")
+    parser = argparse.ArgumentParser(prog=_PROG, description="pytest-ktrace tools: target profiles, leftovers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -34,14 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         help="take a profile of a target (local by default)",
         description="Take a profile of a target: kallsyms, kprobe blacklist, event formats, tracefs README.",
     )
-    where = snap.add_mutually_exclusive_group()
-    where.add_argument("--host", metavar="[USER@]HOST[:PORT]", help="an SSH target (ssh_config aliases work)")
+    where = _ssh_arguments(snap)
     where.add_argument("--vm", choices=("x86_64", "arm64"), help="boot a qemu guest of this arch and snapshot it")
-    snap.add_argument("--ssh-config", metavar="FILE", type=Path, help="ssh_config file to use alone (like ssh -F)")
-    snap.add_argument("--sudo", action="store_true", help="run as root on the SSH target through sudo -n")
-    snap.add_argument(
-        "--accept-new-host-key", action="store_true", help="trust and save an SSH host key seen for the first time"
-    )
     snap.add_argument(
         "--mount-debugfs",
         action="store_true",
@@ -50,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--name", required=True, help="profile name, e.g. debian-6.1-arm64")
     snap.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to write it (default: NAME.json.gz)")
 
+    clean = commands.add_parser(
+        "clean",
+        help="list and remove what killed pytest-ktrace runs left on a target (local by default)",
+        description="Remove the probes and instances of runs whose owner record on the target has had no "
+        "heartbeat for --older-than (or that the target outlived by a reboot). Names without an owner record "
+        "and runs with a recent heartbeat are listed, never touched.",
+    )
+    _ssh_arguments(clean)
+    clean.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        default="1h",
+        help="a run whose last heartbeat is older is dead (default 1h; e.g. 90s, 30m, 6h, 2d)",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
     listing = commands.add_parser(
         "profiles",
         help="list the shipped profiles (or the given ones)",
@@ -57,6 +68,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("profiles", nargs="*", metavar="NAME_OR_FILE", help="shipped profile names or files")
     return parser
+
+
+def _ssh_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--host", metavar="[USER@]HOST[:PORT]", help="an SSH target (ssh_config aliases work)")
+    parser.add_argument("--ssh-config", metavar="FILE", type=Path, help="ssh_config file to use alone (like ssh -F)")
+    parser.add_argument("--sudo", action="store_true", help="run as root on the SSH target through sudo -n")
+    parser.add_argument(
+        "--accept-new-host-key", action="store_true", help="trust and save an SSH host key seen for the first time"
+    )
+    return where
+
+
+def _target_backend(args: argparse.Namespace) -> Backend:
+    if (args.ssh_config or args.sudo or args.accept_new_host_key) and not args.host:
+        raise KtraceError("--ssh-config, --sudo and --accept-new-host-key need --host")
+    if args.host:
+        from .backends.ssh import SshBackend
+
+        return SshBackend(
+            args.host, ssh_config=args.ssh_config, sudo=args.sudo, accept_new_host_key=args.accept_new_host_key
+        )
+    from .backends.local import LocalBackend
+
+    return LocalBackend()
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from .owners import find_leftovers, parse_duration, remove_leftovers
+
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise KtraceError(f"--older-than: {exc}") from None
+    backend = _target_backend(args)
+    try:
+        info = backend.describe()
+        found = find_leftovers(backend, older_than)
+        print(f"target {info.name}: Linux {info.release} {info.arch}")
+        for title, records in (("dead runs", found.stale), ("live runs (kept)", found.live)):
+            for record in records:
+                print(f"  {title}: {record.describe()}")
+                objects = [*found.instances.get(record.group, ()), *(e for _, e in found.events.get(record.group, ()))]
+                print(f"    {', '.join(objects) or 'nothing left in tracefs'}")
+        for name in found.unowned:
+            print(f"  no owner record (never touched): {name}")
+        if not found.stale:
+            print("nothing to remove")
+        elif args.dry_run:
+            print(f"--dry-run: would remove {len(found.stale)} dead run(s)")
+        else:
+            for what in remove_leftovers(backend, found):
+                print(f"removed {what}")
+    finally:
+        backend.close()
+    return 0
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -77,17 +144,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         finally:
             guest.shutdown()
     else:
-        backend: Backend
-        if args.host:
-            from .backends.ssh import SshBackend
-
-            backend = SshBackend(
-                args.host, ssh_config=args.ssh_config, sudo=args.sudo, accept_new_host_key=args.accept_new_host_key
-            )
-        else:
-            from .backends.local import LocalBackend
-
-            backend = LocalBackend()
+        backend = _target_backend(args)
         try:
             profile = snapshot(backend, args.name, mount_debugfs=args.mount_debugfs)
         finally:
@@ -120,6 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "snapshot":
             return _snapshot(args)
+        if args.command == "clean":
+            return _clean(args)
         return _profiles(args)
     except KtraceError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the error's own layout

@@ -12,6 +12,7 @@ import pytest
 from ._files import write_atomic
 from .errors import KtraceError
 from .perf import Profile
+from .targets import FLAMEGRAPH_MODES
 
 if TYPE_CHECKING:
     from .session import TraceSession
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["FlamegraphMode", "after_call", "flamegraph_dir", "flamegraph_mode", "flamegraph_paths", "write_flamegraphs"]
 
 FlamegraphMode = Literal["none", "failed", "all"]
-MODES: tuple[str, ...] = ("none", "failed", "all")
+MODES: tuple[str, ...] = FLAMEGRAPH_MODES
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

@@ -1,35 +1,33 @@
-"""pytest entry point (``pytest11``): options, ini keys, the marker, the ``ktrace`` fixture, header, report."""
+"""pytest entry point (``pytest11``): options, ini keys, markers, the ``ktrace`` fixture, header and summary.
+
+Loading this module costs next to nothing: what tracing needs (sessions, parsers, BTF, reports, backends) is
+imported when the first test uses it, and no target is reached before then. A run with no ktrace test, or
+``--collect-only``/``--fixtures``/``--help``, connects to nothing and boots nothing.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from dataclasses import replace
-from typing import Any, Generator, Optional
+from typing import TYPE_CHECKING, Any, Generator, Optional
 
 import pytest
 
-from . import __version__, hookspecs
+from . import hookspecs
 from .backends import builtin
-from .boards import lease_board
 from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
-from .fake.cassette import RECORD_MODES, Tape, cassette_path, replay_profile
-from .flamegraphs import MODES as FLAMEGRAPH_MODES
-from .flamegraphs import after_call as write_flamegraphs_after
-from .flamegraphs import flamegraph_mode
 from .identity import RunIdentity
-from .provenance import record_session
-from .report import WORKER_INPUT_KEY, RunReport, TestFiles, annotate, resolve_report_dir
-from .requirements import MARKER as REQUIRES_MARKER
-from .requirements import MARKER_HELP as REQUIRES_HELP
-from .requirements import check_before_setup, check_item
-from .requirements import validate_marker as validate_requires
-from .session import TraceSession
+from .markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 from .targets import (
+    FLAMEGRAPH_MODES,
     LOST_POLICIES,
+    RECORD_MODES,
     SCOPES,
     VM_ARCHES,
     RunState,
+    clean_after,
     record_mode,
     resolve_target,
     should_record,
@@ -37,10 +35,15 @@ from .targets import (
     validate_marker,
 )
 
+if TYPE_CHECKING:
+    from .report import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
+    from .session import TraceSession
+
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
-_SESSION_KEY = pytest.StashKey[TraceSession]()
-_FILES_KEY = pytest.StashKey[TestFiles]()  # --ktrace-report: every process writes the files of its tests
+_SESSION_KEY = pytest.StashKey["TraceSession"]()
+_FILES_KEY = pytest.StashKey["TestFiles"]()  # --ktrace-report: every process writes the files of its tests
+_MARKER_ERROR_KEY = pytest.StashKey[str]()  # a test whose marker arguments are wrong fails alone, at setup
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -58,6 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             parser.addini(dest, help, default="")
 
+    flag: dict[str, Any] = {"action": "store_const", "const": True}
     option(
         "ktrace-backend",
         "where to trace: local (this machine's tracefs), ssh, vm, or a plugin's backend",
@@ -71,16 +75,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=VM_ARCHES,
     )
     option("ktrace-tracefs", "tracefs mount point on the target (default: /sys/kernel/tracing)", metavar="PATH")
-    option(
-        "ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", action="store_const", const=True
-    )
+    option("ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", **flag)
     option("ktrace-ssh-config", "ssh_config file to resolve hosts with (default: ~/.ssh/config)", metavar="FILE")
     option(
         "ktrace-accept-new-host-key",
         "accept and remember an unknown SSH host key (a changed key is always refused)",
         "bool",
-        action="store_const",
-        const=True,
+        **flag,
     )
     option(
         "ktrace-scope",
@@ -100,22 +101,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "ktrace-stream",
         "stream each test's events from trace_pipe into bounded memory (long, busy tests)",
         "bool",
-        action="store_const",
-        const=True,
+        **flag,
     )
     option(
         "ktrace-keep-events",
         "stream mode: events kept per probe (default 100000); counts and aggregates stay exact",
         metavar="N",
     )
-    option("ktrace-profile", "target profile the fake backend imitates: a shipped name or a file", metavar="NAME")
+    option(
+        "ktrace-strict",
+        "an unmet @pytest.mark.ktrace_requires fails the test instead of skipping it (CI on boards)",
+        "bool",
+        **flag,
+    )
+    option(
+        "ktrace-clean-after",
+        "remove probes of other runs whose owner record on the target has had no heartbeat for this long "
+        "(default 6h; e.g. 30m); see also `pytest-ktrace clean`",
+        metavar="DURATION",
+    )
+    option(
+        "ktrace-profile",
+        "target profile the fake backend imitates: a shipped name or a file (default: each cassette's own)",
+        metavar="NAME",
+    )
     option(
         "ktrace-record",
         "record each test's probes, commands and trace into its cassette (real targets); "
         "same as --ktrace-record-mode=rewrite",
         "bool",
-        action="store_const",
-        const=True,
+        **flag,
     )
     option(
         "ktrace-record-mode",
@@ -140,11 +155,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "ktrace(host=, vm=, backend=, profile=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=, stream=, "
-        "keep=): per-test settings; they override the command line and the ini file",
-    )
+    config.addinivalue_line("markers", SETTINGS_HELP)
     config.addinivalue_line("markers", REQUIRES_HELP)
     config.stash[state_key()] = RunState(RunIdentity.current())
     if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
@@ -152,12 +163,26 @@ def pytest_configure(config: pytest.Config) -> None:
     # The command line and ini values, checked once for the whole run: a bad value is one usage error (exit 4),
     # also with -q (which skips pytest_report_header), not an error in every test.
     resolve_target(config)
-    flamegraph_mode(config)
-    report_dir = resolve_report_dir(config)
-    if report_dir is not None:
-        config.stash[_FILES_KEY] = TestFiles(report_dir)
-        if not hasattr(config, "workerinput"):  # an xdist worker only writes its tests' files
-            config.pluginmanager.register(_ReportHooks(RunReport(report_dir)), "ktrace-report")
+    clean_after(config)
+    if (config.getoption("ktrace_flamegraph", default=None) or config.getini("ktrace_flamegraph")) not in (
+        None,
+        "",
+        *FLAMEGRAPH_MODES,
+    ):
+        from .flamegraphs import flamegraph_mode
+
+        flamegraph_mode(config)  # raises the usage error
+    controller = not hasattr(config, "workerinput")
+    if controller:
+        config.pluginmanager.register(_Summary(), "ktrace-summary")
+    if config.getoption("ktrace_report", default=None) is not None or config.getini("ktrace_report"):
+        from .report import RunReport, TestFiles, resolve_report_dir
+
+        report_dir = resolve_report_dir(config)
+        if report_dir is not None:
+            config.stash[_FILES_KEY] = TestFiles(report_dir)
+            if controller:  # an xdist worker only writes its tests' files
+                config.pluginmanager.register(_ReportHooks(RunReport(report_dir)), "ktrace-report")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -165,6 +190,8 @@ def pytest_configure_node(node: Any) -> None:
     """pytest-xdist: workers write into the directory the controller resolved and checked."""
     files = node.config.stash.get(_FILES_KEY, None)
     if files is not None:
+        from .report import WORKER_INPUT_KEY
+
         node.workerinput[WORKER_INPUT_KEY] = str(files.root)
 
 
@@ -174,21 +201,49 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.close()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _check_backend_is_known(config, items)
     for item in items:
-        for marker in item.iter_markers("ktrace"):
-            validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
-        for marker in item.iter_markers(REQUIRES_MARKER):
-            validate_requires(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+        try:
+            for marker in item.iter_markers(SETTINGS):
+                validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+            if item.get_closest_marker(REQUIRES) is not None:
+                from .requirements import validate_marker as validate_requires
+
+                for marker in item.iter_markers(REQUIRES):
+                    validate_requires(item.nodeid, dict(marker.kwargs), tuple(marker.args))
+        except pytest.UsageError as exc:
+            item.stash[_MARKER_ERROR_KEY] = str(exc)
+
+
+def _check_backend_is_known(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A backend name nobody implements is one usage error for the run, if a test would need it. Asked after
+    collection, when every conftest.py that could implement ``pytest_ktrace_make_backend`` is loaded."""
+    name = resolve_target(config).target.backend
+    if name in builtin.NAMES or not any("ktrace" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    implementations = config.pluginmanager.hook.pytest_ktrace_make_backend.get_hookimpls()
+    if all(implementation.plugin is builtin for implementation in implementations):
+        raise pytest.UsageError(
+            f"pytest-ktrace: no backend called {name!r} (built in: {', '.join(builtin.NAMES)}; "
+            "a plugin or conftest.py can add one with the pytest_ktrace_make_backend hook)"
+        )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    check_before_setup(item)  # @pytest.mark.ktrace_requires, before the test's fixtures (see requirements.py)
+    problem = item.stash.get(_MARKER_ERROR_KEY, None)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    if item.get_closest_marker(REQUIRES) is not None:
+        from .requirements import check_before_setup
+
+        check_before_setup(item)  # before the test's fixtures (see requirements.py)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """What the run will trace, without reaching it: targets are connected (and guests booted) by the first test
+    that needs them; the terminal summary says what was found."""
     settings = resolve_target(config)
-    state = config.stash[state_key()]
     targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
     lines: list[str] = []
     for target in targets:
@@ -197,24 +252,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                 "ktrace: backend fake: each test replays its cassette on the profile of the kernel it was recorded "
                 "on (cassettes/_targets/, else a shipped profile of that arch and version)"
             )
-            continue
-        try:
-            info = state.backend_for(config, target).describe()
-        except KtraceError as exc:
-            lines.append(f"ktrace: backend {target.label}: unavailable: {exc}")
-            continue
-        lines.append(
-            f"ktrace: backend {target.backend}, target {info.name}: Linux {info.release} {info.arch}, "
-            f"tracefs {info.tracefs}"
-        )
-        lines.append(f"ktrace: features: {', '.join(sorted(info.features)) or 'none'}")
+        else:
+            lines.append(f"ktrace: backend {target.backend}, target {target.label}: reached when a test first needs it")
     return lines
 
 
 def _marker_kwargs(node: pytest.Item) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     # closest marker last so it wins (function over class over module)
-    for marker in reversed(list(node.iter_markers("ktrace"))):
+    for marker in reversed(list(node.iter_markers(SETTINGS))):
         merged.update(marker.kwargs)
     return merged
 
@@ -224,6 +270,12 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     """Probes for this test: ``ktrace.kprobe/kretprobe/uprobe/uretprobe/tracepoint``, ``ktrace.run``,
     ``wait_for``, ``assert_order``, ``assert_latency``, aggregates ``count_by`` and ``latency_histogram``
     (``stream=True``: events streamed from trace_pipe). Everything it creates is removed after the test."""
+    from .boards import lease_board
+    from .fake.cassette import Tape, cassette_path, replay_profile
+    from .provenance import record_session
+    from .requirements import check_item
+    from .session import TraceSession
+
     config = request.config
     state: RunState = config.stash[state_key()]
     try:
@@ -243,7 +295,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
             settings = replace(settings, target=replace(settings.target, profile=replay_profile(cassette)))
         backend = state.backend_for(config, settings.target)
-        check_item(request.node, settings.target, backend)  # ktrace_requires, if not checked before setup
+        state.keep_alive(backend)
+        check_item(request.node, settings.target, backend, strict=settings.strict)  # if not checked before setup
         tape = Tape(
             backend,
             request.node.nodeid,
@@ -305,13 +358,51 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    report, session, files = (
-        outcome.get_result(),
-        item.stash.get(_SESSION_KEY, None),
-        item.config.stash.get(_FILES_KEY, None),
-    )
+    session, files = item.stash.get(_SESSION_KEY, None), item.config.stash.get(_FILES_KEY, None)
+    if session is None and files is None:
+        return  # not a ktrace test, and no --ktrace-report to list it in
+    from .flamegraphs import after_call as write_flamegraphs_after
+    from .report import annotate
+
+    report = outcome.get_result()
     write_flamegraphs_after(item, report, session, files.root if files is not None else None)
     annotate(item, report, session, files)
+
+
+class _Summary:
+    """The terminal summary: each target the tests reached (from their reports' properties, which travel from
+    xdist workers) and how many of its tests it could not run for unmet ``ktrace_requires``."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, tuple[str, str, str, str]] = {}  # name -> (backend, kernel, arch, features)
+        self.tests: Counter[str] = Counter()
+        self.unmet: Counter[str] = Counter()
+        self.unmet_failed: Counter[str] = Counter()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "ktrace_target" not in props:
+            return
+        name = str(props["ktrace_target"])
+        if report.when == "setup" and "ktrace_unmet" in props:
+            (self.unmet if report.skipped else self.unmet_failed)[name] += 1
+        elif report.when == "teardown":
+            backend, kernel, arch = (
+                str(props.get(key) or "?") for key in ("ktrace_backend", "ktrace_kernel", "ktrace_arch")
+            )
+            features = str(props.get("ktrace_features", "")).replace(",", ", ") or "none"
+            self.targets.setdefault(name, (backend, kernel, arch, features))
+            self.tests[name] += 1
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for name, (backend, kernel, arch, features) in sorted(self.targets.items()):
+            line = f"ktrace: {name} (backend {backend}): Linux {kernel} {arch}; features {features}; "
+            line += f"{self.tests[name]} test(s)"
+            if self.unmet[name]:
+                line += f", {self.unmet[name]} skipped for unmet ktrace_requires (--ktrace-strict fails them)"
+            if self.unmet_failed[name]:
+                line += f", {self.unmet_failed[name]} failed for unmet ktrace_requires (--ktrace-strict)"
+            terminalreporter.write_line(line)
 
 
 class _ReportHooks:
@@ -326,6 +417,8 @@ class _ReportHooks:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
+        from . import __version__
+
         self.run_report.write(__version__)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -6,7 +6,8 @@ xdist workers to the controller):
 
 * ``ktrace_target``: the target's name (``local``, the SSH host, ``fake:PROFILE``);
 * ``ktrace_backend``: the backend that reached it (``local``, ``ssh``, ``vm``, ``fake``, a plugin's);
-* ``ktrace_kernel``: its kernel release; ``ktrace_arch``: its ``uname -m``;
+* ``ktrace_kernel``: its kernel release; ``ktrace_arch``: its ``uname -m``; ``ktrace_features``: its tracefs
+  features, comma-separated;
 * ``ktrace_host``: the host given for an SSH target (the board leased from a pool);
 * ``ktrace_probe``, once per probe the test defined, in order: the exact line written to ``kprobe_events`` /
   ``uprobe_events`` (``p:GROUP/EVENT LOCATION ARGS``) or the tracepoint's ``system:event``; a probe with a filter
@@ -39,6 +40,7 @@ def target_properties(target: TargetSpec, info: TargetInfo) -> list[tuple[str, s
         ("ktrace_backend", target.backend),
         ("ktrace_kernel", info.release),
         ("ktrace_arch", info.arch),
+        ("ktrace_features", ",".join(sorted(info.features))),
     ]
     if target.host:
         props.append(("ktrace_host", target.host))

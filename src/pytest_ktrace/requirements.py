@@ -48,6 +48,7 @@ from .backends.base import Backend, Read, TargetInfo
 from .errors import KtraceError, MissingTool, TargetError, TracefsUnavailable, hide_for_ktrace_errors
 from .fake.cassette import cassette_path, replay_profile
 from .fake.profiles import Profile, parse_blacklist
+from .markers import REQUIRES, REQUIRES_HELP
 from .provenance import record_target
 from .targets import TargetSpec, resolve_target, state_key
 
@@ -67,12 +68,8 @@ __all__ = [
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
-MARKER = "ktrace_requires"
-MARKER_HELP = (
-    "ktrace_requires(kprobes=, uprobes=, btf=, arch=, kernel=, symbols=, events=): what the test needs of its "
-    "target (e.g. kprobes=True, arch='arm64', kernel='>=6.1,<6.13', symbols=['__setup_irq'], "
-    "events=['irq:irq_handler_entry']); unmet needs skip the test with the reason"
-)
+MARKER = REQUIRES
+MARKER_HELP = REQUIRES_HELP
 _BOOL_KEYS = ("kprobes", "uprobes", "btf")
 KEYS = frozenset({*_BOOL_KEYS, "arch", "kernel", "symbols", "events"})
 _USAGE = "kprobes=True, uprobes=True, btf=True, arch='arm64', kernel='>=6.1', symbols=[...], events=[...]"
@@ -527,9 +524,13 @@ def skip_reason(info: TargetInfo, reasons: Sequence[str]) -> str:
 _CHECKED = pytest.StashKey[TargetSpec]()
 
 
-def check_item(item: pytest.Item, target: TargetSpec, backend: Backend) -> None:
-    """Skip ``item`` (reason: every unmet need) unless ``target`` meets its ``ktrace_requires``; records the
-    target in its JUnit properties. Once per test and target; a test without the marker passes untouched."""
+UNMET_PROPERTY = "ktrace_unmet"  # user property of a test its target could not run: the target's name
+
+
+def check_item(item: pytest.Item, target: TargetSpec, backend: Backend, *, strict: bool = False) -> None:
+    """Skip ``item`` (reason: every unmet need) unless ``target`` meets its ``ktrace_requires``; ``strict`` fails
+    it instead, so a target that lost a capability cannot turn a run green by skipping. Records the target in
+    the test's JUnit properties. Once per test and target; a test without the marker passes untouched."""
     if item.stash.get(_CHECKED, None) == target:
         return
     requirements = Requirements.of(item)
@@ -540,6 +541,9 @@ def check_item(item: pytest.Item, target: TargetSpec, backend: Backend) -> None:
     record_target(item, target, facts.info)
     reasons = unmet(requirements, facts)
     if reasons:
+        item.user_properties.append((UNMET_PROPERTY, facts.info.name))
+        if strict:
+            pytest.fail(f"{skip_reason(facts.info, reasons)} (--ktrace-strict: unmet needs fail)", pytrace=False)
         # reported at the test's line (as skipif does), not at this one
         raise pytest.skip.Exception(skip_reason(facts.info, reasons), _use_item_location=True)
 
@@ -576,7 +580,7 @@ def check_before_setup(item: pytest.Item) -> None:
     else:
         problem = None
     if problem is None:
-        check_item(item, target, backend)
+        check_item(item, target, backend, strict=settings.strict)
     elif not uses_fixture:  # as the fixture reports it
         if isinstance(problem, MissingTool):
             raise pytest.skip.Exception(f"pytest-ktrace: {problem}", _use_item_location=True)

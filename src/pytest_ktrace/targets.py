@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -36,11 +38,15 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "lost": ("ktrace_lost", "ktrace_lost", "fail", "str"),
     "stream": ("ktrace_stream", "ktrace_stream", False, "bool"),
     "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
+    "strict": ("ktrace_strict", "ktrace_strict", False, "bool"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
+RECORD_MODES = ("none", "once", "rewrite")  # cassettes, as pytest-recording names them
+FLAMEGRAPH_MODES = ("none", "failed", "all")
 LOST_POLICIES = ("fail", "warn")
 VM_ARCHES = ("x86_64", "arm64")
+DEFAULT_CLEAN_AFTER_S = 6 * 3600.0  # a run whose heartbeat is older is dead: no test runs this long without one
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class TestSettings:
     lost: str = "fail"  # what count assertions do when the kernel lost events
     stream: bool = False  # events streamed from trace_pipe into bounded memory
     keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
+    strict: bool = False  # an unmet ktrace_requires fails the test instead of skipping it
 
 
 MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
@@ -222,6 +229,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         values["lost"],
         stream=bool(values["stream"]),
         keep=values["keep"],
+        strict=bool(values["strict"]),
     )
 
 
@@ -237,6 +245,7 @@ class RunState:
     live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
     elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
     target_profiles: set[Path] = field(default_factory=set)  # kernel profiles written beside cassettes this run
+    owned: dict[int, tuple[Backend, float]] = field(default_factory=dict)  # targets holding our owner record
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -254,10 +263,19 @@ class RunState:
                         f"pytest-ktrace: no backend called {target.backend!r} (built in: local, ssh, vm, fake)"
                     )
                 backend.describe()
-                removed = clean_stale(backend, self.identity)
+                removed = clean_stale(backend, self.identity, older_than_s=clean_after(config))
+                unrecorded = self._claim(backend)
             except KtraceError as exc:
                 self.failures[target] = exc
                 raise
+            if unrecorded:
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"pytest-ktrace could not write its owner record on {target.label} ({unrecorded}): if this "
+                        "run is killed, its probes there are left for you to remove"
+                    ),
+                    stacklevel=2,
+                )
             if removed:
                 config.issue_config_time_warning(
                     pytest.PytestWarning(
@@ -270,6 +288,32 @@ class RunState:
             config.hook.pytest_ktrace_target_ready(config=config, target=target, backend=backend)
         return self.backends[target]
 
+    def _claim(self, backend: Backend) -> str:
+        """Write this run's owner record on the target (a replaying fake has nothing to own); the problem, if
+        the record could not be written."""
+        from . import owners
+        from .fake.cassette import Replaying
+
+        if isinstance(backend, Replaying):
+            return ""
+        try:
+            owners.claim(backend, self.identity)
+        except KtraceError as exc:
+            return str(exc)
+        self.owned[id(backend)] = (backend, time.monotonic())
+        return ""
+
+    def keep_alive(self, backend: Backend) -> None:
+        """Refresh this run's heartbeat on ``backend``'s target, at most once every owners.HEARTBEAT_S."""
+        from . import owners
+
+        owned = self.owned.get(id(backend))
+        if owned is None or time.monotonic() - owned[1] < owners.HEARTBEAT_S:
+            return
+        with contextlib.suppress(KtraceError):
+            owners.heartbeat(backend, self.identity)
+        self.owned[id(backend)] = (backend, time.monotonic())
+
     def close(self) -> None:
         """End of the run: undo tests that never reached their teardown (Ctrl-C), then release targets."""
         for session in list(self.live):
@@ -280,6 +324,12 @@ class RunState:
             if failures:
                 print(f"pytest-ktrace: could not clean up {session.instance}: {failures}", file=sys.stderr)
         self.live.clear()
+        from . import owners
+
+        for backend, _ in self.owned.values():
+            with contextlib.suppress(Exception):
+                owners.release(backend, self.identity)
+        self.owned.clear()
         for backend in self.backends.values():
             with contextlib.suppress(Exception):
                 backend.close()
@@ -299,9 +349,22 @@ def record_mode(config: pytest.Config) -> str:
     mode = config.getoption("ktrace_record_mode", default=None) or config.getini("ktrace_record_mode") or "none"
     if config.getoption("ktrace_record", default=None) or config.getini("ktrace_record"):
         mode = "rewrite"
-    if mode not in ("none", "once", "rewrite"):
+    if mode not in RECORD_MODES:
         raise pytest.UsageError(f"pytest-ktrace: record mode {mode!r} must be none, once or rewrite")
     return str(mode)
+
+
+def clean_after(config: pytest.Config) -> float:
+    """``--ktrace-clean-after`` > ini ``ktrace_clean_after`` > 6h, in seconds."""
+    from .owners import parse_duration
+
+    raw = config.getoption("ktrace_clean_after", default=None) or config.getini("ktrace_clean_after") or ""
+    if not raw:
+        return DEFAULT_CLEAN_AFTER_S
+    try:
+        return parse_duration(str(raw))
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: --ktrace-clean-after: {exc}") from None
 
 
 def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
@@ -324,12 +387,28 @@ def state_key() -> pytest.StashKey[RunState]:
 _STATE: pytest.StashKey[RunState] = pytest.StashKey[RunState]()
 
 
-def clean_stale(backend: Backend, me: RunIdentity) -> list[str]:
-    """Remove instances and probe events that a dead pytest process on this machine left behind."""
+def clean_stale(backend: Backend, me: RunIdentity, *, older_than_s: float = DEFAULT_CLEAN_AFTER_S) -> list[str]:
+    """Remove what earlier runs provably left behind (see :mod:`pytest_ktrace.owners`): groups whose owner record
+    says the run is dead (a dead pid of this machine, a heartbeat older than ``older_than_s``, a reboot since),
+    and names without a record that this machine's dead runs made. Anything else is left alone."""
+    from . import owners
+    from .fake.cassette import Replaying
+
+    if isinstance(backend, Replaying):
+        leftovers = owners.Leftovers((), (), {}, {}, ())
+        names_only = True
+    else:
+        leftovers = owners.find_leftovers(backend, older_than_s, me=me)
+        names_only = False
+    removed = owners.remove_leftovers(backend, leftovers) if leftovers.stale else []
     info = backend.describe()
     controls = [name for name in ("uprobe_events", "kprobe_events") if name.split("_")[0] + "s" in info.features]
-    listing = backend.run(["ls", "-1", f"{info.tracefs}/instances"], timeout=30)
-    instances = [name for name in listing.stdout.split() if stale_owner(name, me) is not None]
+    if names_only:
+        listing = backend.run(["ls", "-1", f"{info.tracefs}/instances"], timeout=30)
+        candidates = listing.stdout.split()
+    else:
+        candidates = [name for name in leftovers.unowned if "/" not in name]
+    instances = [name for name in candidates if stale_owner(name, me) is not None]
     reads = backend.apply([Read(name, missing_ok=True) for name in controls])
     removals: list[Write] = []
     for control, result in zip(controls, reads):
@@ -341,10 +420,10 @@ def clean_stale(backend: Backend, me: RunIdentity) -> list[str]:
             if stale_owner(group_event.split("/", 1)[0], me) is not None:
                 removals.append(Write(control, f"-:{group_event}"))
     if not instances and not removals:
-        return []
+        return removed
     # Dropping an instance disables what it enabled, so the events can then be removed without EBUSY.
     results = backend.apply([*(Rmdir(f"instances/{name}") for name in instances), *removals])
-    return [
+    return removed + [
         (f"instance {r.op.path}" if isinstance(r.op, Rmdir) else f"event {r.op.data[2:]}")
         for r in results
         if r.ok and isinstance(r.op, (Rmdir, Write))

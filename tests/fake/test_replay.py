@@ -158,7 +158,7 @@ def test_record_locally_then_replay_in_a_clean_checkout(pytester: pytest.Pyteste
     # an explicit profile still wins
     explicit = _pytest(clean, "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}", "-v")
     assert explicit.returncode == 0, explicit.stdout[-3000:]
-    assert "target fake:dev-vm-6.18-x86_64: Linux 6.18.44-fc-v857" in explicit.stdout
+    assert "ktrace: fake:dev-vm-6.18-x86_64 (backend fake): Linux 6.18.44-fc-v857 x86_64" in explicit.stdout
 
     # without the profile, and no shipped one of that kernel: say what is missing and the one command to get it
     shutil.rmtree(clean / "cassettes" / "_targets")

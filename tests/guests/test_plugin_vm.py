@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,37 @@ def test_without_qemu_the_guest_tests_skip_with_the_reason(pytester: pytest.Pyte
     assert "qemu-system-aarch64 not found; apt-get install qemu-system-arm" in run.stdout
 
 
+def test_collect_only_boots_no_guest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_vm=INNER)
+    before = qemu_pids()
+    for args in (["--collect-only"], ["--ktrace-vm=arm64", "--collect-only"], ["--ktrace-vm=x86_64", "--fixtures"]):
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", *args],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started: set[int] = set()
+        while run.poll() is None:  # watch for a qemu of this run while it lives
+            started |= {pid for pid in qemu_pids() - before if _parent_chain_has(pid, run.pid)}
+            time.sleep(0.02)
+        out = run.communicate()[0]
+        assert run.returncode == 0, out[-3000:]
+        assert not started, f"{args}: qemu started though no test ran"
+
+
+def _parent_chain_has(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def test_command_line_vm_runs_the_whole_suite_there(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_cli="""
@@ -86,7 +118,11 @@ def test_command_line_vm_runs_the_whole_suite_there(pytester: pytest.Pytester) -
     result = pytester.runpytest_subprocess("--ktrace-vm=x86_64")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["ktrace: backend vm, target ktrace-vm-x86_64: Linux 6.1.0-*-amd64 x86_64, tracefs /sys/kernel/tracing"]
+        [
+            "ktrace: backend vm, target vm:x86_64: reached when a test first needs it",
+            "*",
+            "ktrace: ktrace-vm-x86_64 (backend vm): Linux 6.1.0-*-amd64 x86_64; features *kprobes*; 1 test(s)",
+        ]
     )
 
 

@@ -13,7 +13,9 @@ from .base import Backend
 if TYPE_CHECKING:
     from ..targets import TargetSpec
 
-__all__ = ["pytest_ktrace_make_backend"]
+__all__ = ["NAMES", "pytest_ktrace_make_backend"]
+
+NAMES = ("local", "ssh", "vm", "fake")
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 

@@ -31,6 +31,7 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 from .._files import write_atomic
 from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, TraceStream, Write
 from ..errors import KtraceError, hide_for_ktrace_errors
+from ..targets import RECORD_MODES
 
 __all__ = [
     "CASSETTE_VERSION",
@@ -51,7 +52,6 @@ __all__ = [
 __tracebackhide__ = hide_for_ktrace_errors
 
 CASSETTE_VERSION = 1
-RECORD_MODES = ("none", "once", "rewrite")
 _DEFINITION = re.compile(r"^(?P<head>[pr]\d*):(?P<group>[^/\s]+)/(?P<event>\S+)(?P<rest>.*)$", re.S)
 _PYTEST_TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/")
 _EVENT_MARK = re.compile(r"<event:(\d+)>")
@@ -485,7 +485,9 @@ class Tape:
         destination = cassette_root(self.path) / ref
         if destination in self._snapshotted or (destination.exists() and not self._rewrite):
             return
-        snapshot(self._real, destination.name[: -len(".json.gz")]).save(destination)
+        profile = snapshot(self._real, destination.name[: -len(".json.gz")])
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(destination)
         self._snapshotted.add(destination)
 
     def finish(self) -> None:

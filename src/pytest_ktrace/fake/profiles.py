@@ -201,7 +201,10 @@ class Profile:
     def save(self, path: Path) -> None:
         """Write the profile to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically (a full disk
         leaves the previous file whole and raises :class:`~pytest_ktrace.errors.DiskFull`)."""
-        write_atomic(Path(path), self.dumps(), what="profile")
+        path = Path(path)
+        if not path.parent.is_dir():  # a mistyped -o must not create directories
+            raise KtraceError(f"cannot write profile {path}: its directory {path.parent} does not exist")
+        write_atomic(path, self.dumps(), what="profile")
 
     @classmethod
     def load(cls, path: Path) -> Profile:
