@@ -83,5 +83,5 @@ def test_matchers() -> None:
     assert not field_matches(lambda v: v.nope, 2)  # a predicate that raises is a mismatch, not a crash
     assert mismatches({"a": 1, "b": "x", "c": 3}, {"a": 1, "b": "y"}) == [
         "b='y' (expected 'x')",
-        "c: no such field",
+        "c: no such field (the task is task_pid, task_comm, task_cpu)",
     ]

@@ -107,7 +107,7 @@ def test_failure_section_on_the_fake_backend_with_injected_calls(pytester: pytes
             ktrace.inject(done, ret=0, comm="modprobe", pid=321)
             ktrace.inject(done, ret=-22, comm="modprobe", pid=321)
             ktrace.inject(setup, irq=18, name="late", comm="other", pid=99)  # never returns
-            ktrace.inject(exec_, filename="/bin/true", pid=5, old_pid=5, comm="true")
+            ktrace.inject(exec_, filename="/bin/true", pid=5, old_pid=5, comm="true", task_pid=5)
             done.assert_returned(0)
         """
     )
@@ -121,7 +121,7 @@ def test_failure_section_on_the_fake_backend_with_injected_calls(pytester: pytes
         "__setup_irq(irq=16, name='rtc0') = -22",
         "  __setup_irq(irq=17, name='rtc1') = 0",
         "__setup_irq(irq=18, name='late') ... no return traced",
-        "sched:sched_process_exec filename='/bin/true', pid=0, old_pid=5",  # pid= of inject() is the task's
+        "sched:sched_process_exec filename='/bin/true', pid=5, old_pid=5",  # pid= is the event's own field
     ]
     assert re.search(r" modprobe-321 +[\d.]+ (\u00b5s|ms) \| __setup_irq\(irq=16", section[3])
     assert " other-99 " in section[5] and " true-5 " in section[6]

@@ -17,7 +17,7 @@ import pytest
 from .errors import KtraceError, hide_for_ktrace_errors
 from .events import Event
 from .matchers import describe_expected, field_matches, mismatches
-from .probes import ProbeSpec
+from .probes import RETURN_KINDS, ProbeSpec
 
 __all__ = ["CallPairs", "Observation", "ProbeView", "assert_latency", "assert_order", "pair_calls"]
 
@@ -60,7 +60,7 @@ def _call_text(display: str, expected: Mapping[str, Any]) -> str:
 
 
 def _event_line(event: Event, expected: Mapping[str, Any]) -> str:
-    problems = mismatches(expected, event.fields)
+    problems = mismatches(expected, event.named())
     shown = " ".join(f"{k}={v!r}" for k, v in event.fields.items() if not k.startswith("__probe"))
     line = f"    {event.timestamp:.6f} {event.comm}-{event.pid} [{event.cpu:03d}] {shown}"
     if problems:
@@ -75,7 +75,7 @@ def _on_stack(function: str, stack: Sequence[str]) -> bool:
 
 def _closest(events: Sequence[Event], expected: Mapping[str, Any]) -> list[Event]:
     # fewest mismatching fields first; ties keep trace order
-    ranked = sorted(enumerate(events), key=lambda pair: (len(mismatches(expected, pair[1].fields)), pair[0]))
+    ranked = sorted(enumerate(events), key=lambda pair: (len(mismatches(expected, pair[1].named())), pair[0]))
     return [event for _, event in ranked[:_SHOWN]]
 
 
@@ -104,11 +104,8 @@ class ProbeView:
         return seen.narrowed([event for event in seen.events if self._selected(event)])
 
     def _selected(self, event: Event) -> bool:
-        for key, want in self._criteria.items():
-            actual = getattr(event, key) if key in ("pid", "comm", "cpu") else event.fields.get(key)
-            if not field_matches(want, actual):
-                return False
-        return True
+        named = event.named()
+        return all(key in named and field_matches(want, named[key]) for key, want in self._criteria.items())
 
     @property
     def events(self) -> list[Event]:
@@ -132,7 +129,8 @@ class ProbeView:
         return [event.fields.get(ret) for event in self._observation().events]
 
     def where(self, **criteria: Any) -> ProbeView:
-        """A view of only the events whose fields (or ``pid``/``comm``/``cpu``) match ``criteria``."""
+        """A view of only the events that match ``criteria``: fields by name, the task as ``task_pid``,
+        ``task_comm``, ``task_cpu`` (or ``pid``/``comm``/``cpu`` where the event has no such field)."""
         merged = {**self._criteria, **criteria}
         return ProbeView(self.spec, self._observe, merged)
 
@@ -255,7 +253,7 @@ class ProbeView:
                 self._fail_evicted("assert_called_with (the last matching call)", seen)
             self._fail(f"expected call not found.\nExpected: {_call_text(self.spec.display, expected)}", seen)
         last = seen.events[-1]
-        problems = mismatches(expected, last.fields)
+        problems = mismatches(expected, last.named())
         if problems:
             self._fail(
                 f"expected call not found.\nExpected: {_call_text(self.spec.display, expected)}\n"
@@ -331,7 +329,7 @@ class ProbeView:
     def assert_any_call(self, **expected: Any) -> None:
         __tracebackhide__ = True
         seen = self._observation()
-        if not any(not mismatches(expected, event.fields) for event in seen.events):
+        if not any(not mismatches(expected, event.named()) for event in seen.events):
             if seen.evicted:
                 self._fail_evicted(f"assert_any_call({_call_text('', expected)[1:-1]}) (no kept event matches)", seen)
             self._fail(
@@ -346,7 +344,7 @@ class ProbeView:
         seen = self._observation()
         if not seen.events:
             self._fail(f"Expected every call to match {_call_text(self.spec.display, expected)}.", seen)
-        bad = [event for event in seen.events if mismatches(expected, event.fields)]
+        bad = [event for event in seen.events if mismatches(expected, event.named())]
         if bad:
             self._fail(
                 f"{len(bad)} of {len(seen.events)} calls do not match {_call_text(self.spec.display, expected)}.",
@@ -437,6 +435,7 @@ def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]
     __tracebackhide__ = True
     for index, view in enumerate(views):
         _check_view(f"assert_order argument {index + 1}", view)
+    names = _order_names(views)
     firsts: list[tuple[ProbeView, Event]] = []
     for view in views:
         observed = view._observation()
@@ -445,20 +444,35 @@ def assert_order(views: Sequence[ProbeView], *, position: Callable[[Event], int]
         seen = list(observed.events)
         if not seen:
             raise AssertionError(
-                f"assert_order: {view.name} has no events, so the order "
-                f"{' -> '.join(v.name for v in views)} cannot hold."
+                f"assert_order: {names[id(view)]} has no events, so the order "
+                f"{' -> '.join(names[id(v)] for v in views)} cannot hold."
             )
         firsts.append((view, seen[0]))
     for (before, first_a), (after, first_b) in zip(firsts, firsts[1:]):
         if position(first_a) > position(first_b):
             timeline = "\n".join(
-                f"    {event.timestamp:.6f} {view.name} ({event.comm}-{event.pid})"
+                f"    {event.timestamp:.6f} {names[id(view)]} ({event.comm}-{event.pid})"
                 for view, event in sorted(firsts, key=lambda pair: position(pair[1]))
             )
             raise AssertionError(
-                f"Expected {before.name} before {after.name}, but {after.name} came first.\n"
-                f"Expected order: {' -> '.join(v.name for v in views)}\nFirst occurrences seen:\n{timeline}"
+                f"Expected {names[id(before)]} before {names[id(after)]}, but {names[id(after)]} came first.\n"
+                f"Expected order: {' -> '.join(names[id(v)] for v in views)}\nFirst occurrences seen:\n{timeline}"
             )
+
+
+def _order_names(views: Sequence[ProbeView]) -> dict[int, str]:
+    """How assert_order names each view: probes of one function are told apart as its entry and its return."""
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[view.name] = counts.get(view.name, 0) + 1
+    return {
+        id(view): (
+            f"{view.name} ({'return' if view.spec.kind in RETURN_KINDS else 'entry'})"
+            if counts[view.name] > 1 and view.spec.kind != "tracepoint"
+            else view.name
+        )
+        for view in views
+    }
 
 
 @dataclass(frozen=True)

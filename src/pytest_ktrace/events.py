@@ -5,9 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Tuple, Union
 
-__all__ = ["Event", "FieldValue"]
+__all__ = ["TASK_KEYS", "Event", "FieldValue", "task_key"]
 
 FieldValue = Union[int, str]
+
+#: How tests name the task an event happened in (the ``comm-pid [cpu]`` at the start of its trace line).
+#: The one rule, everywhere a test names what an event holds (``where``, ``assert_called_with``, ``wait_for``,
+#: ``inject``): a keyword is the event's field of that name; ``task_pid``, ``task_comm`` and ``task_cpu`` are
+#: always the task; ``pid``, ``comm`` and ``cpu`` are the task only for an event without a field of that name.
+TASK_KEYS: Mapping[str, str] = {"task_pid": "pid", "task_comm": "comm", "task_cpu": "cpu"}
+_SHORTHANDS = ("pid", "comm", "cpu")
+
+
+def task_key(key: str, fields: Any) -> str:
+    """The task attribute (``pid``, ``comm``, ``cpu``) that ``key`` names for an event with these field names,
+    or "" when ``key`` names a field (see :data:`TASK_KEYS`)."""
+    if key in TASK_KEYS:
+        return TASK_KEYS[key]
+    if key in _SHORTHANDS and key not in fields:
+        return key
+    return ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,14 @@ class Event:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
+
+    def named(self) -> dict[str, Any]:
+        """What a test can name in this event (see :data:`TASK_KEYS`): its fields, ``task_pid``, ``task_comm``,
+        ``task_cpu``, and ``pid``/``comm``/``cpu`` for the task where the event has no such field."""
+        values: dict[str, Any] = {key: getattr(self, attribute) for key, attribute in TASK_KEYS.items()}
+        values.update({key: getattr(self, key) for key in _SHORTHANDS if key not in self.fields})
+        values.update(self.fields)
+        return values
 
     def short(self) -> str:
         args = " ".join(f"{k}={v!r}" for k, v in self.fields.items() if not k.startswith("__probe"))

@@ -40,7 +40,7 @@ def field_matches(expected: Any, actual: Any) -> bool:
 
 
 def _missing(name: str) -> str:
-    return f"{name}: no such field"
+    return f"{name}: no such field (the task is task_pid, task_comm, task_cpu)"
 
 
 def mismatches(expected: Mapping[str, Any], fields: Mapping[str, Any]) -> list[str]:

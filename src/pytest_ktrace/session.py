@@ -37,7 +37,7 @@ from .errors import (
     UnsupportedFetchArg,
     hide_for_ktrace_errors,
 )
-from .events import Event
+from .events import Event, task_key
 from .identity import RunIdentity
 from .matchers import ANY
 from .names import kernel_fetchargs
@@ -1111,15 +1111,18 @@ class TraceSession:
         probe: ProbeView,
         count: int = 1,
         *,
-        pid: Optional[int] = None,
-        comm: str = "ktrace-inject",
-        cpu: int = 0,
+        timestamp: Optional[float] = None,
         stack: Sequence[str] = (),
-        **fields: Union[int, str],
+        **values: Union[int, str],
     ) -> int:
-        """Emit ``count`` synthetic events of ``probe`` with ``fields`` (fake backend only), typed and checked
-        against the probe's format like kernel data; returns how many were recorded (filters still apply).
-        ``stack``: the kernel call stack (innermost first) a ``stacktrace=True`` probe records with each."""
+        """Emit ``count`` synthetic events of ``probe`` (fake backend only), typed and checked against the probe's
+        format like kernel data; returns how many were recorded (filters still apply).
+
+        ``values`` name what the events hold by the rule of :data:`~pytest_ktrace.events.TASK_KEYS`: the
+        event's fields by name, the task as ``task_pid``/``task_comm``/``task_cpu`` (``pid``/``comm``/``cpu``
+        where the event has no such field). ``timestamp``: the trace clock of the events, in seconds (default:
+        the fake's clock), so latency tests are exact. ``stack``: the kernel call stack (innermost first) a
+        ``stacktrace=True`` probe records with each."""
         self._check_open("inject()")
         emit = getattr(self.backend, "inject", None)
         if emit is None:
@@ -1128,40 +1131,57 @@ class TraceSession:
             )
         probe = self._view_of(probe, "inject")
         _check_int("inject count", count, 0)
-        if pid is not None:
-            _check_int("inject pid", pid, 0, 2**31 - 1)
-        if not isinstance(comm, str):
-            raise KtraceError(f"inject comm must be a str, got {_type_name(comm)} {comm!r}")
-        check_encodable("inject comm", comm)
-        _check_int("inject cpu", cpu, 0)
+        if timestamp is not None and (
+            isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or not 0 <= timestamp < 2**32
+        ):
+            raise KtraceError(f"inject timestamp= must be seconds of the trace clock (>= 0), got {timestamp!r}")
         if (
             isinstance(stack, str)
             or not isinstance(stack, Sequence)
             or not all(isinstance(frame, str) and frame.strip() and "\n" not in frame for frame in stack)
         ):
             raise KtraceError(f"inject stack= must be a list of function names (innermost first), got {stack!r}")
-        extra: dict[str, Any] = {"stack": tuple(stack)} if stack else {}
         self.arm()
         fmt = self._catalog.get(f"{probe.spec.group}:{probe.spec.event}")
         if fmt is None:
             raise KtraceError(f"no format known for {probe.spec.event_dir}: was the probe armed?")
-        known = {f.name: f for f in fmt.fields}
+        known = {f.name: f for f in fmt.fields if not f.name.startswith("__probe_")}
+        task: dict[str, Union[int, str]] = {}
+        fields: dict[str, Union[int, str]] = {}
+        for name, value in values.items():
+            attribute = task_key(name, known)
+            if attribute:
+                task[attribute] = value
+            elif name in known:
+                fields[name] = value
+            else:
+                names = ", ".join(known) or "none"
+                raise KtraceError(
+                    f"{probe.name} has no field {name!r} (its fields: {names}; the task: task_pid, task_comm, task_cpu)"
+                )
+        pid, comm, cpu = task.get("pid"), task.get("comm", "ktrace-inject"), task.get("cpu", 0)
+        if pid is not None:
+            _check_int("inject task_pid", pid, 0, 2**31 - 1)
+        if not isinstance(comm, str):
+            raise KtraceError(f"inject task_comm must be a str, got {_type_name(comm)} {comm!r}")
+        check_encodable("inject task_comm", comm)
+        _check_int("inject task_cpu", cpu, 0)
         for name, value in fields.items():
-            if name not in known or name.startswith("__probe_"):
-                names = ", ".join(n for n in known if not n.startswith("__probe_")) or "none"
-                raise KtraceError(f"{probe.name} has no field {name!r} (its fields: {names})")
             wanted = known[name]
             if wanted.is_string:
                 good = isinstance(value, str)
             elif wanted.is_array and isinstance(value, (list, tuple)):
                 good = all(isinstance(item, int) and not isinstance(item, bool) for item in value)
             else:
-                good = isinstance(value, int)
+                good = isinstance(value, int) and not isinstance(value, bool)
             if not good:
                 kind = "a string" if wanted.is_string else "an integer"
                 raise KtraceError(f"{probe.name}.{name} is {kind} ({wanted.ctype}), got {_type_name(value)} {value!r}")
             if isinstance(value, str):
                 check_encodable(f"{probe.name}.{name}", value)
+        extra: dict[str, Any] = {"stack": tuple(stack)} if stack else {}
+        if timestamp is not None:
+            extra["timestamp"] = float(timestamp)
         recorded = 0
         for _ in range(count):
             recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu, **extra) > 0)
@@ -1266,6 +1286,11 @@ class TraceSession:
 
     def describe_target(self) -> str:
         return self.target.summary()
+
+    def __repr__(self) -> str:
+        armed = sum(1 for probe in self._probes if probe.armed)
+        state = "torn down" if self._torn_down else f"{armed} of {len(self._probes)} probe(s) armed"
+        return f"<TraceSession {self.instance} on {self.backend.name}: {state}>"
 
     # ------------------------------------------------------------- reporting
     @property
