@@ -13,7 +13,8 @@ FAKE = ("-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-profile=deb
 
 
 def _run(pytester: pytest.Pytester, body: str) -> pytest.RunResult:
-    pytester.makepyfile(test_injected_suite="import pytest\nfrom pytest_ktrace import KtraceError\n" + textwrap.dedent(body))
+    header = "import pytest\nfrom pytest_ktrace import KtraceError\n"
+    pytester.makepyfile(test_injected_suite=header + textwrap.dedent(body))
     return pytester.runpytest(*FAKE)
 
 
