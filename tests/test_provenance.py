@@ -68,6 +68,9 @@ def test_probe_line_is_the_control_line_or_the_tracepoint_and_its_filter() -> No
     assert probe_line(uretprobe) == "r:g/ur_f_2 /bin/prog:0x1139 ret=$retval:s32"
     tracepoint = ProbeSpec("tracepoint", "sched", "sched_switch", "", display="sched:sched_switch")
     assert probe_line(tracepoint) == "sched:sched_switch"
+    # numbered: the run's names normalised, so that two runs' JUnit properties diff cleanly
+    assert probe_line(kprobe, 1) == "p:<group>/<event:1> __setup_irq irq=%di:u32 if irq == 3"
+    assert probe_line(tracepoint, 3) == "sched:sched_switch"
 
 
 @pytest.fixture
@@ -78,13 +81,15 @@ def recording(pytester: pytest.Pytester, probed: Path) -> Path:
 
 
 def _written(path: Path) -> dict[str, list[str]]:
+    """test -> the lines it wrote, with the run's names normalised (<group>/<event:N>) as the properties are."""
     import json
 
     out: dict[str, list[str]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             test, data = json.loads(line)
-            out.setdefault(test.split("::")[-1], []).append(data)
+            lines = out.setdefault(test.split("::")[-1], [])
+            lines.append(re.sub(r"^([pr]):ktrace_\w+?/\S+", rf"\1:<group>/<event:{len(lines) + 1}>", data))
     return out
 
 
@@ -131,9 +136,9 @@ def _check_local(props: dict[str, list[tuple[str, str]]], written: dict[str, lis
     entry, done, tracepoint = _probes(props["test_uprobes_and_tracepoint"])
     assert [entry, done] == written["test_uprobes_and_tracepoint"]
     assert re.fullmatch(
-        r"p:ktrace_\w+/u_setup_thing_\d+ /\S+/probed:0x[0-9a-f]+ irq=%di:s32 name=\+0\(%si\):string", entry
+        r"p:<group>/<event:1> /\S+/probed:0x[0-9a-f]+ irq=%di:s32 name=\+0\(%si\):string", entry
     )
-    assert re.fullmatch(r"r:ktrace_\w+/ur_setup_thing_\d+ /\S+/probed:0x[0-9a-f]+ ret=\$retval:s32", done)
+    assert re.fullmatch(r"r:<group>/<event:2> /\S+/probed:0x[0-9a-f]+ ret=\$retval:s32", done)
     assert tracepoint == 'sched:sched_process_exec if filename ~ "*probed*"'
 
     [fib] = _probes(props["test_failing_still_says_where"])
@@ -214,6 +219,6 @@ def test_fake_backend_properties(pytester: pytest.Pytester) -> None:
     }
     kprobe, kretprobe, tracepoint = _probes(props)
     # $argN is rewritten to the arm64 register the 6.1 kernel reads it from: the property is what was written
-    assert re.fullmatch(r"p:ktrace_\w+/p___setup_irq_\d+ __setup_irq irq=(%x0|\$arg1):u32 if irq == 3", kprobe)
-    assert re.fullmatch(r"r:ktrace_\w+/r___setup_irq_\d+ __setup_irq ret=\$retval:s32", kretprobe)
+    assert re.fullmatch(r"p:<group>/<event:1> __setup_irq irq=(%x0|\$arg1):u32 if irq == 3", kprobe)
+    assert re.fullmatch(r"r:<group>/<event:2> __setup_irq ret=\$retval:s32", kretprobe)
     assert tracepoint == "irq:irq_handler_entry"

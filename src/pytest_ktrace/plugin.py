@@ -44,6 +44,7 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 _SESSION_KEY = pytest.StashKey["TraceSession"]()
 _FILES_KEY = pytest.StashKey["TestFiles"]()  # --ktrace-report: every process writes the files of its tests
 _MARKER_ERROR_KEY = pytest.StashKey[str]()  # a test whose marker arguments are wrong fails alone, at setup
+_JSON_KEY = pytest.StashKey[bool]()  # --ktrace-json: every process adds each test's entry to its teardown report
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -151,6 +152,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="WHEN",
         choices=FLAMEGRAPH_MODES,
     )
+    option(
+        "ktrace-json",
+        "write FILE: per ktrace test its target, probe definitions, event counts, lost events and outcome (JSON)",
+        metavar="FILE",
+    )
     parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
 
@@ -175,6 +181,14 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = not hasattr(config, "workerinput")
     if controller:
         config.pluginmanager.register(_Summary(), "ktrace-summary")
+    json_path = config.getoption("ktrace_json", default=None) or config.getini("ktrace_json")
+    if json_path:
+        config.stash[_JSON_KEY] = True
+        if controller:
+            from .ci_outputs import JsonReport
+
+            base = config.invocation_params.dir if config.getoption("ktrace_json", default=None) else config.rootpath
+            config.pluginmanager.register(JsonReport(base / str(json_path)), "ktrace-json")
     if config.getoption("ktrace_report", default=None) is not None or config.getini("ktrace_report"):
         from .report import RunReport, TestFiles, resolve_report_dir
 
@@ -358,15 +372,26 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    session, files = item.stash.get(_SESSION_KEY, None), item.config.stash.get(_FILES_KEY, None)
-    if session is None and files is None:
-        return  # not a ktrace test, and no --ktrace-report to list it in
+    config = item.config
+    session, files = item.stash.get(_SESSION_KEY, None), config.stash.get(_FILES_KEY, None)
+    json_wanted = config.stash.get(_JSON_KEY, False) and "ktrace" in getattr(item, "fixturenames", ())
+    if session is None and files is None and not json_wanted:
+        return  # not a ktrace test, and no --ktrace-report or --ktrace-json to list it in
     from .flamegraphs import after_call as write_flamegraphs_after
     from .report import annotate
 
     report = outcome.get_result()
+    html_wanted = session is not None and bool(config.getoption("htmlpath", default=None))
     write_flamegraphs_after(item, report, session, files.root if files is not None else None)
-    annotate(item, report, session, files)
+    captured = annotate(item, report, session, files, keep=json_wanted or html_wanted)
+    if html_wanted and report.when == "call" and captured is not None:
+        from .ci_outputs import html_extras
+
+        html_extras(report, captured)
+    if json_wanted and report.when == "teardown":
+        from .ci_outputs import JSON_ATTR, test_entry
+
+        setattr(report, JSON_ATTR, test_entry(session, captured))
 
 
 class _Summary:

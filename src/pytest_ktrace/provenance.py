@@ -9,15 +9,16 @@ xdist workers to the controller):
 * ``ktrace_kernel``: its kernel release; ``ktrace_arch``: its ``uname -m``; ``ktrace_features``: its tracefs
   features, comma-separated;
 * ``ktrace_host``: the host given for an SSH target (the board leased from a pool);
-* ``ktrace_probe``, once per probe the test defined, in order: the exact line written to ``kprobe_events`` /
-  ``uprobe_events`` (``p:GROUP/EVENT LOCATION ARGS``) or the tracepoint's ``system:event``; a probe with a filter
-  gets `` if FILTER`` after it (the filter is written to the event's own ``filter`` file).
+* ``ktrace_probe``, once per probe the test defined, in order: the line written to ``kprobe_events`` /
+  ``uprobe_events`` with the run's names normalised as cassettes do (``p:<group>/<event:N> LOCATION ARGS``, N
+  the probe's number in the test), so the properties of two runs diff cleanly; or the tracepoint's
+  ``system:event``. A probe with a filter gets `` if FILTER`` after it (written to the event's ``filter`` file).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import pytest
 
@@ -47,8 +48,11 @@ def target_properties(target: TargetSpec, info: TargetInfo) -> list[tuple[str, s
     return props
 
 
-def probe_line(spec: ProbeSpec) -> str:
+def probe_line(spec: ProbeSpec, number: Optional[int] = None) -> str:
+    """The probe's definition; with ``number`` (its place among the test's probes, from 1), normalised."""
     line = spec.render() if spec.is_dynamic else f"{spec.group}:{spec.event}"
+    if number is not None and spec.is_dynamic:
+        line = line.replace(f"{spec.group}/{spec.event}", f"<group>/<event:{number}>", 1)
     return f"{line} if {spec.filter}" if spec.filter else line
 
 
@@ -63,5 +67,5 @@ def record_session(item: pytest.Item, target: TargetSpec, session: TraceSession)
     the target, then one ``ktrace_probe`` per probe. Never raises: provenance must not fail a test."""
     with contextlib.suppress(KtraceError):
         record_target(item, target, session.target)
-    for view in session.probes:
-        item.user_properties.append(("ktrace_probe", probe_line(view.spec)))
+    for number, view in enumerate(session.probes, 1):
+        item.user_properties.append(("ktrace_probe", probe_line(view.spec, number)))

@@ -55,15 +55,21 @@ _CAPTURE_KEY = pytest.StashKey["Capture"]()
 
 
 def annotate(
-    item: pytest.Item, report: pytest.TestReport, session: Optional[TraceSession], files: Optional[TestFiles]
-) -> None:
+    item: pytest.Item,
+    report: pytest.TestReport,
+    session: Optional[TraceSession],
+    files: Optional[TestFiles],
+    *,
+    keep: bool = False,
+) -> Optional[Capture]:
     """``pytest_runtest_makereport`` of one phase. The session is read when the test's call ends (or its setup
     failed): a failing call gets the "ktrace trace" section. With ``files`` (``--ktrace-report``), the teardown
     report carries the test's summary, written after the session's own teardown so that artifacts attached
-    until the very end are included."""
+    until the very end are included. ``keep``: read the session for other outputs too (JSON, pytest-html).
+    Returns what was read, once the session ended."""
     session_ended = report.when == "call" or (report.when == "setup" and not report.passed)
     failed_call = report.when == "call" and report.failed
-    if session is not None and session_ended and (files is not None or failed_call):
+    if session is not None and session_ended and (files is not None or failed_call or keep):
         found = capture(session)
         item.stash[_CAPTURE_KEY] = found
         if failed_call and found.armed:
@@ -72,6 +78,7 @@ def annotate(
     if report.when == "teardown" and files is not None and uses_ktrace:
         captured = item.stash.get(_CAPTURE_KEY, None)
         setattr(report, REPORT_ATTR, files.write(item.nodeid, captured, session.artifacts if session else ()))
+    return item.stash.get(_CAPTURE_KEY, None)
 
 
 # ------------------------------------------------------------------------------------------------ the directory
