@@ -135,9 +135,7 @@ def _check_local(props: dict[str, list[tuple[str, str]]], written: dict[str, lis
     assert [name for name, _ in props["test_uprobes_and_tracepoint"]][:5] == list(target)
     entry, done, tracepoint = _probes(props["test_uprobes_and_tracepoint"])
     assert [entry, done] == written["test_uprobes_and_tracepoint"]
-    assert re.fullmatch(
-        r"p:<group>/<event:1> /\S+/probed:0x[0-9a-f]+ irq=%di:s32 name=\+0\(%si\):string", entry
-    )
+    assert re.fullmatch(r"p:<group>/<event:1> /\S+/probed:0x[0-9a-f]+ irq=%di:s32 name=\+0\(%si\):string", entry)
     assert re.fullmatch(r"r:<group>/<event:2> /\S+/probed:0x[0-9a-f]+ ret=\$retval:s32", done)
     assert tracepoint == 'sched:sched_process_exec if filename ~ "*probed*"'
 
