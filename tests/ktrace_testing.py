@@ -79,6 +79,18 @@ def ours(state: dict[str, str]) -> list[str]:
     return [line for text in state.values() for line in text.splitlines() if _PLUGIN_NAME.search(line)]
 
 
+def left_behind(state: dict[str, str]) -> list[str]:
+    """Plugin names of runs that ended (their pid is gone) or that run in this process: what a finished run must
+    not leave. Names of runs still going elsewhere (other xdist workers of this suite) do not count."""
+    left = []
+    for line in ours(state):
+        found = re.search(r"ktrace_[0-9a-f]{6}_(\d+)_", line)
+        pid = int(found.group(1)) if found else 0
+        if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
+            left.append(line)
+    return left
+
+
 def ours_in_this_process(state: dict[str, str]) -> list[str]:
     """Lines naming a group or instance of a run in this process (pytester's inline runs): other xdist workers'
     runs, with their own pids, do not count."""

@@ -155,11 +155,18 @@ def test_a_killed_run_is_removed_by_another_controller(tmp_path: Path, probed: P
 
 
 def test_a_finished_run_leaves_no_record(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_one(ktrace):\n    ktrace.tracepoint('sched:sched_switch')\n")
-    before = set(Path("/run/pytest-ktrace").glob("*.json")) if Path("/run/pytest-ktrace").is_dir() else set()
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
-    after = set(Path("/run/pytest-ktrace").glob("*.json"))
-    assert {path for path in after - before if "ktrace_" in path.name} == set()
+    pytester.makepyfile(
+        "import os\n"
+        "def test_one(ktrace):\n"
+        "    ktrace.tracepoint('sched:sched_switch')\n"
+        "    group = ktrace.instance.rsplit('_', 1)[0]\n"
+        "    assert os.path.exists(f'/run/pytest-ktrace/{group}.json')  # written while the run lives\n"
+        "    print('GROUP=' + group)\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1)
+    [group] = [line.split("GROUP=", 1)[1].strip() for line in result.outlines if "GROUP=" in line]
+    assert not Path(f"/run/pytest-ktrace/{group}.json").exists()
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("6h", 21600), ("2d", 172800)])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import TRACEFS, append_line, ours, ours_in_this_process, run_pytest, tracefs_state
+from ktrace_testing import TRACEFS, append_line, left_behind, ours, ours_in_this_process, run_pytest, tracefs_state
 
 pytest_plugins = ["pytester"]
 
@@ -301,7 +301,7 @@ def test_xdist_workers_are_isolated(suite: pytest.Pytester) -> None:
     before = tracefs_state()
     result = suite.runpytest_subprocess("-n", "2", "-p", "xdist")
     result.assert_outcomes(passed=6)
-    assert ours(tracefs_state()) == ours(before) == []
+    assert left_behind(tracefs_state()) == left_behind(before) == []
 
 
 def _run_pytest_child(suite: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
@@ -361,7 +361,7 @@ def test_live_run_is_not_mistaken_for_a_leftover(suite: pytest.Pytester) -> None
     assert "removed leftovers" not in result.stdout.str()
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 0, out
-    assert ours(tracefs_state()) == []
+    assert left_behind(tracefs_state()) == []
 
 
 def test_ctrl_c_mid_test_still_tears_down(suite: pytest.Pytester) -> None:
@@ -385,4 +385,4 @@ def test_ctrl_c_mid_test_still_tears_down(suite: pytest.Pytester) -> None:
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=60)
     assert "KeyboardInterrupt" in out
-    assert ours(tracefs_state()) == []
+    assert left_behind(tracefs_state()) == []

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     where = _ssh_arguments(snap)
     where.add_argument("--vm", choices=("x86_64", "arm64"), help="boot a qemu guest of this arch and snapshot it")
     snap.add_argument(
+        "--vm-kernel", metavar="SERIES", help="the guest's Debian kernel series, e.g. 6.12 (default: Debian's default)"
+    )
+    snap.add_argument(
         "--mount-debugfs",
         action="store_true",
         help="mount debugfs on the target if it is not mounted, to read the kprobe blacklist (implied by --vm)",
@@ -131,13 +134,15 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     if (args.ssh_config or args.sudo or args.accept_new_host_key) and not args.host:
         raise KtraceError("--ssh-config, --sudo and --accept-new-host-key need --host")
+    if args.vm_kernel and not args.vm:
+        raise KtraceError("--vm-kernel needs --vm")
     output: Path = args.output or Path(f"{args.name}.json.gz")
     if args.vm:
         from .backends.ssh import SshBackend
         from .guests import boot
 
         print(f"booting a {args.vm} guest...", file=sys.stderr)
-        guest = boot(args.vm)
+        guest = boot(args.vm, kernel=args.vm_kernel)
         try:
             with SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as guest_backend:
                 profile = snapshot(guest_backend, args.name, mount_debugfs=True)

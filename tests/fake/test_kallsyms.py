@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ktrace_testing import DEV_VM_PROFILE
 from pytest_ktrace.fake.kallsyms import KernelText, parse_kallsyms
 from pytest_ktrace.fake.profiles import Profile, load_profile
 from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs
@@ -63,8 +64,8 @@ def test_spans_given_as_sizes_leave_gaps_between_functions() -> None:
 
 
 def _fake_with_kmem_events() -> FakeTracefs:
-    shipped = load_profile("debian-6.1-x86_64")
-    return FakeTracefs(shipped, file_exists=lambda path: None)
+    # the development VM's profile was taken before profiles recorded the kernel's addresses
+    return FakeTracefs(load_profile(str(DEV_VM_PROFILE)), file_exists=lambda path: None)
 
 
 def test_the_fake_takes_function_filters_on_a_profile_without_addresses() -> None:

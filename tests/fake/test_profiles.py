@@ -29,7 +29,7 @@ from pytest_ktrace.fake.profiles import (
 )
 from pytest_ktrace.guests import RunningGuest, boot, qemu_available
 
-SHIPPED = ("debian-6.1-arm64", "debian-6.1-x86_64")
+SHIPPED = ("debian-6.1-arm64", "debian-6.1-x86_64", "debian-6.12-arm64", "debian-6.12-x86_64")
 CLI = Path(sys.executable).with_name("pytest-ktrace")
 REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
 
@@ -223,11 +223,14 @@ def test_builtin_profile_loads(name: str) -> None:
     assert "sched/sched_switch" in p.events and "prev_comm" in p.events["sched/sched_switch"]
     assert "tracing mini-HOWTO" in p.readme
     assert {"uprobes", "instances", "error_log"} <= p.features
-    if name.startswith("debian-6.1-"):
-        assert p.release.startswith("6.1.")
-        assert "kprobes" in p.features and "argN" in p.features
-        assert p.blacklist and len(p.blacklist) > 100
-        assert p.source.startswith("ssh ktrace-vm-")
+    series = name.split("-")[1]
+    assert p.release.startswith(f"{series}.") and p.version == tuple(map(int, series.split(".")))
+    assert "kprobes" in p.features and "argN" in p.features
+    assert p.blacklist and len(p.blacklist) > 100
+    assert p.source.startswith("ssh ktrace-vm-")
+    # captured with the kernel's text layout and its answers (scripts/capture-profiles)
+    assert p.text is not None and p.text.span_of_name("__setup_irq") is not None
+    assert p.answers == {"filter_trailing_operator": "rejected"}
 
 
 def test_debian_blacklists_hold_the_arch_entry_code() -> None:
@@ -274,7 +277,7 @@ def test_cli_snapshot_local(local: LocalBackend, tmp_path: Path) -> None:
     assert Profile.load(tmp_path / "dflt.json.gz").name == "dflt"
 
 
-def test_cli_profiles_lists_the_three(tmp_path: Path) -> None:
+def test_cli_profiles_lists_the_shipped_ones(tmp_path: Path) -> None:
     proc = _cli("profiles", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

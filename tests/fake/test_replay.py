@@ -220,7 +220,7 @@ def test_fake_without_a_cassette_explains_what_to_do(pytester: pytest.Pytester) 
 
 def test_inject_synthetic_events_typed_by_the_format(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_inject=textwrap.dedent(
+        test_injecting=textwrap.dedent(
             """
             import pytest
             from pytest_ktrace import KtraceError

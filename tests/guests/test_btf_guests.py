@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ktrace_testing import run_pytest
-from pytest_ktrace.guests import ARCHES, qemu_available
+from pytest_ktrace.guests import ARCHES, build_image, qemu_available
 
 pytest_plugins = ["pytester"]
 
@@ -95,9 +95,9 @@ def test_recorded_on_a_guest_replayed_on_the_fake_with_the_btf_cached(tmp_path: 
     [cached] = list(cache.iterdir())
     assert source == cached and fetched == cached.stat().st_size
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest, "the cache holds the guest's BTF, byte for byte"
-    image = sorted((Path.home() / ".cache" / "pytest-ktrace" / "guests").glob("x86_64-*/kernel"))
-    if image and shutil.which("readelf"):  # the build id of the kernel the guest booted, as binutils reads it
-        notes = subprocess.run(["readelf", "-n", str(image[-1])], capture_output=True, text=True, check=True).stdout
+    image = build_image("x86_64").kernel  # the guest --ktrace-vm=x86_64 booted
+    if shutil.which("readelf"):  # the build id of the kernel the guest booted, as binutils reads it
+        notes = subprocess.run(["readelf", "-n", str(image)], capture_output=True, text=True, check=True).stdout
         assert cached.name == f"6.1.0-57-amd64-{re.search(r'Build ID: ([0-9a-f]+)', notes).group(1)}.btf"
     cassette = suite / "cassettes" / "test_names" / "test_by_name.json"
     assert '"new->name:string": "+0(+80($arg3)):string"' in cassette.read_text()

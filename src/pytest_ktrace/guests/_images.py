@@ -104,12 +104,20 @@ def default_cache_root() -> Path:
     return Path(cache_home) / "pytest-ktrace" / "guests"
 
 
-def _recipe_fingerprint(spec: ArchSpec) -> str:
+def kernel_meta_package(spec: ArchSpec, series: Optional[str] = None) -> str:
+    """Debian's package that depends on the newest kernel of a series: ``linux-image-amd64`` (the release's
+    default, 6.1 on bookworm) or ``linux-image-6.12-amd64``."""
+    if series is not None and not re.fullmatch(r"\d+\.\d+", series):
+        raise ValueError(f"kernel series {series!r} is not MAJOR.MINOR (e.g. 6.12)")
+    return f"linux-image-{series}-{spec.debian_arch}" if series else f"linux-image-{spec.debian_arch}"
+
+
+def _recipe_fingerprint(spec: ArchSpec, series: Optional[str] = None) -> str:
     recipe = {
         "format": _IMAGE_FORMAT,
         "arch": spec.name,
         "debian_arch": spec.debian_arch,
-        "kernel_meta_package": f"linux-image-{spec.debian_arch}",
+        "kernel_meta_package": kernel_meta_package(spec, series),
         "packages": ["busybox-static", "dropbear-bin", *_LIBRARY_PACKAGES],
         "binaries": list(_GUEST_BINARIES),
         "modules": list(spec.needed_modules),
@@ -161,11 +169,12 @@ class _FileLock:
         self._fd = -1
 
 
-def build_image(arch: str, cache_dir: Optional[Path] = None) -> GuestImage:
-    """Return the cached image for ``arch``, building it from Debian packages first if there is none."""
+def build_image(arch: str, cache_dir: Optional[Path] = None, *, kernel: Optional[str] = None) -> GuestImage:
+    """Return the cached image for ``arch``, building it from Debian packages first if there is none. ``kernel``:
+    a Debian kernel series (``"6.12"``) instead of the release's default kernel."""
     spec = spec_for(arch)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    image_dir = cache_root / f"{spec.name}-{_recipe_fingerprint(spec)}"
+    image_dir = cache_root / f"{spec.name}-{_recipe_fingerprint(spec, kernel)}"
     # Fast path without the lock: a finished image directory only ever appears by rename, complete.
     cached = _load_cached(image_dir)
     if cached is not None:
@@ -181,7 +190,7 @@ def build_image(arch: str, cache_dir: Optional[Path] = None) -> GuestImage:
                 shutil.rmtree(stale, ignore_errors=True)
             build_dir = Path(tempfile.mkdtemp(prefix=f".build-{spec.name}-", dir=cache_root))
             try:
-                _build_into(spec, build_dir, cache_root / "debs" / spec.debian_arch)
+                _build_into(spec, build_dir, cache_root / "debs" / spec.debian_arch, kernel)
                 if image_dir.exists():
                     # A leftover without a valid manifest (e.g. deleted files); replace it.
                     shutil.rmtree(image_dir)
@@ -233,9 +242,9 @@ def _check_dpkg_architecture(spec: ArchSpec) -> None:
         )
 
 
-def _resolve_kernel_package(spec: ArchSpec) -> str:
+def _resolve_kernel_package(spec: ArchSpec, series: Optional[str]) -> str:
     apt_cache = _require_tool("apt-cache", _APT_HINT)
-    meta = f"linux-image-{spec.debian_arch}:{spec.debian_arch}"
+    meta = f"{kernel_meta_package(spec, series)}:{spec.debian_arch}"
     result = subprocess.run(
         [apt_cache, "depends", meta], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
     )
@@ -312,12 +321,12 @@ def _deb_is_valid(path: Path, deb: _DebFile) -> bool:
 # ------------------------------------------------------------------------------------------------ assembly
 
 
-def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path) -> None:
+def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path, series: Optional[str] = None) -> None:
     started = time.monotonic()
     dpkg_deb = _require_tool("dpkg-deb", _APT_HINT)
     _require_tool("cpio", "apt-get install cpio")
     _check_dpkg_architecture(spec)
-    kernel_package = _resolve_kernel_package(spec)
+    kernel_package = _resolve_kernel_package(spec, series)
     kernel_release = kernel_package[len("linux-image-") :]
     debs = _deb_files(spec, [kernel_package, "busybox-static", "dropbear-bin", *_LIBRARY_PACKAGES])
     deb_paths = _ensure_debs(spec, debs, deb_cache)
@@ -540,6 +549,10 @@ def _module_load_order(stage: Path, kernel_release: str, wanted: Sequence[str]) 
         _normalise_module_name(path.stem): path.relative_to(module_dir).as_posix()
         for path in module_dir.glob("kernel/**/*.ko")
     }
+    # Newer Debian kernels (6.12) ship modules xz-compressed; the guest's busybox insmod loads plain ones.
+    for compressed in module_dir.glob("kernel/**/*.ko.xz"):
+        name = _normalise_module_name(compressed.name[: -len(".ko.xz")])
+        shipped.setdefault(name, compressed.relative_to(module_dir).as_posix())
     order: list[str] = []
     visiting: set[str] = set()
 
@@ -552,6 +565,11 @@ def _module_load_order(stage: Path, kernel_release: str, wanted: Sequence[str]) 
         if name in visiting:
             raise TargetError(f"module dependency cycle through {name} in kernel {kernel_release}")
         visiting.add(name)
+        if shipped[name].endswith(".ko.xz"):
+            compressed = module_dir / shipped[name]
+            plain = compressed.with_name(compressed.name[: -len(".xz")])
+            plain.write_bytes(lzma.decompress(compressed.read_bytes()))
+            shipped[name] = plain.relative_to(module_dir).as_posix()
         for dependency in _module_dependencies(module_dir / shipped[name]):
             visit(dependency)
         visiting.discard(name)

@@ -303,9 +303,11 @@ def boot(
     image: Optional[GuestImage] = None,
     timeout: float = 180.0,
     workdir: Optional[Path] = None,
+    kernel: Optional[str] = None,
 ) -> RunningGuest:
     """Boot a guest of ``arch`` (building its image if needed) and wait until it accepts SSH.
 
+    ``kernel``: a Debian kernel series (``"6.12"``) instead of the release's default kernel (6.1 on bookworm).
     ``workdir`` receives console.log, known_hosts and ssh_config; without one a temporary directory is used
     and removed again by :meth:`RunningGuest.shutdown`. qemu gets SIGKILL when the calling *thread* exits, so
     boot from a thread that outlives the guest (normally the main thread).
@@ -316,7 +318,7 @@ def boot(
         raise MissingTool(unavailable)
     qemu = shutil.which(spec.qemu_binary) or spec.qemu_binary
     if image is None:
-        image = build_image(arch)
+        image = build_image(arch, kernel=kernel)
     elif image.arch != spec.name:
         raise ValueError(f"image is for {image.arch}, not {spec.name}")
 
