@@ -53,6 +53,11 @@ class Event:
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
 
+    def value(self, key: str) -> Any:
+        """What ``key`` names in this event (see :data:`TASK_KEYS`), None if nothing."""
+        attribute = task_key(key, self.fields)
+        return getattr(self, attribute) if attribute else self.fields.get(key)
+
     def named(self) -> dict[str, Any]:
         """What a test can name in this event (see :data:`TASK_KEYS`): its fields, ``task_pid``, ``task_comm``,
         ``task_cpu``, and ``pid``/``comm``/``cpu`` for the task where the event has no such field."""

@@ -22,8 +22,8 @@ not touched (user binaries have no kernel BTF).
 Where the BTF comes from, read once per target and run:
 
 * a local target: ``/sys/kernel/btf/vmlinux``;
-* SSH targets and the qemu guests: the same file fetched over the connection (:meth:`Backend.fetch_file
-  <pytest_ktrace.backends.base.Backend.fetch_file>`), cached on disk as
+* SSH targets and the qemu guests: the same file fetched over the connection (:meth:`FileFetching.fetch_file
+  <pytest_ktrace.backends.base.FileFetching.fetch_file>`), cached on disk as
   ``~/.cache/pytest-ktrace/btf/<release>-<build id>.btf`` (``$XDG_CACHE_HOME`` is honoured,
   ``$KTRACE_BTF_CACHE_DIR`` replaces the directory; the build id is read from ``/sys/kernel/notes``, else the
   file's ``sha256sum`` on the target is the key), so a later run costs one small read;
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
 from ._files import write_atomic
-from .backends.base import Backend, TargetInfo
+from .backends.base import Backend, FileFetching, SharedFilesystem, TargetInfo
 from .btf import errors as btf_errors
 from .btf.blob import BtfTypes, FuncInfo
 from .btf.errors import (
@@ -123,9 +123,8 @@ def btf_cache_dir() -> Path:
 
 def _fetch(backend: Backend, path: str) -> bytes:
     """The bytes of ``path`` on the target: the backend's ``fetch_file``, else ``cat`` through ``run``."""
-    fetch = getattr(backend, "fetch_file", None)
-    if callable(fetch):
-        data = fetch(path)
+    if isinstance(backend, FileFetching):
+        data = backend.fetch_file(path)
         if not isinstance(data, (bytes, bytearray)):
             raise KtraceError(f"{type(backend).__name__}.fetch_file({path!r}) returned {type(data).__name__}")
         return bytes(data)
@@ -361,7 +360,7 @@ def kernel_btf(backend: Backend) -> KernelBtf:
         except TypeError:  # a backend that cannot be weakly referenced: cached nowhere
             known = None
         if known is None:
-            local = bool(getattr(backend, "files_are_local", False))
+            local = isinstance(backend, SharedFilesystem) and backend.files_are_local
             known = KernelBtf(backend.describe(), local, None if local else btf_cache_dir())
             with contextlib.suppress(TypeError):
                 _TARGETS[backend] = known
@@ -507,14 +506,13 @@ class _NoBtf:
 
 
 def _resolver_for(backend: Backend) -> _Resolver:
-    from .fake.cassette import RecordingBackend
+    from .fake.cassette import RecordingBackend, Replaying
 
     if isinstance(backend, RecordingBackend):
         return _RecordingResolver(_resolver_for(backend.inner), backend.cassette.btf)
-    if callable(getattr(backend, "play", None)):  # the fake backend
-        player = getattr(backend, "player", None)
-        if player is not None:
-            return _ReplayResolver(player)
+    if isinstance(backend, Replaying):  # the fake backend
+        if backend.player is not None:
+            return _ReplayResolver(backend.player)
         return _NoBtf(backend.describe())
     return _TargetResolver(backend)
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import pytest
 
 from .arch import normalize_arch
-from .backends.base import Backend, Read, TargetInfo
+from .backends.base import Backend, Imitating, Read, TargetInfo
 from .errors import KtraceError, MissingTool, TargetError, TracefsUnavailable, hide_for_ktrace_errors
 from .fake.cassette import cassette_path, replay_profile
 from .fake.profiles import Profile, parse_blacklist
@@ -436,9 +436,8 @@ def facts_for(config: pytest.Config, target: TargetSpec, backend: Backend, requi
     facts = cache.get(target)
     if facts is None:
         facts = cache[target] = TargetFacts(backend.describe())
-        profile = getattr(backend, "profile", None)
-        if isinstance(profile, Profile):
-            _from_profile(facts, profile)
+        if isinstance(backend, Imitating):
+            _from_profile(facts, backend.profile)
     info = facts.info
     base = bool(
         requirements.btf

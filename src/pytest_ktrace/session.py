@@ -24,7 +24,21 @@ from ._files import write_private_temp
 from .arch import normalize_arch, rewrite_argn
 from .artifacts import Artifact, make_artifact
 from .assertions import Observation, ProbeView, assert_latency, assert_order
-from .backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
+from .backends.base import (
+    Backend,
+    Injecting,
+    Mkdir,
+    Op,
+    OpResult,
+    Read,
+    Rmdir,
+    RunResult,
+    SharedFilesystem,
+    Streaming,
+    TargetInfo,
+    TraceStream,
+    Write,
+)
 from .backends.features import MOUNT_HINT
 from .errors import (
     ConnectionLost,
@@ -37,7 +51,7 @@ from .errors import (
     UnsupportedFetchArg,
     hide_for_ktrace_errors,
 )
-from .events import Event, task_key
+from .events import TASK_KEYS, Event, task_key
 from .identity import RunIdentity
 from .matchers import ANY
 from .names import kernel_fetchargs
@@ -431,7 +445,7 @@ class TraceSession:
     def _local_copy(self, path: str) -> Path:
         """A local path to the target's ELF file (itself on a local backend), to read symbols from. Remote copies
         are shared by the whole run and re-fetched only when the file's size, mtime or inode changed."""
-        if getattr(self.backend, "files_are_local", False):
+        if isinstance(self.backend, SharedFilesystem) and self.backend.files_are_local:
             if not os.path.exists(path):
                 raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
             return Path(path)
@@ -554,14 +568,13 @@ class TraceSession:
     # ------------------------------------------------------------- streaming
     def _start_stream(self) -> None:
         """Open the instance's trace_pipe and start the pump (stream mode, right after the first arm)."""
-        opener = getattr(self.backend, "open_stream", None)
-        if opener is None:
+        if not isinstance(self.backend, Streaming):
             raise KtraceError(
-                f"stream mode needs a backend that can stream trace_pipe, and {self.backend.name} "
-                f"({type(self.backend).__name__}) has no open_stream(); run this test without stream=True / "
-                "--ktrace-stream (recording a cassette, --ktrace-record, does not stream either)"
+                f"stream mode needs a backend that can stream trace_pipe (the Streaming capability, open_stream()), "
+                f"and {self.backend.name} ({type(self.backend).__name__}) has none; run this test without "
+                "stream=True / --ktrace-stream"
             )
-        self._trace_stream = opener(f"{self.instance_path}/trace_pipe")
+        self._trace_stream = self.backend.open_stream(f"{self.instance_path}/trace_pipe")
         pump = StreamPump(self._trace_stream, self._catalog, keep=self.keep_events, name=f"ktrace-pump-{self.instance}")
         for probe in self._probes:
             pump.add_probe((probe.spec.group, probe.spec.event))
@@ -642,16 +655,18 @@ class TraceSession:
                 continue  # checked when the probe is armed
             self._unchecked.remove(aggregate)
             names = [f.name for f in fmt.fields if not f.name.startswith(("common_", "__probe_"))]
-            if aggregate.field not in (*names, "pid", "comm", "cpu") and not aggregate.field.startswith("__probe_"):
+            known = (*names, *TASK_KEYS, "pid", "comm", "cpu")
+            if aggregate.field not in known and not aggregate.field.startswith("__probe_"):
                 self._aggregates.remove(aggregate)
                 raise KtraceError(
                     f"count_by({aggregate.view.name}, {aggregate.field!r}): the probe has no such field "
-                    f"(its fields: {', '.join(names) or 'none'}; also pid, comm, cpu)"
+                    f"(its fields: {', '.join(names) or 'none'}; the task: task_pid, task_comm, task_cpu)"
                 )
 
     def count_by(self, probe: ProbeView, field: str) -> Counter[Any]:
         """A live :class:`collections.Counter` of ``field``'s values over every event of ``probe`` (a ``where()``
-        view counts only its events; ``pid``, ``comm``, ``cpu`` work too). Updated after each ``run()``,
+        view counts only its events; the task is ``task_pid``/``task_comm``/``task_cpu``, or ``pid``/``comm``/
+        ``cpu`` for an event without such a field). Updated after each ``run()``,
         ``collect()`` and ``wait_for()``; in stream mode it sees every streamed event and keeps none (register
         it before the first ``run()``)."""
         view = self._view_of(probe, "count_by")
@@ -1124,11 +1139,11 @@ class TraceSession:
         the fake's clock), so latency tests are exact. ``stack``: the kernel call stack (innermost first) a
         ``stacktrace=True`` probe records with each."""
         self._check_open("inject()")
-        emit = getattr(self.backend, "inject", None)
-        if emit is None:
+        if not isinstance(self.backend, Injecting):
             raise KtraceError(
                 f"ktrace.inject needs the fake backend (--ktrace-backend=fake); {self.backend.name} is a real target"
             )
+        emit = self.backend.inject
         probe = self._view_of(probe, "inject")
         _check_int("inject count", count, 0)
         if timestamp is not None and (
@@ -1184,7 +1199,8 @@ class TraceSession:
             extra["timestamp"] = float(timestamp)
         recorded = 0
         for _ in range(count):
-            recorded += int(emit(probe.spec.event_dir, fields, pid=pid, comm=comm, cpu=cpu, **extra) > 0)
+            task_pid = None if pid is None else int(pid)  # checked above: an int
+            recorded += int(emit(probe.spec.event_dir, fields, pid=task_pid, comm=comm, cpu=int(cpu), **extra) > 0)
         self._dirty = True
         return recorded
 

@@ -39,10 +39,6 @@ _MAX_HELD_LINES = 256
 _RAW_TAIL = 400  # raw lines kept for the failure report section
 
 
-def _field_of(event: Event, name: str) -> Any:
-    return getattr(event, name) if name in ("pid", "comm", "cpu") else event.fields.get(name)
-
-
 # --------------------------------------------------------------------------------------------------- aggregates
 class Histogram:
     """Latencies in microseconds, counted into buckets ``(-inf, b0], (b0, b1], ..., (bn, +inf)``; exact count, min,
@@ -156,7 +152,7 @@ class CountBy:
     def feed(self, key: Tuple[str, str], event: Event) -> None:
         if self.view._criteria and not self.view._selected(event):
             return
-        self._acc[_field_of(event, self.field)] += 1
+        self._acc[event.value(self.field)] += 1
 
     def reset(self) -> None:
         self._acc.clear()

@@ -8,16 +8,24 @@ the tracefs root) and runs commands on the target. Batching is the unit of cost:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..fake.profiles import Profile
 
 __all__ = [
     "Backend",
+    "FileFetching",
+    "Imitating",
+    "Injecting",
     "Mkdir",
     "Op",
     "OpResult",
     "Read",
     "Rmdir",
     "RunResult",
+    "SharedFilesystem",
+    "Streaming",
     "TargetInfo",
     "TraceStream",
     "Write",
@@ -124,7 +132,8 @@ class TraceStream(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A place with a tracefs: this machine, a board over SSH, or the in-memory fake."""
+    """A place with a tracefs: this machine, a board over SSH, or the in-memory fake. What every backend must do;
+    what only some can do is a capability below, checked with ``isinstance``."""
 
     @property
     def name(self) -> str:
@@ -159,19 +168,6 @@ class Backend(Protocol):
         it has ended, ``after`` is applied (all ops attempted) in the same round trip: ``RunResult.after``."""
         ...
 
-    def open_stream(self, path: str) -> TraceStream:
-        """Open ``path`` (relative to the tracefs root, e.g. ``instances/X/trace_pipe``) for consuming reads.
-        Optional for third-party backends: a session streams only when its backend has this method. While the
-        stream is open the instance is busy (its ``rmdir`` is EBUSY): close it before removing the instance."""
-        ...
-
-    def fetch_file(self, path: str) -> bytes:
-        """The bytes of the file at the absolute ``path`` on the target (not tracefs-relative: e.g. the kernel's
-        BTF, ``/sys/kernel/btf/vmlinux``). Raises :class:`OSError` (``FileNotFoundError`` when it does not
-        exist) or a :class:`~pytest_ktrace.errors.KtraceError` when the target is unreachable. Optional for
-        third-party backends, like :meth:`open_stream`: without it, ``cat`` is run through :meth:`run`."""
-        ...
-
     def defer(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` (teardown that could not run because the target was unreachable) before anything else
         on the next successful connection. A backend that cannot lose its target applies them at once."""
@@ -180,3 +176,62 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections; the backend may be reopened by the next call."""
         ...
+
+
+# --- capabilities: what some backends can do besides the contract ------------------------------------------------
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """Consuming reads of a tracefs file: needed by stream mode (``stream=True``, ``--ktrace-stream``)."""
+
+    def open_stream(self, path: str) -> TraceStream:
+        """Open ``path`` (relative to the tracefs root, e.g. ``instances/X/trace_pipe``) for consuming reads.
+        While the stream is open the instance is busy (its ``rmdir`` is EBUSY): close it before removing it."""
+        ...
+
+
+@runtime_checkable
+class FileFetching(Protocol):
+    """Reading any file of the target in one transfer (the kernel's BTF, a uprobe's binary). Without it, files
+    are read with ``cat`` through :meth:`Backend.run`."""
+
+    def fetch_file(self, path: str) -> bytes:
+        """The bytes of the file at the absolute ``path`` on the target (not tracefs-relative). Raises
+        :class:`OSError` (``FileNotFoundError`` when it does not exist) or a
+        :class:`~pytest_ktrace.errors.KtraceError` when the target is unreachable."""
+        ...
+
+
+@runtime_checkable
+class SharedFilesystem(Protocol):
+    """The target's files may be this machine's: when ``files_are_local`` is true, uprobe binaries and the
+    kernel's BTF are read in place instead of fetched."""
+
+    @property
+    def files_are_local(self) -> bool: ...
+
+
+@runtime_checkable
+class Injecting(Protocol):
+    """Synthetic events (the fake backend): needed by ``ktrace.inject``."""
+
+    def inject(
+        self,
+        event: str,
+        fields: Mapping[str, Any],
+        *,
+        pid: Optional[int] = None,
+        comm: str = "ktrace-inject",
+        cpu: int = 0,
+        timestamp: Optional[float] = None,
+        stack: Sequence[str] = (),
+    ) -> int: ...
+
+
+@runtime_checkable
+class Imitating(Protocol):
+    """A backend that imitates a kernel from a profile (the fake): what the target offers is read from it."""
+
+    @property
+    def profile(self) -> Profile: ...

@@ -29,7 +29,19 @@ from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from .._files import write_atomic
-from ..backends.base import Backend, Mkdir, Op, OpResult, Read, RunResult, TargetInfo, TraceStream, Write
+from ..backends.base import (
+    Backend,
+    FileFetching,
+    Mkdir,
+    Op,
+    OpResult,
+    Read,
+    RunResult,
+    SharedFilesystem,
+    TargetInfo,
+    TraceStream,
+    Write,
+)
 from ..errors import KtraceError, hide_for_ktrace_errors
 from ..targets import RECORD_MODES
 
@@ -60,6 +72,9 @@ _EVENT_MARK = re.compile(r"<event:(\d+)>")
 @runtime_checkable
 class Replaying(Protocol):
     """A backend that replays cassettes (the fake): it is handed each test's player, or None between tests."""
+
+    @property
+    def player(self) -> Optional[Player]: ...
 
     def play(self, player: Optional[Player]) -> None: ...
 
@@ -217,7 +232,7 @@ class RecordingBackend:
 
     @property
     def files_are_local(self) -> bool:
-        return bool(getattr(self.inner, "files_are_local", False))
+        return isinstance(self.inner, SharedFilesystem) and self.inner.files_are_local
 
     def describe(self) -> TargetInfo:
         return self.inner.describe()
@@ -285,10 +300,8 @@ class RecordingBackend:
     def fetch_file(self, path: str) -> bytes:
         """Passed through unrecorded (the BTF a test's names need is recorded as resolutions, see
         :mod:`pytest_ktrace.names`)."""
-        fetch = getattr(self.inner, "fetch_file", None)
-        if fetch is not None:
-            data: bytes = fetch(path)
-            return data
+        if isinstance(self.inner, FileFetching):
+            return self.inner.fetch_file(path)
         result = self.inner.run(["cat", "--", path])
         if result.returncode != 0:
             raise OSError(f"cannot read {path} on {self.inner.name}: {result.stderr.strip()}")
