@@ -17,7 +17,7 @@ patterns is part of the cost):
 (r) the line-by-line reference parser inside TraceParser (``_parse_slow``, every event decoded), when there
     is one;
 
-and the ratios. The issue's target is (c) >= 1 million lines/s on the machine the benchmark runs on. Before
+and the ratios. The target is (c) >= 1 million lines/s on the machine the benchmark runs on. Before
 timing, the lazy result is checked equal to the reference's (events, lost, unparsed, per-probe selections).
 
 The trace is synthetic but made of real line shapes (kernel 6.x guests and 5.15-6.4 ones): uprobe /

@@ -1,4 +1,4 @@
-"""BTF parser and fetcharg resolver (issue 9: names, not offsets).
+"""BTF parser and fetcharg resolver: names, not offsets.
 
 Real data first: this machine's ``/sys/kernel/btf/vmlinux`` is checked against two independent readers of the
 same layout, the kernel itself (every tracepoint's ``trace_event_raw_<event>`` struct against the offsets, sizes

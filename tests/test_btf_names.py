@@ -1,4 +1,4 @@
-"""Names, not offsets (issue 9) in the probe factories, on this machine: fetch arguments written as C resolved from
+"""Names, not offsets, in the probe factories, on this machine: fetch arguments written as C resolved from
 ``/sys/kernel/btf/vmlinux`` into the line the session would write (this kernel has no kprobes, so nothing is
 armed here: tests/guests/test_btf_guests.py and examples/test_setup_irq.py arm them in the Debian guests), the
 return type of kretprobes, the BTF of remote targets cached on disk, modules, the record/replay of resolutions,

@@ -1,4 +1,4 @@
-"""Hostile and malformed input at every public entry point (issue 7).
+"""Hostile and malformed input at every public entry point.
 
 Every public entry point fed arbitrary text, unicode, control characters, huge strings or wrong types answers
 with a clear error of the plugin's own vocabulary, never an internal traceback. Everything runs on the fake

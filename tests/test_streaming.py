@@ -1,4 +1,4 @@
-"""Streaming mode (issue 7, long and busy tests) on this machine's kernel: uprobes on tests/prog/probed.c whose
+"""Streaming mode (long and busy tests) on this machine's kernel: uprobes on tests/prog/probed.c whose
 events are read from the instance's trace_pipe while the test runs, into bounded memory, with exact counts and
 aggregates. tests/ssh/test_streaming_ssh.py runs this module again through a real sshd (the dd-based stream), and
 tests/guests/test_streaming_vm.py streams from a busybox guest. The fake backend's stream is tested at the end."""

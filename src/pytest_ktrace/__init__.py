@@ -7,6 +7,7 @@ nothing next to nothing.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -55,7 +56,10 @@ __all__ = [
     "UnsupportedFetchArg",
 ]
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("pytest-ktrace")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "ANY": ".matchers",

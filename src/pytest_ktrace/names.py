@@ -1,4 +1,4 @@
-"""Names, not offsets (issue 9): kprobe fetch arguments written as C, resolved against the target's BTF.
+"""Names, not offsets: kprobe fetch arguments written as C, resolved against the target's BTF.
 
 ::
 

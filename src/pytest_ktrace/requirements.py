@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import pytest
 
 from .arch import normalize_arch
+from .backends._shell import marked_sections
 from .backends.base import Backend, Imitating, Read, TargetInfo
 from .errors import KtraceError, MissingTool, TargetError, TracefsUnavailable, hide_for_ktrace_errors
 from .fake.cassette import cassette_path, replay_profile
@@ -320,18 +321,6 @@ def _script(nonce: str, tracefs: str, *, base: bool, symbols: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sections(stdout: str, nonce: str) -> dict[str, str]:
-    mark = f"@@ktrace-{nonce} "
-    sections: dict[str, list[str]] = {}
-    current: Optional[list[str]] = None
-    for line in stdout.splitlines(keepends=True):
-        if line.startswith(mark):
-            current = sections.setdefault(line[len(mark) :].strip(), [])
-        elif current is not None:
-            current.append(line)
-    return {key: "".join(value) for key, value in sections.items()}
-
-
 def _symbol_names(text: str) -> frozenset[str]:
     """``name`` / ``name\\t[module]`` lines (sed'd kallsyms, available_filter_functions) -> names and
     ``module:name``."""
@@ -391,7 +380,7 @@ def _detect(facts: TargetFacts, backend: Backend, *, base: bool, symbols: bool) 
             facts.base_loaded = facts.base_loaded or base
             facts.symbols_loaded = facts.symbols_loaded or symbols
         return
-    sections = _sections(result.stdout, nonce)
+    sections = marked_sections(result.stdout, nonce)
     if base:
         state = sections.get("btf", "").strip()
         facts.btf = {"present": True, "missing": False}.get(state)

@@ -1,4 +1,4 @@
-"""Names, not offsets (issue 9) on real kprobes: the Debian 6.1 guests' BTF, fetched over SSH and cached on disk,
+"""Names, not offsets, on real kprobes: the Debian 6.1 guests' BTF, fetched over SSH and cached on disk,
 resolves parameters and struct members, types return values, and finds module functions. The same tests run
 unchanged on x86_64 and arm64, whose struct layouts and argument registers differ. (The __setup_irq suite by
 name is in examples/test_setup_irq.py, replayed from its cassettes by tests/fake/test_replay.py.)"""

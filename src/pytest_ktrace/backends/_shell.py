@@ -39,6 +39,7 @@ __all__ = [
     "RunOutput",
     "errno_from_text",
     "forced_append",
+    "marked_sections",
     "new_nonce",
     "parse_batch",
     "parse_describe",
@@ -540,6 +541,20 @@ def render_stream_kill(readers: Sequence[tuple[int, str]], *, signal: str = "TER
 
 
 _SUDO_PROMPT = re.compile(r"a password is required|a terminal is required|askpass", re.IGNORECASE)
+
+
+def marked_sections(stdout: str, nonce: str) -> dict[str, str]:
+    """The output of a script that starts each part with a line ``@@ktrace-<nonce> <label>``: label -> the lines
+    up to the next marker (what came before the first marker is dropped)."""
+    mark = f"@@ktrace-{nonce} "
+    sections: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith(mark):
+            current = sections.setdefault(line[len(mark) :].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {key: "".join(value) for key, value in sections.items()}
 
 
 def sudo_needs_password(stderr: str) -> bool:

@@ -1,6 +1,6 @@
 """BTF: the kernel's own type information, parsed in pure Python, and fetch arguments resolved by name.
 
-"Names, not offsets" (issue 9)::
+"Names, not offsets"::
 
     from pytest_ktrace.btf import BtfTypes, resolve_fetcharg
 

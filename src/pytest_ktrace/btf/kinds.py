@@ -110,10 +110,6 @@ class Int(BtfType):
         return bool(self.encoding & INT_SIGNED)
 
     @property
-    def is_bool(self) -> bool:
-        return bool(self.encoding & INT_BOOL)
-
-    @property
     def is_char(self) -> bool:
         """Plain ``char`` (the text type). pahole marks it by name, not by ``BTF_INT_CHAR`` (which it leaves 0);
         ``unsigned char``/``u8`` stay bytes."""

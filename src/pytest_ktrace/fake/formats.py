@@ -56,10 +56,6 @@ class EventField:
     count: int = 0
 
     @property
-    def is_dynamic_string(self) -> bool:
-        return "__data_loc" in self.c_type and "char" in self.c_type
-
-    @property
     def is_string(self) -> bool:
         """Whether the kernel filters the field as a string (filter_assign_type())."""
         text = self.c_type

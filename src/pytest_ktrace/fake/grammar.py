@@ -288,10 +288,6 @@ class KernelDialect:
         return _REGISTERS[self.canonical_arch]
 
     @property
-    def pointer_hex_digits(self) -> int:
-        return 16  # every supported arch is 64-bit
-
-    @property
     def default_fetch_type(self) -> str:
         return "x64"
 
@@ -560,11 +556,14 @@ def _is_good_name(name: str, *, hyphen_ok: bool = False) -> bool:
     return first_ok and all(_isalpha(c) or _isdigit(c) or c == "_" or (hyphen_ok and c == "-") for c in name[1:])
 
 
-def _to_kernel_bytes(text: str) -> str:
+def to_kernel_bytes(text: str) -> str:
+    """Text as tracefs read it (UTF-8, raw bytes surrogateescape'd) -> one character per byte, as the kernel's
+    parsers see it."""
     return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
-def _from_kernel_bytes(text: str) -> str:
+def from_kernel_bytes(text: str) -> str:
+    """The inverse of :func:`to_kernel_bytes`."""
     return text.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
@@ -589,11 +588,11 @@ class _Log:
         else:
             position = sum(len(word) + 1 for word in self.argv[: self.index]) + offset
         return ProbeSyntaxError(
-            code, self.dialect.message(code), errno, position, _from_kernel_bytes(command), self.subsystem, True
+            code, self.dialect.message(code), errno, position, from_kernel_bytes(command), self.subsystem, True
         )
 
     def unlogged(self, code: str, errno: str) -> ProbeSyntaxError:
-        return ProbeSyntaxError(code, "", errno, 0, _from_kernel_bytes(" ".join(self.argv)), self.subsystem, False)
+        return ProbeSyntaxError(code, "", errno, 0, from_kernel_bytes(" ".join(self.argv)), self.subsystem, False)
 
 
 class _Cancelled(Exception):
@@ -891,11 +890,11 @@ class _ProbeArgs:
             name, body = f"arg{index + 1}", word
         if not _is_good_name(name):
             raise self.log.error(0, "BAD_ARG_NAME")
-        if name in RESERVED_FIELD_NAMES or any(arg.name == _from_kernel_bytes(name) for arg in self.args):
+        if name in RESERVED_FIELD_NAMES or any(arg.name == from_kernel_bytes(name) for arg in self.args):
             raise self.log.error(0, "USED_ARG_NAME")
         ctx.offset = len(word) - len(body)
         type_text = self.parse_body(body, ctx)
-        self.args.append(FetchArg(_from_kernel_bytes(name), _from_kernel_bytes(body), _from_kernel_bytes(type_text)))
+        self.args.append(FetchArg(from_kernel_bytes(name), from_kernel_bytes(body), from_kernel_bytes(type_text)))
 
     def parse_body(self, body: str, ctx: _ArgContext) -> str:
         """traceprobe_parse_probe_arg_body; returns the resolved type text."""
@@ -1127,7 +1126,7 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
             symbol = symbol[:sign]
         if offset < 0 or offset > 0xFFFFFFFF:
             raise log.error(0, "BAD_PROBE_ADDR") from None
-        count = _symbol_count(symbol_exists, _from_kernel_bytes(symbol))
+        count = _symbol_count(symbol_exists, from_kernel_bytes(symbol))
         if count > 1:
             raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL") from None
         if count == 0:
@@ -1180,16 +1179,16 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
             except _NumberError:
                 raise log.error(0, "FAIL_REG_PROBE") from None
             name = text[:sign]
-        if _symbol_count(symbol_exists, _from_kernel_bytes(name)) == 0:
+        if _symbol_count(symbol_exists, from_kernel_bytes(name)) == 0:
             raise log.error(0, "BAD_PROBE_ADDR", "ENOENT")
 
     return ProbeCommand(
         kind="kprobe",
         is_return=is_return,
         maxactive=maxactive,
-        group=_from_kernel_bytes(group),
-        event=_from_kernel_bytes(event),
-        symbol=None if symbol is None else _from_kernel_bytes(symbol),
+        group=from_kernel_bytes(group),
+        event=from_kernel_bytes(event),
+        symbol=None if symbol is None else from_kernel_bytes(symbol),
         offset=offset,
         address=address,
         path=None,
@@ -1272,7 +1271,7 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
 
     log.index = 1
     filename = place[:colon]
-    problem = file_exists(_from_kernel_bytes(filename))
+    problem = file_exists(from_kernel_bytes(filename))
     if problem == "NO_REGULAR_FILE":
         raise log.error(0, "NO_REGULAR_FILE")
     if problem is not None:
@@ -1328,12 +1327,12 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         kind="uprobe",
         is_return=is_return,
         maxactive=None,
-        group=_from_kernel_bytes(group),
-        event=_from_kernel_bytes(event),
+        group=from_kernel_bytes(group),
+        event=from_kernel_bytes(event),
         symbol=None,
         offset=offset,
         address=None,
-        path=_from_kernel_bytes(filename),
+        path=from_kernel_bytes(filename),
         ref_ctr_offset=ref_ctr_offset,
         args=tuple(args.args),
     )
@@ -1363,9 +1362,9 @@ def _parse_removal(argv: list[str], subsystem: Subsystem, dialect: KernelDialect
     if group is None and not target:
         raise log.unlogged("BAD_REMOVAL", "EINVAL")
     return RemovalCommand(
-        group=None if group is None else _from_kernel_bytes(group),
-        event=_from_kernel_bytes(target),
-        match_args=tuple(_from_kernel_bytes(word) for word in argv[1:]),
+        group=None if group is None else from_kernel_bytes(group),
+        event=from_kernel_bytes(target),
+        match_args=tuple(from_kernel_bytes(word) for word in argv[1:]),
     )
 
 
@@ -1384,7 +1383,7 @@ def parse_command(
     else ``"FILE_NOT_FOUND"``, ``"NO_REGULAR_FILE"`` or an errno name (``"ENOTDIR"``: FILE_NOT_FOUND with that
     errno).  The default checks this machine's filesystem.  Raises :class:`ProbeSyntaxError`.
     """
-    raw = _to_kernel_bytes(line)
+    raw = to_kernel_bytes(line)
     raw = raw.split("\0", 1)[0]  # the kernel sees a C string
     raw = raw.split("#", 1)[0]  # trace_parse_run_command strips comments before the parser runs
     argv = _argv_split(raw)
@@ -1445,10 +1444,10 @@ def split_commands(data: str) -> list[str]:
                 if done + size < count:
                     if position != 0:
                         break  # re-read from the start of this line with a fresh buffer
-                    raise LineTooLongError([_from_kernel_bytes(c) for c in commands])
+                    raise LineTooLongError([from_kernel_bytes(c) for c in commands])
             done += size
             commands.append(line.split(b"#", 1)[0].decode("latin-1"))
             position += size
             if done >= count:
                 break
-    return [_from_kernel_bytes(command) for command in commands]
+    return [from_kernel_bytes(command) for command in commands]

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
 from .._files import write_atomic
+from ..backends._shell import marked_sections
 from ..backends.base import Backend, Mkdir, OpResult, Read, Rmdir, Write
 from ..errors import KtraceError
 from ..identity import RunIdentity
@@ -310,19 +311,6 @@ def _snapshot_script(nonce: str, mount_debugfs: bool) -> str:
     )
 
 
-def _sections(stdout: str, nonce: str) -> dict[str, str]:
-    mark = f"@@ktrace-{nonce} "
-    sections: dict[str, list[str]] = {}
-    current: Optional[list[str]] = None
-    for line in stdout.splitlines(keepends=True):
-        if line.startswith(mark):
-            current = sections.setdefault(line[len(mark) :].strip(), [])
-            continue
-        if current is not None:
-            current.append(line)
-    return {key: "".join(value) for key, value in sections.items()}
-
-
 def _status(sections: Mapping[str, str], key: str) -> Optional[int]:
     """``kallsyms-status 0`` puts its value on the marker line itself: ``{key}-status N``."""
     for label in sections:
@@ -354,7 +342,7 @@ def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Pro
     nonce = secrets.token_hex(8)
     after = [Read(path, missing_ok=True) for path in _AFTER_READS]
     result = backend.run(["sh", "-c", _snapshot_script(nonce, mount_debugfs)], timeout=_RUN_TIMEOUT_S, after=after)
-    sections = _sections(result.stdout, nonce)
+    sections = marked_sections(result.stdout, nonce)
     if result.returncode != 0 or "blacklist" not in sections:
         raise KtraceError(
             f"snapshot of {backend.name}: the snapshot shell exited {result.returncode} "

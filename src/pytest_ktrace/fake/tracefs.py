@@ -66,8 +66,10 @@ from .grammar import (
     ProbeSyntaxError,
     RemovalCommand,
     UnsupportedCommand,
+    from_kernel_bytes,
     parse_command,
     split_commands,
+    to_kernel_bytes,
 )
 from .kallsyms import KernelText
 from .profiles import Profile
@@ -235,17 +237,9 @@ def _kstrtoul(data: str, base: int = 10) -> int:
     return value
 
 
-def _to_kernel_bytes(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def _from_kernel_bytes(text: str) -> str:
-    return text.encode("latin-1").decode("utf-8", "surrogateescape")
-
-
 def _kernel_argv(line: str) -> list[str]:
     """argv_split() of a command, on the kernel's bytes and ctype spaces (as the grammar sees it)."""
-    return [word for word in re.split(f"[{_KERNEL_SPACE}]+", _to_kernel_bytes(line)) if word]
+    return [word for word in re.split(f"[{_KERNEL_SPACE}]+", to_kernel_bytes(line)) if word]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1057,14 +1051,14 @@ class FakeTracefs:
 
     def _write_set_event(self, path: str, array: _TraceArray, data: str) -> int:
         """ftrace_event_write(): one word (trace_get_user) per write; returns the bytes it consumed."""
-        raw = _to_kernel_bytes(data)
+        raw = to_kernel_bytes(data)
         index = 0
         while index < len(raw) and raw[index] in _KERNEL_SPACE:
             index += 1
         start = index
         while index < len(raw) and raw[index] not in _KERNEL_SPACE:
             index += 1
-        word = _from_kernel_bytes(raw[start:index])
+        word = from_kernel_bytes(raw[start:index])
         if index < len(raw):
             index += 1  # the whitespace that ended the word is consumed too
         consumed = len(raw[:index])
@@ -1336,7 +1330,7 @@ class FakeTracefs:
             self._dialect.message(code),
             errno_name,
             position,
-            _from_kernel_bytes(joined),
+            from_kernel_bytes(joined),
             subsystem,
             True,
         )
