@@ -7,7 +7,6 @@ nothing next to nothing.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -26,6 +25,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    __version__: str
     from .assertions import ProbeView
     from .backends.base import Backend, RunResult, TargetInfo
     from .events import Event
@@ -56,10 +56,6 @@ __all__ = [
     "UnsupportedFetchArg",
 ]
 
-try:
-    __version__ = version("pytest-ktrace")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 _LAZY = {
     "ANY": ".matchers",
@@ -73,7 +69,19 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-ktrace")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # one version source, the package metadata, read when asked
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -509,9 +509,11 @@ def assert_latency(
     *,
     max_us: Optional[float] = None,
     min_us: Optional[float] = None,
+    position: Optional[Callable[[Event], int]] = None,
 ) -> list[float]:
     """Pair each exit with the latest unmatched entry of the same task (so recursion nests correctly) and check
-    every duration. Returns the durations in microseconds."""
+    every duration. Returns the durations in microseconds. ``position`` ranks events in trace order, which
+    decides between events of one timestamp (a return and the next call in the same microsecond)."""
     __tracebackhide__ = True
     _check_view("assert_latency entry", entry)
     _check_view("assert_latency exit", exit)
@@ -524,7 +526,7 @@ def assert_latency(
     merged = sorted(
         [(event.timestamp, False, event) for event in entry.events]
         + [(event.timestamp, True, event) for event in exit.events],
-        key=lambda item: (item[0], item[1]),
+        key=lambda item: (item[0], position(item[2]) if position is not None else item[1]),
     )
     pairs = [
         (start, end, (end.timestamp - start.timestamp) * 1e6)

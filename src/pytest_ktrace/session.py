@@ -1243,7 +1243,8 @@ class TraceSession:
         __tracebackhide__ = True
         entry = self._view_of(entry, "assert_latency")
         exit = self._view_of(exit, "assert_latency")
-        return assert_latency(entry, exit, max_us=max_us, min_us=min_us)
+        order = {id(event): index for index, event in enumerate(self._current().events)}
+        return assert_latency(entry, exit, max_us=max_us, min_us=min_us, position=lambda e: order.get(id(e), -1))
 
     # -------------------------------------------------------------- teardown
     def teardown_ops(self) -> list[Op]:

@@ -106,3 +106,22 @@ def test_a_session_shows_what_it_is(pytester: pytest.Pytester) -> None:
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_return_and_the_next_call_in_one_microsecond_pair_in_trace_order(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+        def test_ties(ktrace):
+            entry = ktrace.kprobe("__setup_irq", irq="$arg1:u32")
+            done = ktrace.kretprobe("__setup_irq", ret="$retval:s32")
+            hist = ktrace.latency_histogram(entry, done)
+            ktrace.inject(entry, irq=1, task_pid=7, timestamp=1.0)
+            ktrace.inject(done, ret=0, task_pid=7, timestamp=2.0)
+            ktrace.inject(entry, irq=2, task_pid=7, timestamp=2.0)  # the next call, in the same microsecond
+            ktrace.inject(done, ret=0, task_pid=7, timestamp=3.0)
+            assert ktrace.assert_latency(entry, done) == [1e6, 1e6]
+            assert (hist.count, hist.min, hist.max) == (2, 1e6, 1e6)
+        """,
+    )
+    result.assert_outcomes(passed=1)
