@@ -10,8 +10,6 @@ seeds are the kernel's own: the expressions of its filter self-test table (``tes
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -20,16 +18,16 @@ from hypothesis import strategies as st
 from test_filters_differential import (
     EXEC_EVENT,
     KMEM_FREE_EVENT,
-    TRACEFS,
     ScratchInstance,
     _tracefs_problem,
+    instance,  # noqa: F401  (the scratch tracefs instance, a module fixture)
+    kernel,  # noqa: F401  (a snapshot of this machine's kernel, a module fixture)
     possible_cpu_count,
     read_event_format,
 )
 
-from pytest_ktrace.backends.local import LocalBackend
 from pytest_ktrace.fake.filters import CompiledFilter, FilterError, FilterField, compile_filter
-from pytest_ktrace.fake.profiles import Profile, snapshot
+from pytest_ktrace.fake.profiles import Profile
 
 pytestmark = pytest.mark.skipif(_tracefs_problem() is not None, reason=_tracefs_problem() or "")
 
@@ -154,29 +152,7 @@ SEEDS = [
 
 
 @pytest.fixture(scope="module")
-def instance() -> Iterator[ScratchInstance]:
-    root = TRACEFS / "instances" / f"ktrace_filtergen_{os.getpid()}"
-    root.mkdir()
-    scratch = ScratchInstance(root)
-    try:
-        yield scratch
-    finally:
-        for event in (EXEC_EVENT, KMEM_FREE_EVENT):
-            scratch.write_filter(event, "0")
-        root.rmdir()
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Profile:
-    backend = LocalBackend()
-    try:
-        return snapshot(backend, "this-machine")
-    finally:
-        backend.close()
-
-
-@pytest.fixture(scope="module")
-def agree(instance: ScratchInstance, kernel: Profile) -> Callable[[str, str], None]:
+def agree(instance: ScratchInstance, kernel: Profile) -> Callable[[str, str], None]:  # noqa: F811
     nr_cpu_ids = possible_cpu_count()
     fields: dict[str, tuple[FilterField, ...]] = {
         event: read_event_format(event).fields for event in (EXEC_EVENT, KMEM_FREE_EVENT)
@@ -239,7 +215,7 @@ def test_generated_function_expressions(agree: Callable[[str, str], None], expre
     agree(KMEM_FREE_EVENT, expression)
 
 
-def test_function_addresses_of_this_boot(agree: Callable[[str, str], None], kernel: Profile) -> None:
+def test_function_addresses_of_this_boot(agree: Callable[[str, str], None], kernel: Profile) -> None:  # noqa: F811
     # event-filter-function's second half: the address of a function, and around it
     assert kernel.text is not None, "this machine's kallsyms shows addresses to root"
     span = kernel.text.span_of_name("kmem_cache_free")
