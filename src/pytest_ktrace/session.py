@@ -22,6 +22,7 @@ import pytest
 from . import elf
 from ._files import write_private_temp
 from .arch import normalize_arch, rewrite_argn
+from .arming import InstanceState, plan_arm
 from .artifacts import Artifact, make_artifact
 from .assertions import Observation, ProbeView, assert_latency, assert_order
 from .backends.base import (
@@ -496,51 +497,25 @@ class TraceSession:
             if self.stream and self._pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
-        info = self.target
-        ops: list[Op] = []
-        inst = self.instance_path
-        if not self._instance_planned:
-            # Recorded before it exists: teardown removes it even if this batch dies half way.
-            self._instance_planned = True
-            ops.append(Mkdir(inst))
-            # with options/fields the kernel prints stack entries as "UNKNOWN TYPE 4": not when stacks are wanted
-            if "fields" in info.features and not self._stacks:
-                self._fields_on = True
-                ops.append(Write(f"{inst}/options/fields", "1", append=False))
-            if self.buffer_kb:
-                ops.append(Write(f"{inst}/buffer_size_kb", str(self.buffer_kb), append=False))
-            if self.scope == "run":
-                # Nothing is recorded until run() has put its pid in set_event_pid and turned tracing on.
-                ops.append(Write(f"{inst}/tracing_on", "0", append=False))
-                ops.append(Write(f"{inst}/options/event-fork", "1", append=False))
-        elif self._fields_on and self._stacks:
-            self._fields_on = False
-            ops.append(Write(f"{inst}/options/fields", "0", append=False))
-        for probe in pending:
-            spec = probe.spec
-            if spec.is_dynamic:
-                self._removal_ops.append(Write(spec.control_file, spec.removal()))
-                ops.append(Write(spec.control_file, spec.render()))
-        for probe in pending:
-            spec = probe.spec
-            events_dir = f"{inst}/events/{spec.event_dir}"
-            if spec.filter:
-                ops.append(Write(f"{events_dir}/filter", spec.filter, append=False))
-            self._disable_ops.append(Write(f"{events_dir}/enable", "0", append=False))
-            if (spec.group, spec.event) in self._stacks and spec.kind in ("uprobe", "uretprobe"):
-                if not self._user_stacks_on:
-                    # instance-wide: every event of this instance gets its task's user stack after it
-                    self._user_stacks_on = True
-                    ops.append(Write(f"{inst}/options/userstacktrace", "1", append=False))
-            elif (spec.group, spec.event) in self._stacks:
-                # the trigger's own filter, so only the hits the event keeps get a stack entry
-                trigger = "stacktrace" + (f" if {spec.filter}" if spec.filter else "")
-                ops.append(Write(f"{events_dir}/trigger", trigger))
-                self._disable_ops.append(Write(f"{events_dir}/trigger", "!stacktrace"))
-            ops.append(Write(f"{events_dir}/enable", "1", append=False))
-        for probe in pending:
-            if probe.spec.display not in self._catalog:
-                ops.append(Read(f"events/{probe.spec.event_dir}/format"))
+        plan = plan_arm(
+            [probe.spec for probe in pending],
+            instance=self.instance_path,
+            state=InstanceState(self._instance_planned, self._fields_on, self._user_stacks_on),
+            features=self.target.features,
+            stacks=self._stacks,
+            known_formats=self._catalog,
+            buffer_kb=self.buffer_kb,
+            scope=self.scope,
+        )
+        # Recorded before the batch runs: teardown undoes it even if the batch dies half way.
+        self._instance_planned, self._fields_on, self._user_stacks_on = (
+            plan.state.planned,
+            plan.state.fields_on,
+            plan.state.user_stacks_on,
+        )
+        self._removal_ops.extend(plan.removals)
+        self._disable_ops.extend(plan.disables)
+        ops = plan.ops
         pump = self._pump
         with pump.gate if pump is not None else contextlib.nullcontext():
             # a running pump parses nothing until the new probes' formats are known (else their first events
