@@ -355,6 +355,52 @@ class BtfTypes:
         self._types[type_id] = decoded
         return decoded
 
+    def _members(self, p: int, vlen: int, kflag: bool) -> tuple[Member, ...]:
+        w = self._words
+        members = []
+        for i in range(p, p + 3 * vlen, 3):
+            member_name = self.string(w[i]) if w[i] else ""
+            member_type, offset = w[i + 1], w[i + 2]
+            if kflag:  # bitfield size in the top 8 bits, bit offset in the low 24
+                members.append(Member(member_name, member_type, offset & 0xFFFFFF, offset >> 24))
+            else:
+                members.append(Member(member_name, member_type, offset, self._old_style_bits(member_type)))
+        old_style = [m for m in members if not kflag and m.bitfield_size]
+        if old_style:  # pre-kind_flag bitfields: the int's own bit offset adds to the member's
+            members = [
+                Member(m.name, m.type, m.bit_offset + self._int_bit_offset(m.type), m.bitfield_size)
+                if m.bitfield_size
+                else m
+                for m in members
+            ]
+        return tuple(members)
+
+    def _enumerators(self, kind: Kind, p: int, vlen: int, kflag: bool) -> tuple[tuple[str, int], ...]:
+        w = self._words
+        values = []
+        if kind is Kind.ENUM:
+            for i in range(p, p + 2 * vlen, 2):
+                value = w[i + 1]
+                if kflag and value >= 1 << 31:
+                    value -= 1 << 32
+                values.append((self.string(w[i]), value))
+        else:
+            for i in range(p, p + 3 * vlen, 3):
+                value = w[i + 1] | (w[i + 2] << 32)
+                if kflag and value >= 1 << 63:
+                    value -= 1 << 64
+                values.append((self.string(w[i]), value))
+        return tuple(values)
+
+    def _params(self, p: int, vlen: int) -> tuple[tuple[Param, ...], bool]:
+        w = self._words
+        params: list[Param] = []
+        for index, i in enumerate(range(p, p + 2 * vlen, 2)):
+            if w[i] == 0 and w[i + 1] == 0 and index == vlen - 1:
+                return tuple(params), True  # the "..." marker
+            params.append(Param(index, self.string(w[i]) if w[i] else "", w[i + 1]))
+        return tuple(params), False
+
     def _decode(self, tid: int) -> BtfType:
         w = self._words
         pos = self._offsets[tid - self.start_id]
@@ -374,38 +420,9 @@ class BtfTypes:
         if kind is Kind.ARRAY:
             return Array(tid, kind, name, w[p], w[p + 1], w[p + 2])
         if kind in (Kind.STRUCT, Kind.UNION):
-            members = []
-            for i in range(p, p + 3 * vlen, 3):
-                member_name = self.string(w[i]) if w[i] else ""
-                member_type, offset = w[i + 1], w[i + 2]
-                if kflag:  # bitfield size in the top 8 bits, bit offset in the low 24
-                    members.append(Member(member_name, member_type, offset & 0xFFFFFF, offset >> 24))
-                else:
-                    members.append(Member(member_name, member_type, offset, self._old_style_bits(member_type)))
-            old_style = [m for m in members if not kflag and m.bitfield_size]
-            if old_style:  # pre-kind_flag bitfields: the int's own bit offset adds to the member's
-                members = [
-                    Member(m.name, m.type, m.bit_offset + self._int_bit_offset(m.type), m.bitfield_size)
-                    if m.bitfield_size
-                    else m
-                    for m in members
-                ]
-            return Composite(tid, kind, name, size_or_type, tuple(members))
+            return Composite(tid, kind, name, size_or_type, self._members(p, vlen, kflag))
         if kind in (Kind.ENUM, Kind.ENUM64):
-            values = []
-            if kind is Kind.ENUM:
-                for i in range(p, p + 2 * vlen, 2):
-                    value = w[i + 1]
-                    if kflag and value >= 1 << 31:
-                        value -= 1 << 32
-                    values.append((self.string(w[i]), value))
-            else:
-                for i in range(p, p + 3 * vlen, 3):
-                    value = w[i + 1] | (w[i + 2] << 32)
-                    if kflag and value >= 1 << 63:
-                        value -= 1 << 64
-                    values.append((self.string(w[i]), value))
-            return Enum(tid, kind, name, size_or_type, kflag, tuple(values))
+            return Enum(tid, kind, name, size_or_type, kflag, self._enumerators(kind, p, vlen, kflag))
         if kind is Kind.FWD:
             return Fwd(tid, kind, name, kflag)
         if kind is Kind.TYPEDEF:
@@ -415,14 +432,8 @@ class BtfTypes:
         if kind is Kind.FUNC:
             return Func(tid, kind, name, size_or_type, vlen)
         if kind is Kind.FUNC_PROTO:
-            params = []
-            variadic = False
-            for index, i in enumerate(range(p, p + 2 * vlen, 2)):
-                if w[i] == 0 and w[i + 1] == 0 and index == vlen - 1:
-                    variadic = True  # the "..." marker
-                    break
-                params.append(Param(index, self.string(w[i]) if w[i] else "", w[i + 1]))
-            return FuncProto(tid, kind, name, size_or_type, tuple(params), variadic)
+            params, variadic = self._params(p, vlen)
+            return FuncProto(tid, kind, name, size_or_type, params, variadic)
         if kind is Kind.VAR:
             return Var(tid, kind, name, size_or_type, w[p])
         if kind is Kind.DATASEC:

@@ -978,39 +978,8 @@ class _FilterParser:
             except _PredicateAbort:
                 raise FilterError(_ERR_ERRNO, 0, _ERRNO_EPERM, has_parse_error=False) from None
             program.append(_ProgramEntry(predicate, index - 1))
-            cursor = token + consumed
             errno_on_failure = _ERRNO_EPERM
-            while True:
-                token = cursor
-                cursor += 1
-                byte = self._at(token)
-                if _is_space(byte):
-                    continue
-                if byte in b"&|":
-                    if self._at(token + 1) != byte:
-                        raise FilterError(_ERR_TOO_MANY_PREDS, token, _ERRNO_EPERM)
-                    cursor += 1
-                elif byte not in (0, ord(")")):
-                    raise FilterError(_ERR_TOO_MANY_PREDS, token, _ERRNO_EPERM)
-                invert = bool(scopes[-1] & _INVERT)
-                if scopes[-1] & _PROCESS_AND:
-                    self._link(program, index, invert)
-                    scopes[-1] &= ~_PROCESS_AND
-                if byte == ord("&"):
-                    scopes[-1] |= _PROCESS_AND
-                    break
-                if scopes[-1] & _PROCESS_OR:
-                    self._link(program, index, not invert)
-                    scopes[-1] &= ~_PROCESS_OR
-                if byte == ord("|"):
-                    scopes[-1] |= _PROCESS_OR
-                    break
-                if byte == 0:
-                    finished = True
-                    break
-                if len(scopes) == 1:
-                    raise FilterError(_ERR_TOO_MANY_CLOSE, cursor, _ERRNO_EPERM)
-                scopes.pop()
+            cursor, finished, invert = self._after_predicate(token + consumed, program, index, scopes)
         if not finished and program and self._trailing_operator_is_error:
             raise FilterError(_ERR_INVALID_FILTER, cursor, _ERRNO_EINVAL)
         if len(scopes) != 1:
@@ -1018,6 +987,43 @@ class _FilterParser:
         if not program:
             raise FilterError(_ERR_NO_FILTER, cursor, _ERRNO_EINVAL)
         return self._finish_program(program, inverts)
+
+    def _after_predicate(
+        self, cursor: int, program: list[_ProgramEntry], index: int, scopes: list[int]
+    ) -> tuple[int, bool, bool]:
+        """What follows predicate ``index``: ``&&``, ``||``, ``)`` (closing scopes) or the end; links the branch
+        program as the kernel's predicate_parse() does. Returns (cursor, whether the expression ended, the
+        inversion of the scope it continues in)."""
+        while True:
+            token = cursor
+            cursor += 1
+            byte = self._at(token)
+            if _is_space(byte):
+                continue
+            if byte in b"&|":
+                if self._at(token + 1) != byte:
+                    raise FilterError(_ERR_TOO_MANY_PREDS, token, _ERRNO_EPERM)
+                cursor += 1
+            elif byte not in (0, ord(")")):
+                raise FilterError(_ERR_TOO_MANY_PREDS, token, _ERRNO_EPERM)
+            invert = bool(scopes[-1] & _INVERT)
+            if scopes[-1] & _PROCESS_AND:
+                self._link(program, index, invert)
+                scopes[-1] &= ~_PROCESS_AND
+            if byte == ord("&"):
+                scopes[-1] |= _PROCESS_AND
+                return cursor, False, invert
+            if scopes[-1] & _PROCESS_OR:
+                self._link(program, index, not invert)
+                scopes[-1] &= ~_PROCESS_OR
+            if byte == ord("|"):
+                scopes[-1] |= _PROCESS_OR
+                return cursor, False, invert
+            if byte == 0:
+                return cursor, True, invert
+            if len(scopes) == 1:
+                raise FilterError(_ERR_TOO_MANY_CLOSE, cursor, _ERRNO_EPERM)
+            scopes.pop()
 
     @staticmethod
     def _link(program: list[_ProgramEntry], current: int, branch_when: bool) -> None:

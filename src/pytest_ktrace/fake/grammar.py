@@ -28,7 +28,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 __all__ = [
     "ERROR_MESSAGES",
@@ -1073,6 +1073,92 @@ def _symbol_count(symbol_exists: SymbolLookup, symbol: str) -> int:
     return int(result)
 
 
+@dataclass(frozen=True)
+class _KprobePoint:
+    """Where a kprobe goes: a symbol (+offset) or an address, and what that makes of the probe."""
+
+    symbol: Optional[str] = None
+    address: Optional[int] = None
+    offset: int = 0
+    is_return: bool = False
+    return_flag: bool = False  # TPARG_FL_RETURN is only set on the symbol path: 'r 0xADDR $retval' is refused
+    function_entry: bool = False
+
+
+def _kprobe_maxactive(head: str, colon: int, is_return: bool, log: _Log, dialect: KernelDialect) -> Optional[int]:
+    """``rN:...``: the kretprobe's maxactive N (None without one)."""
+    if not _isdigit(_at(head, 1)):
+        return None
+    if not is_return:
+        raise log.error(1, "BAD_MAXACT_TYPE" if dialect.modern else "MAXACT_NO_KPROBE")
+    digits = head[1:colon] if colon >= 0 else head[1:]
+    if len(digits) > MAX_EVENT_NAME_LEN - 1:
+        raise log.error(1, "BAD_MAXACT")
+    try:
+        maxactive = _kstrtouint(digits)
+    except _NumberError:
+        maxactive = 0
+    if not maxactive:
+        raise log.error(1, "BAD_MAXACT")
+    if maxactive > KRETPROBE_MAXACTIVE_MAX:
+        raise log.error(1, "MAXACT_TOO_BIG")
+    return maxactive
+
+
+def _kprobe_point(
+    place: str, is_return: bool, log: _Log, dialect: KernelDialect, symbol_exists: SymbolLookup
+) -> _KprobePoint:
+    """The probe point (argv[1]): an address, or ``SYMBOL[+OFFS|%return]`` checked against the symbols."""
+    try:
+        return _KprobePoint(address=_kstrtoull(place), is_return=is_return)
+    except _NumberError:
+        pass
+    log.index = 1
+    if "/" in place and ":" in place:
+        raise _Cancelled  # looks like a uprobe: dynamic_events hands it to the uprobe parser
+    symbol = place
+    percent = symbol.find("%")
+    if percent >= 0:
+        if symbol[percent:] != "%return":
+            raise log.error(percent, "BAD_ADDR_SUFFIX")
+        symbol = symbol[:percent]
+        is_return = True
+    symbol, offset = _split_offset(symbol, log, "BAD_PROBE_ADDR")
+    if offset < 0 or offset > 0xFFFFFFFF:
+        raise log.error(0, "BAD_PROBE_ADDR")
+    count = _symbol_count(symbol_exists, from_kernel_bytes(symbol))
+    if count > 1:
+        raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL")
+    if count == 0:
+        raise log.error(0, "BAD_PROBE_ADDR", "EINVAL" if dialect.modern else "ENOENT")
+    # kprobe_on_func_entry(): only offset 0 is the entry (no IBT/ftrace slack modelled).
+    at_entry = offset == 0
+    if not at_entry and is_return:
+        raise log.error(0, "BAD_RETPROBE")
+    return _KprobePoint(symbol, None, offset, is_return, is_return, at_entry and not is_return)
+
+
+def _split_offset(text: str, log: _Log, code: str) -> tuple[str, int]:
+    """``SYMBOL+OFFS`` / ``SYMBOL-OFFS`` -> (SYMBOL, OFFS); a bad number is ``code`` at the start."""
+    sign = min((i for i in (text.find("+"), text.find("-")) if i >= 0), default=-1)
+    if sign < 0:
+        return text, 0
+    try:
+        return text[:sign], _kstrtoll(text[sign:])
+    except _NumberError:
+        raise log.error(0, code) from None
+
+
+def _check_arg_symbols(symbols: Sequence[str], log: _Log, symbol_exists: SymbolLookup) -> None:
+    """register_trace_kprobe() -> traceprobe_update_arg(): the ``@SYM[+offs]`` of fetch args are looked up
+    only when the probe registers."""
+    log.index = 1
+    for text in symbols:
+        name, _ = _split_offset(text, log, "FAIL_REG_PROBE")
+        if _symbol_count(symbol_exists, from_kernel_bytes(name)) == 0:
+            raise log.error(0, "BAD_PROBE_ADDR", "ENOENT")
+
+
 def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: SymbolLookup) -> ProbeCommand:
     head = argv[0]
     if head[0] not in "pr" or len(argv) < 2:
@@ -1082,61 +1168,10 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
 
     colon = head.find(":", 1)
     event_text = None if colon < 0 else head[colon + 1 :]
-    maxactive: Optional[int] = None
-    if _isdigit(_at(head, 1)):
-        if not is_return:
-            raise log.error(1, "BAD_MAXACT_TYPE" if dialect.modern else "MAXACT_NO_KPROBE")
-        digits = head[1:colon] if colon >= 0 else head[1:]
-        if len(digits) > MAX_EVENT_NAME_LEN - 1:
-            raise log.error(1, "BAD_MAXACT")
-        try:
-            maxactive = _kstrtouint(digits)
-        except _NumberError:
-            maxactive = 0
-        if not maxactive:
-            raise log.error(1, "BAD_MAXACT")
-        if maxactive > KRETPROBE_MAXACTIVE_MAX:
-            raise log.error(1, "MAXACT_TOO_BIG")
-
-    place = argv[1]
-    symbol: Optional[str] = None
-    address: Optional[int] = None
-    offset = 0
-    function_entry = False
-    return_flag = False  # TPARG_FL_RETURN is only set on the symbol path: 'r 0xADDR $retval' is refused.
-    try:
-        address = _kstrtoull(place)
-    except _NumberError:
-        log.index = 1
-        if "/" in place and ":" in place:
-            raise _Cancelled from None  # looks like a uprobe: dynamic_events hands it to the uprobe parser
-        symbol = place
-        percent = symbol.find("%")
-        if percent >= 0:
-            if symbol[percent:] != "%return":
-                raise log.error(percent, "BAD_ADDR_SUFFIX") from None
-            symbol = symbol[:percent]
-            is_return = True
-        sign = min((i for i in (symbol.find("+"), symbol.find("-")) if i >= 0), default=-1)
-        if sign >= 0:
-            try:
-                offset = _kstrtoll(symbol[sign:])
-            except _NumberError:
-                raise log.error(0, "BAD_PROBE_ADDR") from None
-            symbol = symbol[:sign]
-        if offset < 0 or offset > 0xFFFFFFFF:
-            raise log.error(0, "BAD_PROBE_ADDR") from None
-        count = _symbol_count(symbol_exists, from_kernel_bytes(symbol))
-        if count > 1:
-            raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL") from None
-        if count == 0:
-            raise log.error(0, "BAD_PROBE_ADDR", "EINVAL" if dialect.modern else "ENOENT") from None
-        return_flag = is_return
-        # kprobe_on_func_entry(): only offset 0 is the entry (no IBT/ftrace slack modelled).
-        at_entry = offset == 0
-        function_entry = at_entry and not is_return
-        if not at_entry and is_return:
-            raise log.error(0, "BAD_RETPROBE") from None
+    maxactive = _kprobe_maxactive(head, colon, is_return, log, dialect)
+    point = _kprobe_point(argv[1], is_return, log, dialect, symbol_exists)
+    symbol, address, offset, is_return = point.symbol, point.address, point.offset, point.is_return
+    return_flag, function_entry = point.return_flag, point.function_entry
 
     log.index = 0
     group = DEFAULT_GROUP["kprobe"]
@@ -1168,19 +1203,7 @@ def _create_kprobe(argv: list[str], dialect: KernelDialect, symbol_exists: Symbo
         log.index = index + 2
         args.add(word)
 
-    # register_trace_kprobe() -> traceprobe_update_arg(): @SYM[+offs] is looked up only now.
-    log.index = 1
-    for text in args.symbols:
-        sign = min((i for i in (text.find("+"), text.find("-")) if i >= 0), default=-1)
-        name = text
-        if sign >= 0:
-            try:
-                _kstrtoll(text[sign:])
-            except _NumberError:
-                raise log.error(0, "FAIL_REG_PROBE") from None
-            name = text[:sign]
-        if _symbol_count(symbol_exists, from_kernel_bytes(name)) == 0:
-            raise log.error(0, "BAD_PROBE_ADDR", "ENOENT")
+    _check_arg_symbols(args.symbols, log, symbol_exists)
 
     return ProbeCommand(
         kind="kprobe",

@@ -955,52 +955,77 @@ class FakeTracefs:
             if rest[0] == "options":
                 self._set_option(path, array, rest[1], self._boolean(data))
                 return size
-            name = rest[0]
-            if name in _PROBE_CONTROL_FILES:
-                self._write_probe_control(path, name, data, append)
+            if rest[0] in _PROBE_CONTROL_FILES:
+                self._write_probe_control(path, rest[0], data, append)
                 return size
-            if name == "set_event":
-                if not append:
-                    self._set_events(array, None, None, None, False, path, must_match=False)
-                return self._write_set_event(path, array, data)
-            if name == "set_event_pid":
-                if not append:
-                    array.pids.clear()
-                self._write_pids(array, data)
-                return size
-            if name == "trace":
-                if not append:
-                    array.reset_buffers()
-                return size
-            if name == "error_log":
-                if not append:
-                    array.error_log.clear()
-                return size
-            if name == "trace_marker":
-                return self._write_marker(path, array, data)
-            if name == "trace_options":
-                self._write_trace_option(path, array, data)
-                return size
-            if name == "tracing_on":
-                array.tracing_on = _kstrtoul(data) != 0
-                return size
-            if name == "buffer_size_kb":
-                kilobytes = _kstrtoul(data)
-                if not kilobytes:
-                    raise FakeOSError(errno.EINVAL, path)
-                if kilobytes > _MAX_BUFFER_KB:
-                    raise FakeOSError(errno.ENOMEM, path)
-                array.buffer_pages = max(2, -(-(kilobytes << 10) // _BUFFER_PAGE_DATA))
-                return size
-            if name == "current_tracer":
-                if data.strip(_KERNEL_SPACE) != "nop":
-                    raise FakeOSError(errno.EINVAL, path)
-                return size
+            writer = self._FILE_WRITERS.get(rest[0])
+            if writer is not None:
+                return writer(self, path, array, data, append, size)
         except FakeOSError as exc:
             if exc.filename != path:
                 raise FakeOSError(exc.errno or errno.EINVAL, path) from None
             raise
         raise FakeOSError(errno.EINVAL, path)  # a file without a write operation
+
+    # One writer per file of a trace array: (path, array, data, append, size of data in bytes) -> bytes taken.
+
+    def _write_set_event_file(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        if not append:
+            self._set_events(array, None, None, None, False, path, must_match=False)
+        return self._write_set_event(path, array, data)
+
+    def _write_set_event_pid(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        if not append:
+            array.pids.clear()
+        self._write_pids(array, data)
+        return size
+
+    def _write_trace(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        if not append:
+            array.reset_buffers()
+        return size
+
+    def _write_error_log(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        if not append:
+            array.error_log.clear()
+        return size
+
+    def _write_trace_marker(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        return self._write_marker(path, array, data)
+
+    def _write_trace_options(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        self._write_trace_option(path, array, data)
+        return size
+
+    def _write_tracing_on(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        array.tracing_on = _kstrtoul(data) != 0
+        return size
+
+    def _write_buffer_size_kb(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        kilobytes = _kstrtoul(data)
+        if not kilobytes:
+            raise FakeOSError(errno.EINVAL, path)
+        if kilobytes > _MAX_BUFFER_KB:
+            raise FakeOSError(errno.ENOMEM, path)
+        array.buffer_pages = max(2, -(-(kilobytes << 10) // _BUFFER_PAGE_DATA))
+        return size
+
+    def _write_current_tracer(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
+        if data.strip(_KERNEL_SPACE) != "nop":
+            raise FakeOSError(errno.EINVAL, path)
+        return size
+
+    _FILE_WRITERS: Mapping[str, Callable[[FakeTracefs, str, _TraceArray, str, bool, int], int]] = {
+        "set_event": _write_set_event_file,
+        "set_event_pid": _write_set_event_pid,
+        "trace": _write_trace,
+        "error_log": _write_error_log,
+        "trace_marker": _write_trace_marker,
+        "trace_options": _write_trace_options,
+        "tracing_on": _write_tracing_on,
+        "buffer_size_kb": _write_buffer_size_kb,
+        "current_tracer": _write_current_tracer,
+    }
 
     @staticmethod
     def _boolean(data: str) -> bool:
