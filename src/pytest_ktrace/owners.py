@@ -126,7 +126,12 @@ class Leftovers:
     live: tuple[OwnerRecord, ...]  # records with a recent heartbeat: a run that may still be going
     instances: dict[str, tuple[str, ...]]  # group -> its instances on the target (stale and live groups)
     events: dict[str, tuple[tuple[str, str], ...]]  # group -> (control file, "group/event") of its probes
-    unowned: tuple[str, ...]  # ktrace_* names without a record: never touched
+    unowned_instances: tuple[str, ...]  # ktrace_* instances without a record: never touched by a record
+    unowned_events: tuple[tuple[str, str], ...]  # (control file, "group/event") without a record, likewise
+
+    @property
+    def unowned(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.unowned_instances, *(name for _, name in self.unowned_events)}))
 
 
 def _records(backend: Backend) -> tuple[list[OwnerRecord], str]:
@@ -164,17 +169,31 @@ def _group_of(name: str) -> Optional[str]:
     return f"ktrace_{match.group('tag')}_{match.group('pid')}_{match.group('run')}"
 
 
-def find_leftovers(backend: Backend, older_than_s: float, *, me: Optional[RunIdentity] = None) -> Leftovers:
+def find_leftovers(
+    backend: Backend, older_than_s: float, *, me: Optional[RunIdentity] = None, records: bool = True
+) -> Leftovers:
     """The owner records on ``backend``'s target, split into stale and live, with the tracefs objects of each
     group and the unowned names. A record is stale when its heartbeat is older than ``older_than_s``, when it was
     written before the target's last reboot, or (given ``me``, this run) when it names a dead pid of this
-    machine; this run's own record is never stale."""
+    machine; this run's own record is never stale. ``records=False``: a target that runs no shell (the fake)
+    has none; only its tracefs objects are listed."""
     info = backend.describe()
-    records, _ = _records(backend)
+    records_found = _records(backend)[0] if records else []
+    return _sorted_out(backend, info.tracefs, info.features, records_found, older_than_s, me)
+
+
+def _sorted_out(
+    backend: Backend,
+    tracefs: str,
+    features: frozenset[str],
+    records: list[OwnerRecord],
+    older_than_s: float,
+    me: Optional[RunIdentity],
+) -> Leftovers:
     owners = {record.group: record for record in records}
-    listing = backend.run(["ls", "-1", f"{info.tracefs}/instances"], timeout=30)
+    listing = backend.run(["ls", "-1", f"{tracefs}/instances"], timeout=30)
     instances: dict[str, list[str]] = {}
-    unowned: set[str] = set()
+    unowned_instances: list[str] = []
     for name in listing.stdout.split():
         group = _group_of(name)
         if group is None:
@@ -182,8 +201,9 @@ def find_leftovers(backend: Backend, older_than_s: float, *, me: Optional[RunIde
         if group in owners:
             instances.setdefault(group, []).append(name)
         else:
-            unowned.add(name)
-    controls = [name for name in ("uprobe_events", "kprobe_events") if name.split("_")[0] + "s" in info.features]
+            unowned_instances.append(name)
+    controls = [name for name in ("uprobe_events", "kprobe_events") if name.split("_")[0] + "s" in features]
+    unowned_events: list[tuple[str, str]] = []
     events: dict[str, list[tuple[str, str]]] = {}
     for control, result in zip(controls, backend.apply([Read(name, missing_ok=True) for name in controls])):
         for line in result.data.splitlines():
@@ -197,7 +217,7 @@ def find_leftovers(backend: Backend, older_than_s: float, *, me: Optional[RunIde
             if group in owners:
                 events.setdefault(group, []).append((control, group_event))
             else:
-                unowned.add(group_event)
+                unowned_events.append((control, group_event))
     stale = tuple(
         record
         for record in records
@@ -214,7 +234,8 @@ def find_leftovers(backend: Backend, older_than_s: float, *, me: Optional[RunIde
         live=live,
         instances={group: tuple(names) for group, names in instances.items()},
         events={group: tuple(found) for group, found in events.items()},
-        unowned=tuple(sorted(unowned)),
+        unowned_instances=tuple(unowned_instances),
+        unowned_events=tuple(unowned_events),
     )
 
 

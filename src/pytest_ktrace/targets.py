@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 
-from .backends.base import Backend, Read, Rmdir, Write
+from .backends.base import Backend, Rmdir, Write
 from .boards import split_hosts
 from .errors import KtraceError, hide_for_ktrace_errors
 from .identity import RunIdentity, stale_owner
@@ -394,31 +394,15 @@ def clean_stale(backend: Backend, me: RunIdentity, *, older_than_s: float = DEFA
     from . import owners
     from .fake.cassette import Replaying
 
-    if isinstance(backend, Replaying):
-        leftovers = owners.Leftovers((), (), {}, {}, ())
-        names_only = True
-    else:
-        leftovers = owners.find_leftovers(backend, older_than_s, me=me)
-        names_only = False
-    removed = owners.remove_leftovers(backend, leftovers) if leftovers.stale else []
-    info = backend.describe()
-    controls = [name for name in ("uprobe_events", "kprobe_events") if name.split("_")[0] + "s" in info.features]
-    if names_only:
-        listing = backend.run(["ls", "-1", f"{info.tracefs}/instances"], timeout=30)
-        candidates = listing.stdout.split()
-    else:
-        candidates = [name for name in leftovers.unowned if "/" not in name]
-    instances = [name for name in candidates if stale_owner(name, me) is not None]
-    reads = backend.apply([Read(name, missing_ok=True) for name in controls])
-    removals: list[Write] = []
-    for control, result in zip(controls, reads):
-        for line in result.data.splitlines():
-            head = line.split(" ", 1)[0]
-            if ":" not in head or "/" not in head:
-                continue
-            group_event = head.split(":", 1)[1]
-            if stale_owner(group_event.split("/", 1)[0], me) is not None:
-                removals.append(Write(control, f"-:{group_event}"))
+    found = owners.find_leftovers(backend, older_than_s, me=me, records=not isinstance(backend, Replaying))
+    removed = owners.remove_leftovers(backend, found) if found.stale else []
+    # runs of this machine without a record (none could be written): their names alone prove them dead
+    instances = [name for name in found.unowned_instances if stale_owner(name, me) is not None]
+    removals = [
+        Write(control, f"-:{name}")
+        for control, name in found.unowned_events
+        if stale_owner(name.split("/", 1)[0], me) is not None
+    ]
     if not instances and not removals:
         return removed
     # Dropping an instance disables what it enabled, so the events can then be removed without EBUSY.
