@@ -104,8 +104,11 @@ class ProbeView:
         return seen.narrowed([event for event in seen.events if self._selected(event)])
 
     def _selected(self, event: Event) -> bool:
-        named = event.named()
-        return all(key in named and field_matches(want, named[key]) for key, want in self._criteria.items())
+        for key, want in self._criteria.items():
+            value = event.value(key)  # None: the event holds nothing of that name (no field value is None)
+            if value is None or not field_matches(want, value):
+                return False
+        return True
 
     @property
     def events(self) -> list[Event]:
