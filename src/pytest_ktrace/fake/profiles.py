@@ -139,6 +139,7 @@ class Profile:
         return (self.symbols, self.duplicate_symbols) == _names_and_duplicates(self.text.names)
 
     def to_json(self) -> dict[str, Any]:
+        derived = self._symbols_are_the_text()  # with the text layout, its names are the symbols: stored once
         return {
             "format": FORMAT_VERSION,
             "name": self.name,
@@ -148,9 +149,8 @@ class Profile:
             "source": self.source,
             "features": sorted(self.features),
             "readme": self.readme,
-            # with the text layout, its names are the symbols: stored once
-            "symbols": None if self._symbols_are_the_text() else sorted(self.symbols),
-            "duplicate_symbols": None if self._symbols_are_the_text() else sorted(self.duplicate_symbols),
+            "symbols": None if derived else sorted(self.symbols),
+            "duplicate_symbols": None if derived else sorted(self.duplicate_symbols),
             "blacklist": None if self.blacklist is None else sorted(self.blacklist),
             "events": dict(sorted(self.events.items())),
             "answers": dict(sorted(self.answers.items())),
