@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ktrace_testing import build_probed  # noqa: E402
-from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
-from pytest_ktrace.fake.backend import FakeBackend  # noqa: E402
-from pytest_ktrace.fake.profiles import load_profile  # noqa: E402
-from pytest_ktrace.identity import RunIdentity  # noqa: E402
-from pytest_ktrace.session import TraceSession  # noqa: E402
+from pytest_ktrace._identity import RunIdentity  # noqa: E402
+from pytest_ktrace._session import TraceSession  # noqa: E402
+from pytest_ktrace.backends._local import LocalBackend  # noqa: E402
+from pytest_ktrace.fake._backend import FakeBackend  # noqa: E402
+from pytest_ktrace.snapshots._snapshot import load_profile  # noqa: E402
 
 
 def per_test_fake(rounds: int) -> list[float]:

@@ -10,7 +10,7 @@ patterns is part of the cost):
 (c) ``TraceParser.parse``, and asking the result for ``len(events)``, ``lost``, ``unparsed`` and the
     per-event counts (``event_counts()``): all of that is exact after the parse's one pass over the text
     (lines split, every line's event name found, LOST / header / multi-line / odd lines through the
-    reference parser), but no typed :class:`~pytest_ktrace.events.Event` is built yet;
+    reference parser), but no typed :class:`~pytest_ktrace._events.Event` is built yet;
 (d) (c) and then every event decoded (``list(parsed.events)``): what the whole trace as typed events costs;
 (e) (c) and then the events of one probe decoded (``parsed.of("bench", "ent")``, about a quarter of the
     lines), what a test asking about one probe pays;
@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 try:
-    from pytest_ktrace.parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+    from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from pytest_ktrace.parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+    from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 
 COMMON = """\
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;

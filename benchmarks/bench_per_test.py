@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from loopback_sshd import ssh_backend  # noqa: E402
 
 from ktrace_testing import build_probed  # noqa: E402
-from pytest_ktrace.backends.base import Backend, Op, OpResult  # noqa: E402
-from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
-from pytest_ktrace.identity import RunIdentity  # noqa: E402
-from pytest_ktrace.session import TraceSession  # noqa: E402
+from pytest_ktrace._identity import RunIdentity  # noqa: E402
+from pytest_ktrace._session import TraceSession  # noqa: E402
+from pytest_ktrace.backends._base import Backend, Op, OpResult  # noqa: E402
+from pytest_ktrace.backends._local import LocalBackend  # noqa: E402
 
 
 class OneCommandPerOp:
@@ -121,8 +121,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         binary = str(build_probed(Path(scratch)))
         body = uprobe_test(binary)
         rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
-        from pytest_ktrace.fake.backend import FakeBackend
-        from pytest_ktrace.fake.profiles import load_profile
+        from pytest_ktrace.fake._backend import FakeBackend
+        from pytest_ktrace.snapshots._snapshot import load_profile
 
         fake = FakeBackend(load_profile("debian-6.1-arm64"))
         rows.append(("fake debian-6.1-arm64 (inject)", *measure(fake, injected_test, args.rounds)))
@@ -133,7 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if not args.no_vm:
             from pytest_ktrace import guests
-            from pytest_ktrace.backends.ssh import SshBackend
+            from pytest_ktrace.backends.ssh._backend import SshBackend
 
             for arch in guests.ARCHES:
                 reason = guests.qemu_available(arch)

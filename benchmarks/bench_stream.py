@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from loopback_sshd import ssh_backend  # noqa: E402
 
 from ktrace_testing import build_probed  # noqa: E402
-from pytest_ktrace.backends.local import LocalBackend  # noqa: E402
-from pytest_ktrace.identity import RunIdentity  # noqa: E402
-from pytest_ktrace.session import TraceSession  # noqa: E402
+from pytest_ktrace._identity import RunIdentity  # noqa: E402
+from pytest_ktrace._session import TraceSession  # noqa: E402
+from pytest_ktrace.backends._local import LocalBackend  # noqa: E402
 
 _serial = [0]
 

@@ -25,7 +25,7 @@ def _harness() -> Any:
 @contextlib.contextmanager
 def ssh_backend(scratch: Path) -> Iterator[Any]:
     """An SshBackend on a freshly started sshd (alias ``ktrace-test``); the server is stopped afterwards."""
-    from pytest_ktrace.backends.ssh import SshBackend
+    from pytest_ktrace.backends.ssh._backend import SshBackend
 
     harness = _harness()
     harness.ensure_users()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pytest_ktrace.arming import InstanceState, plan_arm
-from pytest_ktrace.backends.base import Mkdir, Read, Write
-from pytest_ktrace.probes import ProbeSpec
+from pytest_ktrace._arming import InstanceState, plan_arm
+from pytest_ktrace._probes import ProbeSpec
+from pytest_ktrace.backends._base import Mkdir, Read, Write
 
 INSTANCE = "instances/ktrace_abcdef_1_beef_1"
 ENTRY = ProbeSpec("kprobe", "g", "p_setup_1", "__setup_irq", (("irq", "$arg1:u32"),), filter="irq > 1")

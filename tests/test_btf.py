@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pytest_ktrace._errors import KtraceError, UnsupportedFetchArg
 from pytest_ktrace.btf import (
     BadMemberAccess,
     BtfFormatError,
@@ -57,8 +58,7 @@ from pytest_ktrace.btf import (
     resolve_fetcharg,
     resolve_return,
 )
-from pytest_ktrace.btf.kinds import Array, Composite, Enum, Int, Ptr
-from pytest_ktrace.errors import KtraceError, UnsupportedFetchArg
+from pytest_ktrace.btf._kinds import Array, Composite, Enum, Int, Ptr
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 TRACEFS = Path("/sys/kernel/tracing")

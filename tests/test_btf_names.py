@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from pytest_ktrace import UnsupportedFetchArg
-from pytest_ktrace.backends.base import RunResult, TargetInfo
-from pytest_ktrace.backends.local import LocalBackend
+from pytest_ktrace._identity import RunIdentity
+from pytest_ktrace._session import TraceSession
+from pytest_ktrace.backends._base import RunResult, TargetInfo
+from pytest_ktrace.backends._local import LocalBackend
 from pytest_ktrace.btf import (
     BadMemberAccess,
     BtfTypes,
@@ -36,11 +38,7 @@ from pytest_ktrace.btf import (
     UnknownMember,
     UnknownParameter,
 )
-from pytest_ktrace.fake.backend import FakeBackend
-from pytest_ktrace.fake.cassette import Cassette, Player, RecordingBackend, StaleCassette
-from pytest_ktrace.fake.profiles import load_profile
-from pytest_ktrace.identity import RunIdentity
-from pytest_ktrace.names import (
+from pytest_ktrace.btf._names import (
     CACHE_ENV,
     KALLSYMS,
     NOTES,
@@ -50,7 +48,9 @@ from pytest_ktrace.names import (
     is_btf_expression,
     kernel_btf,
 )
-from pytest_ktrace.session import TraceSession
+from pytest_ktrace.fake._backend import FakeBackend
+from pytest_ktrace.recording._cassette import Cassette, Player, RecordingBackend, StaleCassette
+from pytest_ktrace.snapshots._snapshot import load_profile
 from test_btf import BtfWriter
 
 pytest_plugins = ["pytester"]
@@ -334,7 +334,7 @@ def test_uprobes_and_tracepoints_do_not_touch_btf(probed: Path) -> None:
     finally:
         report = session.teardown()
     assert not report.failures
-    from pytest_ktrace import names
+    from pytest_ktrace.btf import _names as names
 
     assert names._TARGETS.get(backend) is None, "the BTF was loaded for probes that do not need it"
 
@@ -583,7 +583,7 @@ def test_errors_point_at_the_test_line(pytester: pytest.Pytester) -> None:
         """
         import errno
         import pytest
-        from pytest_ktrace.backends.local import LocalBackend
+        from pytest_ktrace.backends._local import LocalBackend
 
         class NoBtf(LocalBackend):
             def fetch_file(self, path):
@@ -617,15 +617,15 @@ def test_errors_point_at_the_test_line(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             '>       ktrace.kprobe("__setup_irq", irq="irq", inner="desc->irq_data.irqq")',
-            "E       pytest_ktrace.btf.errors.UnknownMember: inner='desc->irq_data.irqq': desc->irq_data is struct "
+            "E       pytest_ktrace.UnknownMember: inner='desc->irq_data.irqq': desc->irq_data is struct "
             "irq_data, which has no member 'irqq' (did you mean 'irq' or 'hwirq'?)",
             "E         its members: mask, irq, hwirq, *",
             "test_names.py:4: UnknownMember",
             '>       ktrace.kprobe("__setup_irq", irq="irqs")',
-            "E       pytest_ktrace.btf.errors.UnknownParameter: irq='irqs': __setup_irq() has no parameter 'irqs' (did "
+            "E       pytest_ktrace.UnknownParameter: irq='irqs': __setup_irq() has no parameter 'irqs' (did "
             "you mean 'irq'?); its parameters: irq, desc, new",
             '>       ktrace.kprobe("__setup_irq", irq="irq")',
-            "E       pytest_ktrace.btf.errors.BtfUnavailable: cannot resolve 'irq': no BTF for local: "
+            "E       pytest_ktrace.BtfUnavailable: cannot resolve 'irq': no BTF for local: "
             "/sys/kernel/btf/vmlinux does not exist (kernel built without CONFIG_DEBUG_INFO_BTF?)",
             "E         Without it, name arguments by position: $arg1, $arg2, ... or their registers (on x86_64: %di*",
         ]

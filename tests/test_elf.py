@@ -1,4 +1,4 @@
-"""pytest_ktrace.elf against real binaries: tests/prog/probed.c (PIE and -no-pie), /usr/bin/true, libc."""
+"""pytest_ktrace._elf against real binaries: tests/prog/probed.c (PIE and -no-pie), /usr/bin/true, libc."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ktrace_testing import build_probed
-from pytest_ktrace import elf
-from pytest_ktrace.errors import KtraceError, MissingBinary, ProbeRejected, UnknownSymbol
+from pytest_ktrace import _elf as elf
+from pytest_ktrace._errors import KtraceError, MissingBinary, ProbeRejected, UnknownSymbol
 
 PROG = Path(__file__).resolve().parent / "prog"
 TRACEFS = Path("/sys/kernel/tracing")

@@ -2,7 +2,7 @@
 namespace (``unshare --mount``) of a subprocess, so this machine never sees it and it ends with that process.
 
 What pytest-ktrace writes here (cassettes, the files of :mod:`pytest_ktrace._files`) fails with a
-:class:`~pytest_ktrace.errors.DiskFull` naming the file and "no space left on device", and leaves nothing
+:class:`~pytest_ktrace._errors.DiskFull` naming the file and "no space left on device", and leaves nothing
 half-written: no partial cassette a later replay could trust, no temporary file, no half line in known_hosts.
 """
 
@@ -152,7 +152,7 @@ _HELPERS = r"""
 import json, os, sys
 from pathlib import Path
 from pytest_ktrace._files import append_atomic, write_atomic, write_private_temp
-from pytest_ktrace.errors import DiskFull
+from pytest_ktrace._errors import DiskFull
 
 d = Path(sys.argv[1])
 result = {}

@@ -46,12 +46,12 @@ from hypothesis import strategies as st
 
 import pytest_ktrace
 from pytest_ktrace import ANY, KtraceError, ProbeView
-from pytest_ktrace.backends.base import Mkdir, Op, OpResult, Read, Rmdir, Write
-from pytest_ktrace.fake.backend import FakeBackend
-from pytest_ktrace.fake.profiles import load_profile
-from pytest_ktrace.identity import RunIdentity
-from pytest_ktrace.parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
-from pytest_ktrace.session import TraceSession
+from pytest_ktrace._identity import RunIdentity
+from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+from pytest_ktrace._session import TraceSession
+from pytest_ktrace.backends._base import Mkdir, Op, OpResult, Read, Rmdir, Write
+from pytest_ktrace.fake._backend import FakeBackend
+from pytest_ktrace.snapshots._snapshot import load_profile
 
 pytest_plugins = ["pytester"]
 
@@ -767,7 +767,7 @@ def test_fake_refuses_instance_names_longer_than_name_max() -> None:
 )
 def test_local_backend_apply_with_hostile_text(tmp_path: Path, op: Op) -> None:
     """On a stand-in tracefs directory (no kernel involved): same contract as the fake, an OpResult per op."""
-    from pytest_ktrace.backends.local import LocalBackend
+    from pytest_ktrace.backends._local import LocalBackend
 
     (tmp_path / "available_events").write_text("")
     (tmp_path / "trace_marker").write_text("")
@@ -1138,7 +1138,7 @@ def test_assert_latency_with_odd_numeric_bounds(
 def endless_wait_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     """wait_for's polling sleep, failing the test once it has polled for more than a second (instead of hanging
     the suite when a timeout never expires); sleeps for real otherwise, so its own errors stay as they are."""
-    import pytest_ktrace.session as session_module
+    import pytest_ktrace._session as session_module
 
     real_sleep = time.sleep
     started = time.monotonic()
@@ -1469,4 +1469,4 @@ def test_wrong_types_in_a_real_test_read_well(pytester: pytest.Pytester, body: s
     _suite(pytester, body=body)
     output = _clear(pytester.runpytest(*FAKE_ARGS), argument="test_it")
     named = re.search(r"^E\s+TypeError: .*\b(symbol|name|filter|path|argv)\b", output, re.M)
-    assert "pytest_ktrace.errors." in output or named, f"not one of the plugin's errors:\n{output}"
+    assert "pytest_ktrace._errors." in output or named, f"not one of the plugin's errors:\n{output}"

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from pytest_ktrace import CommandTimeout, TracefsUnavailable
-from pytest_ktrace.backends.base import Backend, Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.local import LocalBackend
+from pytest_ktrace.backends._base import Backend, Mkdir, Read, Rmdir, Write
+from pytest_ktrace.backends._local import LocalBackend
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from pytest_ktrace import ANY, KtraceError, UnsupportedFetchArg
-from pytest_ktrace.arch import rewrite_argn
-from pytest_ktrace.identity import OWNED_NAME, RunIdentity, stale_owner
-from pytest_ktrace.matchers import field_matches, mismatches
-from pytest_ktrace.probes import ProbeSpec, check_fetchargs, event_name_for
+from pytest_ktrace._arch import rewrite_argn
+from pytest_ktrace._identity import OWNED_NAME, RunIdentity, stale_owner
+from pytest_ktrace._matchers import field_matches, mismatches
+from pytest_ktrace._probes import ProbeSpec, check_fetchargs, event_name_for
 
 
 def test_kprobe_and_kretprobe_render_like_the_kernel_doc() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from ktrace_testing import TRACEFS, append_line, ours, tracefs_state
-from pytest_ktrace.elf import symbol_file_offset
-from pytest_ktrace.owners import parse_duration
+from pytest_ktrace._elf import symbol_file_offset
+from pytest_ktrace._owners import parse_duration
 
 HANGING = """
 import os, time

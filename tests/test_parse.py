@@ -1,4 +1,4 @@
-"""pytest_ktrace.parse: format files and trace text, against this machine's real kernel where possible.
+"""pytest_ktrace._parse: format files and trace text, against this machine's real kernel where possible.
 
 Real-kernel tests need root and tracefs (skipped otherwise). They work in a scratch instance
 ``instances/ktrace_parsetest_<pid>`` and a uprobe group ``ktrace_parsetest_<pid>``, both removed afterwards.
@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ktrace_testing import build_probed
-from pytest_ktrace import parse as parse_mod
-from pytest_ktrace.errors import KtraceError
-from pytest_ktrace.events import Event
-from pytest_ktrace.parse import (
+from pytest_ktrace import _parse as parse_mod
+from pytest_ktrace._errors import KtraceError
+from pytest_ktrace._events import Event
+from pytest_ktrace._parse import (
     EventFormat,
     FieldFormat,
     FormatCatalog,
@@ -937,7 +937,7 @@ def uprobe_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UprobeRun]:
     # a comm with dashes and digits: "pro-bed-1" (pid parsing must take the number after the *last* dash)
     exe = d / "pro-bed-1"
     shutil.copy2(build_probed(d), exe)
-    from pytest_ktrace.elf import symbol_file_offset
+    from pytest_ktrace._elf import symbol_file_offset
 
     run = UprobeRun(exe)
     uprobe_events = TRACEFS / "uprobe_events"

@@ -154,7 +154,7 @@ def test_teardown_after_pass_fail_error_skip_xfail(suite: pytest.Pytester) -> No
 
 
 def test_foreign_probe_survives_the_suite(suite: pytest.Pytester, probed: Path) -> None:
-    from pytest_ktrace.elf import symbol_file_offset
+    from pytest_ktrace._elf import symbol_file_offset
 
     foreign = f"p:foreign{os.getpid()}/keep {probed}:{symbol_file_offset(probed, 'fib'):#x}"
     append_line(TRACEFS / "uprobe_events", foreign)
@@ -247,7 +247,7 @@ def test_third_party_backend_through_the_hook(suite: pytest.Pytester) -> None:
         suite.path.joinpath("conftest.py").read_text()
         + textwrap.dedent(
             """
-            from pytest_ktrace.backends.local import LocalBackend
+            from pytest_ktrace.backends._local import LocalBackend
 
             class Wrapped(LocalBackend):
                 @property

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ktrace.backends.local import LocalBackend
-from pytest_ktrace.probes import ProbeSpec
-from pytest_ktrace.provenance import probe_line
+from pytest_ktrace._probes import ProbeSpec
+from pytest_ktrace.backends._local import LocalBackend
+from pytest_ktrace.report._provenance import probe_line
 
 pytest_plugins = ["pytester"]
 
@@ -24,8 +24,8 @@ MACHINE = os.uname().machine
 RECORDING_CONFTEST = """
 import json, os
 import pytest
-from pytest_ktrace.backends.base import Write
-from pytest_ktrace.backends.local import LocalBackend
+from pytest_ktrace.backends._base import Write
+from pytest_ktrace.backends._local import LocalBackend
 
 BIN = {bin!r}
 WRITTEN = {written!r}

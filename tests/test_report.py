@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pytest_ktrace import KtraceError
-from pytest_ktrace.artifacts import make_artifact
-from pytest_ktrace.htmlreport import ArtifactLink, ProbeRow, TestRow, render_index
+from pytest_ktrace.report._artifacts import make_artifact
+from pytest_ktrace.report._html import ArtifactLink, ProbeRow, TestRow, render_index
 
 pytest_plugins = ["pytester"]
 

@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 
 from ktrace_testing import DEV_VM_PROFILE, TRACEFS
-from pytest_ktrace.arch import normalize_arch
-from pytest_ktrace.backends.base import TargetInfo
-from pytest_ktrace.backends.local import LocalBackend
-from pytest_ktrace.errors import ConnectionLost, KtraceError
-from pytest_ktrace.requirements import (
+from pytest_ktrace._arch import normalize_arch
+from pytest_ktrace._errors import ConnectionLost, KtraceError
+from pytest_ktrace._requirements import (
     Requirements,
     TargetFacts,
     VersionSpec,
@@ -27,7 +25,9 @@ from pytest_ktrace.requirements import (
     unmet,
     validate_marker,
 )
-from pytest_ktrace.targets import TargetSpec
+from pytest_ktrace._targets import TargetSpec
+from pytest_ktrace.backends._base import TargetInfo
+from pytest_ktrace.backends._local import LocalBackend
 
 pytest_plugins = ["pytester"]
 
@@ -277,7 +277,7 @@ def test_closest_marker_wins_and_lists_add_up(pytester: pytest.Pytester) -> None
     pytester.makepyfile(
         test_merge="""
         import pytest
-        from pytest_ktrace.requirements import Requirements
+        from pytest_ktrace._requirements import Requirements
 
         pytestmark = pytest.mark.ktrace_requires(kprobes=True, arch="arm64", symbols=["a"])
 
@@ -560,7 +560,7 @@ def test_detection_runs_once_per_target_for_the_whole_run(suite: pytest.Pytester
     suite.makepyfile(
         test_many=f"""
         import pytest
-        from pytest_ktrace.requirements import _FACTS
+        from pytest_ktrace._requirements import _FACTS
 
         @pytest.mark.parametrize("n", range(6))
         @pytest.mark.ktrace_requires(symbols=[{symbol!r}], events=["sched:sched_switch"], btf=True)

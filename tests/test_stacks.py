@@ -10,7 +10,7 @@ import pytest
 
 from ktrace_testing import run_pytest
 from pytest_ktrace import KtraceError
-from pytest_ktrace.stacks import frame_name, stacks_by_event
+from pytest_ktrace._stacks import frame_name, stacks_by_event
 
 TRACEFS = Path("/sys/kernel/tracing")
 pytest_plugins = ["pytester"]

@@ -14,14 +14,14 @@ from typing import Any, Sequence
 
 import pytest
 
-from pytest_ktrace.backends.base import Op, OpResult, RunResult, TargetInfo
-from pytest_ktrace.errors import KtraceError
-from pytest_ktrace.fake.backend import FakeBackend
-from pytest_ktrace.fake.profiles import load_profile
-from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs
-from pytest_ktrace.identity import RunIdentity
-from pytest_ktrace.session import TraceSession
-from pytest_ktrace.streaming import Histogram
+from pytest_ktrace._errors import KtraceError
+from pytest_ktrace._identity import RunIdentity
+from pytest_ktrace._session import TraceSession
+from pytest_ktrace._streaming import Histogram
+from pytest_ktrace.backends._base import Op, OpResult, RunResult, TargetInfo
+from pytest_ktrace.fake._backend import FakeBackend
+from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs
+from pytest_ktrace.snapshots._snapshot import load_profile
 
 STREAM = pytest.mark.ktrace(stream=True)
 BOTH_MODES = pytest.mark.parametrize(

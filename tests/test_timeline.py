@@ -7,10 +7,10 @@ from typing import Optional, Union
 
 import pytest
 
-from pytest_ktrace.assertions import Observation, ProbeView, assert_latency, pair_calls
-from pytest_ktrace.events import Event
-from pytest_ktrace.probes import ProbeSpec
-from pytest_ktrace.timeline import build_timeline, format_latency, render_timeline
+from pytest_ktrace._assertions import Observation, ProbeView, assert_latency, pair_calls
+from pytest_ktrace._events import Event
+from pytest_ktrace._probes import ProbeSpec
+from pytest_ktrace.report._timeline import build_timeline, format_latency, render_timeline
 
 BIN = "/opt/prog/probed"
 FIB_ENTRY = ProbeSpec("uprobe", "g", "u_fib_1", f"{BIN}:0x1139", (("n", "%di:s32"),), display="fib")

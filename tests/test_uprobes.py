@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ktrace import ANY, MissingBinary, ProbeRejected, UnknownSymbol, UnsupportedFetchArg
-from pytest_ktrace.errors import KtraceError
+from pytest_ktrace._errors import KtraceError
 
 
 def test_arguments_strings_and_return(ktrace, probed: Path) -> None:
@@ -211,7 +211,7 @@ def test_bad_filter_shows_kernel_parse_error(ktrace, probed: Path) -> None:
 
 
 def test_offset_location(ktrace, probed: Path) -> None:
-    from pytest_ktrace.elf import symbol_file_offset
+    from pytest_ktrace._elf import symbol_file_offset
 
     offset = symbol_file_offset(probed, "add_u64")
     probe = ktrace.uprobe(str(probed), offset, a="$arg1:u64")

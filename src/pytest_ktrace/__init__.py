@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from ._errors import (
     CommandTimeout,
     ConnectionLost,
     DiskFull,
@@ -26,47 +26,120 @@ from .errors import (
 
 if TYPE_CHECKING:
     __version__: str
-    from .assertions import ProbeView
-    from .backends.base import Backend, RunResult, TargetInfo
-    from .events import Event
-    from .matchers import ANY
-    from .session import TraceSession
-    from .targets import TargetSpec
+    from ._assertions import ProbeView
+    from ._events import Event
+    from ._matchers import ANY
+    from ._session import TraceSession
+    from ._targets import TargetSpec
+    from .backends import (
+        Backend,
+        FileFetching,
+        Imitating,
+        Injecting,
+        RunResult,
+        SharedFilesystem,
+        Streaming,
+        TargetInfo,
+        TraceStream,
+    )
+    from .btf import (
+        BadMemberAccess,
+        BtfError,
+        BtfFormatError,
+        BtfUnavailable,
+        FetchargError,
+        FetchargSyntaxError,
+        FetchargTooLong,
+        FetchargTypeError,
+        FetchargUnsupported,
+        UnknownFunction,
+        UnknownMember,
+        UnknownParameter,
+        UnknownType,
+    )
+    from .recording._cassette import StaleCassette
+
+_BTF_ERRORS = (
+    "BadMemberAccess",
+    "BtfError",
+    "BtfFormatError",
+    "BtfUnavailable",
+    "FetchargError",
+    "FetchargSyntaxError",
+    "FetchargTooLong",
+    "FetchargTypeError",
+    "FetchargUnsupported",
+    "UnknownFunction",
+    "UnknownMember",
+    "UnknownParameter",
+    "UnknownType",
+)
+_BACKEND_NAMES = (
+    "Backend",
+    "FileFetching",
+    "Imitating",
+    "Injecting",
+    "RunResult",
+    "SharedFilesystem",
+    "Streaming",
+    "TargetInfo",
+    "TraceStream",
+)
+
+# Where each name is defined, imported on first use.
+_LAZY = {
+    "ANY": "._matchers",
+    "Event": "._events",
+    "ProbeView": "._assertions",
+    "StaleCassette": ".recording._cassette",
+    "TargetSpec": "._targets",
+    "TraceSession": "._session",
+    **{name: ".btf._errors" for name in _BTF_ERRORS},
+    **{name: ".backends._base" for name in _BACKEND_NAMES},
+}
 
 __all__ = [
     "ANY",
     "Backend",
+    "BadMemberAccess",
+    "BtfError",
+    "BtfFormatError",
+    "BtfUnavailable",
     "CommandTimeout",
     "ConnectionLost",
     "DiskFull",
     "Event",
+    "FetchargError",
+    "FetchargSyntaxError",
+    "FetchargTooLong",
+    "FetchargTypeError",
+    "FetchargUnsupported",
+    "FileFetching",
+    "Imitating",
+    "Injecting",
     "KtraceError",
     "MissingBinary",
     "MissingTool",
     "ProbeRejected",
     "ProbeView",
     "RunResult",
+    "SharedFilesystem",
+    "StaleCassette",
+    "Streaming",
     "TargetDiskFull",
     "TargetError",
     "TargetInfo",
     "TargetSpec",
     "TraceSession",
+    "TraceStream",
     "TracefsUnavailable",
+    "UnknownFunction",
+    "UnknownMember",
+    "UnknownParameter",
     "UnknownSymbol",
+    "UnknownType",
     "UnsupportedFetchArg",
 ]
-
-
-_LAZY = {
-    "ANY": ".matchers",
-    "Backend": ".backends.base",
-    "Event": ".events",
-    "ProbeView": ".assertions",
-    "RunResult": ".backends.base",
-    "TargetInfo": ".backends.base",
-    "TargetSpec": ".targets",
-    "TraceSession": ".session",
-}
 
 
 def _version() -> str:

@@ -1,5 +1,5 @@
 """Files pytest-ktrace writes on the controller (cassettes, known_hosts, copies of remote binaries): written so
-that a failing write, above all a full disk, raises a :class:`~pytest_ktrace.errors.KtraceError` naming the file
+that a failing write, above all a full disk, raises a :class:`~pytest_ktrace._errors.KtraceError` naming the file
 and leaves nothing half-written behind that a later run would trust."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
-from .errors import DiskFull, KtraceError, hide_for_ktrace_errors
+from ._errors import DiskFull, KtraceError, hide_for_ktrace_errors
 
 __all__ = ["DISK_FULL_ERRNOS", "append_atomic", "file_error", "write_atomic", "write_private_temp"]
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Optional
 import pytest
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .targets import TargetSpec
+    from ._targets import TargetSpec
+    from .backends._base import Backend
 
 __all__ = ["pytest_ktrace_make_backend", "pytest_ktrace_target_ready"]
 

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any, Generator, Optional
 import pytest
 
 from . import hookspecs
-from .backends import builtin
-from .errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
-from .identity import RunIdentity
-from .markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
-from .targets import (
+from ._errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
+from ._identity import RunIdentity
+from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
+from ._targets import (
     FLAMEGRAPH_MODES,
     LOST_POLICIES,
     RECORD_MODES,
@@ -34,10 +33,11 @@ from .targets import (
     state_key,
     validate_marker,
 )
+from .backends import _builtin as builtin
 
 if TYPE_CHECKING:
-    from .report import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
-    from .session import TraceSession
+    from ._session import TraceSession
+    from .report._section import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -175,7 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "",
         *FLAMEGRAPH_MODES,
     ):
-        from .flamegraphs import flamegraph_mode
+        from .report._flamegraphs import flamegraph_mode
 
         flamegraph_mode(config)  # raises the usage error
     controller = not hasattr(config, "workerinput")
@@ -185,12 +185,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if json_path:
         config.stash[_JSON_KEY] = True
         if controller:
-            from .ci_outputs import JsonReport
+            from .report._ci_outputs import JsonReport
 
             base = config.invocation_params.dir if config.getoption("ktrace_json", default=None) else config.rootpath
             config.pluginmanager.register(JsonReport(base / str(json_path)), "ktrace-json")
     if config.getoption("ktrace_report", default=None) is not None or config.getini("ktrace_report"):
-        from .report import RunReport, TestFiles, resolve_report_dir
+        from .report._section import RunReport, TestFiles, resolve_report_dir
 
         report_dir = resolve_report_dir(config)
         if report_dir is not None:
@@ -204,7 +204,7 @@ def pytest_configure_node(node: Any) -> None:
     """pytest-xdist: workers write into the directory the controller resolved and checked."""
     files = node.config.stash.get(_FILES_KEY, None)
     if files is not None:
-        from .report import WORKER_INPUT_KEY
+        from .report._section import WORKER_INPUT_KEY
 
         node.workerinput[WORKER_INPUT_KEY] = str(files.root)
 
@@ -222,7 +222,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for marker in item.iter_markers(SETTINGS):
                 validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
             if item.get_closest_marker(REQUIRES) is not None:
-                from .requirements import validate_marker as validate_requires
+                from ._requirements import validate_marker as validate_requires
 
                 for marker in item.iter_markers(REQUIRES):
                     validate_requires(item.nodeid, dict(marker.kwargs), tuple(marker.args))
@@ -249,7 +249,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     if item.get_closest_marker(REQUIRES) is not None:
-        from .requirements import check_before_setup
+        from ._requirements import check_before_setup
 
         check_before_setup(item)  # before the test's fixtures (see requirements.py)
 
@@ -284,11 +284,11 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     """Probes for this test: ``ktrace.kprobe/kretprobe/uprobe/uretprobe/tracepoint``, ``ktrace.run``,
     ``wait_for``, ``assert_order``, ``assert_latency``, aggregates ``count_by`` and ``latency_histogram``
     (``stream=True``: events streamed from trace_pipe). Everything it creates is removed after the test."""
-    from .boards import lease_board
-    from .fake.cassette import Tape, cassette_path, replay_profile
-    from .provenance import record_session
-    from .requirements import check_item
-    from .session import TraceSession
+    from ._boards import lease_board
+    from ._requirements import check_item
+    from ._session import TraceSession
+    from .recording._cassette import Tape, cassette_path, replay_profile
+    from .report._provenance import record_session
 
     config = request.config
     state: RunState = config.stash[state_key()]
@@ -377,19 +377,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     json_wanted = config.stash.get(_JSON_KEY, False) and "ktrace" in getattr(item, "fixturenames", ())
     if session is None and files is None and not json_wanted:
         return  # not a ktrace test, and no --ktrace-report or --ktrace-json to list it in
-    from .flamegraphs import after_call as write_flamegraphs_after
-    from .report import annotate
+    from .report._flamegraphs import after_call as write_flamegraphs_after
+    from .report._section import annotate
 
     report = outcome.get_result()
     html_wanted = session is not None and bool(config.getoption("htmlpath", default=None))
     write_flamegraphs_after(item, report, session, files.root if files is not None else None)
     captured = annotate(item, report, session, files, keep=json_wanted or html_wanted)
     if html_wanted and report.when == "call" and captured is not None:
-        from .ci_outputs import html_extras
+        from .report._ci_outputs import html_extras
 
         html_extras(report, captured)
     if json_wanted and report.when == "teardown":
-        from .ci_outputs import JSON_ATTR, test_entry
+        from .report._ci_outputs import JSON_ATTR, test_entry
 
         setattr(report, JSON_ATTR, test_entry(session, captured))
 

@@ -1,4 +1,4 @@
-"""Unit tests of the fake's event filter language (pytest_ktrace.fake.filters).
+"""Unit tests of the fake's event filter language (pytest_ktrace.fake._filters).
 
 The expected texts below were read back from a 6.18 kernel's ``filter`` files and error_log; the differential
 test re-checks them (and many more) against the running kernel when it can.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_ktrace.fake.filters import (
+from pytest_ktrace.fake._filters import (
     COMMON_FIELDS,
     CURRENT_COMM_KEY,
     CURRENT_CPU_KEY,
@@ -26,8 +26,8 @@ from pytest_ktrace.fake.filters import (
     compile_filter,
     normalize_filter_text,
 )
-from pytest_ktrace.fake.filters import _glob_matches as glob_matches
-from pytest_ktrace.fake.filters import _parse_cpulist as parse_cpulist
+from pytest_ktrace.fake._filters import _glob_matches as glob_matches
+from pytest_ktrace.fake._filters import _parse_cpulist as parse_cpulist
 
 EXEC_FIELDS = (
     FilterField("filename", True, 4, False, "__data_loc char[]"),

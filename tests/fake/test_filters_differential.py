@@ -2,7 +2,7 @@
 
 Every expression below is written to a tracepoint's ``filter`` file inside a scratch tracefs instance; the errno,
 the text the ``filter`` file shows afterwards and the instance's error_log entry must be exactly what
-pytest_ktrace.fake.filters predicts.  For filters on sched_process_exec the event is then enabled (in the scratch
+pytest_ktrace.fake._filters predicts.  For filters on sched_process_exec the event is then enabled (in the scratch
 instance only) while a few programs run, and the execs the kernel kept must be the ones CompiledFilter.matches()
 keeps.  Nothing outside the scratch instance is touched; it is removed afterwards.
 """
@@ -21,8 +21,8 @@ from typing import Any, Union
 
 import pytest
 
-from pytest_ktrace.backends.local import LocalBackend
-from pytest_ktrace.fake.filters import (
+from pytest_ktrace.backends._local import LocalBackend
+from pytest_ktrace.fake._filters import (
     CURRENT_COMM_KEY,
     CURRENT_CPU_KEY,
     CompiledFilter,
@@ -30,7 +30,7 @@ from pytest_ktrace.fake.filters import (
     FilterField,
     compile_filter,
 )
-from pytest_ktrace.fake.profiles import Profile, snapshot
+from pytest_ktrace.snapshots._snapshot import Profile, snapshot
 
 TRACEFS = Path("/sys/kernel/tracing")
 EXEC_EVENT = "sched/sched_process_exec"

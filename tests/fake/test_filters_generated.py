@@ -26,8 +26,8 @@ from test_filters_differential import (
     read_event_format,
 )
 
-from pytest_ktrace.fake.filters import CompiledFilter, FilterError, FilterField, compile_filter
-from pytest_ktrace.fake.profiles import Profile
+from pytest_ktrace.fake._filters import CompiledFilter, FilterError, FilterField, compile_filter
+from pytest_ktrace.snapshots._snapshot import Profile
 
 pytestmark = pytest.mark.skipif(_tracefs_problem() is not None, reason=_tracefs_problem() or "")
 

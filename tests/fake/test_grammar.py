@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_ktrace.fake.grammar import (
+from pytest_ktrace.fake._grammar import (
     ERROR_MESSAGES,
     FetchArg,
     KernelDialect,

@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 import pytest
 
-from pytest_ktrace.fake.grammar import (
+from pytest_ktrace.fake._grammar import (
     KernelDialect,
     LineTooLongError,
     ProbeCommand,

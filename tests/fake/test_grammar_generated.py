@@ -26,7 +26,7 @@ from test_grammar_differential import (
     target,  # noqa: F401  (the module fixture: a copy of true, its entry offset)
 )
 
-from pytest_ktrace.fake.grammar import ProbeCommand
+from pytest_ktrace.fake._grammar import ProbeCommand
 
 EXAMPLES = settings(
     max_examples=300,

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from ktrace_testing import DEV_VM_PROFILE
-from pytest_ktrace.fake.kallsyms import KernelText, parse_kallsyms
-from pytest_ktrace.fake.profiles import Profile, load_profile
-from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs
+from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs
+from pytest_ktrace.snapshots._kallsyms import KernelText, parse_kallsyms
+from pytest_ktrace.snapshots._snapshot import Profile, load_profile
 
 KALLSYMS = """\
 ffffffff81000000 T _stext

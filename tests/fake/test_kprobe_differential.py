@@ -28,11 +28,11 @@ from typing import Callable, Optional, Union
 
 import pytest
 
-from pytest_ktrace.backends.base import Backend, Mkdir, Op, OpResult, Read, Rmdir, Write
-from pytest_ktrace.errors import MissingTool
-from pytest_ktrace.fake.backend import FakeBackend
-from pytest_ktrace.fake.profiles import load_profile
+from pytest_ktrace._errors import MissingTool
+from pytest_ktrace.backends._base import Backend, Mkdir, Op, OpResult, Read, Rmdir, Write
+from pytest_ktrace.fake._backend import FakeBackend
 from pytest_ktrace.guests import RunningGuest, boot, qemu_available
+from pytest_ktrace.snapshots._snapshot import load_profile
 
 pytestmark = pytest.mark.guest
 
@@ -365,7 +365,7 @@ def _cleanup(backend: Backend) -> None:
 
 @pytest.fixture
 def real(guest: RunningGuest) -> Iterator[Backend]:
-    from pytest_ktrace.backends.ssh import SshBackend
+    from pytest_ktrace.backends.ssh._backend import SshBackend
 
     with SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as backend:
         _cleanup(backend)

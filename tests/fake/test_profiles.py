@@ -13,11 +13,12 @@ from typing import Iterator
 
 import pytest
 
-from pytest_ktrace.backends.base import Read, Write
-from pytest_ktrace.backends.local import LocalBackend
-from pytest_ktrace.backends.ssh import SshBackend
-from pytest_ktrace.errors import KtraceError, MissingTool, TracefsUnavailable
-from pytest_ktrace.fake.profiles import (
+from pytest_ktrace._errors import KtraceError, MissingTool, TracefsUnavailable
+from pytest_ktrace.backends._base import Read, Write
+from pytest_ktrace.backends._local import LocalBackend
+from pytest_ktrace.backends.ssh._backend import SshBackend
+from pytest_ktrace.guests import RunningGuest, boot, qemu_available
+from pytest_ktrace.snapshots._snapshot import (
     Profile,
     builtin_profiles,
     load_profile,
@@ -27,7 +28,6 @@ from pytest_ktrace.fake.profiles import (
     parse_kallsyms,
     snapshot,
 )
-from pytest_ktrace.guests import RunningGuest, boot, qemu_available
 
 SHIPPED = ("debian-6.1-arm64", "debian-6.1-x86_64", "debian-6.12-arm64", "debian-6.12-x86_64")
 CLI = Path(sys.executable).with_name("pytest-ktrace")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ktrace_testing import DEV_VM_PROFILE, run_pytest
-from pytest_ktrace.fake.profiles import Profile, load_profile
+from pytest_ktrace.snapshots._snapshot import Profile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ktrace_testing import DEV_VM_PROFILE
-from pytest_ktrace.fake.profiles import Profile, load_profile
-from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError, FieldInput
-from pytest_ktrace.parse import FormatCatalog, TraceParser, parse_format
+from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError, FieldInput
+from pytest_ktrace.snapshots._snapshot import Profile, load_profile
 
 BINARY = "/opt/fake/bin/app"
 

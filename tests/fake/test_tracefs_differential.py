@@ -30,9 +30,9 @@ from typing import Callable, Optional, Union
 
 import pytest
 
-from pytest_ktrace.elf import symbol_file_offset
-from pytest_ktrace.fake.profiles import Profile
-from pytest_ktrace.fake.tracefs import FakeOSError, FakeTracefs, FieldInput
+from pytest_ktrace._elf import symbol_file_offset
+from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FieldInput
+from pytest_ktrace.snapshots._snapshot import Profile
 
 TRACEFS = Path("/sys/kernel/tracing")
 GROUP = f"ktrace_fakediff_{os.getpid()}"
@@ -313,8 +313,8 @@ def fire_in_fake(fake: FakeTracefs) -> None:
 @pytest.fixture(scope="module")
 def local_profile() -> Profile:
     """A profile of this machine, taken now: the fake must follow the kernel the test runs on."""
-    from pytest_ktrace.backends.local import LocalBackend
-    from pytest_ktrace.fake.profiles import snapshot
+    from pytest_ktrace.backends._local import LocalBackend
+    from pytest_ktrace.snapshots._snapshot import snapshot
 
     return snapshot(LocalBackend(), "local")
 

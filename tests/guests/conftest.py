@@ -9,7 +9,7 @@ import paramiko
 import pytest
 from guest_helpers import connect, process_is_gone, skip_or_fail
 
-from pytest_ktrace.errors import MissingTool
+from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.guests import ARCHES, GuestImage, RunningGuest, boot, build_image, qemu_available
 
 

@@ -51,7 +51,7 @@ def test_module_functions_by_name(ktrace, arch: str) -> None:
 
 INNER = """
 import pytest
-from pytest_ktrace.names import kernel_btf
+from pytest_ktrace.btf._names import kernel_btf
 
 @pytest.mark.ktrace(vm="x86_64")
 def test_by_name(ktrace):

@@ -12,7 +12,7 @@ import paramiko
 import pytest
 from guest_helpers import connect, run, skip_or_fail
 
-from pytest_ktrace.errors import TargetError
+from pytest_ktrace._errors import TargetError
 from pytest_ktrace.guests import GuestImage, RunningGuest, boot, qemu_available
 
 pytestmark = pytest.mark.guest

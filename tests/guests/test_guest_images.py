@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from guest_helpers import skip_or_fail
 
-from pytest_ktrace.errors import MissingTool
+from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.guests import ARCHES, GuestImage, build_image
 
 pytestmark = pytest.mark.guest

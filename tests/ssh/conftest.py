@@ -85,7 +85,7 @@ def no_tracefs_leaks() -> Iterator[None]:
 @pytest.fixture
 def make_backend(sshd_server: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
     """``make_backend(alias="ktrace-test", **kwargs)`` -> an SshBackend on the test sshd, closed afterwards."""
-    from pytest_ktrace.backends.ssh import SshBackend
+    from pytest_ktrace.backends.ssh._backend import SshBackend
 
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.delenv("KTRACE_SSH_PASSWORD", raising=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ktrace_testing import ours, tracefs_state
-from pytest_ktrace.boards import lease_board, split_hosts
+from pytest_ktrace._boards import lease_board, split_hosts
 
 pytest_plugins = ["pytester"]
 

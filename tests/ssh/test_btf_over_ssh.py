@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import pytest
 
-from pytest_ktrace.backends.local import LocalBackend
+from pytest_ktrace._identity import RunIdentity
+from pytest_ktrace._session import TraceSession
+from pytest_ktrace.backends._local import LocalBackend
 from pytest_ktrace.btf import BtfUnavailable
-from pytest_ktrace.identity import RunIdentity
-from pytest_ktrace.names import CACHE_ENV, NOTES, VMLINUX, build_id, kernel_btf
-from pytest_ktrace.session import TraceSession
+from pytest_ktrace.btf._names import CACHE_ENV, NOTES, VMLINUX, build_id, kernel_btf
 
 
 def test_fetch_file_is_byte_exact(backend: Any, tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ import pytest
 from ktrace_testing import ours, tracefs_state
 from pytest_ktrace import DiskFull, KtraceError, TargetDiskFull, TargetError
 from pytest_ktrace.backends import _shell
-from pytest_ktrace.backends.base import Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.ssh import SshBackend
+from pytest_ktrace.backends._base import Mkdir, Read, Rmdir, Write
+from pytest_ktrace.backends.ssh._backend import SshBackend
 
 pytest_plugins = ["pytester"]
 
@@ -302,8 +302,8 @@ def test_stdin_script_on_a_full_tmpdir(target_shell: Callable[[Path], list[str]]
 _SAVE_HOST_KEY = r"""
 import json, sys
 from pathlib import Path
-from pytest_ktrace.backends.ssh import SshBackend
-from pytest_ktrace.errors import DiskFull
+from pytest_ktrace.backends.ssh._backend import SshBackend
+from pytest_ktrace._errors import DiskFull
 
 backend = SshBackend("ktrace-test", ssh_config=Path(sys.argv[1]), accept_new_host_key=True)
 try:

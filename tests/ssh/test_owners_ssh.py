@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import pytest
 
-from pytest_ktrace import owners
-from pytest_ktrace.backends.base import Mkdir
-from pytest_ktrace.identity import RunIdentity
+from pytest_ktrace import _owners as owners
+from pytest_ktrace._identity import RunIdentity
+from pytest_ktrace.backends._base import Mkdir
 
 TRACEFS = Path("/sys/kernel/tracing")
 

@@ -30,7 +30,7 @@ def test_requirements_and_properties_over_ssh(sshd_server, pytester: pytest.Pyte
     pytester.makepyfile(
         test_remote=f"""
         import pytest
-        from pytest_ktrace.requirements import _FACTS
+        from pytest_ktrace._requirements import _FACTS
 
         @pytest.mark.ktrace_requires(uprobes=True, symbols=["schedule"], events=["sched:sched_switch"],
                                      kernel=">=3.0", arch={MACHINE!r})

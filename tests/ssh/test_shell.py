@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 
 from pytest_ktrace.backends import _shell
-from pytest_ktrace.backends.base import Mkdir, Op, OpResult, Read, Rmdir, Write
+from pytest_ktrace.backends._base import Mkdir, Op, OpResult, Read, Rmdir, Write
 
 TRACEFS = Path("/sys/kernel/tracing")
 needs_tracefs = pytest.mark.skipif(
@@ -292,7 +292,7 @@ def test_tracefs_no_access(shell: Runner) -> None:
 
 @needs_tracefs
 def test_describe_script(shell: Runner) -> None:
-    from pytest_ktrace.backends.features import FEATURE_FILES
+    from pytest_ktrace.backends._features import FEATURE_FILES
 
     nonce = _shell.new_nonce()
     proc = shell(_shell.render_describe(nonce, list(FEATURE_FILES.values())))

@@ -13,7 +13,7 @@ import pytest
 
 from ktrace_testing import ours, tracefs_state
 from pytest_ktrace import TargetError
-from pytest_ktrace.backends.ssh import SshBackend
+from pytest_ktrace.backends.ssh._backend import SshBackend
 
 pytest_plugins = ["pytester"]
 

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import pytest
 
-from pytest_ktrace.backends.base import Backend, Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.ssh import SshBackend, parse_target
-from pytest_ktrace.errors import CommandTimeout, ConnectionLost, TargetError, TracefsUnavailable
+from pytest_ktrace._errors import CommandTimeout, ConnectionLost, TargetError, TracefsUnavailable
+from pytest_ktrace.backends._base import Backend, Mkdir, Read, Rmdir, Write
+from pytest_ktrace.backends.ssh._backend import SshBackend, parse_target
 
 TRACEFS = Path("/sys/kernel/tracing")
 

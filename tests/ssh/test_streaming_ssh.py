@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import pytest
 
-from pytest_ktrace.backends.base import Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.ssh import SshBackend, SshTraceStream
+from pytest_ktrace.backends._base import Mkdir, Read, Rmdir, Write
+from pytest_ktrace.backends.ssh._backend import SshBackend, SshTraceStream
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACEFS = Path("/sys/kernel/tracing")
@@ -110,7 +110,7 @@ def test_stream_reader_is_dd_and_is_ended_by_its_pid(
 
 
 def test_a_missing_file_cannot_be_streamed(backend: SshBackend) -> None:
-    from pytest_ktrace.errors import KtraceError
+    from pytest_ktrace._errors import KtraceError
 
     with pytest.raises(KtraceError, match=r"cannot stream .*ktrace_sshtest_nosuch/trace_pipe on ktrace-test: it is"):
         backend.open_stream("instances/ktrace_sshtest_nosuch/trace_pipe")

@@ -1,7 +1,47 @@
-"""Backends: where tracefs lives. Each one implements :class:`~pytest_ktrace.backends.base.Backend`."""
+"""Backends: where tracefs lives.
+
+Every backend implements :class:`Backend`, the required contract. What only some targets can do is a small
+capability protocol, checked with ``isinstance``: :class:`Streaming` (``ktrace.stream()``), :class:`FileFetching`
+(BTF and ELF files read from the target), :class:`SharedFilesystem` (the target sees this machine's files),
+:class:`Injecting` (``ktrace.inject()`` on the fake) and :class:`Imitating` (a backend that stands in for a real
+kernel). A third-party backend implements what its target can do and registers itself through the
+``pytest_ktrace_make_backend`` hook.
+"""
 
 from __future__ import annotations
 
-from .base import Backend, Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from ._base import (
+    Backend,
+    FileFetching,
+    Imitating,
+    Injecting,
+    Mkdir,
+    Op,
+    OpResult,
+    Read,
+    Rmdir,
+    RunResult,
+    SharedFilesystem,
+    Streaming,
+    TargetInfo,
+    TraceStream,
+    Write,
+)
 
-__all__ = ["Backend", "Mkdir", "Op", "OpResult", "Read", "Rmdir", "RunResult", "TargetInfo", "Write"]
+__all__ = [
+    "Backend",
+    "FileFetching",
+    "Imitating",
+    "Injecting",
+    "Mkdir",
+    "Op",
+    "OpResult",
+    "Read",
+    "Rmdir",
+    "RunResult",
+    "SharedFilesystem",
+    "Streaming",
+    "TargetInfo",
+    "TraceStream",
+    "Write",
+]

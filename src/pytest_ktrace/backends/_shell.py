@@ -29,8 +29,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ..errors import hide_for_ktrace_errors
-from .base import Mkdir, Op, OpResult, Read, Rmdir, Write
+from .._errors import hide_for_ktrace_errors
+from ._base import Mkdir, Op, OpResult, Read, Rmdir, Write
 
 __all__ = [
     "DEFAULT_TRACEFS",

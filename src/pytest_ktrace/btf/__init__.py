@@ -18,13 +18,13 @@ Modules:
 * :mod:`.fetcharg`: the resolver (:func:`resolve`, :func:`resolve_fetcharg`, :func:`resolve_return`,
   :func:`native_fetcharg`, :func:`argument_slots`);
 * :mod:`.sources`: BTF from ELF files and kernel images;
-* :mod:`.errors`: the error classes (all :class:`~pytest_ktrace.errors.KtraceError`).
+* :mod:`.errors`: the error classes (all :class:`~pytest_ktrace._errors.KtraceError`).
 """
 
 from __future__ import annotations
 
-from .blob import BtfTypes, FuncInfo, Location
-from .errors import (
+from ._blob import BtfTypes, FuncInfo, Location
+from ._errors import (
     BadMemberAccess,
     BtfError,
     BtfFormatError,
@@ -40,7 +40,7 @@ from .errors import (
     UnknownType,
     no_btf_hint,
 )
-from .fetcharg import (
+from ._fetcharg import (
     MAX_ARRAY_LEN,
     MAX_FETCHARG_LEN,
     ArgSlot,
@@ -53,9 +53,9 @@ from .fetcharg import (
     resolve_fetcharg,
     resolve_return,
 )
-from .kinds import Kind
-from .sources import btf_from_elf, btf_from_kernel_image, find_btf_blob, load_kernel_btf
-from .syntax import Expression, parse_expression
+from ._kinds import Kind
+from ._sources import btf_from_elf, btf_from_kernel_image, find_btf_blob, load_kernel_btf
+from ._syntax import Expression, parse_expression
 
 __all__ = [
     "MAX_ARRAY_LEN",

@@ -37,8 +37,8 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from .._errors import MissingTool, TargetError
 from .._files import file_error
-from ..errors import MissingTool, TargetError
 from ._arches import ArchSpec, spec_for
 from ._guest_files import (
     MODULE_LIST_PATH,

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import MissingTool, TargetError
+from .._errors import MissingTool, TargetError
 
 __all__ = ["pack_initramfs"]
 

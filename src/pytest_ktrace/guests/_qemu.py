@@ -24,7 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import MissingTool, TargetError
+from .._errors import MissingTool, TargetError
 from ._arches import ArchSpec, accelerator_args, spec_for
 from ._guest_files import FAILED_MARKER, HOSTKEY_BEGIN_MARKER, HOSTKEY_END_MARKER, READY_MARKER
 from ._images import GuestImage, build_image

@@ -1,0 +1,140 @@
+"""One exception family: every failure the plugin raises is a :class:`KtraceError` carrying its context."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+__all__ = [
+    "CommandTimeout",
+    "ConnectionLost",
+    "DiskFull",
+    "KtraceError",
+    "MissingBinary",
+    "MissingTool",
+    "ProbeRejected",
+    "TargetDiskFull",
+    "TargetError",
+    "TracefsUnavailable",
+    "UnknownSymbol",
+    "UnsupportedFetchArg",
+    "hide_for_ktrace_errors",
+]
+
+
+class KtraceError(Exception):
+    """Base of every pytest-ktrace error."""
+
+
+def hide_for_ktrace_errors(excinfo: Any) -> bool:
+    """Set as a module's ``__tracebackhide__``: pytest then leaves that module's frames out of the traceback of
+    a KtraceError (whose message carries the context), but shows them for any other exception (a bug of ours)."""
+    return isinstance(getattr(excinfo, "value", None), KtraceError)
+
+
+class ProbeRejected(KtraceError):
+    """The kernel refused a probe, filter or control write; quotes its ``error_log`` entry with the caret."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str = "",
+        path: str = "",
+        errno_name: str = "",
+        kernel_log: str = "",
+        where: str = "",
+    ) -> None:
+        self.command = command
+        self.path = path
+        self.errno_name = errno_name
+        self.kernel_log = kernel_log
+        self.where = where
+        parts = [message]
+        if command:
+            parts.append(f"  wrote: {command!r} to {path}" + (f" ({errno_name})" if errno_name else ""))
+        if kernel_log:
+            parts.append("  kernel error_log:")
+            parts.extend("    " + line for line in kernel_log.rstrip("\n").splitlines())
+        if where:
+            parts.append(f"  probe defined at {where}")
+        super().__init__("\n".join(parts))
+
+
+class UnknownSymbol(ProbeRejected):
+    """The symbol to probe does not exist in the kernel or the binary."""
+
+
+class UnsupportedFetchArg(KtraceError):
+    """A fetch argument the target kernel or architecture cannot provide."""
+
+
+class MissingBinary(KtraceError):
+    """The file a uprobe should attach to does not exist on the target."""
+
+
+class MissingTool(KtraceError):
+    """A host tool (qemu, gcc, ...) the requested feature needs is not installed."""
+
+
+class TargetError(KtraceError):
+    """The target could not be reached or refused an operation; names the host and the cause."""
+
+    def __init__(self, message: str, *, host: str = "", command: str = "", cause: str = "") -> None:
+        self.host = host
+        self.command = command
+        self.cause = cause
+        super().__init__(message)
+
+
+class TracefsUnavailable(TargetError):
+    """tracefs is not mounted, or not accessible with the current privileges."""
+
+
+class ConnectionLost(TargetError):
+    """The connection to the target dropped while a test was using it."""
+
+
+class CommandTimeout(TargetError):
+    """A command on the target did not finish in time."""
+
+    def __init__(self, message: str, *, host: str = "", command: str = "", timeout: Optional[float] = None) -> None:
+        self.timeout = timeout
+        super().__init__(message, host=host, command=command, cause="timeout")
+
+
+class DiskFull(KtraceError):
+    """A file could not be written because its filesystem is full (ENOSPC, or EDQUOT: a quota is used up).
+
+    ``path`` is the file; nothing half-written of it is left behind (a previous version stays as it was)."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class TargetDiskFull(TargetError, DiskFull):
+    """A file on the target could not be written: its filesystem is full. Names the host and the path."""
+
+    def __init__(
+        self, message: str, *, host: str = "", path: str = "", command: str = "", cause: str = "ENOSPC"
+    ) -> None:
+        super().__init__(message, host=host, command=command, cause=cause)
+        self.path = path
+
+
+# Users catch these as ``pytest_ktrace.<Name>``: that is also the name their tracebacks show.
+for _public in (
+    KtraceError,
+    ProbeRejected,
+    UnknownSymbol,
+    UnsupportedFetchArg,
+    MissingBinary,
+    MissingTool,
+    TargetError,
+    TracefsUnavailable,
+    ConnectionLost,
+    CommandTimeout,
+    DiskFull,
+    TargetDiskFull,
+):
+    _public.__module__ = "pytest_ktrace"

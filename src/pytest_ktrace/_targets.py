@@ -1,0 +1,414 @@
+"""Which target a test runs against, resolved from marker > command line > ini, and per-run backend state."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from ._boards import split_hosts
+from ._errors import KtraceError, hide_for_ktrace_errors
+from ._identity import RunIdentity, stale_owner
+from .backends._base import Backend, Rmdir, Write
+
+__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "record_mode", "resolve_target", "should_record", "state_key"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
+
+# key -> (command-line dest, ini name, default, kind)
+_SETTINGS: dict[str, tuple[str, str, Any, str]] = {
+    "backend": ("ktrace_backend", "ktrace_backend", None, "str"),
+    "host": ("ktrace_host", "ktrace_host", None, "str"),
+    "vm": ("ktrace_vm", "ktrace_vm", None, "str"),
+    "tracefs": ("ktrace_tracefs", "ktrace_tracefs", None, "str"),
+    "sudo": ("ktrace_sudo", "ktrace_sudo", False, "bool"),
+    "ssh_config": ("ktrace_ssh_config", "ktrace_ssh_config", None, "str"),
+    "accept_new_host_key": ("ktrace_accept_new_host_key", "ktrace_accept_new_host_key", False, "bool"),
+    "scope": ("ktrace_scope", "ktrace_scope", "all", "str"),
+    "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
+    "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
+    "profile": ("ktrace_profile", "ktrace_profile", None, "str"),
+    "lost": ("ktrace_lost", "ktrace_lost", "fail", "str"),
+    "stream": ("ktrace_stream", "ktrace_stream", False, "bool"),
+    "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
+    "strict": ("ktrace_strict", "ktrace_strict", False, "bool"),
+}
+MARKER_KEYS = frozenset(_SETTINGS)
+SCOPES = ("all", "run")
+RECORD_MODES = ("none", "once", "rewrite")  # cassettes, as pytest-recording names them
+FLAMEGRAPH_MODES = ("none", "failed", "all")
+LOST_POLICIES = ("fail", "warn")
+VM_ARCHES = ("x86_64", "arm64")
+DEFAULT_CLEAN_AFTER_S = 6 * 3600.0  # a run whose heartbeat is older is dead: no test runs this long without one
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where and how a test traces. ``backend`` is ``local``, ``ssh``, ``vm`` or a third-party name."""
+
+    backend: str = "local"
+    host: Optional[str] = None
+    vm: Optional[str] = None
+    tracefs: Optional[str] = None
+    sudo: bool = False
+    ssh_config: Optional[str] = None
+    accept_new_host_key: bool = False
+    profile: Optional[str] = None  # the fake backend's target profile (a shipped name or a file)
+
+    @property
+    def label(self) -> str:
+        if self.backend == "vm":
+            return f"vm:{self.vm}"
+        if self.backend == "fake":
+            # a profile file is named by its file name: NAME.json.gz
+            name = Path(self.profile).name.removesuffix(".json.gz") if self.profile else "(profile of each cassette)"
+            return f"fake:{name}"
+        return self.host if self.backend == "ssh" and self.host else self.backend
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    target: TargetSpec
+    scope: str = "all"
+    timeout: Optional[float] = 60.0
+    buffer_kb: Optional[int] = None
+    boards: tuple[str, ...] = ()  # --ktrace-host=a,b: the pool the test leases one board from
+    lost: str = "fail"  # what count assertions do when the kernel lost events
+    stream: bool = False  # events streamed from trace_pipe into bounded memory
+    keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
+    strict: bool = False  # an unmet ktrace_requires fails the test instead of skipping it
+
+
+MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
+_KINDS = {"bool": "boolean (true/false)", "float": "number", "int": "integer", "str": "string"}
+
+
+def _named(key: str, value: Any, source: str) -> str:
+    """How the value is shown in an error: as the user wrote it (``--ktrace-timeout='abc'``, ``ini
+    ktrace_timeout='abc'``, ``test_x.py::test_it: @pytest.mark.ktrace(timeout='abc')``)."""
+    if source.startswith(("--", "ini ")):
+        return f"{source}={value!r}"
+    return f"{source}({key}={value!r})"
+
+
+def _parse(kind: str, value: Any, *, strict: bool) -> Any:
+    """``strict`` (a marker, a Python value): no coercion from other types except numbers for numbers."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if strict and not isinstance(value, (str, int)):
+            raise TypeError(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(value)
+    if kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(value)
+        if kind == "float":
+            return float(value)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        return int(value)
+    if strict and not isinstance(value, str):
+        raise TypeError(value)
+    return str(value)
+
+
+def _convert(key: str, kind: str, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    what = _named(key, value, source)
+    try:
+        converted = _parse(kind, value, strict=not source.startswith(("--", "ini ")))
+    except (TypeError, ValueError, OverflowError):
+        raise pytest.UsageError(f"pytest-ktrace: {what} is not a valid {_KINDS[kind]}") from None
+    if key == "timeout" and not (math.isfinite(converted) and converted > 0):
+        raise pytest.UsageError(f"pytest-ktrace: {what}: the timeout must be a finite number of seconds > 0")
+    if key == "buffer_kb" and not 1 <= converted <= MAX_BUFFER_KB:
+        raise pytest.UsageError(f"pytest-ktrace: {what}: buffer_kb must be an integer in 1..{MAX_BUFFER_KB} (KiB)")
+    return converted
+
+
+def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> Any:
+    dest, ini, default, kind = _SETTINGS[key]
+    if key in marker_kwargs:
+        return _convert(key, kind, marker_kwargs[key], "@pytest.mark.ktrace")
+    cli = config.getoption(dest, default=None)
+    if cli is not None:
+        return _convert(key, kind, cli, "--" + dest.replace("_", "-"))
+    raw = config.getini(ini)
+    if raw not in (None, "", []):
+        return _convert(key, kind, raw, f"ini {ini}")
+    return default
+
+
+def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
+    """Refuse, at collection, a marker whose arguments are unknown or whose values are of the wrong type or out
+    of range (the error names the test and the argument)."""
+    if args:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})"
+        )
+    unknown = sorted(set(kwargs) - MARKER_KEYS)
+    if unknown:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace got unknown argument(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(MARKER_KEYS))}"
+        )
+    for key, value in kwargs.items():
+        _convert(key, _SETTINGS[key][3], value, f"{nodeid}: @pytest.mark.ktrace")
+    if "lost" in kwargs and kwargs["lost"] not in LOST_POLICIES:
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
+    if "scope" in kwargs and kwargs["scope"] not in SCOPES:
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(scope={kwargs['scope']!r}): use 'all' or 'run'")
+    if "keep" in kwargs and not (isinstance(kwargs["keep"], int) and kwargs["keep"] >= 1):
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(keep={kwargs['keep']!r}): use an int >= 1")
+    if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
+        raise pytest.UsageError(
+            f"{nodeid}: @pytest.mark.ktrace(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}"
+        )
+
+
+def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:
+    """Settings of one test: each key from its marker, else the command line, else the ini file."""
+    kwargs = marker_kwargs or {}
+    values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
+    backend = values["backend"]
+    if "backend" not in kwargs and ("vm" in kwargs or "host" in kwargs) and backend != "fake":
+        # A marker naming a host or a vm picks that kind of target, whatever the command line said, except
+        # --ktrace-backend=fake: then every real target is replaced by the fake, replaying the tests' cassettes.
+        backend = "vm" if "vm" in kwargs else "ssh"
+    if backend is None:
+        backend = "vm" if values["vm"] else "ssh" if values["host"] else "local"
+    if backend == "ssh" and not values["host"]:
+        raise pytest.UsageError("pytest-ktrace: --ktrace-backend=ssh needs --ktrace-host=[user@]host[:port]")
+    if backend == "vm" and values["vm"] not in VM_ARCHES:
+        raise pytest.UsageError(f"pytest-ktrace: --ktrace-vm must be one of {', '.join(VM_ARCHES)}")
+    if values["scope"] not in SCOPES:
+        raise pytest.UsageError(f"pytest-ktrace: scope {values['scope']!r} must be 'all' or 'run'")
+    target = TargetSpec(
+        backend=backend,
+        host=values["host"] if backend == "ssh" else None,
+        vm=values["vm"] if backend == "vm" else None,
+        tracefs=values["tracefs"],
+        sudo=bool(values["sudo"]),
+        ssh_config=values["ssh_config"],
+        accept_new_host_key=bool(values["accept_new_host_key"]),
+        profile=values["profile"] if backend == "fake" else None,
+    )
+    if backend == "local":
+        target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
+    try:
+        boards = split_hosts(target.host) if target.host and "," in target.host else ()
+    except KtraceError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: {exc}") from None
+    if boards:
+        target = replace(target, host=None)
+    if values["lost"] not in LOST_POLICIES:
+        raise pytest.UsageError(f"pytest-ktrace: lost={values['lost']!r} must be 'fail' or 'warn'")
+    if values["keep"] < 1:
+        raise pytest.UsageError(f"pytest-ktrace: keep_events={values['keep']!r} must be at least 1")
+    return TestSettings(
+        target,
+        values["scope"],
+        values["timeout"],
+        values["buffer_kb"],
+        boards,
+        values["lost"],
+        stream=bool(values["stream"]),
+        keep=values["keep"],
+        strict=bool(values["strict"]),
+    )
+
+
+@dataclass
+class RunState:
+    """Everything pytest-ktrace keeps for one run (per xdist worker); lives in ``config.stash``."""
+
+    identity: RunIdentity
+    backends: dict[TargetSpec, Backend] = field(default_factory=dict)
+    failures: dict[TargetSpec, KtraceError] = field(default_factory=dict)
+    serial: int = 0
+    closers: list[Any] = field(default_factory=list)
+    live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
+    elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
+    target_profiles: set[Path] = field(default_factory=set)  # kernel profiles written beside cassettes this run
+    owned: dict[int, tuple[Backend, float]] = field(default_factory=dict)  # targets holding our owner record
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def backend_for(self, config: pytest.Config, target: TargetSpec) -> Backend:
+        """The one backend of ``target`` for this run, made by the hook and cleaned of our stale leftovers."""
+        if target in self.failures:
+            raise self.failures[target]
+        if target not in self.backends:
+            try:
+                backend = config.hook.pytest_ktrace_make_backend(config=config, target=target)
+                if backend is None:
+                    raise pytest.UsageError(
+                        f"pytest-ktrace: no backend called {target.backend!r} (built in: local, ssh, vm, fake)"
+                    )
+                backend.describe()
+                removed = clean_stale(backend, self.identity, older_than_s=clean_after(config))
+                unrecorded = self._claim(backend)
+            except KtraceError as exc:
+                self.failures[target] = exc
+                raise
+            if unrecorded:
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"pytest-ktrace could not write its owner record on {target.label} ({unrecorded}): if this "
+                        "run is killed, its probes there are left for you to remove"
+                    ),
+                    stacklevel=2,
+                )
+            if removed:
+                config.issue_config_time_warning(
+                    pytest.PytestWarning(
+                        f"pytest-ktrace removed leftovers of an earlier crashed run on {target.label}: "
+                        + ", ".join(removed)
+                    ),
+                    stacklevel=2,
+                )
+            self.backends[target] = backend
+            config.hook.pytest_ktrace_target_ready(config=config, target=target, backend=backend)
+        return self.backends[target]
+
+    def _claim(self, backend: Backend) -> str:
+        """Write this run's owner record on the target (a replaying fake has nothing to own); the problem, if
+        the record could not be written."""
+        from . import _owners as owners
+        from .recording._cassette import Replaying
+
+        if isinstance(backend, Replaying):
+            return ""
+        try:
+            owners.claim(backend, self.identity)
+        except KtraceError as exc:
+            return str(exc)
+        self.owned[id(backend)] = (backend, time.monotonic())
+        return ""
+
+    def keep_alive(self, backend: Backend) -> None:
+        """Refresh this run's heartbeat on ``backend``'s target, at most once every owners.HEARTBEAT_S."""
+        from . import _owners as owners
+
+        owned = self.owned.get(id(backend))
+        if owned is None or time.monotonic() - owned[1] < owners.HEARTBEAT_S:
+            return
+        with contextlib.suppress(KtraceError):
+            owners.heartbeat(backend, self.identity)
+        self.owned[id(backend)] = (backend, time.monotonic())
+
+    def close(self) -> None:
+        """End of the run: undo tests that never reached their teardown (Ctrl-C), then release targets."""
+        for session in list(self.live):
+            try:
+                failures = list(session.teardown().failures)
+            except Exception as exc:
+                failures = [str(exc)]
+            if failures:
+                print(f"pytest-ktrace: could not clean up {session.instance}: {failures}", file=sys.stderr)
+        self.live.clear()
+        from . import _owners as owners
+
+        for backend, _ in self.owned.values():
+            with contextlib.suppress(Exception):
+                owners.release(backend, self.identity)
+        self.owned.clear()
+        for backend in self.backends.values():
+            with contextlib.suppress(Exception):
+                backend.close()
+        for _, copy in self.elf_copies.values():
+            copy.unlink(missing_ok=True)
+        self.elf_copies.clear()
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                closer()
+        self.backends.clear()
+        self.closers.clear()
+
+
+def record_mode(config: pytest.Config) -> str:
+    """``none``, ``once`` or ``rewrite``: ``--ktrace-record`` (rewrite), else the record mode (command line over
+    ini)."""
+    mode = config.getoption("ktrace_record_mode", default=None) or config.getini("ktrace_record_mode") or "none"
+    if config.getoption("ktrace_record", default=None) or config.getini("ktrace_record"):
+        mode = "rewrite"
+    if mode not in RECORD_MODES:
+        raise pytest.UsageError(f"pytest-ktrace: record mode {mode!r} must be none, once or rewrite")
+    return str(mode)
+
+
+def clean_after(config: pytest.Config) -> float:
+    """``--ktrace-clean-after`` > ini ``ktrace_clean_after`` > 6h, in seconds."""
+    from ._owners import parse_duration
+
+    raw = config.getoption("ktrace_clean_after", default=None) or config.getini("ktrace_clean_after") or ""
+    if not raw:
+        return DEFAULT_CLEAN_AFTER_S
+    try:
+        return parse_duration(str(raw))
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: --ktrace-clean-after: {exc}") from None
+
+
+def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
+    """Whether this test writes its cassette (see :func:`record_mode`), ``once`` recording only tests that have
+    none yet. The fake backend replays, never records."""
+    mode = record_mode(config)
+    if replaying:
+        if mode == "rewrite":
+            raise pytest.UsageError(
+                "pytest-ktrace: --ktrace-record records on a real target; the fake backend replays cassettes"
+            )
+        return False
+    return mode == "rewrite" or (mode == "once" and not cassette.exists())
+
+
+def state_key() -> pytest.StashKey[RunState]:
+    return _STATE
+
+
+_STATE: pytest.StashKey[RunState] = pytest.StashKey[RunState]()
+
+
+def clean_stale(backend: Backend, me: RunIdentity, *, older_than_s: float = DEFAULT_CLEAN_AFTER_S) -> list[str]:
+    """Remove what earlier runs provably left behind (see :mod:`pytest_ktrace._owners`): groups whose owner record
+    says the run is dead (a dead pid of this machine, a heartbeat older than ``older_than_s``, a reboot since),
+    and names without a record that this machine's dead runs made. Anything else is left alone."""
+    from . import _owners as owners
+    from .recording._cassette import Replaying
+
+    found = owners.find_leftovers(backend, older_than_s, me=me, records=not isinstance(backend, Replaying))
+    removed = owners.remove_leftovers(backend, found) if found.stale else []
+    # runs of this machine without a record (none could be written): their names alone prove them dead
+    instances = [name for name in found.unowned_instances if stale_owner(name, me) is not None]
+    removals = [
+        Write(control, f"-:{name}")
+        for control, name in found.unowned_events
+        if stale_owner(name.split("/", 1)[0], me) is not None
+    ]
+    if not instances and not removals:
+        return removed
+    # Dropping an instance disables what it enabled, so the events can then be removed without EBUSY.
+    results = backend.apply([*(Rmdir(f"instances/{name}") for name in instances), *removals])
+    return removed + [
+        (f"instance {r.op.path}" if isinstance(r.op, Rmdir) else f"event {r.op.data[2:]}")
+        for r in results
+        if r.ok and isinstance(r.op, (Rmdir, Write))
+    ]

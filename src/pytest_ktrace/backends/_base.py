@@ -1,0 +1,237 @@
+"""The one contract every backend satisfies.
+
+A backend knows nothing about probes or tests: it applies batches of tracefs file operations (paths relative to
+the tracefs root) and runs commands on the target. Batching is the unit of cost: a remote backend turns one
+``apply`` call into one round trip, so callers put everything they can into one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..snapshots._snapshot import Profile
+
+__all__ = [
+    "Backend",
+    "FileFetching",
+    "Imitating",
+    "Injecting",
+    "Mkdir",
+    "Op",
+    "OpResult",
+    "Read",
+    "Rmdir",
+    "RunResult",
+    "SharedFilesystem",
+    "Streaming",
+    "TargetInfo",
+    "TraceStream",
+    "Write",
+]
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write ``data`` to a tracefs file. ``append`` opens with O_APPEND: never O_TRUNC on probe lists."""
+
+    path: str
+    data: str
+    append: bool = True
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read a whole tracefs file (``missing_ok``: an absent file reads as an empty success)."""
+
+    path: str
+    missing_ok: bool = False
+
+
+@dataclass(frozen=True)
+class Mkdir:
+    path: str
+
+
+@dataclass(frozen=True)
+class Rmdir:
+    path: str
+
+
+Op = Union[Write, Read, Mkdir, Rmdir]
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """Outcome of one operation: ``errno_name`` is e.g. ``"EINVAL"`` and ``error`` the strerror text."""
+
+    op: Op
+    ok: bool
+    data: str = ""
+    errno_name: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished command on the target."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int
+    duration_s: float
+    after: tuple[OpResult, ...] = ()  # results of the ops applied right after the command (same round trip)
+
+    def check(self) -> RunResult:
+        """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
+        __tracebackhide__ = True
+        if self.returncode != 0:
+            raise AssertionError(
+                f"command {list(self.argv)} exited {self.returncode}\n"
+                f"stdout: {self.stdout[-2000:]!r}\nstderr: {self.stderr[-2000:]!r}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a target is: shown in the report header and used to adapt probes (arch registers, ``$argN``)."""
+
+    name: str
+    backend: str
+    release: str
+    arch: str
+    tracefs: str
+    features: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    def summary(self) -> str:
+        feats = ", ".join(sorted(self.features)) or "none"
+        return f"{self.backend} {self.name}: Linux {self.release} {self.arch}, tracefs {self.tracefs}; {feats}"
+
+
+@runtime_checkable
+class TraceStream(Protocol):
+    """A consuming reader of one tracefs file (an instance's ``trace_pipe``), opened by
+    :meth:`Backend.open_stream`. Used by one thread at a time."""
+
+    def read(self, timeout: float) -> str:
+        """Whatever arrived since the last read, possibly ``""``; never blocks longer than ``timeout`` seconds.
+        Raises a :class:`~pytest_ktrace._errors.KtraceError` when the reader ended or the target is gone."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading and release the file (a remote reader process is ended); idempotent."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A place with a tracefs: this machine, a board over SSH, or the in-memory fake. What every backend must do;
+    what only some can do is a capability below, checked with ``isinstance``."""
+
+    @property
+    def name(self) -> str:
+        """Human name of the target (``local``, a host name, ``fake``)."""
+        ...
+
+    @property
+    def round_trips(self) -> int:
+        """How many batches/commands crossed to the target so far (0 cost for local counts the same)."""
+        ...
+
+    def describe(self) -> TargetInfo:
+        """Kernel release, arch, tracefs path and features; cached after the first call."""
+        ...
+
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        """Apply ``ops`` in order as one batch. With ``stop_on_error`` the first failure ends the batch
+        (its result is the last one returned); otherwise every op is attempted."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        """Run ``argv`` on the target. Before it execs, the child's pid is appended to each tracefs file in
+        ``pid_files`` (e.g. an instance's ``set_event_pid``), so tracing can follow exactly that process. When
+        it has ended, ``after`` is applied (all ops attempted) in the same round trip: ``RunResult.after``."""
+        ...
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` (teardown that could not run because the target was unreachable) before anything else
+        on the next successful connection. A backend that cannot lose its target applies them at once."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the backend may be reopened by the next call."""
+        ...
+
+
+# --- capabilities: what some backends can do besides the contract ------------------------------------------------
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """Consuming reads of a tracefs file: needed by stream mode (``stream=True``, ``--ktrace-stream``)."""
+
+    def open_stream(self, path: str) -> TraceStream:
+        """Open ``path`` (relative to the tracefs root, e.g. ``instances/X/trace_pipe``) for consuming reads.
+        While the stream is open the instance is busy (its ``rmdir`` is EBUSY): close it before removing it."""
+        ...
+
+
+@runtime_checkable
+class FileFetching(Protocol):
+    """Reading any file of the target in one transfer (the kernel's BTF, a uprobe's binary). Without it, files
+    are read with ``cat`` through :meth:`Backend.run`."""
+
+    def fetch_file(self, path: str) -> bytes:
+        """The bytes of the file at the absolute ``path`` on the target (not tracefs-relative). Raises
+        :class:`OSError` (``FileNotFoundError`` when it does not exist) or a
+        :class:`~pytest_ktrace._errors.KtraceError` when the target is unreachable."""
+        ...
+
+
+@runtime_checkable
+class SharedFilesystem(Protocol):
+    """The target's files may be this machine's: when ``files_are_local`` is true, uprobe binaries and the
+    kernel's BTF are read in place instead of fetched."""
+
+    @property
+    def files_are_local(self) -> bool: ...
+
+
+@runtime_checkable
+class Injecting(Protocol):
+    """Synthetic events (the fake backend): needed by ``ktrace.inject``."""
+
+    def inject(
+        self,
+        event: str,
+        fields: Mapping[str, Any],
+        *,
+        pid: Optional[int] = None,
+        comm: str = "ktrace-inject",
+        cpu: int = 0,
+        timestamp: Optional[float] = None,
+        stack: Sequence[str] = (),
+    ) -> int: ...
+
+
+@runtime_checkable
+class Imitating(Protocol):
+    """A backend that imitates a kernel from a profile (the fake): what the target offers is read from it."""
+
+    @property
+    def profile(self) -> Profile: ...

@@ -1,0 +1,300 @@
+"""``--ktrace-backend=fake``: the backend contract over an in-memory tracefs that imitates a target profile.
+
+Probe definitions, filters and enables go through the same grammar and errors as the profiled kernel. Commands do
+not run: a test either replays its cassette (recorded on hardware with ``--ktrace-record``), whose events are fed
+into the fake tracefs at the moment their command "runs", or emits synthetic events with ``ktrace.inject``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import os
+import threading
+import time
+from typing import Mapping, Optional, Sequence, Union
+
+from .._errors import KtraceError, hide_for_ktrace_errors
+from .._parse import FormatCatalog, TraceParser, parse_format
+from .._stacks import stack_key, stacks_by_event
+from ..backends._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
+from ..recording._cassette import Player, _is_arm_batch
+from ..snapshots._snapshot import Profile
+from ._tracefs import FakeOSError, FakeTracefs
+
+__all__ = ["FakeBackend"]
+
+__tracebackhide__ = hide_for_ktrace_errors
+
+_ROOT = "/sys/kernel/tracing"
+
+
+def _refused(op: Op) -> Optional[OpResult]:
+    """What a kernel would answer to arguments no system call can carry: a path or data that is no text
+    (EFAULT, a bad buffer), or text that cannot be encoded (a lone surrogate outside U+DC80..U+DCFF)."""
+    texts = [getattr(op, "path", None)] + ([op.data] if isinstance(op, Write) else [])
+    for text in texts:
+        if not isinstance(text, str):
+            return OpResult(op, ok=False, errno_name="EFAULT", error=os.strerror(errno_mod.EFAULT))
+        try:
+            text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return OpResult(op, ok=False, errno_name="EINVAL", error=os.strerror(errno_mod.EINVAL))
+    return None
+
+
+def _failure(op: Op, exc: OSError) -> OpResult:
+    code = exc.errno or errno_mod.EIO
+    return OpResult(op, ok=False, errno_name=errno_mod.errorcode.get(code, str(code)), error=os.strerror(code))
+
+
+class FakeTraceStream:
+    """A reader of the fake ``trace_pipe``: each read consumes everything available (as the fake tracefs models
+    it). While open, the instance is busy (its ``rmdir`` fails with EBUSY), as on a kernel."""
+
+    def __init__(self, backend: FakeBackend, path: str) -> None:
+        self._backend = backend
+        self.path = path
+        self._held: Optional[contextlib.ExitStack] = contextlib.ExitStack()
+        with backend._lock:
+            try:
+                self._held.enter_context(backend.tracefs.hold_open(path))
+            except (FakeOSError, OSError) as exc:
+                code = exc.errno or errno_mod.EIO
+                raise KtraceError(
+                    f"cannot open {path} for streaming: {errno_mod.errorcode.get(code, code)} {os.strerror(code)}"
+                ) from None
+
+    def read(self, timeout: float) -> str:
+        if self._held is None:
+            raise KtraceError(f"stream {self.path} is closed")
+        with self._backend._lock:
+            try:
+                text = self._backend.tracefs.read(self.path)
+            except (FakeOSError, OSError) as exc:
+                raise KtraceError(f"reading {self.path} failed: {exc}") from None
+        if not text:
+            time.sleep(min(timeout, 0.002))
+        return text
+
+    def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with self._backend._lock:
+                held.close()
+
+
+class FakeBackend:
+    """A target that exists only in memory, shaped like ``profile``'s kernel. Thread-safe (one lock): a stream
+    reader may consume ``trace_pipe`` while the test emits events."""
+
+    files_are_local = True  # uprobe binaries are resolved on this machine
+
+    def __init__(self, profile: Profile, *, cpus: int = 2) -> None:
+        self.profile = profile
+        self.tracefs = FakeTracefs(profile, cpus=cpus)
+        self.player: Optional[Player] = None
+        self._round_trips = 0
+        self._next_pid = 40000
+        self._lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    @property
+    def round_trips(self) -> int:
+        return self._round_trips
+
+    def describe(self) -> TargetInfo:
+        return TargetInfo(
+            name=f"fake:{self.profile.name}",
+            backend="fake",
+            release=self.profile.release,
+            arch=self.profile.arch,
+            tracefs=_ROOT,
+            features=frozenset(self.profile.features),
+        )
+
+    # ---------------------------------------------------------------- replay
+    def play(self, player: Optional[Player]) -> None:
+        """Replay ``player``'s cassette in the next test (``None``: no cassette)."""
+        self.player = player
+
+    def _feed(self, lines: Sequence[str], pid_files: Sequence[str] = ()) -> None:
+        """Put recorded trace lines into the fake tracefs as the events they were."""
+        if not lines or self.player is None:
+            return
+        catalog = FormatCatalog()
+        for key in self.player.cassette.formats:
+            restored_key = self.player.names.restore(key)
+            text = self.player.recorded_format(restored_key)
+            if text is not None:
+                catalog.add(parse_format(text, restored_key.split("/", 1)[0]))
+        text = "\n".join(lines) + "\n"
+        events = [event for event in TraceParser(catalog).parse(text).events if event.system]
+        stacks = stacks_by_event(text).kernel  # the stacktrace trigger's entries: replayed with their events
+        # The kernel followed the recorded command's children (event-fork); admit the same tasks here.
+        for path in pid_files:
+            if path.endswith("set_event_pid"):
+                for pid in sorted({event.pid for event in events}):
+                    self.tracefs.write(path, str(pid), append=True)
+        for event in events:
+            fields = {k: v for k, v in event.fields.items() if not k.startswith("__probe_")}
+            self.tracefs.emit(
+                f"{event.system}/{event.name}",
+                fields,
+                pid=event.pid,
+                comm=event.comm,
+                cpu=event.cpu,
+                timestamp=event.timestamp,
+                stack=stacks.get(stack_key(event), ()),
+            )
+
+    # --------------------------------------------------------------- contract
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        with self._lock:
+            return self._apply_batch(ops, stop_on_error=stop_on_error)
+
+    def _apply_batch(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
+        self._round_trips += 1
+        ops = list(ops)
+        if self.player is not None:
+            if _is_arm_batch(ops):
+                self.player.check_arm(ops)
+            elif any(isinstance(op, Read) and op.path.endswith("/trace") for op in ops):
+                step = self.player.pending_collect()
+                if step is not None:
+                    self._feed(self.player.recorded_lines(step))
+        return self._apply(ops, stop_on_error=stop_on_error)
+
+    def _apply(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
+        results: list[OpResult] = []
+        for op in ops:
+            refused = _refused(op) if isinstance(op, (Write, Read, Mkdir, Rmdir)) else None
+            if refused is not None:
+                results.append(refused)
+                if stop_on_error:
+                    break
+                continue
+            try:
+                if isinstance(op, Write):
+                    self.tracefs.write(op.path, op.data, append=op.append)
+                    result = OpResult(op, ok=True)
+                elif isinstance(op, Read):
+                    if op.missing_ok and not self.tracefs.exists(op.path):
+                        result = OpResult(op, ok=True)
+                    else:
+                        result = OpResult(op, ok=True, data=self.tracefs.read(op.path))
+                elif isinstance(op, Mkdir):
+                    self.tracefs.mkdir(op.path)
+                    result = OpResult(op, ok=True)
+                elif isinstance(op, Rmdir):
+                    self.tracefs.rmdir(op.path)
+                    result = OpResult(op, ok=True)
+                else:  # pragma: no cover - guarded by the Op union
+                    raise TypeError(f"not a tracefs operation: {op!r}")
+            except (FakeOSError, OSError) as exc:
+                result = _failure(op, exc)
+            results.append(result)
+            if stop_on_error and not result.ok:
+                break
+        return results
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        with self._lock:
+            return self._run(argv, pid_files=pid_files, stdin=stdin, after=after)
+
+    def _run(
+        self, argv: Sequence[str], *, pid_files: Sequence[str], stdin: Optional[str], after: Sequence[Op]
+    ) -> RunResult:
+        self._round_trips += 1
+        if self.player is None:
+            if self._is_tracefs_listing(argv):
+                # listing a tracefs directory (stale-leftover scan) is answered by the fake itself
+                where = argv[2]
+                try:
+                    entries = self.tracefs.listdir(where[len(_ROOT) + 1 :])
+                except FakeOSError as exc:
+                    if exc.errno != errno_mod.ENOTDIR:
+                        message = f"ls: cannot access '{where}': {os.strerror(exc.errno or errno_mod.ENOENT)}\n"
+                        return RunResult(tuple(argv), 2, "", message, 0, 0.0)
+                    # `ls -1 FILE` prints the file's name: the fake answers directory listings only
+                else:
+                    return RunResult(tuple(argv), 0, "\n".join(entries) + "\n", "", 0, 0.0)
+            raise KtraceError(
+                f"the fake backend cannot run {list(argv)}: record this test on a real target with "
+                "--ktrace-record (its cassette is then replayed here), or emit events with ktrace.inject(...)"
+            )
+        step = self.player.next_run(argv, stdin)
+        pid = int(step.get("pid") or 0)
+        for path in pid_files:
+            self.tracefs.write(path, str(pid or 1), append=True)
+        self._feed(self.player.recorded_lines(step), pid_files)
+        return RunResult(
+            argv=tuple(argv),
+            returncode=int(step.get("returncode", 0)),
+            stdout=str(step.get("stdout", "")),
+            stderr=str(step.get("stderr", "")),
+            pid=pid,
+            duration_s=float(step.get("duration_s", 0.0)),
+            after=tuple(self._apply(after, stop_on_error=False)),
+        )
+
+    @staticmethod
+    def _is_tracefs_listing(argv: Sequence[str]) -> bool:
+        if len(argv) != 3 or list(argv[:2]) != ["ls", "-1"] or not isinstance(argv[2], str):
+            return False
+        where = argv[2].rstrip("/") or "/"
+        return where == _ROOT or where.startswith(_ROOT + "/")
+
+    def inject(
+        self,
+        event: str,
+        fields: Mapping[str, Union[int, str]],
+        *,
+        pid: Optional[int] = None,
+        comm: str = "ktrace-inject",
+        cpu: int = 0,
+        timestamp: Optional[float] = None,
+        stack: Sequence[str] = (),
+    ) -> int:
+        """Emit one synthetic event ``group/name``; returns how many buffers recorded it (0: not enabled or
+        filtered out, as on a kernel). ``stack`` is what a ``stacktrace`` trigger on the event records."""
+        with self._lock:
+            if pid is None:
+                self._next_pid += 1
+                pid = self._next_pid
+            if not self.tracefs.exists(f"events/{event.replace(':', '/', 1)}"):
+                raise KtraceError(f"cannot inject {event}: the fake tracefs has no such event (was it removed?)")
+            cpus = self.tracefs.cpus
+            if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < cpus:
+                raise KtraceError(f"inject cpu={cpu!r}: the fake target has CPUs 0..{cpus - 1}")
+            return int(
+                self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp, stack=tuple(stack))
+            )
+
+    def open_stream(self, path: str) -> TraceStream:
+        return FakeTraceStream(self, path)
+
+    def fetch_file(self, path: str) -> bytes:
+        """The fake target has tracefs only: no other file (no ``/sys/kernel/btf``) can be read from it."""
+        raise KtraceError(
+            f"the fake backend has no file {path!r}: it imitates tracefs only (no kernel BTF, no binaries); "
+            "record the test on a real target with --ktrace-record and replay its cassette here"
+        )
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        with self._lock:
+            self._apply(ops, stop_on_error=False)
+
+    def close(self) -> None:
+        """Nothing to release: the fake tracefs lives as long as the run."""
