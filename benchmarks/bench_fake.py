@@ -28,11 +28,11 @@ from pytest_ktrace._identity import RunIdentity  # noqa: E402
 from pytest_ktrace._session import TraceSession  # noqa: E402
 from pytest_ktrace.backends._local import LocalBackend  # noqa: E402
 from pytest_ktrace.fake._backend import FakeBackend  # noqa: E402
-from pytest_ktrace.snapshots._snapshot import load_profile  # noqa: E402
+from pytest_ktrace.snapshots._snapshot import load_snapshot  # noqa: E402
 
 
 def per_test_fake(rounds: int) -> list[float]:
-    backend = FakeBackend(load_profile("debian-6.1-arm64"))
+    backend = FakeBackend(load_snapshot("debian-6.1-arm64"))
     identity = RunIdentity.current()
     times = []
     for serial in range(1, rounds + 1):

@@ -122,9 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         body = uprobe_test(binary)
         rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
         from pytest_ktrace.fake._backend import FakeBackend
-        from pytest_ktrace.snapshots._snapshot import load_profile
+        from pytest_ktrace.snapshots._snapshot import load_snapshot
 
-        fake = FakeBackend(load_profile("debian-6.1-arm64"))
+        fake = FakeBackend(load_snapshot("debian-6.1-arm64"))
         rows.append(("fake debian-6.1-arm64 (inject)", *measure(fake, injected_test, args.rounds)))
 
         with ssh_backend(Path(scratch)) as ssh:

@@ -16,8 +16,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 PROG_DIR = Path(__file__).parent / "prog"
 PROBED_SOURCE = PROG_DIR / "probed.c"
 TRACEFS = Path("/sys/kernel/tracing")
-# A profile of a development VM's 6.18 kernel: test data (a product ships profiles of kernels users run)
-DEV_VM_PROFILE = Path(__file__).parent / "data" / "dev-vm-6.18-x86_64.json.gz"
+# A snapshot of a development VM's 6.18 kernel: test data (a product ships snapshots of kernels users run)
+DEV_VM_SNAPSHOT = Path(__file__).parent / "data" / "dev-vm-6.18-x86_64.json.gz"
 
 
 _lock = threading.Lock()

@@ -50,7 +50,7 @@ from pytest_ktrace.btf._names import (
 )
 from pytest_ktrace.fake._backend import FakeBackend
 from pytest_ktrace.recording._cassette import Cassette, Player, RecordingBackend, StaleCassette
-from pytest_ktrace.snapshots._snapshot import load_profile
+from pytest_ktrace.snapshots._snapshot import load_snapshot
 from test_btf import BtfWriter
 
 pytest_plugins = ["pytester"]
@@ -364,7 +364,7 @@ def test_a_kernel_without_btf_says_how_to_do_without() -> None:
 
 
 def test_the_fake_without_a_cassette_has_no_btf() -> None:
-    session = session_on(FakeBackend(load_profile("debian-6.1-arm64")))
+    session = session_on(FakeBackend(load_snapshot("debian-6.1-arm64")))
     with pytest.raises(BtfUnavailable) as info:
         session.kprobe("__setup_irq", irq="irq")
     message = str(info.value)
@@ -555,7 +555,7 @@ def test_resolutions_are_recorded_and_replayed(tmp_path: Path) -> None:
     recorder.save(path)
     assert json.loads(path.read_text())["btf"] == recorded
 
-    fake = FakeBackend(load_profile("debian-6.1-x86_64"))
+    fake = FakeBackend(load_snapshot("debian-6.1-x86_64"))
     fake.play(Player(Cassette.load(path), path))
     replay = session_on(fake)
     assert replay.kprobe("dev_open", name="d->name:string", flags="flags", raw="$arg1:x64").spec.fetchargs == (

@@ -125,11 +125,11 @@ def test_a_failed_rewrite_keeps_the_previous_cassette_whole(pytester: pytest.Pyt
     assert first.returncode == 0, first.stdout[-3000:]
     recorded = pytester.path / "cassettes"
     old = hashlib.sha256((recorded / "test_rec" / "test_one.json").read_bytes()).hexdigest()
-    profiles = {
+    snapshots = {
         str(path.relative_to(recorded)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in (recorded / "_targets").glob("*.json.gz")
     }
-    assert len(profiles) == 1  # the recording kernel's profile, beside the cassettes
+    assert len(snapshots) == 1  # the recording kernel's snapshot, beside the cassettes
     seed = pytester.path / "seed"
     recorded.rename(seed)
     # the rewrite fails on the full disk; the replay afterwards (same namespace) still trusts the whole old one
@@ -140,8 +140,8 @@ def test_a_failed_rewrite_keeps_the_previous_cassette_whole(pytester: pytest.Pyt
     assert rc == 1, out[-3000:]
     path = recorded / "test_rec" / "test_one.json"
     assert f"cannot write cassette {path}: no space left on device (ENOSPC); the previous version is unchanged" in out
-    # byte for byte the old cassette and the kernel profile recorded with it, and no temporary file
-    assert files == {"test_rec/test_one.json": old, **profiles}
+    # byte for byte the old cassette and the kernel snapshot recorded with it, and no temporary file
+    assert files == {"test_rec/test_one.json": old, **snapshots}
     assert out.count(" passed") == 2 and "1 passed, 1 error" in out, out[-3000:]  # the replay passed
     assert free == 0
 

@@ -204,7 +204,7 @@ def test_fake_backend_properties(pytester: pytest.Pytester) -> None:
     )
     xml = pytester.path / "junit.xml"
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64", f"--junitxml={xml}"
+        "-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-arm64", f"--junitxml={xml}"
     )
     result.assert_outcomes(passed=1)
     props = _properties(xml)["test_kprobe"]

@@ -21,7 +21,7 @@ from pytest_ktrace.report._html import ArtifactLink, ProbeRow, TestRow, render_i
 pytest_plugins = ["pytester"]
 
 HOSTILE = "pr<&\"'>b"  # a binary (and so a comm) name that is all HTML metacharacters
-FAKE = ("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-x86_64")
+FAKE = ("--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-x86_64")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ktrace_testing import DEV_VM_PROFILE, TRACEFS
+from ktrace_testing import DEV_VM_SNAPSHOT, TRACEFS
 from pytest_ktrace._arch import normalize_arch
 from pytest_ktrace._errors import ConnectionLost, KtraceError
 from pytest_ktrace._requirements import (
@@ -224,7 +224,7 @@ def test_every_unmet_need_is_listed_with_why() -> None:
 def test_what_cannot_be_checked_is_unmet_and_says_why() -> None:
     facts = _facts(
         btf=None,
-        btf_note="the profile x does not record it",
+        btf_note="the snapshot x does not record it",
         events=None,
         events_note="available_events is not readable",
         symbols=None,
@@ -233,7 +233,7 @@ def test_what_cannot_be_checked_is_unmet_and_says_why() -> None:
     requirements = Requirements(kprobes=True, btf=True, symbols=("schedule",), events=("sched:sched_switch",))
     assert unmet(requirements, facts) == [
         "no kprobes (kprobe_events missing)",  # no config known: no guess about why
-        "BTF unknown (the profile x does not record it)",
+        "BTF unknown (the snapshot x does not record it)",
         "cannot list events (available_events is not readable)",
         "cannot list kernel symbols (the detection script could not run)",
     ]
@@ -293,7 +293,7 @@ def test_closest_marker_wins_and_lists_add_up(pytester: pytest.Pytester) -> None
         """
     )
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", "--ktrace-profile=debian-6.1-x86_64"
+        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-x86_64"
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
@@ -584,7 +584,7 @@ def test_detection_runs_once_per_target_for_the_whole_run(suite: pytest.Pytester
 # ------------------------------------------------------------------------------------------------- the fake
 
 
-def test_on_the_fake_arm64_profile_kprobes_and_arm64_run(pytester: pytest.Pytester) -> None:
+def test_on_the_fake_arm64_snapshot_kprobes_and_arm64_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_fake="""
         import pytest
@@ -609,21 +609,21 @@ def test_on_the_fake_arm64_profile_kprobes_and_arm64_run(pytester: pytest.Pytest
         """
     )
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64"
+        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-arm64"
     )
     result.assert_outcomes(passed=2, skipped=2)
     head = "pytest-ktrace: fake:debian-6.1-arm64 (Linux 6.1.0-57-arm64 arm64) cannot run this test: "
     result.stdout.fnmatch_lines_random(
         [
             f"SKIPPED [[]1] test_fake.py:13: {head}arch is arm64 (needs x86_64), __activate_traps is blacklisted for "
-            "kprobes, no symbol __setup_irqx in the kallsyms of profile debian-6.1-arm64 (close matches: __setup_irq*",
-            f"SKIPPED [[]1] test_fake.py:17: {head}BTF unknown (the profile debian-6.1-arm64 does not record whether "
+            "kprobes, no symbol __setup_irqx in the kallsyms of snapshot debian-6.1-arm64 (close matches: __setup_irq*",
+            f"SKIPPED [[]1] test_fake.py:17: {head}BTF unknown (the snapshot debian-6.1-arm64 does not record whether "
             "/sys/kernel/btf/vmlinux exists)",
         ]
     )
 
 
-def test_on_a_fake_profile_without_kprobes_kprobes_skip(pytester: pytest.Pytester) -> None:
+def test_on_a_fake_snapshot_without_kprobes_kprobes_skip(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_fake="""
         import pytest
@@ -634,7 +634,7 @@ def test_on_a_fake_profile_without_kprobes_kprobes_skip(pytester: pytest.Pyteste
         """
     )
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}"
+        "-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", f"--ktrace-snapshot={DEV_VM_SNAPSHOT}"
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
@@ -708,7 +708,7 @@ def test_may_skip(ktrace):
 @pytest.mark.parametrize("how", ["option", "ini"])
 def test_strict_fails_what_the_target_cannot_run(pytester: pytest.Pytester, how: str) -> None:
     pytester.makepyfile(test_strict=STRICT_SUITE)
-    args = ["-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}"]
+    args = ["-p", "no:cacheprovider", "-rs", "--ktrace-backend=fake", f"--ktrace-snapshot={DEV_VM_SNAPSHOT}"]
     if how == "option":
         args.append("--ktrace-strict")
     else:
@@ -728,6 +728,8 @@ def test_strict_fails_what_the_target_cannot_run(pytester: pytest.Pytester, how:
 
 def test_without_strict_unmet_needs_skip_and_are_counted(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_strict=STRICT_SUITE)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--ktrace-backend=fake", f"--ktrace-snapshot={DEV_VM_SNAPSHOT}"
+    )
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["ktrace: fake:dev-vm-6.18-x86_64 (backend fake): *; 3 test(s), 2 skipped for unmet *"])

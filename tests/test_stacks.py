@@ -95,7 +95,7 @@ def test_stack(ktrace):
 
 def test_fake_stacks_and_the_failure_message(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_fake=FAKE_SUITE)
-    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-x86_64")
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-x86_64")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [

@@ -21,7 +21,7 @@ from pytest_ktrace._streaming import Histogram
 from pytest_ktrace.backends._base import Op, OpResult, RunResult, TargetInfo
 from pytest_ktrace.fake._backend import FakeBackend
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs
-from pytest_ktrace.snapshots._snapshot import load_profile
+from pytest_ktrace.snapshots._snapshot import load_snapshot
 
 STREAM = pytest.mark.ktrace(stream=True)
 BOTH_MODES = pytest.mark.parametrize(
@@ -316,9 +316,9 @@ def test_a_backend_without_open_stream_says_it_cannot_stream(ktrace, probed: Pat
 
 # --------------------------------------------------------------------------------------- the fake backend's stream
 def _fake_session(keep: int = 10, **tracefs: Any) -> tuple[FakeBackend, TraceSession]:
-    backend = FakeBackend(load_profile("debian-6.1-arm64"))
+    backend = FakeBackend(load_snapshot("debian-6.1-arm64"))
     if tracefs:
-        backend.tracefs = FakeTracefs(backend.profile, cpus=2, **tracefs)
+        backend.tracefs = FakeTracefs(backend.snapshot, cpus=2, **tracefs)
     return backend, TraceSession(backend, RunIdentity.current(), 1, stream=True, keep_events=keep)
 
 
@@ -418,7 +418,7 @@ def test_stream_settings_marker_over_command_line_over_ini(pytester: pytest.Pyte
 
 
 def test_a_sync_marker_that_never_arrives_is_a_clear_error() -> None:
-    backend = FakeBackend(load_profile("debian-6.1-arm64"))
+    backend = FakeBackend(load_snapshot("debian-6.1-arm64"))
     session = TraceSession(backend, RunIdentity.current(), 1, stream=True, sync_stall_s=0.3)
     setup = session.kprobe("__setup_irq", irq="%x0:u32")
     session.arm()
@@ -432,7 +432,7 @@ def test_a_sync_marker_that_never_arrives_is_a_clear_error() -> None:
 
 
 def test_a_failing_stream_is_reported_by_the_next_sync() -> None:
-    backend = FakeBackend(load_profile("debian-6.1-arm64"))
+    backend = FakeBackend(load_snapshot("debian-6.1-arm64"))
     session = TraceSession(backend, RunIdentity.current(), 1, stream=True)
     session.kprobe("__setup_irq", irq="%x0:u32")
     session.arm()

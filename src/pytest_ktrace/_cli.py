@@ -1,9 +1,9 @@
-"""The ``pytest-ktrace`` command: target profiles for the fake tracefs, and leftovers of killed runs.
+"""The ``pytest-ktrace`` command: target snapshots for the fake tracefs, and leftovers of killed runs.
 
     pytest-ktrace snapshot --name NAME [-o FILE]                      # this machine (needs root for kallsyms)
     pytest-ktrace snapshot --host [USER@]HOST[:PORT] [--ssh-config F] [--sudo] --name NAME
     pytest-ktrace snapshot --vm x86_64|arm64 --name NAME               # boots a qemu guest, snapshots, stops it
-    pytest-ktrace profiles [NAME_OR_FILE ...]                          # shipped (or given) profiles
+    pytest-ktrace snapshots [NAME_OR_FILE ...]                          # shipped (or given) snapshots
     pytest-ktrace clean [--host H] [--older-than 1h] [--dry-run]      # leftovers of killed runs on a target
 
 Errors of the plugin (:class:`~pytest_ktrace._errors.KtraceError`) print as one line on stderr and exit 2.
@@ -26,14 +26,14 @@ EXIT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_PROG, description="pytest-ktrace tools: target profiles, leftovers.")
+    parser = argparse.ArgumentParser(prog=_PROG, description="pytest-ktrace tools: target snapshots, leftovers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     snap = commands.add_parser(
         "snapshot",
-        help="take a profile of a target (local by default)",
-        description="Take a profile of a target: kallsyms, kprobe blacklist, event formats, tracefs README.",
+        help="take a snapshot of a target (local by default)",
+        description="Take a snapshot of a target: kallsyms, kprobe blacklist, event formats, tracefs README.",
     )
     where = _ssh_arguments(snap)
     where.add_argument("--vm", choices=("x86_64", "arm64"), help="boot a qemu guest of this arch and snapshot it")
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mount debugfs on the target if it is not mounted, to read the kprobe blacklist (implied by --vm)",
     )
-    snap.add_argument("--name", required=True, help="profile name, e.g. debian-6.1-arm64")
+    snap.add_argument("--name", required=True, help="snapshot name, e.g. debian-6.1-arm64")
     snap.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to write it (default: NAME.json.gz)")
 
     clean = commands.add_parser(
@@ -65,11 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     listing = commands.add_parser(
-        "profiles",
-        help="list the shipped profiles (or the given ones)",
-        description="List the shipped profiles, or the given shipped names / profile files.",
+        "snapshots",
+        help="list the shipped snapshots (or the given ones)",
+        description="List the shipped snapshots, or the given shipped names / snapshot files.",
     )
-    listing.add_argument("profiles", nargs="*", metavar="NAME_OR_FILE", help="shipped profile names or files")
+    listing.add_argument("snapshots", nargs="*", metavar="NAME_OR_FILE", help="shipped snapshot names or files")
     return parser
 
 
@@ -145,28 +145,28 @@ def _snapshot(args: argparse.Namespace) -> int:
         guest = boot(args.vm, kernel=args.vm_kernel)
         try:
             with SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as guest_backend:
-                profile = snapshot(guest_backend, args.name, mount_debugfs=True)
+                taken = snapshot(guest_backend, args.name, mount_debugfs=True)
         finally:
             guest.shutdown()
     else:
         backend = _target_backend(args)
         try:
-            profile = snapshot(backend, args.name, mount_debugfs=args.mount_debugfs)
+            taken = snapshot(backend, args.name, mount_debugfs=args.mount_debugfs)
         finally:
             backend.close()
-    profile.save(output)
-    print(f"{output}: {profile.summary()} ({output.stat().st_size} bytes)")
+    taken.save(output)
+    print(f"{output}: {taken.summary()} ({output.stat().st_size} bytes)")
     return 0
 
 
-def _profiles(args: argparse.Namespace) -> int:
-    from .snapshots._snapshot import builtin_profiles, load_profile
+def _snapshots(args: argparse.Namespace) -> int:
+    from .snapshots._snapshot import load_snapshot, shipped_snapshots
 
-    wanted: list[str] = args.profiles or list(builtin_profiles())
+    wanted: list[str] = args.snapshots or list(shipped_snapshots())
     if not wanted:
-        print("no shipped profiles")
+        print("no shipped snapshots")
         return 0
-    loaded = [load_profile(name) for name in wanted]  # every one first: an unknown name prints no partial table
+    loaded = [load_snapshot(name) for name in wanted]  # every one first: an unknown name prints no partial table
     rows = [("NAME", "RELEASE", "ARCH", "SYMBOLS", "EVENTS", "BLACKLIST")]
     for p in loaded:
         blacklist = "-" if p.blacklist is None else str(len(p.blacklist))
@@ -184,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _snapshot(args)
         if args.command == "clean":
             return _clean(args)
-        return _profiles(args)
+        return _snapshots(args)
     except KtraceError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the error's own layout
         print(f"{_PROG}: error: {message}", file=sys.stderr)

@@ -28,7 +28,7 @@ one round trip per group:
   ``available_filter_functions``, which is only the fallback when kallsyms is unreadable) and debugfs
   ``kprobes/blacklist`` when readable.
 
-The fake backend runs nothing: its facts come from its :class:`~pytest_ktrace.snapshots._snapshot.Profile`.
+The fake backend runs nothing: its facts come from its :class:`~pytest_ktrace.snapshots._snapshot.KernelSnapshot`.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ from ._markers import REQUIRES, REQUIRES_HELP
 from ._targets import TargetSpec, resolve_target, state_key
 from .backends._base import Backend, Imitating, Read, TargetInfo
 from .backends._shell import marked_sections
-from .recording._cassette import cassette_path, replay_profile
+from .recording._cassette import cassette_path, replay_snapshot
 from .report._provenance import record_target
-from .snapshots._snapshot import Profile, parse_blacklist
+from .snapshots._snapshot import KernelSnapshot, parse_blacklist
 
 __all__ = [
     "KEYS",
@@ -277,18 +277,18 @@ class TargetFacts:
         return self._suggest
 
 
-def _from_profile(facts: TargetFacts, profile: Profile) -> None:
-    """The fake backend: everything its profile recorded (it runs no commands)."""
+def _from_snapshot(facts: TargetFacts, snapshot: KernelSnapshot) -> None:
+    """The fake backend: everything its snapshot recorded (it runs no commands)."""
     facts.base_loaded = facts.symbols_loaded = True
-    facts.config, facts.config_source = None, f"the profile {profile.name} records no kernel config"
-    if "btf" in profile.features:  # BTF fetch args in the README need the kernel's BTF
+    facts.config, facts.config_source = None, f"the snapshot {snapshot.name} records no kernel config"
+    if "btf" in snapshot.features:  # BTF fetch args in the README need the kernel's BTF
         facts.btf = True
     else:
-        facts.btf_note = f"the profile {profile.name} does not record whether {_BTF_PATH} exists"
-    facts.events = frozenset(event.replace("/", ":", 1) for event in profile.events)
-    facts.symbols = frozenset(profile.symbols)
-    facts.symbols_source = f"the kallsyms of profile {profile.name}"
-    facts.blacklist = profile.blacklist
+        facts.btf_note = f"the snapshot {snapshot.name} does not record whether {_BTF_PATH} exists"
+    facts.events = frozenset(event.replace("/", ":", 1) for event in snapshot.events)
+    facts.symbols = frozenset(snapshot.symbols)
+    facts.symbols_source = f"the kallsyms of snapshot {snapshot.name}"
+    facts.blacklist = snapshot.blacklist
 
 
 def _script(nonce: str, tracefs: str, *, base: bool, symbols: bool) -> str:
@@ -426,7 +426,7 @@ def facts_for(config: pytest.Config, target: TargetSpec, backend: Backend, requi
     if facts is None:
         facts = cache[target] = TargetFacts(backend.describe())
         if isinstance(backend, Imitating):
-            _from_profile(facts, backend.profile)
+            _from_snapshot(facts, backend.snapshot)
     info = facts.info
     base = bool(
         requirements.btf
@@ -558,10 +558,10 @@ def check_before_setup(item: pytest.Item) -> None:
             if uses_fixture:
                 return  # checked by the fixture, against the board it leases
             target = replace(target, host=settings.boards[0])
-        if target.backend == "fake" and not target.profile:
+        if target.backend == "fake" and not target.snapshot:
             cassette = cassette_path(item.path, item.name, config.getini("ktrace_cassette_dir") or "cassettes")
             if cassette.exists():
-                target = replace(target, profile=replay_profile(cassette))
+                target = replace(target, snapshot=replay_snapshot(cassette))
         backend = config.stash[state_key()].backend_for(config, target)
     except (pytest.UsageError, KtraceError) as exc:
         problem: Optional[BaseException] = exc

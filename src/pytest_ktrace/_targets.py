@@ -34,7 +34,7 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "scope": ("ktrace_scope", "ktrace_scope", "all", "str"),
     "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
     "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
-    "profile": ("ktrace_profile", "ktrace_profile", None, "str"),
+    "snapshot": ("ktrace_snapshot", "ktrace_snapshot", None, "str"),
     "lost": ("ktrace_lost", "ktrace_lost", "fail", "str"),
     "stream": ("ktrace_stream", "ktrace_stream", False, "bool"),
     "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
@@ -60,15 +60,15 @@ class TargetSpec:
     sudo: bool = False
     ssh_config: Optional[str] = None
     accept_new_host_key: bool = False
-    profile: Optional[str] = None  # the fake backend's target profile (a shipped name or a file)
+    snapshot: Optional[str] = None  # the fake backend's target snapshot (a shipped name or a file)
 
     @property
     def label(self) -> str:
         if self.backend == "vm":
             return f"vm:{self.vm}"
         if self.backend == "fake":
-            # a profile file is named by its file name: NAME.json.gz
-            name = Path(self.profile).name.removesuffix(".json.gz") if self.profile else "(profile of each cassette)"
+            # a snapshot file is named by its file name: NAME.json.gz
+            name = Path(self.snapshot).name.removesuffix(".json.gz") if self.snapshot else "(snapshot of each cassette)"
             return f"fake:{name}"
         return self.host if self.backend == "ssh" and self.host else self.backend
 
@@ -206,7 +206,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         sudo=bool(values["sudo"]),
         ssh_config=values["ssh_config"],
         accept_new_host_key=bool(values["accept_new_host_key"]),
-        profile=values["profile"] if backend == "fake" else None,
+        snapshot=values["snapshot"] if backend == "fake" else None,
     )
     if backend == "local":
         target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
@@ -244,7 +244,7 @@ class RunState:
     closers: list[Any] = field(default_factory=list)
     live: set[Any] = field(default_factory=set)  # TraceSessions not yet torn down (Ctrl-C safety net)
     elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
-    target_profiles: set[Path] = field(default_factory=set)  # kernel profiles written beside cassettes this run
+    target_snapshots: set[Path] = field(default_factory=set)  # kernel snapshots written beside cassettes this run
     owned: dict[int, tuple[Backend, float]] = field(default_factory=dict)  # targets holding our owner record
 
     def next_serial(self) -> int:

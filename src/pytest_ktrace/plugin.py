@@ -122,8 +122,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DURATION",
     )
     option(
-        "ktrace-profile",
-        "target profile the fake backend imitates: a shipped name or a file (default: each cassette's own)",
+        "ktrace-snapshot",
+        "kernel snapshot the fake backend imitates: a shipped name or a file (default: each cassette's own)",
         metavar="NAME",
     )
     option(
@@ -261,10 +261,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
     lines: list[str] = []
     for target in targets:
-        if target.backend == "fake" and not target.profile:
+        if target.backend == "fake" and not target.snapshot:
             lines.append(
-                "ktrace: backend fake: each test replays its cassette on the profile of the kernel it was recorded "
-                "on (cassettes/_targets/, else a shipped profile of that arch and version)"
+                "ktrace: backend fake: each test replays its cassette on the snapshot of the kernel it was recorded "
+                "on (cassettes/_targets/, else a shipped snapshot of that arch and version)"
             )
         else:
             lines.append(f"ktrace: backend {target.backend}, target {target.label}: reached when a test first needs it")
@@ -287,7 +287,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
     from ._boards import lease_board
     from ._requirements import check_item
     from ._session import TraceSession
-    from .recording._cassette import Tape, cassette_path, replay_profile
+    from .recording._cassette import Tape, cassette_path, replay_snapshot
     from .report._provenance import record_session
 
     config = request.config
@@ -306,8 +306,8 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
         request.addfinalizer(lease.release)
         settings = replace(settings, target=replace(settings.target, host=lease.host))
     try:
-        if settings.target.backend == "fake" and not settings.target.profile and cassette.exists():
-            settings = replace(settings, target=replace(settings.target, profile=replay_profile(cassette)))
+        if settings.target.backend == "fake" and not settings.target.snapshot and cassette.exists():
+            settings = replace(settings, target=replace(settings.target, snapshot=replay_snapshot(cassette)))
         backend = state.backend_for(config, settings.target)
         state.keep_alive(backend)
         check_item(request.node, settings.target, backend, strict=settings.strict)  # if not checked before setup
@@ -317,7 +317,7 @@ def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None
             cassette,
             record=record,
             rewrite=record_mode(config) == "rewrite",
-            snapshotted=state.target_profiles,
+            snapshotted=state.target_snapshots,
         )
     except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
         pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)

@@ -167,7 +167,7 @@ def test_a_trailing_operator_is_meaningless(expression: str) -> None:
     assert caught.value.position == len(expression)
 
 
-def test_a_kernel_that_took_a_trailing_operator_is_an_answer_of_its_profile() -> None:
+def test_a_kernel_that_took_a_trailing_operator_is_an_answer_of_its_snapshot() -> None:
     assert compiled("pid == 1 &&", trailing_operator_is_error=False).matches({"pid": 1})
 
 

@@ -30,7 +30,7 @@ from pytest_ktrace.fake._filters import (
     FilterField,
     compile_filter,
 )
-from pytest_ktrace.snapshots._snapshot import Profile, snapshot
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot, snapshot
 
 TRACEFS = Path("/sys/kernel/tracing")
 EXEC_EVENT = "sched/sched_process_exec"
@@ -170,7 +170,7 @@ def nr_cpu_ids() -> int:
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Profile:
+def kernel() -> KernelSnapshot:
     """A snapshot of this machine's kernel: its text layout and its answers to what its version does not settle."""
     backend = LocalBackend()
     try:
@@ -179,7 +179,7 @@ def kernel() -> Profile:
         backend.close()
 
 
-def filter_options(kernel: Profile) -> dict[str, Any]:
+def filter_options(kernel: KernelSnapshot) -> dict[str, Any]:
     return {
         "kernel_functions": kernel.text,
         "trailing_operator_is_error": kernel.answer("filter_trailing_operator") == "rejected",
@@ -189,7 +189,7 @@ def filter_options(kernel: Profile) -> dict[str, Any]:
 _ADDRESS = re.compile(r"\{(?P<where>start|inside|last|end):(?P<name>\w+)\}")
 
 
-def with_addresses(expression: Expression, kernel: Profile) -> Expression:
+def with_addresses(expression: Expression, kernel: KernelSnapshot) -> Expression:
     """``{start:f}``, ``{inside:f}``, ``{last:f}``, ``{end:f}``: addresses in and around function f, this boot."""
     if isinstance(expression, bytes) or kernel.text is None:
         return expression
@@ -396,7 +396,7 @@ def _case_id(case: tuple[str, Expression]) -> str:
 
 @pytest.mark.parametrize("case", WRITTEN_EXPRESSIONS, ids=[_case_id(case) for case in WRITTEN_EXPRESSIONS])
 def test_kernel_agrees_on_acceptance_and_error_text(
-    instance: ScratchInstance, nr_cpu_ids: int, kernel: Profile, case: tuple[str, Expression]
+    instance: ScratchInstance, nr_cpu_ids: int, kernel: KernelSnapshot, case: tuple[str, Expression]
 ) -> None:
     event, expression = case
     expression = with_addresses(expression, kernel)
@@ -530,7 +530,7 @@ def test_kernel_keeps_the_execs_the_filter_matches(
     instance: ScratchInstance,
     exec_format: EventFormat,
     nr_cpu_ids: int,
-    kernel: Profile,
+    kernel: KernelSnapshot,
     sample_programs: list[str],
     expression: str,
 ) -> None:

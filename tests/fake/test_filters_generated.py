@@ -27,7 +27,7 @@ from test_filters_differential import (
 )
 
 from pytest_ktrace.fake._filters import CompiledFilter, FilterError, FilterField, compile_filter
-from pytest_ktrace.snapshots._snapshot import Profile
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot
 
 pytestmark = pytest.mark.skipif(_tracefs_problem() is not None, reason=_tracefs_problem() or "")
 
@@ -152,7 +152,7 @@ SEEDS = [
 
 
 @pytest.fixture(scope="module")
-def agree(instance: ScratchInstance, kernel: Profile) -> Callable[[str, str], None]:  # noqa: F811
+def agree(instance: ScratchInstance, kernel: KernelSnapshot) -> Callable[[str, str], None]:  # noqa: F811
     nr_cpu_ids = possible_cpu_count()
     fields: dict[str, tuple[FilterField, ...]] = {
         event: read_event_format(event).fields for event in (EXEC_EVENT, KMEM_FREE_EVENT)
@@ -215,7 +215,7 @@ def test_generated_function_expressions(agree: Callable[[str, str], None], expre
     agree(KMEM_FREE_EVENT, expression)
 
 
-def test_function_addresses_of_this_boot(agree: Callable[[str, str], None], kernel: Profile) -> None:  # noqa: F811
+def test_function_addresses_of_this_boot(agree: Callable[[str, str], None], kernel: KernelSnapshot) -> None:  # noqa: F811
     # event-filter-function's second half: the address of a function, and around it
     assert kernel.text is not None, "this machine's kallsyms shows addresses to root"
     span = kernel.text.span_of_name("kmem_cache_free")

@@ -9,7 +9,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-FAKE = ("-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-profile=debian-6.1-x86_64")
+FAKE = ("-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-x86_64")
 
 
 def _run(pytester: pytest.Pytester, body: str) -> pytest.RunResult:

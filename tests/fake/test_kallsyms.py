@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ktrace_testing import DEV_VM_PROFILE
+from ktrace_testing import DEV_VM_SNAPSHOT
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs
 from pytest_ktrace.snapshots._kallsyms import KernelText, parse_kallsyms
-from pytest_ktrace.snapshots._snapshot import Profile, load_profile
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot, load_snapshot
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
@@ -64,13 +64,13 @@ def test_spans_given_as_sizes_leave_gaps_between_functions() -> None:
 
 
 def _fake_with_kmem_events() -> FakeTracefs:
-    # the development VM's profile was taken before profiles recorded the kernel's addresses
-    return FakeTracefs(load_profile(str(DEV_VM_PROFILE)), file_exists=lambda path: None)
+    # the development VM's snapshot was taken before snapshots recorded the kernel's addresses
+    return FakeTracefs(load_snapshot(str(DEV_VM_SNAPSHOT)), file_exists=lambda path: None)
 
 
-def test_the_fake_takes_function_filters_on_a_profile_without_addresses() -> None:
+def test_the_fake_takes_function_filters_on_a_snapshot_without_addresses() -> None:
     fs = _fake_with_kmem_events()
-    assert fs.profile.text is None  # a profile taken before layouts were recorded: the fake makes one up
+    assert fs.snapshot.text is None  # a snapshot taken before layouts were recorded: the fake makes one up
     path = "events/kmem/kmem_cache_free/filter"
     fs.write(path, "call_site.function == kmem_cache_free")
     assert fs.read(path) == "call_site.function == kmem_cache_free\n"
@@ -84,10 +84,10 @@ def test_the_fake_takes_function_filters_on_a_profile_without_addresses() -> Non
     assert "Function not found" in fs.read("error_log")
 
 
-def test_the_fake_uses_the_profiles_layout_and_answers() -> None:
-    shipped = load_profile("debian-6.1-x86_64")
+def test_the_fake_uses_the_snapshots_layout_and_answers() -> None:
+    shipped = load_snapshot("debian-6.1-x86_64")
     layout = parse_kallsyms(KALLSYMS)
-    profile = Profile(
+    snapshot = KernelSnapshot(
         name="laid-out",
         release=shipped.release,
         arch=shipped.arch,
@@ -100,11 +100,11 @@ def test_the_fake_uses_the_profiles_layout_and_answers() -> None:
         text=layout,
         answers={"filter_trailing_operator": "accepted"},
     )
-    fs = FakeTracefs(profile)
+    fs = FakeTracefs(snapshot)
     path = "events/kmem/kmem_cache_free/filter"
     fs.write(path, "call_site.function == 0xffffffff810003ff")
     with pytest.raises(FakeOSError):
         fs.write(path, "call_site.function == 0xffffffff80000000")
     assert fs.symbol_address("kmem_cache_free") == 0xFFFFFFFF81000180
-    fs.write(path, "common_pid == 1 &&")  # this kernel took a trailing operator, its profile says
+    fs.write(path, "common_pid == 1 &&")  # this kernel took a trailing operator, its snapshot says
     assert fs.read(path) == "common_pid == 1 &&\n"

@@ -1,8 +1,8 @@
 """FakeBackend against the real kprobes of the Debian 6.1 qemu guests: one scripted session, applied to both.
 
 This machine has no kprobes, so the fake's kprobe side is checked against the guests' kernels (x86_64 and arm64,
-the kernels the ``debian-6.1-<arch>`` profiles were taken from).  The same list of tracefs operations goes to
-the guest (:class:`~pytest_ktrace.backends.ssh.SshBackend`) and to ``FakeBackend(load_profile(...))``, and every
+the kernels the ``debian-6.1-<arch>`` snapshots were taken from).  The same list of tracefs operations goes to
+the guest (:class:`~pytest_ktrace.backends.ssh.SshBackend`) and to ``FakeBackend(load_snapshot(...))``, and every
 step's outcome must be identical: success or the errno name, and the text of every read.
 
 Contents are normalised only for what cannot agree: error_log and trace timestamps, event IDs, the pids and
@@ -32,7 +32,7 @@ from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.backends._base import Backend, Mkdir, Op, OpResult, Read, Rmdir, Write
 from pytest_ktrace.fake._backend import FakeBackend
 from pytest_ktrace.guests import RunningGuest, boot, qemu_available
-from pytest_ktrace.snapshots._snapshot import load_profile
+from pytest_ktrace.snapshots._snapshot import load_snapshot
 
 pytestmark = pytest.mark.guest
 
@@ -383,7 +383,7 @@ def _run(backend: Backend, steps: list[Step]) -> list[Outcome]:
 
 def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend) -> None:
     arch = ARCHS[guest.arch]
-    fake = FakeBackend(load_profile(f"debian-6.1-{arch.name}"), cpus=1)  # the guests boot with -smp 1
+    fake = FakeBackend(load_snapshot(f"debian-6.1-{arch.name}"), cpus=1)  # the guests boot with -smp 1
     steps = script(arch)
     trigger = next(index for index, step in enumerate(steps) if step.is_trigger)
     before, after = steps[:trigger], steps[trigger + 1 :]

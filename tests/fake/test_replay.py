@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import DEV_VM_PROFILE, run_pytest
-from pytest_ktrace.snapshots._snapshot import Profile, load_profile
+from ktrace_testing import DEV_VM_SNAPSHOT, run_pytest
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot, load_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -137,12 +137,12 @@ def test_record_locally_then_replay_in_a_clean_checkout(pytester: pytest.Pyteste
     recorded.assert_outcomes(passed=1)
     cassette = pytester.path / "cassettes" / "test_local" / "test_setup.json"
     assert "<group>" in cassette.read_text() and "ktrace_" not in cassette.read_text()
-    # the recording kernel's profile, once, beside the cassettes; the cassette names it
-    [profile] = (pytester.path / "cassettes" / "_targets").iterdir()
+    # the recording kernel's snapshot, once, beside the cassettes; the cassette names it
+    [snapshot] = (pytester.path / "cassettes" / "_targets").iterdir()
     release, machine = os.uname().release, os.uname().machine
-    assert profile.name == f"{release}-{machine}.json.gz"
-    assert json.loads(cassette.read_text())["target"]["profile"] == f"_targets/{profile.name}"
-    loaded = load_profile(str(profile))
+    assert snapshot.name == f"{release}-{machine}.json.gz"
+    assert json.loads(cassette.read_text())["target"]["snapshot"] == f"_targets/{snapshot.name}"
+    loaded = load_snapshot(str(snapshot))
     assert (loaded.release, loaded.arch) == (release, machine) and loaded.text is not None
 
     # a clean checkout: the test file and its cassettes, nothing else; no option but the backend
@@ -153,14 +153,14 @@ def test_record_locally_then_replay_in_a_clean_checkout(pytester: pytest.Pyteste
     replayed = _pytest(clean, "--ktrace-backend=fake", "-v")
     assert replayed.returncode == 0, replayed.stdout[-3000:]
     assert "1 passed" in replayed.stdout
-    assert "ktrace: backend fake: each test replays its cassette on the profile of the kernel" in replayed.stdout
+    assert "ktrace: backend fake: each test replays its cassette on the snapshot of the kernel" in replayed.stdout
 
-    # an explicit profile still wins
-    explicit = _pytest(clean, "--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}", "-v")
+    # an explicit snapshot still wins
+    explicit = _pytest(clean, "--ktrace-backend=fake", f"--ktrace-snapshot={DEV_VM_SNAPSHOT}", "-v")
     assert explicit.returncode == 0, explicit.stdout[-3000:]
     assert "ktrace: fake:dev-vm-6.18-x86_64 (backend fake): Linux 6.18.44-fc-v857 x86_64" in explicit.stdout
 
-    # without the profile, and no shipped one of that kernel: say what is missing and the one command to get it
+    # without the snapshot, and no shipped one of that kernel: say what is missing and the one command to get it
     shutil.rmtree(clean / "cassettes" / "_targets")
     missing = _pytest(clean, "--ktrace-backend=fake")
     assert missing.returncode == 1, missing.stdout[-3000:]
@@ -170,20 +170,20 @@ def test_record_locally_then_replay_in_a_clean_checkout(pytester: pytest.Pyteste
     )
 
 
-def test_recording_again_keeps_the_profile_unless_rewriting(pytester: pytest.Pytester, probed: Path) -> None:
+def test_recording_again_keeps_the_snapshot_unless_rewriting(pytester: pytest.Pytester, probed: Path) -> None:
     pytester.makepyfile(test_local=LOCAL_SUITE.format(binary=str(probed)))
     pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
-    [profile] = (pytester.path / "cassettes" / "_targets").iterdir()
-    profile.write_bytes(Profile.load(profile).dumps())  # same content, new inode: a rewrite would replace it
-    inode = profile.stat().st_ino
+    [snapshot] = (pytester.path / "cassettes" / "_targets").iterdir()
+    snapshot.write_bytes(KernelSnapshot.load(snapshot).dumps())  # same content, new inode: a rewrite would replace it
+    inode = snapshot.stat().st_ino
     (pytester.path / "cassettes" / "test_local" / "test_setup.json").unlink()
     pytester.runpytest("--ktrace-record-mode=once").assert_outcomes(passed=1)
-    assert profile.stat().st_ino == inode
+    assert snapshot.stat().st_ino == inode
     pytester.runpytest("--ktrace-record-mode=rewrite").assert_outcomes(passed=1)
-    assert profile.stat().st_ino != inode
+    assert snapshot.stat().st_ino != inode
 
 
-def test_a_board_of_a_shipped_kernel_version_replays_on_the_shipped_profile(guest_suite: Path) -> None:
+def test_a_board_of_a_shipped_kernel_version_replays_on_the_shipped_snapshot(guest_suite: Path) -> None:
     # a cassette from another build of Debian's 6.1 (as on a user's board): matched by arch, version, features
     for cassette in (guest_suite / "cassettes").rglob("*.json"):
         body = json.loads(cassette.read_text())
@@ -194,7 +194,7 @@ def test_a_board_of_a_shipped_kernel_version_replays_on_the_shipped_profile(gues
     assert "2 passed" in run.stdout
 
 
-def test_a_shipped_profile_without_a_recorded_feature_is_not_used(guest_suite: Path) -> None:
+def test_a_shipped_snapshot_without_a_recorded_feature_is_not_used(guest_suite: Path) -> None:
     for cassette in (guest_suite / "cassettes").rglob("*.json"):
         body = json.loads(cassette.read_text())
         body["target"]["features"].append("hist_triggers_of_the_future")
@@ -213,7 +213,7 @@ def test_fake_without_a_cassette_explains_what_to_do(pytester: pytest.Pytester) 
             ktrace.run(["true"])
         """
     )
-    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64")
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-arm64")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*the fake backend cannot run *'true'*: record this test on a real target*"])
 
@@ -247,7 +247,7 @@ def test_inject_synthetic_events_typed_by_the_format(pytester: pytest.Pytester) 
             """
         )
     )
-    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-profile=debian-6.1-arm64")
+    result = pytester.runpytest("--ktrace-backend=fake", "--ktrace-snapshot=debian-6.1-arm64")
     result.assert_outcomes(passed=2)
 
 
@@ -286,5 +286,5 @@ def test_record_modes_follow_pytest_recording(pytester: pytest.Pytester, probed:
     assert cassette.read_text() == first  # once: an existing cassette is kept
     pytester.runpytest("--ktrace-record").assert_outcomes(passed=1)
     assert cassette.read_text() != first  # rewrite: recorded again (new timestamps)
-    result = pytester.runpytest("--ktrace-backend=fake", f"--ktrace-profile={DEV_VM_PROFILE}", "--ktrace-record")
+    result = pytester.runpytest("--ktrace-backend=fake", f"--ktrace-snapshot={DEV_VM_SNAPSHOT}", "--ktrace-record")
     assert result.ret == pytest.ExitCode.USAGE_ERROR or "records on a real target" in result.stdout.str()

@@ -10,24 +10,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ktrace_testing import DEV_VM_PROFILE
+from ktrace_testing import DEV_VM_SNAPSHOT
 from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError, FieldInput
-from pytest_ktrace.snapshots._snapshot import Profile, load_profile
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot, load_snapshot
 
 BINARY = "/opt/fake/bin/app"
 
 
 def _sched_events() -> dict[str, str]:
-    shipped = load_profile(str(DEV_VM_PROFILE))
+    shipped = load_snapshot(str(DEV_VM_SNAPSHOT))
     wanted = ("sched/sched_switch", "sched/sched_process_fork", "sched/sched_process_exit", "sched/sched_wakeup")
     return {name: shipped.events[name] for name in wanted}
 
 
 @pytest.fixture(scope="module")
-def profile() -> Profile:
+def snapshot() -> KernelSnapshot:
     """A small x86_64 6.12 target with kprobes: four sched tracepoints and a handful of kernel symbols."""
-    return Profile(
+    return KernelSnapshot(
         name="unit",
         release="6.12.0",
         arch="x86_64",
@@ -52,9 +52,9 @@ class Clock:
 
 
 @pytest.fixture
-def fs(profile: Profile) -> FakeTracefs:
+def fs(snapshot: KernelSnapshot) -> FakeTracefs:
     # Every uprobe path "exists" and is a regular file, so the tests need no real binaries.
-    return FakeTracefs(profile, clock=Clock(), file_exists=lambda path: None)
+    return FakeTracefs(snapshot, clock=Clock(), file_exists=lambda path: None)
 
 
 def errno_of(call: object, *args: object, **kwargs: object) -> str:
@@ -82,9 +82,9 @@ def test_top_level_tree(fs: FakeTracefs) -> None:
         ["enable", "filter", "sched_process_exit", "sched_process_fork", "sched_switch", "sched_wakeup"]
     )
     assert fs.listdir("events/sched/sched_switch") == ["enable", "filter", "format", "id", "trigger"]
-    assert fs.read("events/sched/sched_switch/format") == fs.profile.events["sched/sched_switch"]
+    assert fs.read("events/sched/sched_switch/format") == fs.snapshot.events["sched/sched_switch"]
     assert fs.read("events/sched/sched_switch/id") == "372\n"
-    assert fs.read("README") == fs.profile.readme
+    assert fs.read("README") == fs.snapshot.readme
     assert errno_of(fs.read, "events/sched/nosuch/format") == "ENOENT"
     assert errno_of(fs.read, "events/sched") == "EISDIR"
     assert errno_of(fs.read, "trace_marker") == "EINVAL"
@@ -93,9 +93,9 @@ def test_top_level_tree(fs: FakeTracefs) -> None:
     assert errno_of(fs.write, "nosuch", "x") == "ENOENT"
 
 
-def test_profile_without_kprobes_has_no_kprobe_events(profile: Profile) -> None:
+def test_snapshot_without_kprobes_has_no_kprobe_events(snapshot: KernelSnapshot) -> None:
     fs = FakeTracefs(
-        Profile(**{**profile.__dict__, "features": profile.features - {"kprobes"}}), file_exists=lambda p: None
+        KernelSnapshot(**{**snapshot.__dict__, "features": snapshot.features - {"kprobes"}}), file_exists=lambda p: None
     )
     assert not fs.exists("kprobe_events")
     assert errno_of(fs.write, "kprobe_events", "p kernel_clone") == "ENOENT"
@@ -333,8 +333,8 @@ def test_return_probe_format(fs: FakeTracefs) -> None:
     assert "\tfield:unsigned long __probe_ret_ip;\toffset:16;\tsize:8;\tsigned:0;\n" in text
     assert "\tfield:s64 rv;\toffset:24;\tsize:8;\tsigned:1;\n" in text
     assert text.endswith('print fmt: "(%lx <- %lx) rv=%Ld", REC->__probe_func, REC->__probe_ret_ip, REC->rv\n')
-    profile_ids = [int(fs.read(f"events/sched/{name}/id")) for name in fs.listdir("events/sched")[2:]]
-    assert int(fs.read("events/grp/r/id")) not in profile_ids
+    snapshot_ids = [int(fs.read(f"events/sched/{name}/id")) for name in fs.listdir("events/sched")[2:]]
+    assert int(fs.read("events/grp/r/id")) not in snapshot_ids
 
 
 def test_event_ids_are_reused_lowest_first(fs: FakeTracefs) -> None:
@@ -550,8 +550,8 @@ def test_rendered_lines_parse_back(fs: FakeTracefs) -> None:
         assert switch_event.fields["next_comm"] == "sh" and switch_event.fields["prev_pid"] == 7
 
 
-def test_trace_o_trunc_clears_and_lost_events_on_trace_pipe(profile: Profile) -> None:
-    fs = FakeTracefs(profile, clock=Clock(), buffer_events_per_cpu=3)
+def test_trace_o_trunc_clears_and_lost_events_on_trace_pipe(snapshot: KernelSnapshot) -> None:
+    fs = FakeTracefs(snapshot, clock=Clock(), buffer_events_per_cpu=3)
     fs.write("events/sched/sched_wakeup/enable", "1")
     for pid in range(5):
         fs.emit("sched/sched_wakeup", {"pid": pid}, pid=pid, comm="w", cpu=0)
@@ -691,8 +691,8 @@ WRITE_DATA = st.one_of(st.text(max_size=80), st.lists(COMMAND_WORDS, max_size=12
 
 
 @pytest.fixture(scope="module")
-def hypothesis_fs(profile: Profile) -> Iterator[FakeTracefs]:
-    fs = FakeTracefs(profile, clock=Clock(), file_exists=lambda path: None)
+def hypothesis_fs(snapshot: KernelSnapshot) -> Iterator[FakeTracefs]:
+    fs = FakeTracefs(snapshot, clock=Clock(), file_exists=lambda path: None)
     fs.mkdir("instances/h")
     yield fs
 

@@ -32,7 +32,7 @@ import pytest
 
 from pytest_ktrace._elf import symbol_file_offset
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FieldInput
-from pytest_ktrace.snapshots._snapshot import Profile
+from pytest_ktrace.snapshots._snapshot import KernelSnapshot
 
 TRACEFS = Path("/sys/kernel/tracing")
 GROUP = f"ktrace_fakediff_{os.getpid()}"
@@ -311,8 +311,8 @@ def fire_in_fake(fake: FakeTracefs) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_profile() -> Profile:
-    """A profile of this machine, taken now: the fake must follow the kernel the test runs on."""
+def local_snapshot() -> KernelSnapshot:
+    """A snapshot of this machine, taken now: the fake must follow the kernel the test runs on."""
     from pytest_ktrace.backends._local import LocalBackend
     from pytest_ktrace.snapshots._snapshot import snapshot
 
@@ -355,10 +355,12 @@ def real_kernel() -> Iterator[RealTracefs]:
         _clean_real_kernel()
 
 
-def test_fake_matches_this_kernel(real_kernel: RealTracefs, local_profile: Profile, target_binary: Path) -> None:
+def test_fake_matches_this_kernel(
+    real_kernel: RealTracefs, local_snapshot: KernelSnapshot, target_binary: Path
+) -> None:
     offset = symbol_file_offset(target_binary, "target")
     ticks = iter(range(1, 1_000_000))
-    fake = FakeTracefs(local_profile, cpus=os.cpu_count() or 1, clock=lambda: 1000.0 + next(ticks) / 1000)
+    fake = FakeTracefs(local_snapshot, cpus=os.cpu_count() or 1, clock=lambda: 1000.0 + next(ticks) / 1000)
     differences: list[str] = []
     for number, step in enumerate(script(target_binary, offset)):
         if step.action == "run":

@@ -139,15 +139,15 @@ def test_setup_irq_returns_zero(ktrace):
 
 
 @pytest.mark.parametrize(
-    ("arch", "profile"), [("x86_64", "6.1.0-57-amd64-x86_64"), ("arm64", "6.1.0-57-arm64-aarch64")]
+    ("arch", "snapshot"), [("x86_64", "6.1.0-57-amd64-x86_64"), ("arm64", "6.1.0-57-arm64-aarch64")]
 )
-def test_recorded_on_a_guest_replays_in_a_clean_checkout(tmp_path: Path, arch: str, profile: str) -> None:
+def test_recorded_on_a_guest_replays_in_a_clean_checkout(tmp_path: Path, arch: str, snapshot: str) -> None:
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "test_guest.py").write_text(RECORDED_ON_A_GUEST.format(arch=arch))
     recorded = run_pytest(suite, "-s", "--ktrace-record")
     assert recorded.returncode == 0, recorded.stdout[-4000:]
-    assert (suite / "cassettes" / "_targets" / f"{profile}.json.gz").is_file()
+    assert (suite / "cassettes" / "_targets" / f"{snapshot}.json.gz").is_file()
 
     clean = tmp_path / "clean"
     clean.mkdir()
@@ -155,5 +155,5 @@ def test_recorded_on_a_guest_replays_in_a_clean_checkout(tmp_path: Path, arch: s
     shutil.copytree(suite / "cassettes", clean / "cassettes")
     replayed = run_pytest(clean, "-s", "--ktrace-backend=fake")
     assert replayed.returncode == 0, replayed.stdout[-4000:]
-    # the guest kernel's own profile from beside the cassettes, not the shipped Debian one
-    assert f"REPLAYED_ON=fake:{profile}" in replayed.stdout
+    # the guest kernel's own snapshot from beside the cassettes, not the shipped Debian one
+    assert f"REPLAYED_ON=fake:{snapshot}" in replayed.stdout

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..snapshots._snapshot import Profile
+    from ..snapshots._snapshot import KernelSnapshot
 
 __all__ = [
     "Backend",
@@ -231,7 +231,7 @@ class Injecting(Protocol):
 
 @runtime_checkable
 class Imitating(Protocol):
-    """A backend that imitates a kernel from a profile (the fake): what the target offers is read from it."""
+    """A backend that imitates a kernel from a snapshot (the fake): what the target offers is read from it."""
 
     @property
-    def profile(self) -> Profile: ...
+    def snapshot(self) -> KernelSnapshot: ...

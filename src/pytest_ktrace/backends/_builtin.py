@@ -41,15 +41,15 @@ def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Opt
     if target.backend == "fake":
         from .._errors import KtraceError
         from ..fake._backend import FakeBackend
-        from ..snapshots._snapshot import builtin_profiles, load_profile
+        from ..snapshots._snapshot import load_snapshot, shipped_snapshots
 
-        if not target.profile:
+        if not target.snapshot:
             raise KtraceError(
-                "the fake backend imitates a target profile: pass --ktrace-profile=NAME or a file from "
-                f"`pytest-ktrace snapshot` (shipped: {', '.join(builtin_profiles())}); a test with a cassette "
-                "uses the profile it was recorded on"
+                "the fake backend imitates a target snapshot: pass --ktrace-snapshot=NAME or a file from "
+                f"`pytest-ktrace snapshot` (shipped: {', '.join(shipped_snapshots())}); a test with a cassette "
+                "uses the snapshot it was recorded on"
             )
-        return FakeBackend(load_profile(target.profile))
+        return FakeBackend(load_snapshot(target.snapshot))
     return None
 
 

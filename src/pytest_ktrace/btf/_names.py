@@ -30,7 +30,7 @@ Where the BTF comes from, read once per target and run:
 * modules: ``ktrace.kprobe("virtio_net:start_xmit", ...)`` reads ``/sys/kernel/btf/virtio_net`` (split BTF on
   the vmlinux base); a function that is not in vmlinux is looked up in ``/proc/kallsyms`` to find its module.
 
-The fake backend has no BTF (target profiles carry no kernel types; a test's BTF is megabytes): replaying a
+The fake backend has no BTF (target snapshots carry no kernel types; a test's BTF is megabytes): replaying a
 cassette, the names resolve from the cassette's ``btf`` section, which :class:`~pytest_ktrace.recording._cassette.
 RecordingBackend` fills as the test resolves them on hardware (``--ktrace-record``). A name the cassette did
 not record makes it stale; without a cassette a name is a :class:`~pytest_ktrace.btf.BtfUnavailable` that
@@ -495,7 +495,7 @@ class _NoBtf:
 
     def fetcharg(self, function: str, module: Optional[str], expr: str, entry: bool) -> str:
         raise BtfUnavailable(
-            f"cannot resolve {expr!r} ({function}): the fake backend has no BTF ({self.info.name}: target profiles "
+            f"cannot resolve {expr!r} ({function}): the fake backend has no BTF ({self.info.name}: target snapshots "
             "carry no kernel types). Record the test once on a real target with --ktrace-record: its cassette "
             "keeps what the kernel's BTF said, and replaying it here resolves the same names.\n"
             + no_btf_hint(self.info.arch)

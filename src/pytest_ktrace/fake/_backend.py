@@ -1,6 +1,6 @@
-"""``--ktrace-backend=fake``: the backend contract over an in-memory tracefs that imitates a target profile.
+"""``--ktrace-backend=fake``: the backend contract over an in-memory tracefs that imitates a target snapshot.
 
-Probe definitions, filters and enables go through the same grammar and errors as the profiled kernel. Commands do
+Probe definitions, filters and enables go through the same grammar and errors as the snapshotted kernel. Commands do
 not run: a test either replays its cassette (recorded on hardware with ``--ktrace-record``), whose events are fed
 into the fake tracefs at the moment their command "runs", or emits synthetic events with ``ktrace.inject``.
 """
@@ -19,7 +19,7 @@ from .._parse import FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import Player, _is_arm_batch
-from ..snapshots._snapshot import Profile
+from ..snapshots._snapshot import KernelSnapshot
 from ._tracefs import FakeOSError, FakeTracefs
 
 __all__ = ["FakeBackend"]
@@ -85,14 +85,14 @@ class FakeTraceStream:
 
 
 class FakeBackend:
-    """A target that exists only in memory, shaped like ``profile``'s kernel. Thread-safe (one lock): a stream
+    """A target that exists only in memory, shaped like ``snapshot``'s kernel. Thread-safe (one lock): a stream
     reader may consume ``trace_pipe`` while the test emits events."""
 
     files_are_local = True  # uprobe binaries are resolved on this machine
 
-    def __init__(self, profile: Profile, *, cpus: int = 2) -> None:
-        self.profile = profile
-        self.tracefs = FakeTracefs(profile, cpus=cpus)
+    def __init__(self, snapshot: KernelSnapshot, *, cpus: int = 2) -> None:
+        self.snapshot = snapshot
+        self.tracefs = FakeTracefs(snapshot, cpus=cpus)
         self.player: Optional[Player] = None
         self._round_trips = 0
         self._next_pid = 40000
@@ -108,12 +108,12 @@ class FakeBackend:
 
     def describe(self) -> TargetInfo:
         return TargetInfo(
-            name=f"fake:{self.profile.name}",
+            name=f"fake:{self.snapshot.name}",
             backend="fake",
-            release=self.profile.release,
-            arch=self.profile.arch,
+            release=self.snapshot.release,
+            arch=self.snapshot.arch,
             tracefs=_ROOT,
-            features=frozenset(self.profile.features),
+            features=frozenset(self.snapshot.features),
         )
 
     # ---------------------------------------------------------------- replay

@@ -1273,7 +1273,7 @@ def compile_filter(
     the common and generic (``CPU``, ``COMM``, ...) fields are always known.  ``kernel_functions`` is the kernel's
     text layout for ``field.function == symbol`` (or a mapping of names to (start address, size)).
     ``trailing_operator_is_error``: the kernel rejects ``a &&`` with "Meaningless filter expression" (v6.1, v6.12
-    and the 6.18 builds checked); a kernel that took it as ``a`` has a profile that says so.
+    and the 6.18 builds checked); a kernel that took it as ``a`` has a snapshot that says so.
     The FILTER_WRITE_LIMIT check belongs to the file layer and is not applied here.
     """
     text = _normalize_written_bytes(expression)

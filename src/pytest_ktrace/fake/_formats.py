@@ -1,6 +1,6 @@
 """Field layouts and ``format`` files of events, as the kernel lays them out.
 
-Profile (tracepoint) events keep the exact text the target printed; this module reads their fields back with
+Tracepoint events of a snapshot keep the exact text the target printed; this module reads their fields back with
 :func:`pytest_ktrace._parse.parse_format`.  Probe events get a layout computed the way ``trace_probe.c`` does it:
 
 * the record starts with ``struct trace_entry`` (8 bytes), then ``unsigned long __probe_ip`` for entry probes or
@@ -206,7 +206,7 @@ def format_file_text(name: str, event_id: int, fields: tuple[EventField, ...], p
 
 
 def fields_of_format(text: str, system: str) -> tuple[EventFormat, tuple[EventField, ...]]:
-    """A profile event's format text -> its parsed format and its event-specific fields."""
+    """A snapshot event's format text -> its parsed format and its event-specific fields."""
     parsed = parse_format(text, system)
     fields = tuple(EventField(f.name, f.ctype, f.offset, f.size, f.signed) for f in parsed.fields)
     return parsed, fields

@@ -2,9 +2,9 @@
 
 :class:`FakeTracefs` answers the same reads, writes, ``mkdir`` and ``rmdir`` calls a real tracefs does, with the
 same text and the same errno (as :class:`FakeOSError`).  It imitates one target described by a
-:class:`~pytest_ktrace.snapshots._snapshot.Profile` (its tracepoints' format files, kernel symbols, kprobe blacklist,
-README, features).  Probe commands are parsed by :mod:`.grammar`, filters by :mod:`.filters`, format files are
-laid out by :mod:`.formats` and trace lines printed by :mod:`.render`.  Events are produced by :meth:`emit`.
+:class:`~pytest_ktrace.snapshots._snapshot.KernelSnapshot` (its tracepoints' format files, kernel symbols, kprobe
+blacklist, README, features).  Probe commands are parsed by :mod:`._grammar`, filters by :mod:`._filters`, format
+files are laid out by :mod:`._formats` and trace lines printed by :mod:`._render`.  Events are produced by :meth:`emit`.
 
 Kernel behaviours copied on purpose (v6.12 sources, checked against a 6.18 kernel by
 ``tests/fake/test_tracefs_differential.py``):
@@ -20,7 +20,7 @@ Kernel behaviours copied on purpose (v6.12 sources, checked against a 6.18 kerne
 * kprobe registration refuses blacklisted functions and, per arch, offsets that are not instruction boundaries
   or hit the ftrace call site (see :meth:`FakeTracefs._registration_error`; checked against the Debian 6.1
   guests by ``tests/fake/test_kprobe_differential.py``).  ``trigger`` files list the trigger commands the
-  profile's README names (snapshot and hist triggers only where the kernel has them).
+  snapshot's README names (snapshot and hist triggers only where the kernel has them).
 * ``trace`` does not show ``CPU:N [LOST M EVENTS]`` for events overwritten before the read: the kernel only
   reports losses on the consuming ``trace_pipe`` (a ``trace`` iterator reports them only when the writer
   overtakes it mid-read, which cannot happen here).  ``entries-written`` counts the overwritten ones.
@@ -49,7 +49,7 @@ from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 
 from .._parse import EventFormat
 from ..snapshots._kallsyms import KernelText
-from ..snapshots._snapshot import Profile
+from ..snapshots._snapshot import KernelSnapshot
 from ._filters import (
     CURRENT_COMM_KEY,
     CURRENT_CPU_KEY,
@@ -142,7 +142,7 @@ _KSTRTOUL_BUFFER = 66  # kstrtoul_from_user() copies at most this many bytes
 _FIRST_EVENT_TYPE = 21  # the lowest ID the event type IDA hands out above ftrace's own types
 _UPROBE_LOAD_BASE = 0x0000_5555_5555_4000  # a typical PIE load address, for __probe_ip defaults
 _KERNEL_TEXT_BASE = 0xFFFF_FFFF_8100_0000
-_FAKE_SYMBOL_SIZE = 0x100  # every profile symbol gets this size in the fake kallsyms
+_FAKE_SYMBOL_SIZE = 0x100  # every snapshot symbol gets this size in the fake kallsyms
 
 # trace_options as a 6.18 kernel lists them (top level; instances differ in the two printk/marker options).
 _CORE_OPTIONS: tuple[tuple[str, bool], ...] = (
@@ -248,7 +248,7 @@ def _kernel_argv(line: str) -> list[str]:
 
 
 class _EventDefinition:
-    """A registered event: a profile tracepoint (format text kept verbatim) or a probe event."""
+    """A registered event: a snapshot tracepoint (format text kept verbatim) or a probe event."""
 
     def __init__(
         self,
@@ -384,7 +384,7 @@ def _record_size(layout: EventLayout, values: Mapping[str, RecordValue]) -> int:
 
 
 class FakeTracefs:
-    """An in-memory tracefs imitating ``profile``'s kernel (see the module docstring).
+    """An in-memory tracefs imitating ``snapshot``'s kernel (see the module docstring).
 
     ``clock`` returns seconds since boot (the trace clock and error_log timestamps); ``buffer_events_per_cpu``
     bounds each per-CPU buffer by a number of records instead of ``buffer_size_kb`` bytes (small values make
@@ -394,7 +394,7 @@ class FakeTracefs:
 
     def __init__(
         self,
-        profile: Profile,
+        snapshot: KernelSnapshot,
         *,
         cpus: int = 2,
         clock: Optional[Callable[[], float]] = None,
@@ -403,19 +403,19 @@ class FakeTracefs:
     ) -> None:
         if cpus < 1:
             raise ValueError("a tracefs needs at least one CPU")
-        self.profile = profile
+        self.snapshot = snapshot
         self.cpus = cpus
         self._clock = clock or time.monotonic
         self._buffer_events_per_cpu = buffer_events_per_cpu
         self._file_exists = file_exists
-        self._dialect = KernelDialect(profile.release, profile.arch)
+        self._dialect = KernelDialect(snapshot.release, snapshot.arch)
         self._events: dict[str, _EventDefinition] = {}
         self._systems: dict[str, dict[str, _EventDefinition]] = {}
         self._probe_order: list[tuple[_EventDefinition, ProbeCommand]] = []  # dyn_event_list order
         self._serial = 0
         id_pattern = re.compile(r"^ID: (\d+)$", re.MULTILINE)
         ranked: list[tuple[int, str, str]] = []
-        for key, text in profile.events.items():
+        for key, text in snapshot.events.items():
             match = id_pattern.search(text)
             ranked.append((int(match.group(1)) if match else 0, key, text))
         for event_id, key, text in sorted(ranked):
@@ -426,7 +426,7 @@ class FakeTracefs:
         self._instances: dict[str, _TraceArray] = {}
         self._symbol_addresses: Optional[dict[str, int]] = None
         self._kernel_text: Optional[KernelText] = None
-        self._trigger_help = _trigger_help(profile.readme)
+        self._trigger_help = _trigger_help(snapshot.readme)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -600,7 +600,7 @@ class FakeTracefs:
 
     def _has_control(self, name: str) -> bool:
         feature = {"kprobe_events": "kprobes", "uprobe_events": "uprobes", "dynamic_events": "dynamic_events"}
-        return feature[name] in self.profile.features
+        return feature[name] in self.snapshot.features
 
     def _directory_entries(self, array: _TraceArray, rest: list[str]) -> Optional[list[str]]:
         top = array is self._top
@@ -686,12 +686,12 @@ class FakeTracefs:
     # --- kallsyms ---------------------------------------------------------------------------------------------
 
     def _text(self) -> KernelText:
-        """The profile's kallsyms layout, or, for a profile taken without addresses, a made-up one: every text
+        """The snapshot's kallsyms layout, or, for a snapshot taken without addresses, a made-up one: every text
         symbol, sorted by name, _FAKE_SYMBOL_SIZE bytes apart (what rendering and ``.function`` filters use)."""
         if self._kernel_text is None:
-            text = self.profile.text
+            text = self.snapshot.text
             if text is None:
-                names = sorted(self.profile.symbols)
+                names = sorted(self.snapshot.symbols)
                 pairs = [(_KERNEL_TEXT_BASE + index * _FAKE_SYMBOL_SIZE, name) for index, name in enumerate(names)]
                 pairs.append((_KERNEL_TEXT_BASE + len(names) * _FAKE_SYMBOL_SIZE, "_etext"))
                 text = KernelText(pairs)
@@ -707,7 +707,7 @@ class FakeTracefs:
         return self._symbol_addresses
 
     def symbol_address(self, name: str) -> int:
-        """The fake kallsyms address of a profile symbol (KeyError if the profile does not have it)."""
+        """The fake kallsyms address of a snapshot symbol (KeyError if the snapshot does not have it)."""
         return self._symbols()[name]
 
     def _symbolize(self, address: int, with_offset: bool) -> Optional[str]:
@@ -838,7 +838,7 @@ class FakeTracefs:
             return "".join(command.listing() + "\n" for _, command in self._probe_order if command.kind in kinds)
         readers: dict[str, Callable[[], str]] = {
             "available_events": lambda: "".join(f"{e.system}:{e.name}\n" for e in self._ordered_events(array)),
-            "README": lambda: self.profile.readme,
+            "README": lambda: self.snapshot.readme,
             # The fake kallsyms order (by name); the kernel lists ftrace-able functions in address order.
             "available_filter_functions": lambda: "".join(f"{name}\n" for name in self._symbols()),
             "available_tracers": lambda: "nop\n",
@@ -1197,7 +1197,7 @@ class FakeTracefs:
             definition.filter_fields(),
             nr_cpu_ids=self.cpus,
             kernel_functions=self._text(),
-            trailing_operator_is_error=self.profile.answer("filter_trailing_operator") == "rejected",
+            trailing_operator_is_error=self.snapshot.answer("filter_trailing_operator") == "rejected",
         )
 
     def _log_filter_error(self, array: _TraceArray, text: str) -> None:
@@ -1283,7 +1283,7 @@ class FakeTracefs:
         # Without CONFIG_KPROBE_EVENTS only the uprobe parser is registered for creation.
         if (
             control == "dynamic_events"
-            and "kprobes" not in self.profile.features
+            and "kprobes" not in self.snapshot.features
             and not line.lstrip(_KERNEL_SPACE).startswith(("-", "!"))
         ):
             parse_control = "uprobe_events"
@@ -1325,7 +1325,7 @@ class FakeTracefs:
         """
         if command.kind != "kprobe" or command.symbol is None:
             return None
-        if self.profile.is_blacklisted(command.symbol):
+        if self.snapshot.is_blacklisted(command.symbol):
             return "FAIL_REG_PROBE", "EINVAL"
         arch = self._dialect.canonical_arch
         if arch == "x86_64" and not self._dialect.modern and 1 <= command.offset <= 4:
@@ -1336,9 +1336,9 @@ class FakeTracefs:
 
     def _symbol_count(self, symbol: str) -> int:
         name = symbol.split(":", 1)[1] if ":" in symbol else symbol
-        if name in self.profile.duplicate_symbols:
+        if name in self.snapshot.duplicate_symbols:
             return 2
-        return 1 if self.profile.has_symbol(name) else 0
+        return 1 if self.snapshot.has_symbol(name) else 0
 
     def _log_probe_error(
         self, path: str, command: ProbeCommand, line: str, code: str, index: int, errno_name: str = "EEXIST"

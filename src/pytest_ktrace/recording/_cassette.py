@@ -56,9 +56,9 @@ __all__ = [
     "Tape",
     "cassette_path",
     "cassette_root",
-    "profile_of",
-    "replay_profile",
-    "target_profile_ref",
+    "replay_snapshot",
+    "snapshot_of",
+    "target_snapshot_ref",
 ]
 
 __tracebackhide__ = hide_for_ktrace_errors
@@ -391,8 +391,8 @@ class Player:
 TARGETS_DIR = "_targets"
 
 
-def target_profile_ref(release: str, arch: str) -> str:
-    """Where a cassette's kernel profile lives, relative to the cassette root: ``_targets/<release>-<arch>.json.gz``
+def target_snapshot_ref(release: str, arch: str) -> str:
+    """Where a cassette's kernel snapshot lives, relative to the cassette root: ``_targets/<release>-<arch>.json.gz``
     (one per kernel build, shared by every cassette recorded on it)."""
     safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{release}-{arch}").strip("._") or "target"
     return f"{TARGETS_DIR}/{safe}.json.gz"
@@ -405,18 +405,18 @@ def cassette_root(cassette: Path) -> Path:
 
 @functools.cache
 def _shipped_kernels() -> tuple[tuple[str, tuple[int, int], str, frozenset[str]], ...]:
-    """(name, version, arch, features) of each shipped profile; read once per process (they are package data)."""
-    from ..snapshots._snapshot import builtin_profiles, load_profile
+    """(name, version, arch, features) of each shipped snapshot; read once per process (they are package data)."""
+    from ..snapshots._snapshot import load_snapshot, shipped_snapshots
 
     shipped = []
-    for name in builtin_profiles():
-        profile = load_profile(name)
-        shipped.append((name, profile.version, profile.arch, profile.features))
+    for name in shipped_snapshots():
+        snapshot = load_snapshot(name)
+        shipped.append((name, snapshot.version, snapshot.arch, snapshot.features))
     return tuple(shipped)
 
 
-def profile_of(cassette: Cassette) -> Optional[str]:
-    """A shipped profile that can stand in for the kernel a cassette was recorded on: the same arch and kernel
+def snapshot_of(cassette: Cassette) -> Optional[str]:
+    """A shipped snapshot that can stand in for the kernel a cassette was recorded on: the same arch and kernel
     version (major.minor), with every tracefs feature the recording target had. Never matched by build string:
     a user's board runs its own build."""
     from ..snapshots._snapshot import kernel_version
@@ -430,18 +430,19 @@ def profile_of(cassette: Cassette) -> Optional[str]:
     return None
 
 
-def replay_profile(path: Path) -> str:
-    """The profile a cassette replays on: the snapshot of its recording kernel written beside the cassettes,
-    else a shipped profile of the same arch and kernel version. Raises :class:`StaleCassette` saying how to get
+def replay_snapshot(path: Path) -> str:
+    """The snapshot a cassette replays on: the snapshot of its recording kernel written beside the cassettes,
+    else a shipped snapshot of the same arch and kernel version. Raises :class:`StaleCassette` saying how to get
     one when there is neither."""
     cassette = Cassette.load(path)
     target = cassette.target
     release, arch = str(target.get("release", "?")), str(target.get("arch", "?"))
-    ref = str(target.get("profile") or target_profile_ref(release, arch))
+    # cassettes recorded before the snapshot rename name it "profile"
+    ref = str(target.get("snapshot") or target.get("profile") or target_snapshot_ref(release, arch))
     snapshot_file = cassette_root(path) / ref
     if snapshot_file.is_file():
         return str(snapshot_file)
-    shipped = profile_of(cassette)
+    shipped = snapshot_of(cassette)
     if shipped is not None:
         return shipped
     where = f"{target.get('backend', '?')} {target.get('name', '?')}"
@@ -452,15 +453,15 @@ def replay_profile(path: Path) -> str:
     )
     raise StaleCassette(
         f"cassette {path} was recorded on Linux {release} {arch} ({where}); replaying it needs that kernel's "
-        f"profile, written beside the cassettes when they are recorded, and {snapshot_file} is missing "
-        f"(no shipped profile is of that arch and version either). Take it from the target with: {how}"
+        f"snapshot, written beside the cassettes when they are recorded, and {snapshot_file} is missing "
+        f"(no shipped snapshot is of that arch and version either). Take it from the target with: {how}"
     )
 
 
 class Tape:
     """One test's cassette handling: record on a real backend, replay on the fake, nothing otherwise.
 
-    Recording also makes sure the cassette root holds a profile of the recording kernel (``_targets/``), so the
+    Recording also makes sure the cassette root holds a snapshot of the recording kernel (``_targets/``), so the
     cassettes replay anywhere with nothing else: taken once per run and kernel (``snapshotted`` is the run's
     memory of which files it wrote), kept when it exists unless ``rewrite``."""
 
@@ -489,28 +490,28 @@ class Tape:
             self.recorder = RecordingBackend(backend, test_id)
             self.backend = self.recorder
             target = self.recorder.cassette.target
-            target["profile"] = target_profile_ref(str(target["release"]), str(target["arch"]))
+            target["snapshot"] = target_snapshot_ref(str(target["release"]), str(target["arch"]))
 
-    def _save_target_profile(self) -> None:
-        """The recording kernel's profile beside the cassettes, once per run and kernel; taken after the test's
+    def _save_target_snapshot(self) -> None:
+        """The recording kernel's snapshot beside the cassettes, once per run and kernel; taken after the test's
         teardown, so nothing of the test is in it."""
         from ..snapshots._snapshot import snapshot
 
         assert self.recorder is not None
-        ref = str(self.recorder.cassette.target["profile"])
+        ref = str(self.recorder.cassette.target["snapshot"])
         destination = cassette_root(self.path) / ref
         if destination in self._snapshotted or (destination.exists() and not self._rewrite):
             return
-        profile = snapshot(self._real, destination.name[: -len(".json.gz")])
+        taken = snapshot(self._real, destination.name[: -len(".json.gz")])
         destination.parent.mkdir(parents=True, exist_ok=True)
-        profile.save(destination)
+        taken.save(destination)
         self._snapshotted.add(destination)
 
     def finish(self) -> None:
         """After the test's teardown: write the recording, or check that the replay went all the way."""
         if self.recorder is not None:
             self.recorder.save(self.path)
-            self._save_target_profile()
+            self._save_target_snapshot()
         if self._fake is not None:
             self._fake.play(None)
             if self.player is not None:

@@ -1,13 +1,13 @@
-"""Target profiles: what an in-memory fake tracefs needs to imitate one real target.
+"""Target snapshots: what an in-memory fake tracefs needs to imitate one real target.
 
-A :class:`Profile` is a snapshot of a kernel as tracing sees it: ``uname`` release and machine, the tracefs
+A :class:`KernelSnapshot` is a snapshot of a kernel as tracing sees it: ``uname`` release and machine, the tracefs
 features, the kernel text symbols from ``/proc/kallsyms``, the kprobe blacklist, every event's ``format`` file
 and the tracefs README. :func:`snapshot` takes one from any :class:`~pytest_ktrace.backends._base.Backend` in
 three round trips (``describe()``; one ``run()`` whose ``after`` ops read ``available_events`` and README; one
 ``apply()`` reading every ``format``), so it works the same on this machine and on a busybox board over SSH.
 
-Profiles are stored as gzip-compressed, deterministic JSON (``NAME.json.gz``); a few ship with the package
-(:func:`builtin_profiles`, :func:`load_profile`).
+Snapshots are stored as gzip-compressed, deterministic JSON (``NAME.json.gz``); a few ship with the package
+(:func:`shipped_snapshots`, :func:`load_snapshot`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from ._kallsyms import parse_kallsyms as parse_kernel_text
 __all__ = [
     "ANSWERS",
     "FORMAT_VERSION",
-    "Profile",
-    "builtin_profiles",
+    "KernelSnapshot",
     "kernel_version",
-    "load_profile",
+    "load_snapshot",
     "parse_available_events",
     "parse_blacklist",
     "parse_dynamic_events",
     "parse_kallsyms",
+    "shipped_snapshots",
     "snapshot",
 ]
 
@@ -57,7 +57,7 @@ _AFTER_READS = ("available_events", "README", "dynamic_events", "kprobe_events",
 _RUN_TIMEOUT_S = 600.0
 
 # Questions whose answer differs between builds of one kernel version, asked of the kernel at snapshot time:
-# question -> (the answer of every kernel checked so far, what is asked). Profiles without an answer use the first.
+# question -> (the answer of every kernel checked so far, what is asked). Snapshots without an answer use the first.
 ANSWERS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
         "filter_trailing_operator": (
@@ -71,7 +71,7 @@ _TRAILING_OPERATOR_PROBE = "common_pid == 0 &&"
 
 
 @dataclass(frozen=True)
-class Profile:
+class KernelSnapshot:
     """One target as the fake needs it (see the module docstring). ``blacklist`` None means it was not readable
     (no debugfs, no kprobes, no permission); an empty set means the kernel blacklists nothing."""
 
@@ -158,11 +158,11 @@ class Profile:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, where: str = "profile") -> Profile:
+    def from_json(cls, data: Mapping[str, Any], *, where: str = "snapshot") -> KernelSnapshot:
         version = data.get("format")
         if version not in _READABLE_VERSIONS:
             raise KtraceError(
-                f"{where}: profile format {version!r} is not supported (this pytest-ktrace reads "
+                f"{where}: snapshot format {version!r} is not supported (this pytest-ktrace reads "
                 f"{', '.join(map(str, _READABLE_VERSIONS))})"
             )
         try:
@@ -188,10 +188,10 @@ class Profile:
                 answers={str(k): str(v) for k, v in dict(data.get("answers", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise KtraceError(f"{where}: not a valid profile ({type(exc).__name__}: {exc})") from None
+            raise KtraceError(f"{where}: not a valid snapshot ({type(exc).__name__}: {exc})") from None
 
     def dumps(self) -> bytes:
-        """The gzip-compressed JSON of :meth:`save`: the same profile always gives the same bytes."""
+        """The gzip-compressed JSON of :meth:`save`: the same snapshot always gives the same bytes."""
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         buffer = io.BytesIO()
         # mtime=0 and no file name in the header: byte-for-byte reproducible.
@@ -200,27 +200,27 @@ class Profile:
         return buffer.getvalue()
 
     def save(self, path: Path) -> None:
-        """Write the profile to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically (a full disk
+        """Write the snapshot to ``path`` (conventionally ``NAME.json.gz``), replacing it atomically (a full disk
         leaves the previous file whole and raises :class:`~pytest_ktrace._errors.DiskFull`)."""
         path = Path(path)
         if not path.parent.is_dir():  # a mistyped -o must not create directories
-            raise KtraceError(f"cannot write profile {path}: its directory {path.parent} does not exist")
-        write_atomic(path, self.dumps(), what="profile")
+            raise KtraceError(f"cannot write snapshot {path}: its directory {path.parent} does not exist")
+        write_atomic(path, self.dumps(), what="snapshot")
 
     @classmethod
-    def load(cls, path: Path) -> Profile:
+    def load(cls, path: Path) -> KernelSnapshot:
         path = Path(path)
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise KtraceError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+            raise KtraceError(f"cannot read snapshot {path}: {exc.strerror or exc}") from None
         try:
             text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
             data = json.loads(text.decode("utf-8", "surrogateescape"))
         except (OSError, EOFError, ValueError) as exc:
-            raise KtraceError(f"{path} is not a profile (gzip-compressed JSON): {exc}") from None
+            raise KtraceError(f"{path} is not a snapshot (gzip-compressed JSON): {exc}") from None
         if not isinstance(data, dict):
-            raise KtraceError(f"{path} is not a profile: its JSON is not an object")
+            raise KtraceError(f"{path} is not a snapshot: its JSON is not an object")
         return cls.from_json(data, where=str(path))
 
 
@@ -331,8 +331,8 @@ def _data(result: OpResult) -> str:
     return result.data if result.ok else ""
 
 
-def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Profile:
-    """Take a :class:`Profile` of ``backend``'s target, named ``name``, in three round trips.
+def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> KernelSnapshot:
+    """Take a :class:`KernelSnapshot` of ``backend``'s target, named ``name``, in three round trips.
 
     ``mount_debugfs`` lets the snapshot mount debugfs at /sys/kernel/debug (only when that directory is empty,
     and unmounted again) to read the kprobe blacklist: meant for disposable guests, off by default. Reading
@@ -383,7 +383,7 @@ def snapshot(backend: Backend, name: str, *, mount_debugfs: bool = False) -> Pro
         raise KtraceError(f"snapshot of {backend.name}: no event format file was readable under {info.tracefs}")
     kernel_text = parse_kernel_text(sections.get("kallsyms", ""))
 
-    return Profile(
+    return KernelSnapshot(
         name=name,
         release=release,
         arch=arch,
@@ -419,15 +419,15 @@ def _answers(results: Sequence[OpResult]) -> dict[str, str]:
     return {"filter_trailing_operator": "accepted" if trailing.ok else "rejected"}
 
 
-# --- shipped profiles ---------------------------------------------------------------------------------------
+# --- shipped snapshots ---------------------------------------------------------------------------------------
 
 
 def _data_dir() -> Path:
     return Path(str(resources.files("pytest_ktrace.snapshots") / "data"))
 
 
-def builtin_profiles() -> dict[str, Path]:
-    """Shipped profile name -> its file (``pytest_ktrace/fake/data/NAME.json.gz``), sorted by name."""
+def shipped_snapshots() -> dict[str, Path]:
+    """Shipped snapshot name -> its file (``pytest_ktrace/fake/data/NAME.json.gz``), sorted by name."""
     directory = _data_dir()
     if not directory.is_dir():
         return {}
@@ -435,15 +435,15 @@ def builtin_profiles() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A shipped profile by name (see :func:`builtin_profiles`) or a profile file by path."""
-    shipped = builtin_profiles()
+def load_snapshot(name_or_path: str) -> KernelSnapshot:
+    """A shipped snapshot by name (see :func:`shipped_snapshots`) or a snapshot file by path."""
+    shipped = shipped_snapshots()
     if name_or_path in shipped:
-        return Profile.load(shipped[name_or_path])
+        return KernelSnapshot.load(shipped[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        return Profile.load(path)
+        return KernelSnapshot.load(path)
     names = ", ".join(shipped) or "none"
     raise KtraceError(
-        f"unknown profile {shlex.quote(name_or_path)}: not a shipped profile (shipped: {names}) and no such file"
+        f"unknown snapshot {shlex.quote(name_or_path)}: not a shipped snapshot (shipped: {names}) and no such file"
     )

@@ -1,4 +1,4 @@
-"""Target profiles: snapshots of this machine and of a booted arm64 guest, storage, shipped files, the CLI."""
+"""Target snapshots: snapshots of this machine and of a booted arm64 guest, storage, shipped files, the CLI."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from pytest_ktrace.backends._local import LocalBackend
 from pytest_ktrace.backends.ssh._backend import SshBackend
 from pytest_ktrace.guests import RunningGuest, boot, qemu_available
 from pytest_ktrace.snapshots._snapshot import (
-    Profile,
-    builtin_profiles,
-    load_profile,
+    KernelSnapshot,
+    load_snapshot,
     parse_available_events,
     parse_blacklist,
     parse_dynamic_events,
     parse_kallsyms,
+    shipped_snapshots,
     snapshot,
 )
 
@@ -56,57 +56,57 @@ def local() -> LocalBackend:
 
 
 @pytest.fixture(scope="module")
-def local_profile(local: LocalBackend) -> Profile:
+def local_snapshot(local: LocalBackend) -> KernelSnapshot:
     return snapshot(local, "here")
 
 
 # --- the local snapshot --------------------------------------------------------------------------------------
 
 
-def test_local_snapshot_matches_describe(local: LocalBackend, local_profile: Profile) -> None:
+def test_local_snapshot_matches_describe(local: LocalBackend, local_snapshot: KernelSnapshot) -> None:
     info = local.describe()
-    assert local_profile.name == "here"
-    assert local_profile.release == info.release == os.uname().release
-    assert local_profile.arch == info.arch == os.uname().machine
-    assert local_profile.features == info.features
-    assert local_profile.readme == Path(info.tracefs, "README").read_text()
-    assert local_profile.source == "local"
-    assert local_profile.created.endswith("+00:00")
+    assert local_snapshot.name == "here"
+    assert local_snapshot.release == info.release == os.uname().release
+    assert local_snapshot.arch == info.arch == os.uname().machine
+    assert local_snapshot.features == info.features
+    assert local_snapshot.readme == Path(info.tracefs, "README").read_text()
+    assert local_snapshot.source == "local"
+    assert local_snapshot.created.endswith("+00:00")
 
 
-def test_local_snapshot_symbols(local_profile: Profile) -> None:
+def test_local_snapshot_symbols(local_snapshot: KernelSnapshot) -> None:
     names, dups = _kallsyms_text_names()
     # a module loaded or unloaded in between could change a few; this machine's set is otherwise stable
-    assert len(local_profile.symbols ^ names) < 50
-    assert local_profile.duplicate_symbols <= local_profile.symbols
-    assert len(local_profile.duplicate_symbols ^ dups) < 10
+    assert len(local_snapshot.symbols ^ names) < 50
+    assert local_snapshot.duplicate_symbols <= local_snapshot.symbols
+    assert len(local_snapshot.duplicate_symbols ^ dups) < 10
     for name in ("vfs_read", "__setup_irq", "do_sys_openat2", "schedule"):
-        assert local_profile.has_symbol(name), name
-    assert not local_profile.has_symbol("no_such_function_ktrace")
-    assert not any(s.startswith("[") or s.endswith("]") for s in local_profile.symbols)
+        assert local_snapshot.has_symbol(name), name
+    assert not local_snapshot.has_symbol("no_such_function_ktrace")
+    assert not any(s.startswith("[") or s.endswith("]") for s in local_snapshot.symbols)
     # data symbols (types d/D/b/B/r/R) are not text
     data = set(re.findall(r"^\S+ [dDbBrR] (\S+)$", Path("/proc/kallsyms").read_text(), re.M)) - names
-    assert data and not any(local_profile.has_symbol(name) for name in data)
+    assert data and not any(local_snapshot.has_symbol(name) for name in data)
 
 
-def test_local_snapshot_events(local: LocalBackend, local_profile: Profile) -> None:
+def test_local_snapshot_events(local: LocalBackend, local_snapshot: KernelSnapshot) -> None:
     tracefs = Path(local.describe().tracefs)
     available = parse_available_events((tracefs / "available_events").read_text())
-    assert set(local_profile.events) == set(available)
+    assert set(local_snapshot.events) == set(available)
     switch = (tracefs / "events/sched/sched_switch/format").read_text()
-    assert local_profile.events["sched/sched_switch"] == switch
+    assert local_snapshot.events["sched/sched_switch"] == switch
     assert "field:char prev_comm[16]" in switch
-    assert local_profile.has_event("sched:sched_switch")
+    assert local_snapshot.has_event("sched:sched_switch")
     for event in ("syscalls/sys_enter_openat", "irq/irq_handler_entry"):
         if (tracefs / "events" / event / "format").exists():
-            assert local_profile.events[event] == (tracefs / "events" / event / "format").read_text()
+            assert local_snapshot.events[event] == (tracefs / "events" / event / "format").read_text()
 
 
-def test_local_blacklist_unknown_without_debugfs(local_profile: Profile) -> None:
+def test_local_blacklist_unknown_without_debugfs(local_snapshot: KernelSnapshot) -> None:
     readable = os.access("/sys/kernel/debug/kprobes/blacklist", os.R_OK)
-    assert (local_profile.blacklist is not None) == readable
-    if local_profile.blacklist is None:
-        assert not local_profile.is_blacklisted("do_int3")
+    assert (local_snapshot.blacklist is not None) == readable
+    if local_snapshot.blacklist is None:
+        assert not local_snapshot.is_blacklisted("do_int3")
     # a snapshot never mounts debugfs on its own
     assert os.listdir("/sys/kernel/debug") == [] or readable
 
@@ -122,14 +122,14 @@ def test_snapshot_costs_few_round_trips(local: LocalBackend) -> None:
 # --- storage --------------------------------------------------------------------------------------------------
 
 
-def test_save_load_round_trip(local_profile: Profile, tmp_path: Path) -> None:
+def test_save_load_round_trip(local_snapshot: KernelSnapshot, tmp_path: Path) -> None:
     path = tmp_path / "here.json.gz"
-    local_profile.save(path)
-    loaded = Profile.load(path)
-    assert loaded == local_profile
-    assert hash(loaded) == hash(local_profile)
-    assert loaded.events["sched/sched_switch"] == local_profile.events["sched/sched_switch"]
-    # deterministic: the same profile always writes the same bytes, and it is gzip-compressed sorted JSON
+    local_snapshot.save(path)
+    loaded = KernelSnapshot.load(path)
+    assert loaded == local_snapshot
+    assert hash(loaded) == hash(local_snapshot)
+    assert loaded.events["sched/sched_switch"] == local_snapshot.events["sched/sched_switch"]
+    # deterministic: the same snapshot always writes the same bytes, and it is gzip-compressed sorted JSON
     again = tmp_path / "again.json.gz"
     loaded.save(again)
     assert again.read_bytes() == path.read_bytes()
@@ -138,14 +138,14 @@ def test_save_load_round_trip(local_profile: Profile, tmp_path: Path) -> None:
     # the text symbols are stored once, in address order, with the distances between their starts
     assert data["symbols"] is None and loaded.text is not None
     assert list(loaded.text.starts) == sorted(loaded.text.starts)
-    assert loaded.text.starts == local_profile.text.starts  # type: ignore[union-attr]
+    assert loaded.text.starts == local_snapshot.text.starts  # type: ignore[union-attr]
     assert list(data["events"]) == sorted(data["events"])
     assert path.stat().st_size < 2_000_000
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_profile_coerces_and_is_immutable() -> None:
-    p = Profile(
+def test_snapshot_coerces_and_is_immutable() -> None:
+    p = KernelSnapshot(
         name="tiny",
         release="6.1.0",
         arch="aarch64",
@@ -160,24 +160,24 @@ def test_profile_coerces_and_is_immutable() -> None:
     assert p.is_blacklisted("b") and not p.is_blacklisted("a")
     with pytest.raises(TypeError):
         p.events["x/z"] = ""  # type: ignore[index]
-    assert Profile.from_json(p.to_json()) == p
+    assert KernelSnapshot.from_json(p.to_json()) == p
 
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.json.gz"
     junk.write_bytes(b"\x1f\x8bnot really gzip")
-    with pytest.raises(KtraceError, match="not a profile"):
-        Profile.load(junk)
+    with pytest.raises(KtraceError, match="not a snapshot"):
+        KernelSnapshot.load(junk)
     old = tmp_path / "old.json.gz"
     old.write_bytes(gzip.compress(json.dumps({"format": 99}).encode()))
     with pytest.raises(KtraceError, match="format 99"):
-        Profile.load(old)
+        KernelSnapshot.load(old)
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"format": 1, "name": "x"}))
-    with pytest.raises(KtraceError, match="not a valid profile"):
-        Profile.load(partial)
+    with pytest.raises(KtraceError, match="not a valid snapshot"):
+        KernelSnapshot.load(partial)
     with pytest.raises(KtraceError, match="cannot read"):
-        Profile.load(tmp_path / "absent.json.gz")
+        KernelSnapshot.load(tmp_path / "absent.json.gz")
 
 
 # --- parsers --------------------------------------------------------------------------------------------------
@@ -203,11 +203,11 @@ def test_parsers() -> None:
     }
 
 
-# --- shipped profiles -----------------------------------------------------------------------------------------
+# --- shipped snapshots -----------------------------------------------------------------------------------------
 
 
-def test_builtin_profiles_are_shipped() -> None:
-    shipped = builtin_profiles()
+def test_shipped_snapshots_are_shipped() -> None:
+    shipped = shipped_snapshots()
     assert tuple(shipped) == SHIPPED
     for name, path in shipped.items():
         assert path.name == f"{name}.json.gz"
@@ -215,8 +215,8 @@ def test_builtin_profiles_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_builtin_profile_loads(name: str) -> None:
-    p = load_profile(name)
+def test_builtin_snapshot_loads(name: str) -> None:
+    p = load_snapshot(name)
     assert p.name == name
     assert p.arch == {"arm64": "aarch64"}.get(name.rsplit("-", 1)[1], name.rsplit("-", 1)[1])
     assert p.has_symbol("__setup_irq") and p.has_symbol("vfs_read")
@@ -228,28 +228,28 @@ def test_builtin_profile_loads(name: str) -> None:
     assert "kprobes" in p.features and "argN" in p.features
     assert p.blacklist and len(p.blacklist) > 100
     assert p.source.startswith("ssh ktrace-vm-")
-    # captured with the kernel's text layout and its answers (scripts/capture-profiles)
+    # captured with the kernel's text layout and its answers (scripts/capture-snapshots)
     assert p.text is not None and p.text.span_of_name("__setup_irq") is not None
     assert p.answers == {"filter_trailing_operator": "rejected"}
 
 
 def test_debian_blacklists_hold_the_arch_entry_code() -> None:
-    x86 = load_profile("debian-6.1-x86_64")
-    arm = load_profile("debian-6.1-arm64")
+    x86 = load_snapshot("debian-6.1-x86_64")
+    arm = load_snapshot("debian-6.1-arm64")
     assert x86.is_blacklisted("do_int3") and x86.is_blacklisted("asm_exc_divide_error")
     assert arm.is_blacklisted("kprobe_breakpoint_handler") or any("el1" in s for s in arm.blacklist or ())
     assert arm.has_symbol("el0_svc") and not x86.has_symbol("el0_svc")
 
 
-def test_load_profile_by_path(tmp_path: Path) -> None:
+def test_load_snapshot_by_path(tmp_path: Path) -> None:
     copy = tmp_path / "mine.json.gz"
-    copy.write_bytes(builtin_profiles()["debian-6.1-arm64"].read_bytes())
-    assert load_profile(str(copy)) == load_profile("debian-6.1-arm64")
+    copy.write_bytes(shipped_snapshots()["debian-6.1-arm64"].read_bytes())
+    assert load_snapshot(str(copy)) == load_snapshot("debian-6.1-arm64")
 
 
-def test_load_profile_unknown_name_lists_shipped() -> None:
+def test_load_snapshot_unknown_name_lists_shipped() -> None:
     with pytest.raises(KtraceError) as info:
-        load_profile("debian-9-sparc")
+        load_snapshot("debian-9-sparc")
     message = str(info.value)
     assert "debian-9-sparc" in message
     for name in SHIPPED:
@@ -269,16 +269,16 @@ def test_cli_snapshot_local(local: LocalBackend, tmp_path: Path) -> None:
     proc = _cli("snapshot", "--name", "x", "-o", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout and "symbols" in proc.stdout
-    p = Profile.load(out)
+    p = KernelSnapshot.load(out)
     assert p.name == "x" and p.release == os.uname().release and p.has_symbol("vfs_read")
     # default output: NAME.json.gz in the working directory
     proc = _cli("snapshot", "--name", "dflt", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert Profile.load(tmp_path / "dflt.json.gz").name == "dflt"
+    assert KernelSnapshot.load(tmp_path / "dflt.json.gz").name == "dflt"
 
 
-def test_cli_profiles_lists_the_shipped_ones(tmp_path: Path) -> None:
-    proc = _cli("profiles", cwd=tmp_path)
+def test_cli_snapshots_lists_the_shipped_ones(tmp_path: Path) -> None:
+    proc = _cli("snapshots", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["NAME", "RELEASE", "ARCH", "SYMBOLS", "EVENTS", "BLACKLIST"]
@@ -291,9 +291,9 @@ def test_cli_profiles_lists_the_shipped_ones(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("profiles", "debian-9-sparc"), "unknown profile debian-9-sparc"),
+        (("snapshots", "debian-9-sparc"), "unknown snapshot debian-9-sparc"),
         (("snapshot", "--name", "x", "--sudo"), "need --host"),
-        (("snapshot", "--name", "x", "-o", "/nonexistent/dir/x.json.gz"), "cannot write profile"),
+        (("snapshot", "--name", "x", "-o", "/nonexistent/dir/x.json.gz"), "cannot write snapshot"),
     ],
 )
 def test_cli_errors_are_one_line(args: tuple[str, ...], expected: str, local: LocalBackend, tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def arm64_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGue
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     try:
-        guest = boot("arm64", workdir=tmp_path_factory.mktemp("profile-vm-arm64"))
+        guest = boot("arm64", workdir=tmp_path_factory.mktemp("snapshot-vm-arm64"))
     except MissingTool as missing:
         if REQUIRE_GUESTS:
             raise
