@@ -12,7 +12,8 @@ from pytest_ktrace import ANY, KtraceError, UnsupportedFetchArg
 from pytest_ktrace._arch import rewrite_argn
 from pytest_ktrace._identity import OWNED_NAME, RunIdentity, stale_owner
 from pytest_ktrace._matchers import field_matches, mismatches
-from pytest_ktrace._probes import ProbeSpec, check_fetchargs, event_name_for
+from pytest_ktrace._probe_builder import check_fetchargs
+from pytest_ktrace._probes import ProbeSpec, event_name_for
 
 
 def test_kprobe_and_kretprobe_render_like_the_kernel_doc() -> None:

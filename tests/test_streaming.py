@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import pytest
 
+from pytest_ktrace._aggregates import Histogram
 from pytest_ktrace._errors import KtraceError
 from pytest_ktrace._identity import RunIdentity
 from pytest_ktrace._session import TraceSession
-from pytest_ktrace._streaming import Histogram
 from pytest_ktrace.backends._base import Op, OpResult, RunResult, TargetInfo
 from pytest_ktrace.fake._backend import FakeBackend
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs
@@ -124,7 +124,7 @@ def test_keep_bounds_the_events_kept_per_probe(ktrace, probed: Path) -> None:
     ktrace.run([str(probed), "loop", "3000"])
     ktrace.run([str(probed), "fib", "4"])
     assert add.call_count == 3000 and fib.call_count == 9
-    state = ktrace._pump.state((add.spec.group, add.spec.event))
+    state = ktrace._stream_mode.pump.state((add.spec.group, add.spec.event))
     assert state.kept.maxlen == 500 and len(state.kept) == 500  # the memory bound itself
     assert [event["a"] for event in add.events] == list(range(2500, 3000))  # the most recent ones
     assert len(fib.events) == 9  # per probe: fib's few are all kept
@@ -422,7 +422,7 @@ def test_a_sync_marker_that_never_arrives_is_a_clear_error() -> None:
     session = TraceSession(backend, RunIdentity.current(), 1, stream=True, sync_stall_s=0.3)
     setup = session.kprobe("__setup_irq", irq="%x0:u32")
     session.arm()
-    stream = session._trace_stream
+    stream = session._stream_mode.stream
     assert stream is not None
     stream.read = lambda timeout: ""  # type: ignore[method-assign]  # a reader that never delivers
     session.inject(setup, irq=1)
@@ -436,7 +436,7 @@ def test_a_failing_stream_is_reported_by_the_next_sync() -> None:
     session = TraceSession(backend, RunIdentity.current(), 1, stream=True)
     session.kprobe("__setup_irq", irq="%x0:u32")
     session.arm()
-    stream = session._trace_stream
+    stream = session._stream_mode.stream
 
     def broken(timeout: float) -> str:
         raise KtraceError("the board went away")

@@ -17,9 +17,6 @@ __all__ = [
     "RETURN_KINDS",
     "ProbeKind",
     "ProbeSpec",
-    "check_encodable",
-    "check_fetchargs",
-    "check_text",
     "event_name_for",
 ]
 
@@ -30,8 +27,6 @@ ProbeKind = Literal["kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint"]
 DYNAMIC_KINDS: frozenset[str] = frozenset({"kprobe", "kretprobe", "uprobe", "uretprobe"})
 RETURN_KINDS: frozenset[str] = frozenset({"kretprobe", "uretprobe"})
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch(): "$" would accept a trailing newline
-_RESERVED_FIELDS = frozenset({"__probe_ip", "__probe_ret_ip", "__probe_func"})
 _EVENT_PREFIX = {"kprobe": "p", "kretprobe": "r", "uprobe": "u", "uretprobe": "ur"}
 MAX_EVENT_NAME = 63  # MAX_EVENT_NAME_LEN (64) includes the NUL
 
@@ -42,47 +37,6 @@ def event_name_for(kind: str, what: str, serial: int) -> str:
     suffix = f"_{serial}"
     prefix = _EVENT_PREFIX.get(kind, "t") + "_"
     return prefix + stem[: MAX_EVENT_NAME - len(prefix) - len(suffix)] + suffix
-
-
-def check_fetchargs(fetchargs: dict[str, str]) -> None:
-    """Refuse what would change the *shape* of the kernel command (the kernel itself judges the rest and
-    answers with its own error_log line): names that are not identifiers, whitespace or control characters."""
-    for name, text in fetchargs.items():
-        if not isinstance(name, str) or not _IDENT.fullmatch(name):
-            raise KtraceError(
-                f"fetcharg name {name!r} is not a C identifier: the kernel names the event field after it"
-            )
-        if name.startswith("common_") or name in _RESERVED_FIELDS:
-            raise KtraceError(f"fetcharg name {name!r} is reserved by the kernel for its own event fields")
-        if not isinstance(text, str) or not text:
-            raise KtraceError(f"fetcharg {name}= needs a non-empty string in kernel syntax, got {text!r}")
-        if any(ch.isspace() or ord(ch) < 0x20 for ch in text):
-            raise KtraceError(
-                f"fetcharg {name}={text!r} contains whitespace or control characters: the kernel splits probe "
-                "commands on whitespace, so this would become a different command"
-            )
-        check_encodable(f"fetcharg {name}=", text)
-
-
-def check_encodable(what: str, text: str) -> None:
-    """What is written to tracefs is UTF-8, with U+DC80..U+DCFF standing for raw bytes (surrogateescape, as
-    tracefs is read); any other lone surrogate cannot be written at all."""
-    try:
-        text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise KtraceError(
-            f"{what} {text!r} holds {text[exc.start]!r} at {exc.start}, a lone surrogate that cannot be encoded "
-            "(only U+DC80..U+DCFF, surrogateescape'd bytes, can)"
-        ) from None
-
-
-def check_text(what: str, text: str) -> None:
-    """Filters and paths travel as one line: a newline would start another command."""
-    if not isinstance(text, str):
-        raise KtraceError(f"{what} must be a str, got {type(text).__name__} {text!r}")
-    check_encodable(what, text)
-    if "\n" in text or "\r" in text or "\0" in text:
-        raise KtraceError(f"{what} {text!r} contains a newline or NUL: it must be a single line")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ import pytest
 
 from ._arch import normalize_arch
 from ._errors import KtraceError, MissingTool, TargetError, TracefsUnavailable, hide_for_ktrace_errors
+from ._fixtures import config_overridden, marker_settings
 from ._markers import REQUIRES, REQUIRES_HELP
 from ._targets import TargetSpec, resolve_target, state_key
 from .backends._base import Backend, Imitating, Read, TargetInfo
@@ -536,13 +537,6 @@ def check_item(item: pytest.Item, target: TargetSpec, backend: Backend, *, stric
         raise pytest.skip.Exception(skip_reason(facts.info, reasons), _use_item_location=True)
 
 
-def _ktrace_kwargs(item: pytest.Item) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for marker in reversed(list(item.iter_markers("ktrace"))):  # closest last, so it wins
-        merged.update(marker.kwargs)
-    return merged
-
-
 def check_before_setup(item: pytest.Item) -> None:
     """``pytest_runtest_setup``: check a marked test before its fixtures run (see the module docstring). Problems
     reaching the target are left to the ``ktrace`` fixture when the test uses it (it reports them as it always
@@ -551,8 +545,10 @@ def check_before_setup(item: pytest.Item) -> None:
         return
     config = item.config
     uses_fixture = "ktrace" in getattr(item, "fixturenames", ())
+    if uses_fixture and config_overridden(item):
+        return  # the target comes from a ktrace_config fixture, known only at setup: the fixture checks it
     try:
-        settings = resolve_target(config, _ktrace_kwargs(item))
+        settings = resolve_target(config, marker_settings(item))
         target = settings.target
         if settings.boards:
             if uses_fixture:

@@ -3,31 +3,32 @@
 A :class:`StreamPump` thread reads a :class:`~pytest_ktrace.backends._base.TraceStream`, splits complete lines
 (keeping a partial tail), parses them with :class:`~pytest_ktrace._parse.TraceParser` and dispatches each event to
 its probe: an exact count, a bounded deque of the most recent events, and the aggregates registered on the probe
-(:class:`CountBy`, :class:`LatencyHistogram`), which see every event and keep none. The session synchronises with
-the pump through ``trace_marker`` writes: the pump counts the marker lines it has seen, and :meth:`StreamPump.wait`
-waits until it has seen a given number.
+(:mod:`._aggregates`), which see every event and keep none. :class:`StreamMode` is a test's side of it: it opens
+the stream and synchronises with the pump through ``trace_marker`` writes: the pump counts the marker lines it has
+seen, and :meth:`StreamPump.wait` waits until it has seen a given number.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ._errors import KtraceError, hide_for_ktrace_errors
+from ._aggregates import Aggregate, AggregateSet
+from ._assertions import Observation
+from ._collection import tracefs_gone
+from ._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
 from ._events import Event
-from ._parse import FormatCatalog, TraceParser
+from ._parse import FormatCatalog, ParsedTrace, TraceParser
+from .backends._base import Backend, OpResult, Read, Streaming, TraceStream, Write
 
-__all__ = ["DEFAULT_BUCKETS_US", "DEFAULT_KEEP", "CountBy", "Histogram", "LatencyHistogram", "StreamPump"]
+__all__ = ["DEFAULT_KEEP", "SYNC_PREFIX", "ProbeState", "StreamMode", "StreamPump"]
 
 __tracebackhide__ = hide_for_ktrace_errors
 
 DEFAULT_KEEP = 100_000
-DEFAULT_BUCKETS_US: Tuple[float, ...] = (10, 100, 1000, 10_000, 100_000, 1_000_000)
 SYNC_PREFIX = "ktrace-sync-"
 
 # A trace_marker record: its text with the `fields` option off, "UNKNOWN TYPE 5" (TRACE_PRINT) with it on, as 6.x
@@ -37,163 +38,6 @@ _MARKER = re.compile(r": (?:UNKNOWN TYPE 5|tracing_mark_write: " + SYNC_PREFIX +
 _EVENT_START = re.compile(r"^\s*\S.*?-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s")
 _MAX_HELD_LINES = 256
 _RAW_TAIL = 400  # raw lines kept for the failure report section
-
-
-# --------------------------------------------------------------------------------------------------- aggregates
-class Histogram:
-    """Latencies in microseconds, counted into buckets ``(-inf, b0], (b0, b1], ..., (bn, +inf)``; exact count, min,
-    max and mean. ``counts[i]`` is the number in bucket ``i`` (the last one is the overflow bucket)."""
-
-    def __init__(self, bounds: Sequence[float], label: str = "latency") -> None:
-        cleaned = tuple(float(b) for b in bounds)
-        if not cleaned or any(b <= a for a, b in zip(cleaned, cleaned[1:])) or cleaned[0] <= 0:
-            raise KtraceError(f"histogram buckets {tuple(bounds)!r} must be positive and strictly increasing")
-        self.bounds = cleaned
-        self.label = label
-        self.counts: List[int] = [0] * (len(cleaned) + 1)
-        self.count = 0
-        self.min: Optional[float] = None
-        self.max: Optional[float] = None
-        self.total = 0.0
-        self.unpaired = 0  # exits seen without an open entry on their task
-
-    @property
-    def mean(self) -> Optional[float]:
-        return self.total / self.count if self.count else None
-
-    def add(self, value_us: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value_us)] += 1
-        self.count += 1
-        self.total += value_us
-        self.min = value_us if self.min is None or value_us < self.min else self.min
-        self.max = value_us if self.max is None or value_us > self.max else self.max
-
-    def reset(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.count, self.total, self.unpaired = 0, 0.0, 0
-        self.min = self.max = None
-
-    def copy_from(self, other: Histogram) -> None:
-        self.counts = list(other.counts)
-        self.count, self.total, self.unpaired = other.count, other.total, other.unpaired
-        self.min, self.max = other.min, other.max
-
-    def buckets(self) -> List[Tuple[str, int]]:
-        """``(label, count)`` per bucket, e.g. ``("<= 10 us", 3)``, ``("> 10000 us", 1)``."""
-        labels = [f"<= {_num(b)} us" for b in self.bounds] + [f"> {_num(self.bounds[-1])} us"]
-        return list(zip(labels, self.counts))
-
-    def _at_most(self, max_us: float) -> int:
-        """How many values are certainly <= ``max_us`` (whole buckets below it; all of them if max is)."""
-        if self.max is not None and self.max <= max_us:
-            return self.count
-        below = bisect.bisect_right(self.bounds, max_us)  # buckets 0..below-1 end at or under max_us
-        return sum(self.counts[:below])
-
-    def assert_below(self, max_us: float, quantile: float = 0.99) -> None:
-        """At least ``quantile`` of the values are <= ``max_us``; raises ``AssertionError`` with the histogram.
-        Values are only known per bucket: a bucket straddling ``max_us`` counts as above it (never a wrong
-        pass), so put a bucket boundary at ``max_us`` for a sharp check."""
-        __tracebackhide__ = True
-        if not 0 < quantile <= 1:
-            raise KtraceError(f"quantile={quantile!r} must be in (0, 1]")
-        needed = math.ceil(quantile * self.count - 1e-9)
-        if self.count and self._at_most(max_us) >= needed:
-            return
-        if not self.count:
-            raise AssertionError(
-                f"{self.label}: no values recorded, so p{_num(quantile * 100)} <= {max_us} us cannot hold.\n{self}"
-            )
-        sure = self._at_most(max_us)
-        lines = [
-            f"{self.label}: p{_num(quantile * 100)} is not <= {_num(max_us)} us: only {sure} of {self.count} "
-            f"values are certainly <= {_num(max_us)} us ({needed} needed)."
-        ]
-        if max_us not in self.bounds:
-            lines.append(
-                f"(values in a bucket that straddles {_num(max_us)} us count as above; add {_num(max_us)} to "
-                "buckets_us for an exact check)"
-            )
-        raise AssertionError("\n".join(lines) + "\n" + str(self))
-
-    def __str__(self) -> str:
-        if not self.count:
-            return f"{self.label}: empty histogram (0 values)"
-        head = (
-            f"{self.label}: {self.count} values, min {self.min:.1f} us, mean {self.mean:.1f} us, "
-            f"max {self.max:.1f} us" + (f", {self.unpaired} unpaired exits" if self.unpaired else "")
-        )
-        widest = max(self.counts) or 1
-        rows = [
-            f"  {label:>16} {count:>10}  {'#' * max(1 if count else 0, round(40 * count / widest))}"
-            for label, count in self.buckets()
-        ]
-        return "\n".join([head, *rows])
-
-    def __repr__(self) -> str:
-        return f"<Histogram {self.label}: {self.count} values in {len(self.counts)} buckets>"
-
-
-def _num(value: float) -> str:
-    return f"{value:g}"
-
-
-class CountBy:
-    """``ktrace.count_by(probe, field)``: a :class:`collections.Counter` of the field's values (``pid``, ``comm``,
-    ``cpu`` work too), fed by every event of the probe (view criteria apply)."""
-
-    def __init__(self, view: Any, name: str) -> None:
-        self.view = view
-        self.field = name
-        self.keys: Tuple[Tuple[str, str], ...] = ((view.spec.group, view.spec.event),)
-        self.counter: Counter[Any] = Counter()  # what the test sees (updated at sync points)
-        self._acc: Counter[Any] = Counter()  # fed by the pump
-
-    def feed(self, key: Tuple[str, str], event: Event) -> None:
-        if self.view._criteria and not self.view._selected(event):
-            return
-        self._acc[event.value(self.field)] += 1
-
-    def reset(self) -> None:
-        self._acc.clear()
-
-    def publish(self) -> None:
-        self.counter.clear()
-        self.counter.update(self._acc)
-
-
-class LatencyHistogram:
-    """``ktrace.latency_histogram(entry, exit)``: each exit paired with the latest open entry of the same task
-    (recursion nests), durations counted into a :class:`Histogram`."""
-
-    def __init__(self, entry: Any, exit: Any, bounds: Sequence[float]) -> None:
-        self.entry = entry
-        self.exit = exit
-        self.keys = ((entry.spec.group, entry.spec.event), (exit.spec.group, exit.spec.event))
-        label = f"{entry.name} -> {exit.name} latency"
-        self.histogram = Histogram(bounds, label)  # what the test sees
-        self._acc = Histogram(bounds, label)
-        self._open: Dict[int, List[float]] = {}
-
-    def feed(self, key: Tuple[str, str], event: Event) -> None:
-        if key == self.keys[0] and not (self.entry._criteria and not self.entry._selected(event)):
-            self._open.setdefault(event.pid, []).append(event.timestamp)
-        if key == self.keys[1] and not (self.exit._criteria and not self.exit._selected(event)):
-            stack = self._open.get(event.pid)
-            if stack:
-                self._acc.add((event.timestamp - stack.pop()) * 1e6)
-            else:
-                self._acc.unpaired += 1
-
-    def reset(self) -> None:
-        self._acc.reset()
-        self._open.clear()
-
-    def publish(self) -> None:
-        self.histogram.copy_from(self._acc)
-
-
-Aggregate = Any  # CountBy | LatencyHistogram (duck-typed: keys, feed, reset, publish)
 
 
 # ------------------------------------------------------------------------------------------------------- pump
@@ -407,3 +251,120 @@ class StreamPump:
     def lost_copy(self) -> Mapping[int, int]:
         with self.lock:
             return dict(self.lost)
+
+
+# ------------------------------------------------------------------------------------------------- stream mode
+class StreamMode:
+    """Stream mode for one test: the instance's ``trace_pipe`` open from the first arming to teardown, a pump
+    reading it, and sync points: a ``trace_marker`` write the pump must have seen before the test looks."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        instance: str,
+        catalog: FormatCatalog,
+        aggregates: AggregateSet,
+        *,
+        keep: int,
+        stall_s: float,
+    ) -> None:
+        self.backend = backend
+        self.instance = instance
+        self.instance_path = f"instances/{instance}"
+        self.catalog = catalog
+        self.aggregates = aggregates
+        self.keep = keep
+        self.stall_s = stall_s
+        self.pump: Optional[StreamPump] = None
+        self.stream: Optional[TraceStream] = None
+        self._markers = 0  # sync markers written to trace_marker (and so, eventually, streamed)
+
+    def start(self, probes: Sequence[Tuple[str, str]]) -> None:
+        """Open the instance's trace_pipe and start the pump (right after the first arm)."""
+        if not isinstance(self.backend, Streaming):
+            raise KtraceError(
+                f"stream mode needs a backend that can stream trace_pipe (the Streaming capability, open_stream()), "
+                f"and {self.backend.name} ({type(self.backend).__name__}) has none; run this test without "
+                "stream=True / --ktrace-stream"
+            )
+        self.stream = self.backend.open_stream(f"{self.instance_path}/trace_pipe")
+        pump = StreamPump(self.stream, self.catalog, keep=self.keep, name=f"ktrace-pump-{self.instance}")
+        for key in probes:
+            pump.add_probe(key)
+        for aggregate in self.aggregates.all:
+            pump.register(aggregate)
+        self.pump = pump
+        pump.start()
+
+    def marker_op(self) -> Write:
+        """The write of the next sync marker (it travels with a command, or alone in :meth:`sync`)."""
+        return Write(f"{self.instance_path}/trace_marker", f"{SYNC_PREFIX}{self._markers + 1}")
+
+    def synced(self, write: Optional[OpResult]) -> None:
+        """After a marker write (its result): wait until the pump has streamed up to it, then publish."""
+        pump = self.pump
+        assert pump is not None
+        if write is not None:
+            if not write.ok:
+                raise KtraceError(
+                    f"writing the sync marker to {write.op.path} failed ({write.errno_name} {write.error}); "
+                    f"the stream of {self.instance} cannot be synchronised"
+                )
+            self._markers += 1
+        pump.wait(self._markers, stall_s=self.stall_s, describe=self._describe)
+        pump.publish(self.aggregates.all)
+
+    def sync(self) -> None:
+        """Write a sync marker and wait until it has streamed past (everything before it is dispatched)."""
+        marker, mounted = self.backend.apply([self.marker_op(), Read("tracing_on")])
+        if not mounted.ok:
+            raise tracefs_gone(self.backend)
+        self.synced(marker)
+
+    def snapshot(self) -> ParsedTrace:
+        pump = self.pump
+        assert pump is not None
+        return ParsedTrace(events=pump.ordered(), lost=dict(pump.lost_copy()))
+
+    def observation(self, key: Tuple[str, str], *, lost_policy: str, hints: Sequence[str]) -> Observation:
+        pump = self.pump
+        assert pump is not None
+        events, count = pump.snapshot(key)
+        return Observation(
+            events,
+            dict(pump.lost_copy()),
+            hints if not count else (),
+            lost_policy,
+            total=count,
+            evicted=count - len(events),
+            keep=self.keep,
+        )
+
+    def raw_tail(self) -> str:
+        pump = self.pump
+        assert pump is not None
+        with pump.lock:
+            tail = list(pump.raw_tail)
+            total = pump.lines
+        return f"# streamed from trace_pipe: the last {len(tail)} of {total} lines\n" + "\n".join(tail) + "\n"
+
+    def stop(self) -> List[str]:
+        """Stop the pump (joined) and close the stream, before anything is disabled or removed."""
+        problems: List[str] = []
+        pump, stream = self.pump, self.stream
+        self.stream = None
+        if pump is not None and not pump.stop(timeout=10.0):
+            problems.append(f"the stream reader thread of {self.instance} did not stop within 10 s")
+        if stream is not None:
+            try:
+                stream.close()
+            except ConnectionLost:
+                raise
+            except KtraceError as exc:
+                problems.append(f"closing the trace_pipe stream of {self.instance}: {exc}")
+        if pump is not None and pump.alive and not pump.stop(timeout=5.0):
+            problems.append(f"the stream reader thread of {self.instance} is still alive after the stream closed")
+        return problems
+
+    def _describe(self) -> str:
+        return f"instance {self.instance} on {self.backend.describe().name}"

@@ -154,31 +154,29 @@ def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> 
     return default
 
 
-def validate_marker(nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...]) -> None:
+def validate_marker(
+    nodeid: str, kwargs: dict[str, Any], args: tuple[Any, ...], source: str = "@pytest.mark.ktrace"
+) -> None:
     """Refuse, at collection, a marker whose arguments are unknown or whose values are of the wrong type or out
-    of range (the error names the test and the argument)."""
+    of range (the error names the test and the argument). ``source`` names where they come from (the marker, or
+    the ``ktrace_config`` fixture, which takes the same keys)."""
     if args:
-        raise pytest.UsageError(
-            f"{nodeid}: @pytest.mark.ktrace takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})"
-        )
+        raise pytest.UsageError(f"{nodeid}: {source} takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})")
     unknown = sorted(set(kwargs) - MARKER_KEYS)
     if unknown:
         raise pytest.UsageError(
-            f"{nodeid}: @pytest.mark.ktrace got unknown argument(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(MARKER_KEYS))}"
+            f"{nodeid}: {source} got unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(MARKER_KEYS))}"
         )
     for key, value in kwargs.items():
-        _convert(key, _SETTINGS[key][3], value, f"{nodeid}: @pytest.mark.ktrace")
+        _convert(key, _SETTINGS[key][3], value, f"{nodeid}: {source}")
     if "lost" in kwargs and kwargs["lost"] not in LOST_POLICIES:
-        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
+        raise pytest.UsageError(f"{nodeid}: {source}(lost={kwargs['lost']!r}): use 'fail' or 'warn'")
     if "scope" in kwargs and kwargs["scope"] not in SCOPES:
-        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(scope={kwargs['scope']!r}): use 'all' or 'run'")
+        raise pytest.UsageError(f"{nodeid}: {source}(scope={kwargs['scope']!r}): use 'all' or 'run'")
     if "keep" in kwargs and not (isinstance(kwargs["keep"], int) and kwargs["keep"] >= 1):
-        raise pytest.UsageError(f"{nodeid}: @pytest.mark.ktrace(keep={kwargs['keep']!r}): use an int >= 1")
+        raise pytest.UsageError(f"{nodeid}: {source}(keep={kwargs['keep']!r}): use an int >= 1")
     if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
-        raise pytest.UsageError(
-            f"{nodeid}: @pytest.mark.ktrace(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}"
-        )
+        raise pytest.UsageError(f"{nodeid}: {source}(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}")
 
 
 def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:

@@ -7,16 +7,14 @@ imported when the first test uses it, and no target is reached before then. A ru
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 import pytest
 
 from . import hookspecs
-from ._errors import KtraceError, MissingTool, TracefsUnavailable, hide_for_ktrace_errors
+from ._errors import hide_for_ktrace_errors
+from ._fixtures import SESSION_KEY
 from ._identity import RunIdentity
 from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 from ._targets import (
@@ -27,21 +25,19 @@ from ._targets import (
     VM_ARCHES,
     RunState,
     clean_after,
-    record_mode,
     resolve_target,
-    should_record,
     state_key,
     validate_marker,
 )
 from .backends import _builtin as builtin
 
 if TYPE_CHECKING:
+    from ._fixtures import Target
     from ._session import TraceSession
     from .report._section import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
-_SESSION_KEY = pytest.StashKey["TraceSession"]()
 _FILES_KEY = pytest.StashKey["TestFiles"]()  # --ktrace-report: every process writes the files of its tests
 _MARKER_ERROR_KEY = pytest.StashKey[str]()  # a test whose marker arguments are wrong fails alone, at setup
 _JSON_KEY = pytest.StashKey[bool]()  # --ktrace-json: every process adds each test's entry to its teardown report
@@ -180,7 +176,9 @@ def pytest_configure(config: pytest.Config) -> None:
         flamegraph_mode(config)  # raises the usage error
     controller = not hasattr(config, "workerinput")
     if controller:
-        config.pluginmanager.register(_Summary(), "ktrace-summary")
+        from .report._hooks import TargetSummary
+
+        config.pluginmanager.register(TargetSummary(), "ktrace-summary")
     json_path = config.getoption("ktrace_json", default=None) or config.getini("ktrace_json")
     if json_path:
         config.stash[_JSON_KEY] = True
@@ -196,7 +194,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if report_dir is not None:
             config.stash[_FILES_KEY] = TestFiles(report_dir)
             if controller:  # an xdist worker only writes its tests' files
-                config.pluginmanager.register(_ReportHooks(RunReport(report_dir)), "ktrace-report")
+                from .report._hooks import ReportIndexHooks
+
+                config.pluginmanager.register(ReportIndexHooks(RunReport(report_dir)), "ktrace-report")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -271,181 +271,42 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-def _marker_kwargs(node: pytest.Item) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    # closest marker last so it wins (function over class over module)
-    for marker in reversed(list(node.iter_markers(SETTINGS))):
-        merged.update(marker.kwargs)
-    return merged
+@pytest.fixture
+def ktrace_config() -> dict[str, Any]:
+    """Settings for the tests that see this fixture: the keys of ``@pytest.mark.ktrace`` (``host``, ``vm``,
+    ``backend``, ``snapshot``, ``scope``, ...). Empty by default; override it in a directory's conftest.py to point
+    that directory at another target. A test's own marker wins over it; it wins over the command line and ini."""
+    return {}
 
 
 @pytest.fixture
-def ktrace(request: pytest.FixtureRequest) -> Generator[TraceSession, None, None]:
+def ktrace_target(request: pytest.FixtureRequest, ktrace_config: dict[str, Any]) -> Generator[Target, None, None]:
+    """The target this test traces: settings resolved, board leased, backend reached, requirements checked,
+    recorded or replayed through its cassette. ``.backend`` is the backend, ``.settings`` what it was resolved from."""
+    from ._fixtures import open_target
+
+    with open_target(request, ktrace_config) as target:
+        yield target
+
+
+@pytest.fixture
+def ktrace(request: pytest.FixtureRequest, ktrace_target: Target) -> Generator[TraceSession, None, None]:
     """Probes for this test: ``ktrace.kprobe/kretprobe/uprobe/uretprobe/tracepoint``, ``ktrace.run``,
     ``wait_for``, ``assert_order``, ``assert_latency``, aggregates ``count_by`` and ``latency_histogram``
     (``stream=True``: events streamed from trace_pipe). Everything it creates is removed after the test."""
-    from ._boards import lease_board
-    from ._requirements import check_item
-    from ._session import TraceSession
-    from .recording._cassette import Tape, cassette_path, replay_snapshot
-    from .report._provenance import record_session
+    from ._fixtures import open_session
 
-    config = request.config
-    state: RunState = config.stash[state_key()]
-    try:
-        settings = resolve_target(config, _marker_kwargs(request.node))
-    except pytest.UsageError as exc:
-        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
-    cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
-    record = should_record(config, cassette, replaying=settings.target.backend == "fake")
-    lease = None
-    if settings.boards:
-        # One test per board at a time, across every xdist worker of this machine.
-        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-        lease = lease_board(settings.boards, timeout=3600, start=worker)
-        request.addfinalizer(lease.release)
-        settings = replace(settings, target=replace(settings.target, host=lease.host))
-    try:
-        if settings.target.backend == "fake" and not settings.target.snapshot and cassette.exists():
-            settings = replace(settings, target=replace(settings.target, snapshot=replay_snapshot(cassette)))
-        backend = state.backend_for(config, settings.target)
-        state.keep_alive(backend)
-        check_item(request.node, settings.target, backend, strict=settings.strict)  # if not checked before setup
-        tape = Tape(
-            backend,
-            request.node.nodeid,
-            cassette,
-            record=record,
-            rewrite=record_mode(config) == "rewrite",
-            snapshotted=state.target_snapshots,
-        )
-    except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
-        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
-    except MissingTool as exc:
-        pytest.skip(f"pytest-ktrace: {exc}")
-    except TracefsUnavailable as exc:
-        pytest.fail(f"pytest-ktrace: {exc}", pytrace=False)
-    except KtraceError as exc:
-        pytest.fail(f"pytest-ktrace: target {settings.target.label} unavailable: {exc}", pytrace=False)
-    session = TraceSession(
-        tape.backend,
-        state.identity,
-        state.next_serial(),
-        scope="run" if settings.scope == "run" else "all",
-        run_timeout=settings.timeout,
-        buffer_kb=settings.buffer_kb,
-        elf_cache=state.elf_copies,
-        lost_policy=settings.lost,
-        stream=settings.stream,
-        keep_events=settings.keep,
-    )
-    request.node.stash[_SESSION_KEY] = session
-    state.live.add(session)
-    try:
+    with open_session(request, ktrace_target) as session:
         yield session
-    finally:
-        record_session(request.node, settings.target, session)  # JUnit XML properties
-        state.live.discard(session)
-        report = session.teardown()
-        for note in report.notes:
-            warnings.warn(pytest.PytestWarning(f"pytest-ktrace: {note}"), stacklevel=1)
-        if report.deferred:
-            warnings.warn(
-                pytest.PytestWarning(
-                    f"pytest-ktrace: {settings.target.label} was unreachable at teardown ({report.deferred}); "
-                    f"{session.instance} and its probes are removed as soon as the connection is back"
-                ),
-                stacklevel=1,
-            )
-        if report:
-            pytest.fail(
-                "pytest-ktrace could not undo everything this test created on "
-                f"{settings.target.label}:\n  " + "\n  ".join(report.failures),
-                pytrace=False,
-            )
-        try:
-            tape.finish()
-        except KtraceError as exc:
-            pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    config = item.config
-    session, files = item.stash.get(_SESSION_KEY, None), config.stash.get(_FILES_KEY, None)
-    json_wanted = config.stash.get(_JSON_KEY, False) and "ktrace" in getattr(item, "fixturenames", ())
+    session, files = item.stash.get(SESSION_KEY, None), item.config.stash.get(_FILES_KEY, None)
+    json_wanted = item.config.stash.get(_JSON_KEY, False) and "ktrace" in getattr(item, "fixturenames", ())
     if session is None and files is None and not json_wanted:
         return  # not a ktrace test, and no --ktrace-report or --ktrace-json to list it in
-    from .report._flamegraphs import after_call as write_flamegraphs_after
-    from .report._section import annotate
+    from .report._hooks import after_report
 
-    report = outcome.get_result()
-    html_wanted = session is not None and bool(config.getoption("htmlpath", default=None))
-    write_flamegraphs_after(item, report, session, files.root if files is not None else None)
-    captured = annotate(item, report, session, files, keep=json_wanted or html_wanted)
-    if html_wanted and report.when == "call" and captured is not None:
-        from .report._ci_outputs import html_extras
-
-        html_extras(report, captured)
-    if json_wanted and report.when == "teardown":
-        from .report._ci_outputs import JSON_ATTR, test_entry
-
-        setattr(report, JSON_ATTR, test_entry(session, captured))
-
-
-class _Summary:
-    """The terminal summary: each target the tests reached (from their reports' properties, which travel from
-    xdist workers) and how many of its tests it could not run for unmet ``ktrace_requires``."""
-
-    def __init__(self) -> None:
-        self.targets: dict[str, tuple[str, str, str, str]] = {}  # name -> (backend, kernel, arch, features)
-        self.tests: Counter[str] = Counter()
-        self.unmet: Counter[str] = Counter()
-        self.unmet_failed: Counter[str] = Counter()
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
-        if "ktrace_target" not in props:
-            return
-        name = str(props["ktrace_target"])
-        if report.when == "setup" and "ktrace_unmet" in props:
-            (self.unmet if report.skipped else self.unmet_failed)[name] += 1
-        elif report.when == "teardown":
-            backend, kernel, arch = (
-                str(props.get(key) or "?") for key in ("ktrace_backend", "ktrace_kernel", "ktrace_arch")
-            )
-            features = str(props.get("ktrace_features", "")).replace(",", ", ") or "none"
-            self.targets.setdefault(name, (backend, kernel, arch, features))
-            self.tests[name] += 1
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for name, (backend, kernel, arch, features) in sorted(self.targets.items()):
-            line = f"ktrace: {name} (backend {backend}): Linux {kernel} {arch}; features {features}; "
-            line += f"{self.tests[name]} test(s)"
-            if self.unmet[name]:
-                line += f", {self.unmet[name]} skipped for unmet ktrace_requires (--ktrace-strict fails them)"
-            if self.unmet_failed[name]:
-                line += f", {self.unmet_failed[name]} failed for unmet ktrace_requires (--ktrace-strict)"
-            terminalreporter.write_line(line)
-
-
-class _ReportHooks:
-    """``--ktrace-report`` on the controller (or the only process): the reports of every phase of every test
-    (under xdist the workers' reports, deserialized), and the index written once at the end."""
-
-    def __init__(self, run_report: RunReport) -> None:
-        self.run_report = run_report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.run_report.add(report)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self) -> None:
-        from . import __version__
-
-        self.run_report.write(__version__)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.run_report.written is not None:
-            terminalreporter.write_line(f"ktrace report: {self.run_report.written}")
+    after_report(item, outcome.get_result(), session, files, json_wanted=json_wanted)

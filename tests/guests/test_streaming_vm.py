@@ -22,7 +22,7 @@ def test_streams_from_the_busybox_guest(ktrace):
         ktrace.run(["ktrace-trigger-setup-irq"], check=True)
         assert probe.call_count == per_run * runs  # synchronised: nothing of the run is still in flight
     assert sum(by_irq.values()) == per_run * 4
-    reader = ktrace._trace_stream.pid
+    reader = ktrace._stream_mode.stream.pid
     pipe = f"{ktrace.target.tracefs}/{ktrace.instance_path}/trace_pipe"
     # busybox ash may run `exec dd` as an applet in the shell's own process: its cmdline can stay the sh -c line
     cmdline = ktrace.run(["cat", f"/proc/{reader}/cmdline"]).stdout.split("\0")

@@ -8,9 +8,10 @@ the tracefs root) and runs commands on the target. Batching is the unit of cost:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
+    from .._parse import EventFormat
     from ..snapshots._snapshot import KernelSnapshot
 
 __all__ = [
@@ -216,17 +217,21 @@ class SharedFilesystem(Protocol):
 class Injecting(Protocol):
     """Synthetic events (the fake backend): needed by ``ktrace.inject``."""
 
-    def inject(
+    def inject_probe(
         self,
-        event: str,
-        fields: Mapping[str, Any],
+        event_dir: str,
+        fmt: EventFormat,
         *,
-        pid: Optional[int] = None,
-        comm: str = "ktrace-inject",
-        cpu: int = 0,
-        timestamp: Optional[float] = None,
-        stack: Sequence[str] = (),
-    ) -> int: ...
+        name: str,
+        count: int,
+        timestamp: Optional[float],
+        stack: Sequence[str],
+        values: Mapping[str, Union[int, str]],
+    ) -> int:
+        """Emit ``count`` events of the probe ``event_dir`` (``group/event``, whose format is ``fmt``; ``name``
+        is how messages call it): ``values`` name its fields and the task (``task_pid``, ``task_comm``,
+        ``task_cpu``), checked like kernel data. Returns how many were recorded (filters still apply)."""
+        ...
 
 
 @runtime_checkable

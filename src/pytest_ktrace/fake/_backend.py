@@ -15,11 +15,12 @@ import time
 from typing import Mapping, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
-from .._parse import FormatCatalog, TraceParser, parse_format
+from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import Player, _is_arm_batch
 from ..snapshots._snapshot import KernelSnapshot
+from ._inject import inject_events
 from ._tracefs import FakeOSError, FakeTracefs
 
 __all__ = ["FakeBackend"]
@@ -281,6 +282,22 @@ class FakeBackend:
             return int(
                 self.tracefs.emit(event, fields, pid=pid, comm=comm, cpu=cpu, timestamp=timestamp, stack=tuple(stack))
             )
+
+    def inject_probe(
+        self,
+        event_dir: str,
+        fmt: EventFormat,
+        *,
+        name: str,
+        count: int,
+        timestamp: Optional[float],
+        stack: Sequence[str],
+        values: Mapping[str, Union[int, str]],
+    ) -> int:
+        """``ktrace.inject()``: ``count`` events of a probe, the values checked against its format."""
+        return inject_events(
+            self, event_dir, fmt, name=name, count=count, timestamp=timestamp, stack=stack, values=values
+        )
 
     def open_stream(self, path: str) -> TraceStream:
         return FakeTraceStream(self, path)

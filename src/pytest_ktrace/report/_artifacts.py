@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from .._checks import check_text
 from .._errors import KtraceError, hide_for_ktrace_errors
-from .._probes import check_text
 
 __all__ = ["Artifact", "make_artifact"]
 

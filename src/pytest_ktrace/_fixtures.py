@@ -1,0 +1,198 @@
+"""What the fixtures do, layer by layer (declared in ``plugin.py``):
+
+``ktrace_config``  a dict of settings, the ``@pytest.mark.ktrace`` keys; ``{}`` unless a conftest.py overrides it
+   |
+``ktrace_target``  :func:`open_target`: settings resolved (marker > ``ktrace_config`` > command line > ini), a
+   |               board leased from a pool, the backend reached, ``ktrace_requires`` checked, the cassette tape
+   |               put around the backend; after the test the cassette is written and the board handed back
+``ktrace``         :func:`open_session`: the test's :class:`~._session.TraceSession` on that target; after the
+                   test it undoes everything the test created and fails the test if it could not
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pytest
+
+from ._errors import KtraceError, MissingTool, TracefsUnavailable
+from ._markers import SETTINGS
+from ._targets import RunState, TestSettings, record_mode, resolve_target, should_record, state_key, validate_marker
+
+if TYPE_CHECKING:
+    from ._session import TraceSession
+    from .backends._base import Backend
+    from .recording._cassette import Tape
+
+__all__ = ["SESSION_KEY", "Target", "config_overridden", "marker_settings", "open_session", "open_target"]
+
+SESSION_KEY = pytest.StashKey["TraceSession"]()  # the report hooks find a test's session here
+
+
+@dataclass
+class Target:
+    """The target one test traces: ``backend`` (wrapped by the cassette tape when recording or replaying),
+    the settings it was resolved from, and a label for messages."""
+
+    backend: Backend
+    settings: TestSettings
+    tape: Tape
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
+    undone: bool = True  # False when the session could not undo everything: the cassette is not written
+
+    @property
+    def label(self) -> str:
+        return self.settings.target.label
+
+
+def marker_settings(node: pytest.Item) -> dict[str, Any]:
+    """The ``@pytest.mark.ktrace`` arguments of a test, the closest marker winning (function, class, module)."""
+    merged: dict[str, Any] = {}
+    for marker in reversed(list(node.iter_markers(SETTINGS))):
+        merged.update(marker.kwargs)
+    return merged
+
+
+def config_overridden(item: pytest.Item) -> bool:
+    """Whether a conftest.py or module overrides ``ktrace_config`` for this test (its settings are then known
+    only when the fixture runs)."""
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own per-item record of the fixtures it resolved
+    if info is None:
+        return False
+    definitions: Sequence[Any] = info.name2fixturedefs.get("ktrace_config", ())
+    return bool(definitions) and getattr(definitions[-1].func, "__module__", "") != "pytest_ktrace.plugin"
+
+
+def _settings(request: pytest.FixtureRequest, config_values: Mapping[str, Any]) -> TestSettings:
+    nodeid = request.node.nodeid
+    if not isinstance(config_values, Mapping):
+        pytest.fail(f"{nodeid}: the ktrace_config fixture must return a dict, got {config_values!r}", pytrace=False)
+    try:
+        validate_marker(nodeid, dict(config_values), (), source="ktrace_config")
+    except pytest.UsageError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        return resolve_target(request.config, {**config_values, **marker_settings(request.node)})
+    except pytest.UsageError as exc:
+        pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+
+
+@contextlib.contextmanager
+def open_target(request: pytest.FixtureRequest, config_values: Mapping[str, Any]) -> Iterator[Target]:
+    from ._boards import lease_board
+    from .recording._cassette import cassette_path
+
+    config = request.config
+    state: RunState = config.stash[state_key()]
+    settings = _settings(request, config_values)
+    cassette = cassette_path(request.node.path, request.node.name, config.getini("ktrace_cassette_dir") or "cassettes")
+    record = should_record(config, cassette, replaying=settings.target.backend == "fake")
+    finalizers: list[Callable[[], None]] = []
+    try:
+        if settings.boards:
+            # One test per board at a time, across every xdist worker of this machine.
+            worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+            lease = lease_board(settings.boards, timeout=3600, start=worker)
+            finalizers.append(lease.release)
+            settings = replace(settings, target=replace(settings.target, host=lease.host))
+        target = _reach(request, state, settings, cassette, record)
+        target.finalizers = finalizers
+    except BaseException:
+        for finalizer in reversed(finalizers):
+            finalizer()
+        raise
+    try:
+        yield target
+    finally:
+        try:
+            if target.undone:
+                target.tape.finish()
+        except KtraceError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        finally:
+            for finalizer in reversed(target.finalizers):
+                finalizer()
+
+
+def _reach(
+    request: pytest.FixtureRequest, state: RunState, settings: TestSettings, cassette: Path, record: bool
+) -> Target:
+    from ._requirements import check_item
+    from .recording._cassette import Tape, replay_snapshot
+
+    config = request.config
+    try:
+        if settings.target.backend == "fake" and not settings.target.snapshot and cassette.exists():
+            settings = replace(settings, target=replace(settings.target, snapshot=replay_snapshot(cassette)))
+        backend = state.backend_for(config, settings.target)
+        state.keep_alive(backend)
+        check_item(request.node, settings.target, backend, strict=settings.strict)  # if not checked before setup
+        tape = Tape(
+            backend,
+            request.node.nodeid,
+            cassette,
+            record=record,
+            rewrite=record_mode(config) == "rewrite",
+            snapshotted=state.target_snapshots,
+        )
+    except pytest.UsageError as exc:  # e.g. @pytest.mark.ktrace(backend="nosuch")
+        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
+    except MissingTool as exc:
+        pytest.skip(f"pytest-ktrace: {exc}")
+    except TracefsUnavailable as exc:
+        pytest.fail(f"pytest-ktrace: {exc}", pytrace=False)
+    except KtraceError as exc:
+        pytest.fail(f"pytest-ktrace: target {settings.target.label} unavailable: {exc}", pytrace=False)
+    return Target(tape.backend, settings, tape)
+
+
+@contextlib.contextmanager
+def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[TraceSession]:
+    from ._session import TraceSession
+    from .report._provenance import record_session
+
+    state: RunState = request.config.stash[state_key()]
+    settings = target.settings
+    session = TraceSession(
+        target.backend,
+        state.identity,
+        state.next_serial(),
+        scope="run" if settings.scope == "run" else "all",
+        run_timeout=settings.timeout,
+        buffer_kb=settings.buffer_kb,
+        elf_cache=state.elf_copies,
+        lost_policy=settings.lost,
+        stream=settings.stream,
+        keep_events=settings.keep,
+    )
+    request.node.stash[SESSION_KEY] = session
+    state.live.add(session)
+    try:
+        yield session
+    finally:
+        record_session(request.node, settings.target, session)  # JUnit XML properties
+        state.live.discard(session)
+        report = session.teardown()
+        for note in report.notes:
+            warnings.warn(pytest.PytestWarning(f"pytest-ktrace: {note}"), stacklevel=1)
+        if report.deferred:
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"pytest-ktrace: {target.label} was unreachable at teardown ({report.deferred}); "
+                    f"{session.instance} and its probes are removed as soon as the connection is back"
+                ),
+                stacklevel=1,
+            )
+        if report:
+            target.undone = False
+            pytest.fail(
+                f"pytest-ktrace could not undo everything this test created on {target.label}:\n  "
+                + "\n  ".join(report.failures),
+                pytrace=False,
+            )

@@ -1,0 +1,58 @@
+"""Files of the target read on this machine: the ELF binaries uprobes point into (their symbols give file offsets,
+and name the frames of user stacks). A target that shares this machine's filesystem is read in place; any
+other is copied once per run and copied again only when the file's size, mtime or inode changed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from ._errors import MissingBinary, hide_for_ktrace_errors
+from ._files import write_private_temp
+from .backends._base import Backend, SharedFilesystem
+
+__all__ = ["ElfCopies"]
+
+__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
+
+
+class ElfCopies:
+    """Local paths to the target's files for one test. ``cache`` (path -> (identity "size mtime inode", local
+    copy)) belongs to the run, so copies outlive the test; each file is checked for change once per test."""
+
+    def __init__(
+        self, backend: Backend, cache: Optional[dict[str, tuple[str, Path]]] = None, *, timeout: Optional[float]
+    ) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self._cache: dict[str, tuple[str, Path]] = {} if cache is None else cache
+        self._checked: set[str] = set()
+
+    def local_path(self, path: str) -> Path:
+        if isinstance(self.backend, SharedFilesystem) and self.backend.files_are_local:
+            if not os.path.exists(path):
+                raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
+            return Path(path)
+        cached = self._cache.get(path)
+        if path in self._checked and cached is not None:
+            return cached[1]
+        stat = self.backend.run(["stat", "-L", "-c", "%s %Y %i", "--", path], timeout=self.timeout)
+        if stat.returncode != 0 and "No such file" in stat.stderr:
+            raise MissingBinary(f"uprobe target {path} does not exist on {self.backend.name}")
+        identity = stat.stdout.strip() if stat.returncode == 0 else ""
+        self._checked.add(path)
+        if cached is not None and identity and cached[0] == identity and cached[1].exists():
+            return cached[1]
+        result = self.backend.run(["cat", "--", path], timeout=self.timeout)
+        if result.returncode != 0:
+            raise MissingBinary(f"uprobe target {path} cannot be read on {self.backend.name}: {result.stderr.strip()}")
+        copy = write_private_temp(
+            result.stdout.encode("utf-8", "surrogateescape"),
+            prefix="ktrace-elf-",
+            what=f"the local copy of {self.backend.name}:{path} at",
+        )
+        if cached is not None:
+            cached[1].unlink(missing_ok=True)
+        self._cache[path] = (identity, copy)
+        return copy

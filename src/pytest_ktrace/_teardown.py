@@ -1,0 +1,117 @@
+"""The teardown ledger: everything a test creates on its target is written here *before* it is created, and
+:meth:`TeardownLedger.undo` takes it all back in the one order the kernel accepts.
+
+Resources join by stage. Stages run in order, because the kernel refuses the later ones while the earlier ones
+still hold: readers of the instance stop first (an open ``trace_pipe`` makes ``rmdir`` EBUSY), enables and
+triggers are turned off (a dynamic event in use cannot be removed: EBUSY), the instance goes, and last the
+dynamic events are removed, each by name (``-:group/event``, never by truncating a control file). The tracefs
+stages travel to the target as one batch; a target that is unreachable gets them as deferred work, applied first
+thing on its next connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from ._errors import ConnectionLost
+from .backends._base import Backend, Op, Read, Write
+from .backends._features import MOUNT_HINT
+
+__all__ = ["STAGES", "Stage", "TeardownLedger", "TeardownReport"]
+
+Stage = Literal["disable", "instance", "remove"]
+STAGES: tuple[Stage, ...] = ("disable", "instance", "remove")
+
+
+@dataclass
+class TeardownReport:
+    """What teardown could not undo; empty when the kernel is back as it was."""
+
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a warning, not a failure
+    deferred: str = ""  # why teardown was handed to the backend for its next connection
+
+    def __bool__(self) -> bool:
+        return bool(self.failures)
+
+
+class TeardownLedger:
+    """One test's undo ledger on one target (the shape of pytest's ``MonkeyPatch``: record, then ``undo()``)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._stages: dict[Stage, list[Op]] = {stage: [] for stage in STAGES}
+        self._stoppers: list[Callable[[], list[str]]] = []
+        self._created: set[str] = set()
+        self.done = False
+
+    def join(self, stage: Stage, ops: Iterable[Op]) -> None:
+        """Record what undoes a resource, before the resource is created."""
+        self._stages[stage].extend(ops)
+
+    def stop_first(self, stop: Callable[[], list[str]]) -> None:
+        """Something on this side that holds the target's objects (a stream reader): stopped before any
+        tracefs stage; returns the problems it met. It may raise :class:`ConnectionLost`."""
+        self._stoppers.append(stop)
+
+    def created(self, event: str) -> None:
+        """A dynamic event (``group/event``) the kernel accepted: if it is gone at teardown, someone else
+        removed it, which is worth a note."""
+        self._created.add(event)
+
+    @property
+    def holds_instance(self) -> bool:
+        return bool(self._stages["instance"])
+
+    def ops(self) -> list[Op]:
+        """Every tracefs operation that undoes this test, in the kernel's order."""
+        return [op for stage in STAGES for op in self._stages[stage]]
+
+    def undo(self) -> TeardownReport:
+        report = TeardownReport()
+        if self.done:
+            return report
+        self.done = True
+        try:
+            for stop in self._stoppers:
+                report.failures.extend(stop())
+        except ConnectionLost as exc:
+            return self._defer(report, exc)
+        ops = self.ops()
+        if not ops:
+            return report
+        try:
+            results = self.backend.apply(ops)
+        except ConnectionLost as exc:
+            return self._defer(report, exc)
+        vanished = False
+        for result in results:
+            if result.errno_name == "ENOENT":
+                vanished = True
+                removed = result.op.data[2:] if isinstance(result.op, Write) and result.op.data.startswith("-:") else ""
+                if removed in self._created:
+                    report.notes.append(f"probe {removed} was removed by someone else while the test ran")
+                continue  # otherwise: the batch that should have created it never got that far
+            if not result.ok:
+                report.failures.append(
+                    f"{type(result.op).__name__} {result.op.path}: {result.errno_name} {result.error}"
+                    + (f" ({result.op.data!r})" if isinstance(result.op, Write) else "")
+                )
+        if vanished and not self.backend.apply([Read("tracing_on")])[0].ok:
+            info = self.backend.describe()
+            report.failures.insert(
+                0,
+                f"tracefs is no longer mounted at {info.tracefs} on {info.name}, so this test's instance and "
+                f"probes are still in the kernel: mount it again ({MOUNT_HINT}); the next pytest-ktrace run "
+                "removes them",
+            )
+            report.notes.clear()
+        return report
+
+    def _defer(self, report: TeardownReport, lost: ConnectionLost) -> TeardownReport:
+        # The target is unreachable now: the backend undoes this test first thing after it reconnects.
+        self.backend.defer(self.ops())
+        report.deferred = str(lost)
+        return report
