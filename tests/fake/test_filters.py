@@ -26,8 +26,8 @@ from pytest_ktrace.fake._filters import (
     compile_filter,
     normalize_filter_text,
 )
-from pytest_ktrace.fake._filters import _glob_matches as glob_matches
-from pytest_ktrace.fake._filters import _parse_cpulist as parse_cpulist
+from pytest_ktrace.fake._kernel_lib import bitmap_parselist as parse_cpulist
+from pytest_ktrace.fake._kernel_lib import glob_match as glob_matches
 
 EXEC_FIELDS = (
     FilterField("filename", True, 4, False, "__data_loc char[]"),

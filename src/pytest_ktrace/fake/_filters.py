@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 from ..snapshots._kallsyms import KernelText
+from ._kernel_lib import KstrtoxError, bitmap_parselist, glob_match, isalnum, isdigit, isspace, kstrtoll, kstrtoull
 
 __all__ = [
     "COMMON_FIELDS",
@@ -118,34 +119,6 @@ _ERROR_LOG_LOCATION = "event filter parse error"
 _ERROR_LOG_COMMAND_PREFIX = "  Command: "
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The kernel's ctype (lib/ctype.c), which classifies Latin-1 bytes too.
-
-
-def _build_ctype_sets() -> tuple[frozenset[int], frozenset[int]]:
-    spaces = {9, 10, 11, 12, 13, 32, 0xA0}
-    alnums = (
-        set(range(ord("0"), ord("9") + 1)) | set(range(ord("A"), ord("Z") + 1)) | set(range(ord("a"), ord("z") + 1))
-    )
-    alnums |= set(range(0xC0, 0x100)) - {0xD7, 0xF7}
-    return frozenset(spaces), frozenset(alnums)
-
-
-_SPACE_BYTES, _ALNUM_BYTES = _build_ctype_sets()
-
-
-def _is_space(byte: int) -> bool:
-    return byte in _SPACE_BYTES
-
-
-def _is_alnum(byte: int) -> bool:
-    return byte in _ALNUM_BYTES
-
-
-def _is_digit(byte: int) -> bool:
-    return 0x30 <= byte <= 0x39
-
-
 def _encode(text: str | bytes) -> bytes:
     if isinstance(text, bytes):
         return text
@@ -163,7 +136,7 @@ def _normalize_written_bytes(written: str | bytes) -> bytes:
     """What the parser sees: the buffer ends at its first NUL and loses trailing (kernel) whitespace."""
     raw = _encode(written).split(b"\0", 1)[0]
     end = len(raw)
-    while end and _is_space(raw[end - 1]):
+    while end and isspace(raw[end - 1]):
         end -= 1
     return raw[:end]
 
@@ -349,131 +322,18 @@ class _PredicateAbort(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Number and cpulist parsing (kstrtoull/kstrtoll with base 0, bitmap_parselist)
+# Numbers
 
 _U64_MASK = (1 << 64) - 1
 
 
-def _parse_unsigned(text: bytes) -> int | None:
-    """_kstrtoull(text, 0): None when the kernel rejects it."""
-    base = 10
-    index = 0
-    if text[:1] == b"0":
-        if len(text) > 2 and (text[1] | 0x20) == ord("x") and chr(text[2]) in "0123456789abcdefABCDEF":
-            base = 16
-            index = 2
-        else:
-            base = 8
-    value = 0
-    digits = 0
-    overflow = False
-    while index < len(text):
-        lowered = text[index] | 0x20
-        if _is_digit(text[index]):
-            digit = text[index] - 0x30
-        elif ord("a") <= lowered <= ord("f"):
-            digit = lowered - ord("a") + 10
-        else:
-            break
-        if digit >= base:
-            break
-        value = value * base + digit
-        if value > _U64_MASK:
-            overflow = True
-        digits += 1
-        index += 1
-    if overflow or digits == 0:
-        return None
-    if text[index : index + 1] == b"\n":
-        index += 1
-    if index != len(text):
-        return None
-    return value
-
-
 def _parse_integer_operand(text: bytes, signed: bool) -> int | None:
     """kstrtoll/kstrtoull(text, 0): the value as the kernel's u64, or None when it is illegal."""
-    if signed:
-        if text[:1] == b"-":
-            magnitude = _parse_unsigned(text[1:])
-            if magnitude is None or magnitude > 1 << 63:
-                return None
-            return (-magnitude) & _U64_MASK
-        value = _parse_unsigned(text[1:] if text[:1] == b"+" else text)
-        if value is None or value >= 1 << 63:
-            return None
-        return value
-    value = _parse_unsigned(text[1:] if text[:1] == b"+" else text)
-    return value
-
-
-def _parse_cpulist_number(text: bytes, index: int, last_cpu: int) -> tuple[int, int] | None:
-    if text[index : index + 1] == b"N":
-        return last_cpu, index + 1
-    start = index
-    value = 0
-    while index < len(text) and _is_digit(text[index]):
-        value = value * 10 + text[index] - 0x30
-        index += 1
-    if index == start or value > 0xFFFFFFFF:
+    chars = text.decode("latin-1")
+    try:
+        return kstrtoll(chars) & _U64_MASK if signed else kstrtoull(chars)
+    except KstrtoxError:
         return None
-    return value, index
-
-
-def _parse_cpulist(text: bytes, nr_cpu_ids: int) -> frozenset[int] | None:
-    """bitmap_parselist(): the CPUs of a cpulist such as ``0-3,8,10-15:2/4``, or None when it is invalid."""
-
-    def is_end_of_string(index: int) -> bool:
-        return index >= len(text) or text[index] == 0x0A
-
-    def is_end_of_region(index: int) -> bool:
-        return is_end_of_string(index) or _is_space(text[index]) or text[index] == ord(",")
-
-    cpus: set[int] = set()
-    last_cpu = nr_cpu_ids - 1
-    index = 0
-    while True:
-        while index < len(text) and (_is_space(text[index]) or text[index] == ord(",")):
-            index += 1
-        if is_end_of_string(index):
-            return frozenset(cpus)
-        if text[index : index + 3].lower() == b"all":
-            first, last = 0, last_cpu
-            index += 3
-        else:
-            parsed = _parse_cpulist_number(text, index, last_cpu)
-            if parsed is None:
-                return None
-            first, index = parsed
-            last = first
-            if not is_end_of_region(index):
-                if text[index] != ord("-"):
-                    return None
-                parsed = _parse_cpulist_number(text, index + 1, last_cpu)
-                if parsed is None:
-                    return None
-                last, index = parsed
-        if is_end_of_region(index):
-            used_length, group_length = last + 1, last + 1
-        else:
-            if text[index] != ord(":"):
-                return None
-            parsed = _parse_cpulist_number(text, index + 1, last_cpu)
-            if parsed is None:
-                return None
-            used_length, index = parsed
-            if text[index : index + 1] != b"/":
-                return None
-            parsed = _parse_cpulist_number(text, index + 1, last_cpu)
-            if parsed is None:
-                return None
-            group_length, index = parsed
-        if first > last or group_length == 0 or used_length > group_length or last >= nr_cpu_ids:
-            return None
-        for group_start in range(first, last + 1, group_length):
-            cpus.update(range(group_start, min(group_start + used_length, last + 1)))
-        if is_end_of_string(index):
-            return frozenset(cpus)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -680,81 +540,6 @@ class _MatchKind(enum.Enum):
     GLOB = "glob"
 
 
-def _glob_matches(pattern: bytes, text: bytes) -> bool:
-    """lib/glob.c glob_match(): anchored ``*``, ``?``, ``[a-z]``/``[!...]`` and ``\\`` escapes, iteratively."""
-    pattern_index = text_index = 0
-    retry_pattern: int | None = None
-    retry_text = 0
-
-    def pattern_at(index: int) -> int:
-        return pattern[index] if index < len(pattern) else 0
-
-    while True:
-        char = text[text_index] if text_index < len(text) else 0
-        text_index += 1
-        wanted = pattern_at(pattern_index)
-        pattern_index += 1
-        matched_here: bool
-        if wanted == ord("?"):
-            if char == 0:
-                return False
-            continue
-        if wanted == ord("*"):
-            if pattern_at(pattern_index) == 0:
-                return True
-            retry_pattern = pattern_index
-            text_index -= 1
-            retry_text = text_index
-            continue
-        literal = wanted
-        if wanted == ord("["):
-            if char == 0:  # a class never matches the end of the string
-                return False
-            inverted = pattern_at(pattern_index) == ord("!")
-            class_index = pattern_index + int(inverted)
-            member = pattern_at(class_index)
-            class_index += 1
-            in_class = False
-            malformed = False
-            while True:
-                upper = member
-                if member == 0:
-                    malformed = True
-                    break
-                if pattern_at(class_index) == ord("-") and pattern_at(class_index + 1) != ord("]"):
-                    upper = pattern_at(class_index + 1)
-                    if upper == 0:
-                        malformed = True
-                        break
-                    class_index += 2
-                in_class |= member <= char <= upper
-                member = pattern_at(class_index)
-                class_index += 1
-                if member == ord("]"):
-                    break
-            if not malformed:
-                if in_class != inverted:
-                    pattern_index = class_index
-                    continue
-                matched_here = False
-            else:
-                matched_here = char == literal
-        else:
-            if wanted == ord("\\"):
-                literal = pattern_at(pattern_index)
-                pattern_index += 1
-            matched_here = char == literal
-        if matched_here:
-            if literal == 0:
-                return True
-            continue
-        if char == 0 or retry_pattern is None:
-            return False
-        pattern_index = retry_pattern
-        retry_text += 1
-        text_index = retry_text
-
-
 def _c_string(data: bytes) -> bytes:
     return data.split(b"\0", 1)[0]
 
@@ -801,7 +586,7 @@ class _StringMatch(_Predicate):
         if self.match_kind is _MatchKind.END:
             text_length = length - 1
             return text_length >= len(pattern) and buffer[text_length - len(pattern) : text_length] == pattern
-        return _glob_matches(pattern, _c_string(buffer[:length]))
+        return glob_match(pattern, _c_string(buffer[:length]))
 
 
 def _classify_glob(pattern: bytes) -> tuple[_MatchKind, bytes, bool]:
@@ -809,7 +594,7 @@ def _classify_glob(pattern: bytes) -> tuple[_MatchKind, bytes, bool]:
     negate = pattern[:1] == b"!"
     if negate:
         pattern = pattern[1:]
-    if pattern[:1] and _is_digit(pattern[0]):
+    if pattern[:1] and isdigit(pattern[0]):
         return _MatchKind.FULL, pattern, negate
     kind = _MatchKind.FULL
     for index, byte in enumerate(pattern):
@@ -865,7 +650,7 @@ def _measure_expression(text: bytes) -> _ExpressionShape:
     quote = 0
     last_quote_index = 0
     for index, byte in enumerate(text):
-        if _is_space(byte):
+        if isspace(byte):
             continue
         if quote:
             if byte == quote:
@@ -959,7 +744,7 @@ class _FilterParser:
             token = cursor
             cursor += 1
             byte = self._text[token]
-            if _is_space(byte):
+            if isspace(byte):
                 continue
             if byte == ord("("):
                 if len(scopes) - 1 >= shape.paren_depth - 1:
@@ -998,7 +783,7 @@ class _FilterParser:
             token = cursor
             cursor += 1
             byte = self._at(token)
-            if _is_space(byte):
+            if isspace(byte):
                 continue
             if byte in b"&|":
                 if self._at(token + 1) != byte:
@@ -1064,10 +849,10 @@ class _FilterParser:
         """parse_pred(): the predicate at ``start`` and how many bytes it used."""
         at = self._at
         index = start
-        while _is_space(at(index)):
+        while isspace(at(index)):
             index += 1
         name_start = index
-        while _is_alnum(at(index)) or at(index) == ord("_"):
+        while isalnum(at(index)) or at(index) == ord("_"):
             index += 1
         if index == name_start:
             raise _PredicateAbort()
@@ -1080,7 +865,7 @@ class _FilterParser:
         wants_function = self._text.startswith(b".function", index)
         if wants_function:
             index += len(b".function")
-        while _is_space(at(index)):
+        while isspace(at(index)):
             index += 1
         operator = next(
             (op for op in _OPERATORS_IN_MATCH_ORDER if self._text.startswith(op.value.encode(), index)), None
@@ -1088,7 +873,7 @@ class _FilterParser:
         if operator is None:
             raise self._error(_ERR_INVALID_OP, index)
         index += len(operator.value)
-        while _is_space(at(index)):
+        while isspace(at(index)):
             index += 1
         if wants_function:
             return self._parse_function_operand(known, operator, index, start)
@@ -1096,7 +881,7 @@ class _FilterParser:
             return self._parse_cpumask_operand(known, operator, index, start)
         if at(index) in b"'\"":
             return self._parse_string_operand(known, operator, index, start)
-        if _is_digit(at(index)) or at(index) == ord("-"):
+        if isdigit(at(index)) or at(index) == ord("-"):
             return self._parse_number_operand(known, operator, index, start)
         raise self._error(_ERR_INVALID_VALUE, index)
 
@@ -1108,17 +893,17 @@ class _FilterParser:
         if operator not in (_Operator.EQUAL, _Operator.NOT_EQUAL):
             raise self._error(_ERR_INVALID_OP, index)
         operand_start = index
-        if _is_digit(self._at(index)):
-            while _is_alnum(self._at(index)):
+        if isdigit(self._at(index)):
+            while isalnum(self._at(index)):
                 index += 1
             if index - operand_start >= _NUMBER_BUFFER_SIZE:
                 raise self._error(_ERR_OPERAND_TOO_LONG, index)
-            address = _parse_unsigned(self._text[operand_start:index])
+            address = _parse_integer_operand(self._text[operand_start:index], signed=False)
             if address is None:
                 raise self._error(_ERR_INVALID_VALUE, index)
             span = self._kernel_functions.span_of_address(address)
         else:
-            while self._at(index) and not _is_space(self._at(index)):
+            while self._at(index) and not isspace(self._at(index)):
                 index += 1
             span = self._kernel_functions.span_of_name(_decode(self._text[operand_start:index]))
         if span is None:
@@ -1146,7 +931,7 @@ class _FilterParser:
             raise self._error(_ERR_MISSING_BRACE_CLOSE, index)
         if index == list_start:
             raise self._error(_ERR_INVALID_CPULIST, index)
-        mask = _parse_cpulist(self._text[list_start:index], self._nr_cpu_ids)
+        mask = bitmap_parselist(self._text[list_start:index], self._nr_cpu_ids)
         if mask is None:
             raise self._error(_ERR_INVALID_CPULIST, index)
         index += 1
@@ -1202,7 +987,7 @@ class _FilterParser:
         number_start = index
         if self._at(index) == ord("-"):
             index += 1
-        while _is_alnum(self._at(index)):
+        while isalnum(self._at(index)):
             index += 1
         if index - number_start >= _NUMBER_BUFFER_SIZE:
             raise self._error(_ERR_OPERAND_TOO_LONG, index)
@@ -1278,7 +1063,7 @@ def compile_filter(
     """
     text = _normalize_written_bytes(expression)
     stripped = text
-    while stripped and _is_space(stripped[0]):
+    while stripped and isspace(stripped[0]):
         stripped = stripped[1:]
     if stripped == b"0":
         return None

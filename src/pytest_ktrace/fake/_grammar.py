@@ -11,9 +11,9 @@ Faithfulness notes that shape the code:
   Internally every command is therefore handled as a "byte string": a ``str`` whose characters are the bytes
   (Latin-1 decoded).  Results are converted back to ``str`` (UTF-8, undecodable bytes kept as surrogates).
   ``ProbeSyntaxError.position`` counts bytes, like the kernel's caret.
-* Numbers go through :func:`_kstrtoull` and friends, which copy ``lib/kstrtox.c``: ``0x``/``0`` prefixes, a
-  leading ``+``, overflow giving ``ERANGE`` before trailing garbage gives ``EINVAL``.  The errno matters: several
-  errors return the number parser's errno rather than ``EINVAL``.
+* Numbers go through :func:`._kernel_lib.kstrtoull` and friends, which copy ``lib/kstrtox.c``: ``0x``/``0``
+  prefixes, a leading ``+``, overflow giving ``ERANGE`` before trailing garbage gives ``EINVAL``.  The errno
+  matters: several errors return the number parser's errno rather than ``EINVAL``.
 * Fetch arguments are compiled into a 16-slot instruction array (``FETCH_INSN_MAX``) only to reproduce *when*
   ``TOO_MANY_OPS`` fires and which instruction is last (``BAD_STRING`` and friends look at it).
 
@@ -29,6 +29,19 @@ import re
 import stat
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Sequence, Union
+
+from ._kernel_lib import (
+    KstrtoxError,
+    argv_split,
+    from_kernel_bytes,
+    isalpha,
+    isdigit,
+    kstrtoll,
+    kstrtouint,
+    kstrtoull,
+    simple_strtoul,
+    to_kernel_bytes,
+)
 
 __all__ = [
     "ERROR_MESSAGES",
@@ -421,25 +434,8 @@ class UnsupportedCommand(NotImplementedError):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Kernel ctype and number parsing (lib/ctype.c, lib/kstrtox.c, lib/vsprintf.c)
+# Byte-string access and names (is_good_name)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _isspace(char: str) -> bool:
-    return char in " \t\n\v\f\r\xa0"
-
-
-def _isdigit(char: str) -> bool:
-    return "0" <= char <= "9"
-
-
-def _isalpha(char: str) -> bool:
-    # Latin-1 letters count too, except the multiplication and division signs.
-    return ("a" <= char <= "z") or ("A" <= char <= "Z") or ("\xc0" <= char <= "\xff" and char not in "\xd7\xf7")
-
-
-def _isxdigit(char: str) -> bool:
-    return _isdigit(char) or "a" <= char <= "f" or "A" <= char <= "F"
 
 
 def _at(text: str, index: int) -> str:
@@ -447,124 +443,11 @@ def _at(text: str, index: int) -> str:
     return text[index] if index < len(text) else "\0"
 
 
-class _NumberError(Exception):
-    def __init__(self, errno: str) -> None:
-        super().__init__(errno)
-        self.errno = errno
-
-
-def _fixup_radix(text: str, base: int) -> tuple[int, int]:
-    """Return (base, index of the first digit) like _parse_integer_fixup_radix."""
-    if base == 0:
-        if _at(text, 0) == "0":
-            base = 16 if chr(ord(_at(text, 1)) | 0x20) == "x" and _isxdigit(_at(text, 2)) else 8
-        else:
-            base = 10
-    start = 2 if base == 16 and _at(text, 0) == "0" and chr(ord(_at(text, 1)) | 0x20) == "x" else 0
-    return base, start
-
-
-def _digit_value(char: str) -> int:
-    if _isdigit(char):
-        return ord(char) - ord("0")
-    lower = chr(ord(char) | 0x20)
-    if "a" <= lower <= "f":
-        return ord(lower) - ord("a") + 10
-    return 99
-
-
-def _parse_digits(text: str, start: int, base: int) -> tuple[int, int, bool]:
-    """Return (value mod 2**64, index after the digits, overflowed)."""
-    value = 0
-    index = start
-    overflow = False
-    while index < len(text):
-        digit = _digit_value(text[index])
-        if digit >= base:
-            break
-        value = value * base + digit
-        if value >= 1 << 64:
-            overflow = True
-            value &= (1 << 64) - 1
-        index += 1
-    return value, index, overflow
-
-
-def _kstrtoull_unsigned(text: str, base: int) -> int:
-    base, start = _fixup_radix(text, base)
-    value, end, overflow = _parse_digits(text, start, base)
-    if overflow:
-        raise _NumberError("ERANGE")
-    if end == start:
-        raise _NumberError("EINVAL")
-    if _at(text, end) == "\n":
-        end += 1
-    if end != len(text):
-        raise _NumberError("EINVAL")
-    return value
-
-
-def _kstrtoull(text: str, base: int = 0) -> int:
-    return _kstrtoull_unsigned(text[1:] if text.startswith("+") else text, base)
-
-
-def _kstrtoll(text: str, base: int = 0) -> int:
-    if text.startswith("-"):
-        value = _kstrtoull_unsigned(text[1:], base)
-        if value > 1 << 63:
-            raise _NumberError("ERANGE")
-        return -value
-    value = _kstrtoull(text, base)
-    if value >= 1 << 63:
-        raise _NumberError("ERANGE")
-    return value
-
-
-def _kstrtouint(text: str, base: int = 0) -> int:
-    value = _kstrtoull(text, base)
-    if value > 0xFFFFFFFF:
-        raise _NumberError("ERANGE")
-    return value
-
-
-def _simple_strtoul(text: str, start: int) -> tuple[int, int]:
-    """simple_strtoul(text + start, &tail, 0): never fails; returns (value, tail index)."""
-    base, skip = _fixup_radix(text[start:], 0)
-    value, end, _ = _parse_digits(text, start + skip, base)
-    return value, end
-
-
-def _argv_split(text: str) -> list[str]:
-    words: list[str] = []
-    current: list[str] = []
-    for char in text:
-        if _isspace(char):
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        words.append("".join(current))
-    return words
-
-
 def _is_good_name(name: str, *, hyphen_ok: bool = False) -> bool:
     if not name:
         return False
-    first_ok = _isalpha(name[0]) or name[0] == "_" or (hyphen_ok and name[0] == "-")
-    return first_ok and all(_isalpha(c) or _isdigit(c) or c == "_" or (hyphen_ok and c == "-") for c in name[1:])
-
-
-def to_kernel_bytes(text: str) -> str:
-    """Text as tracefs read it (UTF-8, raw bytes surrogateescape'd) -> one character per byte, as the kernel's
-    parsers see it."""
-    return text.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def from_kernel_bytes(text: str) -> str:
-    """The inverse of :func:`to_kernel_bytes`."""
-    return text.encode("latin-1").decode("utf-8", "surrogateescape")
+    first_ok = isalpha(name[0]) or name[0] == "_" or (hyphen_ok and name[0] == "-")
+    return first_ok and all(isalpha(c) or isdigit(c) or c == "_" or (hyphen_ok and c == "-") for c in name[1:])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -701,10 +584,10 @@ class _ArgParser:
             if rest == "":
                 code.ops[pc] = _STACKP
                 return
-            if _isdigit(rest[0]):
+            if isdigit(rest[0]):
                 try:
-                    number = _kstrtoull(rest, 10)
-                except _NumberError:
+                    number = kstrtoull(rest, 10)
+                except KstrtoxError:
                     raise self.fail(ctx.offset, "BAD_VAR") from None
                 if ctx.kernel and number > PARAM_MAX_STACK:
                     raise self.fail(ctx.offset, "BAD_STACK_NUM")
@@ -717,8 +600,8 @@ class _ArgParser:
         # v6.1 only knows $argN at a kprobe function entry; elsewhere it is just an unknown variable.
         if self.dialect.has_argn and name.startswith("arg") and (modern or ctx.at_function_entry):
             try:
-                number = _kstrtoull(name[3:], 10)
-            except _NumberError:
+                number = kstrtoull(name[3:], 10)
+            except KstrtoxError:
                 raise self.fail(ctx.offset, "BAD_VAR") from None
             if number == 0 or number > PARAM_MAX_STACK:
                 raise self.fail(ctx.offset, "BAD_ARG_NUM")
@@ -754,12 +637,12 @@ class _ArgParser:
             else:
                 try:
                     _str_to_immediate(arg[1:])
-                except _NumberError as exc:
+                except KstrtoxError as exc:
                     raise self.fail(ctx.offset + 1, "BAD_IMM", exc.errno) from None
                 code.ops[pc] = _IMM
         elif first == "(" and self.dialect.paren_is_btf_cast:
             raise self.fail(ctx.offset, "NOSUP_BTFARG", "EOPNOTSUPP")
-        elif (_isalpha(first) or first == "_") and self.dialect.modern:
+        elif (isalpha(first) or first == "_") and self.dialect.modern:
             # A bare name is a BTF variable.  Without BTF support: -EOPNOTSUPP where BTF could apply (kprobe at
             # function entry/exit), -EINVAL elsewhere.
             btf_capable = ctx.at_function_entry or ctx.at_function_return
@@ -771,18 +654,18 @@ class _ArgParser:
     def parse_memory(self, arg: str, code: _Code, pc: int) -> int:
         ctx = self.ctx
         second = _at(arg, 1)
-        if _isdigit(second):
+        if isdigit(second):
             try:
-                _kstrtoull(arg[1:])
-            except _NumberError as exc:
+                kstrtoull(arg[1:])
+            except KstrtoxError as exc:
                 raise self.fail(ctx.offset, "BAD_MEM_ADDR", exc.errno) from None
             code.ops[pc] = _IMM
         elif second == "+":
             if ctx.kernel:
                 raise self.fail(ctx.offset, "FILE_ON_KPROBE")
             try:
-                _kstrtoll(arg[2:])
-            except _NumberError as exc:
+                kstrtoll(arg[2:])
+            except KstrtoxError as exc:
                 raise self.fail(ctx.offset, "BAD_FILE_OFFS", exc.errno) from None
             code.ops[pc] = _FOFFS
         else:
@@ -814,8 +697,8 @@ class _ArgParser:
         if brace < 0:
             raise self.fail(ctx.offset, "DEREF_NEED_BRACE")
         try:
-            _kstrtoll(arg[:brace])
-        except _NumberError as exc:
+            kstrtoll(arg[:brace])
+        except KstrtoxError as exc:
             raise self.fail(ctx.offset, "BAD_DEREF_OFFS", exc.errno) from None
         ctx.offset += brace + 1 + (1 if arg[0] != "-" else 0)
         inner = arg[brace + 1 :]
@@ -835,13 +718,13 @@ class _ArgParser:
 
 
 def _str_to_immediate(text: str) -> int:
-    if _isdigit(_at(text, 0)):
-        return _kstrtoull(text)
+    if isdigit(_at(text, 0)):
+        return kstrtoull(text)
     if _at(text, 0) == "-":
-        return _kstrtoll(text)
+        return kstrtoll(text)
     if _at(text, 0) == "+":
-        return _kstrtoll(text[1:])
-    raise _NumberError("EINVAL")
+        return kstrtoll(text[1:])
+    raise KstrtoxError("EINVAL")
 
 
 def _fetch_type_size(type_name: Optional[str], kernel: bool, dialect: KernelDialect) -> Optional[tuple[str, int]]:
@@ -855,8 +738,8 @@ def _fetch_type_size(type_name: Optional[str], kernel: bool, dialect: KernelDial
         if slash < 0:
             return None
         try:
-            container = _kstrtoull(type_name[slash + 1 :])
-        except _NumberError:
+            container = kstrtoull(type_name[slash + 1 :])
+        except KstrtoxError:
             return None
         if container not in (8, 16, 32, 64):
             return None
@@ -923,8 +806,8 @@ class _ProbeArgs:
                 if close + 1 != len(count_text):
                     raise log.error(ctx.offset + count_start + close + 1, "BAD_ARRAY_SUFFIX")
                 try:
-                    count = _kstrtouint(count_text[:close])
-                except _NumberError:
+                    count = kstrtouint(count_text[:close])
+                except KstrtoxError:
                     count = 0
                 if count == 0:
                     raise log.error(ctx.offset + count_start, "BAD_ARRAY_NUM")
@@ -1013,10 +896,10 @@ class _ProbeArgs:
     @staticmethod
     def bitfield_ok(type_name: str, storage_type: str, code: _Code, pc: int) -> bool:
         """__parse_bitfield_probe_arg: b<width>@<offset>/<container>, fitting in the container."""
-        width, tail = _simple_strtoul(type_name, 1)
+        width, tail = simple_strtoul(type_name, 1)
         if width == 0 or _at(type_name, tail) != "@":
             return False
-        bit_offset, offset_tail = _simple_strtoul(type_name, tail + 1)
+        bit_offset, offset_tail = simple_strtoul(type_name, tail + 1)
         if offset_tail == tail + 1 or _at(type_name, offset_tail) != "/":
             return False
         if not code.is_free(pc + 1):
@@ -1087,7 +970,7 @@ class _KprobePoint:
 
 def _kprobe_maxactive(head: str, colon: int, is_return: bool, log: _Log, dialect: KernelDialect) -> Optional[int]:
     """``rN:...``: the kretprobe's maxactive N (None without one)."""
-    if not _isdigit(_at(head, 1)):
+    if not isdigit(_at(head, 1)):
         return None
     if not is_return:
         raise log.error(1, "BAD_MAXACT_TYPE" if dialect.modern else "MAXACT_NO_KPROBE")
@@ -1095,8 +978,8 @@ def _kprobe_maxactive(head: str, colon: int, is_return: bool, log: _Log, dialect
     if len(digits) > MAX_EVENT_NAME_LEN - 1:
         raise log.error(1, "BAD_MAXACT")
     try:
-        maxactive = _kstrtouint(digits)
-    except _NumberError:
+        maxactive = kstrtouint(digits)
+    except KstrtoxError:
         maxactive = 0
     if not maxactive:
         raise log.error(1, "BAD_MAXACT")
@@ -1110,8 +993,8 @@ def _kprobe_point(
 ) -> _KprobePoint:
     """The probe point (argv[1]): an address, or ``SYMBOL[+OFFS|%return]`` checked against the symbols."""
     try:
-        return _KprobePoint(address=_kstrtoull(place), is_return=is_return)
-    except _NumberError:
+        return _KprobePoint(address=kstrtoull(place), is_return=is_return)
+    except KstrtoxError:
         pass
     log.index = 1
     if "/" in place and ":" in place:
@@ -1144,8 +1027,8 @@ def _split_offset(text: str, log: _Log, code: str) -> tuple[str, int]:
     if sign < 0:
         return text, 0
     try:
-        return text[:sign], _kstrtoll(text[sign:])
-    except _NumberError:
+        return text[:sign], kstrtoll(text[sign:])
+    except KstrtoxError:
         raise log.error(0, code) from None
 
 
@@ -1237,7 +1120,7 @@ def _check_meta_args(words: list[str], log: _Log, return_flag: bool, function_en
         log.index = index + 2
         if not (return_flag or function_entry):
             raise log.error(0, "NOFENTRY_ARGS")
-        if _isdigit(_at(word, 4)):
+        if isdigit(_at(word, 4)):
             continue
         if _at(word, 4) != "*":
             raise log.error(0, "BAD_VAR")
@@ -1289,7 +1172,7 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
     if "/" not in place:
         raise _Cancelled
     colon = place.rfind(":")
-    if colon < 0 or not _isdigit(_at(place, colon + 1)):
+    if colon < 0 or not isdigit(_at(place, colon + 1)):
         raise _Cancelled
 
     log.index = 1
@@ -1312,8 +1195,8 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         if close + 1 != len(rest):
             raise log.error(rest_start + close + 1, "BAD_REFCNT_SUFFIX")
         try:
-            ref_ctr_offset = _kstrtoull(rest[brace + 1 : close])
-        except _NumberError as exc:
+            ref_ctr_offset = kstrtoull(rest[brace + 1 : close])
+        except KstrtoxError as exc:
             raise log.error(rest_start + brace + 1, "BAD_REFCNT", exc.errno) from None
         rest = rest[:brace]
     percent = rest.find("%")
@@ -1323,8 +1206,8 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         rest = rest[:percent]
         is_return = True
     try:
-        offset = _kstrtoull(rest)
-    except _NumberError as exc:
+        offset = kstrtoull(rest)
+    except KstrtoxError as exc:
         raise log.error(rest_start, "BAD_UPROBE_OFFS", exc.errno) from None
 
     log.index = 0
@@ -1409,7 +1292,7 @@ def parse_command(
     raw = to_kernel_bytes(line)
     raw = raw.split("\0", 1)[0]  # the kernel sees a C string
     raw = raw.split("#", 1)[0]  # trace_parse_run_command strips comments before the parser runs
-    argv = _argv_split(raw)
+    argv = argv_split(raw)
     if not argv:
         return None
     subsystem: Subsystem = "trace_uprobe" if control == "uprobe_events" else "trace_kprobe"

@@ -68,11 +68,10 @@ from ._grammar import (
     ProbeSyntaxError,
     RemovalCommand,
     UnsupportedCommand,
-    from_kernel_bytes,
     parse_command,
     split_commands,
-    to_kernel_bytes,
 )
+from ._kernel_lib import KERNEL_SPACE, KstrtoxError, argv_split, from_kernel_bytes, kstrtoul_from_user, to_kernel_bytes
 from ._render import (
     EventLayout,
     EventRecord,
@@ -138,7 +137,6 @@ _PATH_MAX = 4096  # bytes of a whole path, its NUL included
 _MAX_BUFFER_KB = 1 << 24  # larger resizes fail with ENOMEM (the allocation would)
 _TRACE_MARKER_MAX_SIZE = 4096
 _PID_MAX_LIMIT = 4 * 1024 * 1024
-_KSTRTOUL_BUFFER = 66  # kstrtoul_from_user() copies at most this many bytes
 _FIRST_EVENT_TYPE = 21  # the lowest ID the event type IDA hands out above ftrace's own types
 _UPROBE_LOAD_BASE = 0x0000_5555_5555_4000  # a typical PIE load address, for __probe_ip defaults
 _KERNEL_TEXT_BASE = 0xFFFF_FFFF_8100_0000
@@ -185,8 +183,6 @@ _EXTRA_OPTION_FILES = ("func-no-repeats", "func_stack_trace")
 _TOP_ONLY_OPTION_FILES = ("blk_cgname", "blk_cgroup", "blk_classic", "printk-msg-only", "record-cmd")
 _INSTANCE_HIDDEN_OPTION_FILES = frozenset({"printk-msg-only", "record-cmd", "trace_printk"})
 
-_KERNEL_SPACE = " \t\n\v\f\r\xa0"
-
 
 class FakeOSError(OSError):
     """What a failing tracefs system call raises: ``errno`` as the kernel returns it, ``filename`` the path."""
@@ -211,35 +207,6 @@ class FakeUnsupportedError(FakeOSError):
 def _errno_code(name: str) -> int:
     code = getattr(errno, name, None)
     return code if isinstance(code, int) else errno.EINVAL
-
-
-def _kstrtoul(data: str, base: int = 10) -> int:
-    """kstrtoul_from_user(): digits of ``base`` with one optional trailing newline; ERANGE past 64 bits."""
-    raw = data.encode("utf-8", "surrogateescape")[:_KSTRTOUL_BUFFER].split(b"\0", 1)[0]
-    text = raw.decode("latin-1")
-    if text.endswith("\n"):
-        text = text[:-1]
-    if text.startswith("+"):
-        text = text[1:]
-    if base == 0:
-        if text[:2].lower() == "0x" and len(text) > 2:
-            base, text = 16, text[2:]
-        elif text.startswith("0") and len(text) > 1:
-            base, text = 8, text[1:]
-        else:
-            base = 10
-    digits = "0123456789abcdef"[:base]
-    if not text or any(char.lower() not in digits for char in text):
-        raise FakeOSError(errno.EINVAL, "")
-    value = int(text, base)
-    if value >= 1 << 64:
-        raise FakeOSError(errno.ERANGE, "")
-    return value
-
-
-def _kernel_argv(line: str) -> list[str]:
-    """argv_split() of a command, on the kernel's bytes and ctype spaces (as the grammar sees it)."""
-    return [word for word in re.split(f"[{_KERNEL_SPACE}]+", to_kernel_bytes(line)) if word]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -965,6 +932,8 @@ class FakeTracefs:
             if exc.filename != path:
                 raise FakeOSError(exc.errno or errno.EINVAL, path) from None
             raise
+        except KstrtoxError as exc:
+            raise FakeOSError(_errno_code(exc.errno), path) from None
         raise FakeOSError(errno.EINVAL, path)  # a file without a write operation
 
     # One writer per file of a trace array: (path, array, data, append, size of data in bytes) -> bytes taken.
@@ -998,11 +967,11 @@ class FakeTracefs:
         return size
 
     def _write_tracing_on(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
-        array.tracing_on = _kstrtoul(data) != 0
+        array.tracing_on = kstrtoul_from_user(data) != 0
         return size
 
     def _write_buffer_size_kb(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
-        kilobytes = _kstrtoul(data)
+        kilobytes = kstrtoul_from_user(data)
         if not kilobytes:
             raise FakeOSError(errno.EINVAL, path)
         if kilobytes > _MAX_BUFFER_KB:
@@ -1011,7 +980,7 @@ class FakeTracefs:
         return size
 
     def _write_current_tracer(self, path: str, array: _TraceArray, data: str, append: bool, size: int) -> int:
-        if data.strip(_KERNEL_SPACE) != "nop":
+        if data.strip(KERNEL_SPACE) != "nop":
             raise FakeOSError(errno.EINVAL, path)
         return size
 
@@ -1029,7 +998,7 @@ class FakeTracefs:
 
     @staticmethod
     def _boolean(data: str) -> bool:
-        value = _kstrtoul(data)
+        value = kstrtoul_from_user(data)
         if value not in (0, 1):
             raise FakeOSError(errno.EINVAL, "")
         return value == 1
@@ -1040,7 +1009,7 @@ class FakeTracefs:
         array.options[name] = value
 
     def _write_trace_option(self, path: str, array: _TraceArray, data: str) -> None:
-        text = data[:63].strip(_KERNEL_SPACE)  # trace_options_write() copies at most 63 bytes, then strstrip()
+        text = data[:63].strip(KERNEL_SPACE)  # trace_options_write() copies at most 63 bytes, then strstrip()
         negate = text.startswith("no")
         name = text[2:] if negate else text
         if name not in dict(_CORE_OPTIONS):
@@ -1065,10 +1034,10 @@ class FakeTracefs:
     def _write_pids(self, array: _TraceArray, data: str) -> None:
         """trace_pid_write(): every whitespace-separated number; nothing changes if one is bad."""
         pids = set(array.pids)
-        for word in re.split(f"[{_KERNEL_SPACE}]+", data):
+        for word in re.split(f"[{KERNEL_SPACE}]+", data):
             if not word:
                 continue
-            pid = _kstrtoul(word, 0)
+            pid = kstrtoul_from_user(word, 0)
             if pid >= _PID_MAX_LIMIT:
                 raise FakeOSError(errno.EINVAL, "")
             pids.add(pid)
@@ -1078,10 +1047,10 @@ class FakeTracefs:
         """ftrace_event_write(): one word (trace_get_user) per write; returns the bytes it consumed."""
         raw = to_kernel_bytes(data)
         index = 0
-        while index < len(raw) and raw[index] in _KERNEL_SPACE:
+        while index < len(raw) and raw[index] in KERNEL_SPACE:
             index += 1
         start = index
-        while index < len(raw) and raw[index] not in _KERNEL_SPACE:
+        while index < len(raw) and raw[index] not in KERNEL_SPACE:
             index += 1
         word = from_kernel_bytes(raw[start:index])
         if index < len(raw):
@@ -1233,7 +1202,7 @@ class FakeTracefs:
         if size >= FILTER_WRITE_LIMIT:
             raise FakeOSError(errno.EINVAL, path)
         events = list(self._systems[system].values())
-        if normalize_filter_text(data).strip(_KERNEL_SPACE) == "0":
+        if normalize_filter_text(data).strip(KERNEL_SPACE) == "0":
             for definition in events:
                 event_file = array.file(definition.key)
                 event_file.active_filter, event_file.filter_text = None, None
@@ -1284,7 +1253,7 @@ class FakeTracefs:
         if (
             control == "dynamic_events"
             and "kprobes" not in self.snapshot.features
-            and not line.lstrip(_KERNEL_SPACE).startswith(("-", "!"))
+            and not line.lstrip(KERNEL_SPACE).startswith(("-", "!"))
         ):
             parse_control = "uprobe_events"
         try:
@@ -1344,7 +1313,7 @@ class FakeTracefs:
         self, path: str, command: ProbeCommand, line: str, code: str, index: int, errno_name: str = "EEXIST"
     ) -> FakeOSError:
         """trace_probe_log_err() at argv[index] (past the end: one after the command), then ``errno_name``."""
-        argv = _kernel_argv(line)
+        argv = argv_split(to_kernel_bytes(line))
         subsystem: Literal["trace_kprobe", "trace_uprobe"] = (
             "trace_kprobe" if command.kind == "kprobe" else "trace_uprobe"
         )
