@@ -786,45 +786,8 @@ class _ProbeArgs:
             raise log.error(ctx.offset, "ARG_TOO_LONG", "E2BIG")
         if not body:
             raise log.error(ctx.offset, "NO_ARG_BODY")
-        # parse_probe_arg_type: split "fetch:type[count]".
-        colon = body.find(":")
-        fetch = body if colon < 0 else body[:colon]
-        type_name: Optional[str] = None
-        count = 0
-        type_offset = 0
-        if colon >= 0:
-            type_offset = colon + 1
-            type_name = body[colon + 1 :]
-            bracket = type_name.find("[")
-            if bracket >= 0:
-                count_start = colon + 1 + bracket + 1
-                count_text = type_name[bracket + 1 :]
-                type_name = type_name[:bracket]
-                close = count_text.find("]")
-                if close < 0:
-                    raise log.error(ctx.offset + len(body), "ARRAY_NO_CLOSE")
-                if close + 1 != len(count_text):
-                    raise log.error(ctx.offset + count_start + close + 1, "BAD_ARRAY_SUFFIX")
-                try:
-                    count = kstrtouint(count_text[:close])
-                except KstrtoxError:
-                    count = 0
-                if count == 0:
-                    raise log.error(ctx.offset + count_start, "BAD_ARRAY_NUM")
-                if count > MAX_ARRAY_LEN:
-                    raise log.error(ctx.offset + count_start, "ARRAY_TOO_BIG")
-        if fetch in ("$comm", "$COMM") or fetch.startswith('\\"'):
-            # $comm and immediate strings can only be stored as a (non-array) string.
-            if count or (type_name is not None and type_name != "string"):
-                if not self.dialect.has_error("NEED_STRING_TYPE"):
-                    raise log.unlogged("NEED_STRING_TYPE", "EINVAL")
-                raise log.error(ctx.offset + type_offset, "NEED_STRING_TYPE")
-            resolved = _fetch_type_size("string", ctx.kernel, self.dialect)
-        else:
-            resolved = _fetch_type_size(type_name, ctx.kernel, self.dialect)
-        if resolved is None:
-            raise log.error(ctx.offset + type_offset, "BAD_TYPE")
-        storage_type, size = resolved
+        fetch, type_name, count, type_offset = self.split_type(body, ctx)
+        storage_type, size = self.storage_type(fetch, type_name, count, type_offset, ctx)
 
         code = _Code()
         parser = _ArgParser(log, self.dialect, ctx)
@@ -843,6 +806,58 @@ class _ProbeArgs:
         shown = type_name if type_name is not None else storage_type
         return f"{shown}[{count}]" if count else shown
 
+    def split_type(self, body: str, ctx: _ArgContext) -> tuple[str, Optional[str], int, int]:
+        """parse_probe_arg_type: ``FETCH[:TYPE[COUNT]]`` -> (fetch, type or None, array count or 0, offset of the
+        type in the body)."""
+        colon = body.find(":")
+        if colon < 0:
+            return body, None, 0, 0
+        type_offset = colon + 1
+        type_name = body[type_offset:]
+        bracket = type_name.find("[")
+        if bracket < 0:
+            return body[:colon], type_name, 0, type_offset
+        count = self.array_count(
+            type_name[bracket + 1 :], ctx.offset + type_offset + bracket + 1, ctx.offset + len(body)
+        )
+        return body[:colon], type_name[:bracket], count, type_offset
+
+    def array_count(self, count_text: str, count_offset: int, end_offset: int) -> int:
+        """The ``N]`` of ``TYPE[N]`` (``count_offset``: where N starts, ``end_offset``: where the body ends)."""
+        log = self.log
+        close = count_text.find("]")
+        if close < 0:
+            raise log.error(end_offset, "ARRAY_NO_CLOSE")
+        if close + 1 != len(count_text):
+            raise log.error(count_offset + close + 1, "BAD_ARRAY_SUFFIX")
+        try:
+            count = kstrtouint(count_text[:close])
+        except KstrtoxError:
+            count = 0
+        if count == 0:
+            raise log.error(count_offset, "BAD_ARRAY_NUM")
+        if count > MAX_ARRAY_LEN:
+            raise log.error(count_offset, "ARRAY_TOO_BIG")
+        return count
+
+    def storage_type(
+        self, fetch: str, type_name: Optional[str], count: int, type_offset: int, ctx: _ArgContext
+    ) -> tuple[str, int]:
+        """find_fetch_type for the argument: (storage type name, size)."""
+        log = self.log
+        if fetch in ("$comm", "$COMM") or fetch.startswith('\\"'):
+            # $comm and immediate strings can only be stored as a (non-array) string.
+            if count or (type_name is not None and type_name != "string"):
+                if not self.dialect.has_error("NEED_STRING_TYPE"):
+                    raise log.unlogged("NEED_STRING_TYPE", "EINVAL")
+                raise log.error(ctx.offset + type_offset, "NEED_STRING_TYPE")
+            resolved = _fetch_type_size("string", ctx.kernel, self.dialect)
+        else:
+            resolved = _fetch_type_size(type_name, ctx.kernel, self.dialect)
+        if resolved is None:
+            raise log.error(ctx.offset + type_offset, "BAD_TYPE")
+        return resolved
+
     def finalize(
         self,
         code: _Code,
@@ -855,24 +870,11 @@ class _ProbeArgs:
     ) -> None:
         """finalize_fetch_insn: the store, bitfield and array instructions, with their checks."""
         log = self.log
-        last = code.ops[pc]
         if storage_type in _STRING_TYPES:
-            if storage_type == "symstr":
-                if last not in (_REG, _STACK, _RETVAL, _ARG, _DEREF):
-                    raise log.error(ctx.offset + type_offset, "BAD_SYMSTRING")
-            elif last not in (_DEREF, _UDEREF, _IMM, _COMM, _DATA):
-                raise log.error(ctx.offset + type_offset, "BAD_STRING")
-            if storage_type == "symstr" or last in (_IMM, _COMM, _DATA) or count:
-                pc += 1
-                if not code.is_free(pc):
-                    raise log.error(ctx.offset, "TOO_MANY_OPS")
-            if storage_type == "ustring" or last == _UDEREF:
-                code.ops[pc] = _ST_USTRING
-            else:
-                code.ops[pc] = _ST_SYMSTR if storage_type == "symstr" else _ST_STRING
-        elif last == _DEREF:
+            pc = self.place_string_store(code, pc, storage_type, type_offset, count, ctx)
+        elif code.ops[pc] == _DEREF:
             code.ops[pc] = _ST_MEM
-        elif last == _UDEREF:
+        elif code.ops[pc] == _UDEREF:
             code.ops[pc] = _ST_UMEM
         else:
             pc += 1
@@ -892,6 +894,27 @@ class _ProbeArgs:
             if not code.is_free(pc):
                 raise log.error(ctx.offset, "TOO_MANY_OPS", "E2BIG")
             code.ops[pc] = "LP_ARRAY"
+
+    def place_string_store(
+        self, code: _Code, pc: int, storage_type: str, type_offset: int, count: int, ctx: _ArgContext
+    ) -> int:
+        """The store of a string, ustring or symstr argument after the fetch ending at ``pc``; returns its slot."""
+        log = self.log
+        last = code.ops[pc]
+        if storage_type == "symstr":
+            if last not in (_REG, _STACK, _RETVAL, _ARG, _DEREF):
+                raise log.error(ctx.offset + type_offset, "BAD_SYMSTRING")
+        elif last not in (_DEREF, _UDEREF, _IMM, _COMM, _DATA):
+            raise log.error(ctx.offset + type_offset, "BAD_STRING")
+        if storage_type == "symstr" or last in (_IMM, _COMM, _DATA) or count:
+            pc += 1
+            if not code.is_free(pc):
+                raise log.error(ctx.offset, "TOO_MANY_OPS")
+        if storage_type == "ustring" or last == _UDEREF:
+            code.ops[pc] = _ST_USTRING
+        else:
+            code.ops[pc] = _ST_SYMSTR if storage_type == "symstr" else _ST_STRING
+        return pc
 
     @staticmethod
     def bitfield_ok(type_name: str, storage_type: str, code: _Code, pc: int) -> bool:
@@ -1158,17 +1181,18 @@ def _real_file_check(path: str) -> Optional[str]:
     return None if stat.S_ISREG(mode) else "NO_REGULAR_FILE"
 
 
-def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLookup) -> ProbeCommand:
-    head = argv[0]
-    if head[0] not in "pr" or len(argv) < 2:
-        raise _Cancelled
-    log = _Log("trace_uprobe", argv, dialect)
-    if len(argv) - 2 > MAX_TRACE_ARGS:
-        raise _too_many_args(log)  # checked before the place is even looked at
-    is_return = head[0] == "r"
-    # Only "p:" / "r:" introduce a name: "r10:name" or "pfoo:name" are accepted and the name is ignored.
-    event_text = head[2:] if _at(head, 1) == ":" else None
-    place = argv[1]
+@dataclass(frozen=True)
+class _UprobePoint:
+    """Where a uprobe goes: ``PATH:OFFSET[(REF_CTR_OFFSET)][%return]``."""
+
+    filename: str
+    offset: int
+    ref_ctr_offset: Optional[int]
+    is_return: bool
+
+
+def _uprobe_point(place: str, is_return: bool, log: _Log, file_exists: FileLookup) -> _UprobePoint:
+    """The probe point (argv[1]), its file checked with ``file_exists``; _Cancelled if it is no uprobe place."""
     if "/" not in place:
         raise _Cancelled
     colon = place.rfind(":")
@@ -1185,20 +1209,7 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         raise log.error(0, "FILE_NOT_FOUND", "ENOENT" if problem == "FILE_NOT_FOUND" else problem)
 
     rest_start = colon + 1
-    rest = place[rest_start:]
-    ref_ctr_offset: Optional[int] = None
-    brace = rest.find("(")
-    if brace >= 0:
-        close = rest.find(")", brace)
-        if close < 0:
-            raise log.error(len(place), "REFCNT_OPEN_BRACE")
-        if close + 1 != len(rest):
-            raise log.error(rest_start + close + 1, "BAD_REFCNT_SUFFIX")
-        try:
-            ref_ctr_offset = kstrtoull(rest[brace + 1 : close])
-        except KstrtoxError as exc:
-            raise log.error(rest_start + brace + 1, "BAD_REFCNT", exc.errno) from None
-        rest = rest[:brace]
+    rest, ref_ctr_offset = _uprobe_ref_ctr(place, rest_start, log)
     percent = rest.find("%")
     if percent >= 0:
         if rest[percent:] != "%return":
@@ -1209,6 +1220,38 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         offset = kstrtoull(rest)
     except KstrtoxError as exc:
         raise log.error(rest_start, "BAD_UPROBE_OFFS", exc.errno) from None
+    return _UprobePoint(filename, offset, ref_ctr_offset, is_return)
+
+
+def _uprobe_ref_ctr(place: str, rest_start: int, log: _Log) -> tuple[str, Optional[int]]:
+    """The ``(REF_CTR_OFFSET)`` of the place's part from ``rest_start``: (that part without it, the offset)."""
+    rest = place[rest_start:]
+    brace = rest.find("(")
+    if brace < 0:
+        return rest, None
+    close = rest.find(")", brace)
+    if close < 0:
+        raise log.error(len(place), "REFCNT_OPEN_BRACE")
+    if close + 1 != len(rest):
+        raise log.error(rest_start + close + 1, "BAD_REFCNT_SUFFIX")
+    try:
+        ref_ctr_offset = kstrtoull(rest[brace + 1 : close])
+    except KstrtoxError as exc:
+        raise log.error(rest_start + brace + 1, "BAD_REFCNT", exc.errno) from None
+    return rest[:brace], ref_ctr_offset
+
+
+def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLookup) -> ProbeCommand:
+    head = argv[0]
+    if head[0] not in "pr" or len(argv) < 2:
+        raise _Cancelled
+    log = _Log("trace_uprobe", argv, dialect)
+    if len(argv) - 2 > MAX_TRACE_ARGS:
+        raise _too_many_args(log)  # checked before the place is even looked at
+    # Only "p:" / "r:" introduce a name: "r10:name" or "pfoo:name" are accepted and the name is ignored.
+    event_text = head[2:] if _at(head, 1) == ":" else None
+    point = _uprobe_point(argv[1], head[0] == "r", log, file_exists)
+    filename, offset, is_return = point.filename, point.offset, point.is_return
 
     log.index = 0
     group = DEFAULT_GROUP["uprobe"]
@@ -1239,7 +1282,7 @@ def _create_uprobe(argv: list[str], dialect: KernelDialect, file_exists: FileLoo
         offset=offset,
         address=None,
         path=from_kernel_bytes(filename),
-        ref_ctr_offset=ref_ctr_offset,
+        ref_ctr_offset=point.ref_ctr_offset,
         args=tuple(args.args),
     )
 
