@@ -49,7 +49,9 @@ from pytest_ktrace.btf._names import (
     kernel_btf,
 )
 from pytest_ktrace.fake._backend import FakeBackend
-from pytest_ktrace.recording._cassette import Cassette, Player, RecordingBackend, StaleCassette
+from pytest_ktrace.recording._cassette import Cassette, StaleCassette
+from pytest_ktrace.recording._player import Player
+from pytest_ktrace.recording._recorder import RecordingBackend
 from pytest_ktrace.snapshots._snapshot import load_snapshot
 from test_btf import BtfWriter
 

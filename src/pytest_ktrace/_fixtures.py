@@ -23,12 +23,13 @@ import pytest
 
 from ._errors import KtraceError, MissingTool, TracefsUnavailable
 from ._markers import SETTINGS
-from ._targets import RunState, TestSettings, record_mode, resolve_target, should_record, state_key, validate_marker
+from ._targets import RunState, TestSettings, resolve_target, state_key, validate_marker
+from .recording._modes import record_mode, should_record
 
 if TYPE_CHECKING:
     from ._session import TraceSession
     from .backends._base import Backend
-    from .recording._cassette import Tape
+    from .recording._tape import Tape
 
 __all__ = ["SESSION_KEY", "Target", "config_overridden", "marker_settings", "open_session", "open_target"]
 
@@ -124,7 +125,8 @@ def _reach(
     request: pytest.FixtureRequest, state: RunState, settings: TestSettings, cassette: Path, record: bool
 ) -> Target:
     from ._requirements import check_item
-    from .recording._cassette import Tape, replay_snapshot
+    from .recording._kernels import replay_snapshot
+    from .recording._tape import Tape
 
     config = request.config
     try:

@@ -50,7 +50,8 @@ from ._markers import REQUIRES, REQUIRES_HELP
 from ._targets import TargetSpec, resolve_target, state_key
 from .backends._base import Backend, Imitating, Read, TargetInfo
 from .backends._shell import marked_sections
-from .recording._cassette import cassette_path, replay_snapshot
+from .recording._cassette import cassette_path
+from .recording._kernels import replay_snapshot
 from .report._provenance import record_target
 from .snapshots._snapshot import KernelSnapshot, parse_blacklist
 

@@ -18,7 +18,7 @@ from ._errors import KtraceError, hide_for_ktrace_errors
 from ._identity import RunIdentity, stale_owner
 from .backends._base import Backend, Rmdir, Write
 
-__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "record_mode", "resolve_target", "should_record", "state_key"]
+__all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
@@ -42,7 +42,6 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
-RECORD_MODES = ("none", "once", "rewrite")  # cassettes, as pytest-recording names them
 FLAMEGRAPH_MODES = ("none", "failed", "all")
 LOST_POLICIES = ("fail", "warn")
 VM_ARCHES = ("x86_64", "arm64")
@@ -290,7 +289,7 @@ class RunState:
         """Write this run's owner record on the target (a replaying fake has nothing to own); the problem, if
         the record could not be written."""
         from . import _owners as owners
-        from .recording._cassette import Replaying
+        from .recording._player import Replaying
 
         if isinstance(backend, Replaying):
             return ""
@@ -341,17 +340,6 @@ class RunState:
         self.closers.clear()
 
 
-def record_mode(config: pytest.Config) -> str:
-    """``none``, ``once`` or ``rewrite``: ``--ktrace-record`` (rewrite), else the record mode (command line over
-    ini)."""
-    mode = config.getoption("ktrace_record_mode", default=None) or config.getini("ktrace_record_mode") or "none"
-    if config.getoption("ktrace_record", default=None) or config.getini("ktrace_record"):
-        mode = "rewrite"
-    if mode not in RECORD_MODES:
-        raise pytest.UsageError(f"pytest-ktrace: record mode {mode!r} must be none, once or rewrite")
-    return str(mode)
-
-
 def clean_after(config: pytest.Config) -> float:
     """``--ktrace-clean-after`` > ini ``ktrace_clean_after`` > 6h, in seconds."""
     from ._owners import parse_duration
@@ -363,19 +351,6 @@ def clean_after(config: pytest.Config) -> float:
         return parse_duration(str(raw))
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-ktrace: --ktrace-clean-after: {exc}") from None
-
-
-def should_record(config: pytest.Config, cassette: Path, *, replaying: bool) -> bool:
-    """Whether this test writes its cassette (see :func:`record_mode`), ``once`` recording only tests that have
-    none yet. The fake backend replays, never records."""
-    mode = record_mode(config)
-    if replaying:
-        if mode == "rewrite":
-            raise pytest.UsageError(
-                "pytest-ktrace: --ktrace-record records on a real target; the fake backend replays cassettes"
-            )
-        return False
-    return mode == "rewrite" or (mode == "once" and not cassette.exists())
 
 
 def state_key() -> pytest.StashKey[RunState]:
@@ -390,7 +365,7 @@ def clean_stale(backend: Backend, me: RunIdentity, *, older_than_s: float = DEFA
     says the run is dead (a dead pid of this machine, a heartbeat older than ``older_than_s``, a reboot since),
     and names without a record that this machine's dead runs made. Anything else is left alone."""
     from . import _owners as owners
-    from .recording._cassette import Replaying
+    from .recording._player import Replaying
 
     found = owners.find_leftovers(backend, older_than_s, me=me, records=not isinstance(backend, Replaying))
     removed = owners.remove_leftovers(backend, found) if found.stale else []

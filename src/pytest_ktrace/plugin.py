@@ -20,7 +20,6 @@ from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 from ._targets import (
     FLAMEGRAPH_MODES,
     LOST_POLICIES,
-    RECORD_MODES,
     SCOPES,
     VM_ARCHES,
     RunState,
@@ -30,6 +29,7 @@ from ._targets import (
     validate_marker,
 )
 from .backends import _builtin as builtin
+from .recording._modes import RECORD_MODES
 
 if TYPE_CHECKING:
     from ._fixtures import Target

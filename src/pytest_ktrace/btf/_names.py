@@ -31,7 +31,7 @@ Where the BTF comes from, read once per target and run:
   the vmlinux base); a function that is not in vmlinux is looked up in ``/proc/kallsyms`` to find its module.
 
 The fake backend has no BTF (target snapshots carry no kernel types; a test's BTF is megabytes): replaying a
-cassette, the names resolve from the cassette's ``btf`` section, which :class:`~pytest_ktrace.recording._cassette.
+cassette, the names resolve from the cassette's ``btf`` section, which :class:`~pytest_ktrace.recording._recorder.
 RecordingBackend` fills as the test resolves them on hardware (``--ktrace-record``). A name the cassette did
 not record makes it stale; without a cassette a name is a :class:`~pytest_ktrace.btf.BtfUnavailable` that
 says how to write the argument without BTF.
@@ -506,7 +506,8 @@ class _NoBtf:
 
 
 def _resolver_for(backend: Backend) -> _Resolver:
-    from ..recording._cassette import RecordingBackend, Replaying
+    from ..recording._player import Replaying
+    from ..recording._recorder import RecordingBackend
 
     if isinstance(backend, RecordingBackend):
         return _RecordingResolver(_resolver_for(backend.inner), backend.cassette.btf)

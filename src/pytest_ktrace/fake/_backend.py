@@ -18,7 +18,8 @@ from .._errors import KtraceError, hide_for_ktrace_errors
 from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
-from ..recording._cassette import Player, _is_arm_batch
+from ..recording._cassette import is_arm_batch
+from ..recording._player import Player
 from ..snapshots._snapshot import KernelSnapshot
 from ._inject import inject_events
 from ._tracefs import FakeOSError, FakeTracefs
@@ -161,7 +162,7 @@ class FakeBackend:
         self._round_trips += 1
         ops = list(ops)
         if self.player is not None:
-            if _is_arm_batch(ops):
+            if is_arm_batch(ops):
                 self.player.check_arm(ops)
             elif any(isinstance(op, Read) and op.path.endswith("/trace") for op in ops):
                 step = self.player.pending_collect()

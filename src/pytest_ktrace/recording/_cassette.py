@@ -20,45 +20,30 @@ the fake tracefs, where the test's own filters, parser and assertions meet them 
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._files import write_atomic
-from .._targets import RECORD_MODES
 from ..backends._base import (
-    Backend,
-    FileFetching,
     Mkdir,
     Op,
-    OpResult,
-    Read,
-    RunResult,
-    SharedFilesystem,
-    TargetInfo,
-    TraceStream,
     Write,
 )
 
 __all__ = [
     "CASSETTE_VERSION",
-    "RECORD_MODES",
     "Cassette",
-    "Player",
-    "RecordingBackend",
-    "Replaying",
+    "CassetteNames",
     "StaleCassette",
-    "Tape",
     "cassette_path",
     "cassette_root",
-    "replay_snapshot",
-    "snapshot_of",
-    "target_snapshot_ref",
+    "describe_op",
+    "is_arm_batch",
+    "trace_lines",
 ]
 
 __tracebackhide__ = hide_for_ktrace_errors
@@ -69,21 +54,16 @@ _PYTEST_TMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/")
 _EVENT_MARK = re.compile(r"<event:(\d+)>")
 
 
-@runtime_checkable
-class Replaying(Protocol):
-    """A backend that replays cassettes (the fake): it is handed each test's player, or None between tests."""
-
-    @property
-    def player(self) -> Optional[Player]: ...
-
-    def play(self, player: Optional[Player]) -> None: ...
-
-
 class StaleCassette(KtraceError):
     """The test no longer does what its cassette recorded."""
 
 
 StaleCassette.__module__ = "pytest_ktrace"  # the name users catch and read in tracebacks
+
+
+def cassette_root(cassette: Path) -> Path:
+    """``<dir of the test module>/cassettes`` for ``cassettes/<module>/<test>.json``."""
+    return cassette.parent.parent
 
 
 def cassette_path(test_file: Path, test_name: str, directory: str = "cassettes") -> Path:
@@ -141,7 +121,7 @@ class Cassette:
         )
 
 
-class _Names:
+class CassetteNames:
     """The run-specific names of one test (instance, group, probe events), learned from its operations, and
     their stable placeholders."""
 
@@ -183,7 +163,7 @@ class _Names:
         return _EVENT_MARK.sub(event, text)
 
 
-def _is_arm_batch(ops: Sequence[Op]) -> bool:
+def is_arm_batch(ops: Sequence[Op]) -> bool:
     for op in ops:
         if isinstance(op, Mkdir):
             return True
@@ -195,324 +175,11 @@ def _is_arm_batch(ops: Sequence[Op]) -> bool:
     return False
 
 
-def _describe_op(op: Op, names: _Names) -> list[str]:
+def describe_op(op: Op, names: CassetteNames) -> list[str]:
     if isinstance(op, Write):
         return ["write", names.normalize(op.path), names.normalize(op.data)]
     return [type(op).__name__.lower(), names.normalize(op.path)]
 
 
-def _trace_lines(text: str) -> list[str]:
+def trace_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
-
-
-class RecordingBackend:
-    """A real backend that also writes down what one test did and saw. Everything passes through unchanged."""
-
-    def __init__(self, inner: Backend, test: str) -> None:
-        self.inner = inner
-        self.names = _Names()
-        info = inner.describe()
-        self.cassette = Cassette(
-            test=test,
-            target={
-                "name": info.name,
-                "backend": info.backend,
-                "release": info.release,
-                "arch": info.arch,
-                "features": sorted(info.features),
-            },
-            recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-        self._seen: list[str] = []
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def round_trips(self) -> int:
-        return self.inner.round_trips
-
-    @property
-    def files_are_local(self) -> bool:
-        return isinstance(self.inner, SharedFilesystem) and self.inner.files_are_local
-
-    def describe(self) -> TargetInfo:
-        return self.inner.describe()
-
-    def _delta(self, text: str) -> list[str]:
-        lines = _trace_lines(text)
-        # when the ring buffer wrapped or was cleared, keep everything that is there now
-        new = lines[len(self._seen) :] if lines[: len(self._seen)] == self._seen else lines
-        self._seen = lines
-        return [self.names.normalize(line) for line in new]
-
-    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
-        ops = list(ops)
-        arming = _is_arm_batch(ops)
-        if arming:
-            self.names.learn(ops)
-        results = self.inner.apply(ops, stop_on_error=stop_on_error)
-        if arming:
-            self.cassette.interactions.append(
-                {"kind": "arm", "ops": [_describe_op(op, self.names) for op in ops if not isinstance(op, Read)]}
-            )
-        for result in results:
-            op = result.op
-            if isinstance(op, Read) and result.ok and op.path.endswith("/format"):
-                key = self.names.normalize(op.path[len("events/") : -len("/format")])
-                self.cassette.formats[key] = self.names.normalize(result.data)
-            elif isinstance(op, Read) and result.ok and op.path.endswith("/trace") and not arming:
-                delta = self._delta(result.data)
-                if delta:
-                    self.cassette.interactions.append({"kind": "collect", "trace": delta})
-        return results
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: Optional[float] = None,
-        pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
-        after: Sequence[Op] = (),
-    ) -> RunResult:
-        result = self.inner.run(argv, timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
-        trace = next((r.data for r in result.after if r.ok and r.op.path.endswith("/trace")), None)
-        self.cassette.interactions.append(
-            {
-                "kind": "run",
-                "argv": [self.names.normalize(arg) for arg in argv],
-                "stdin": stdin,
-                "returncode": result.returncode,
-                "stdout": result.stdout,
-                "stderr": result.stderr,
-                "pid": result.pid,
-                "duration_s": round(result.duration_s, 6),
-                "trace": self._delta(trace) if trace is not None else [],
-            }
-        )
-        return result
-
-    def open_stream(self, path: str) -> TraceStream:
-        raise KtraceError(
-            "a cassette records the trace read with each command, so a recorded test (--ktrace-record) cannot "
-            "stream trace_pipe: record it without stream=True / --ktrace-stream"
-        )
-
-    def fetch_file(self, path: str) -> bytes:
-        """Passed through unrecorded (the BTF a test's names need is recorded as resolutions, see
-        :mod:`pytest_ktrace.btf._names`)."""
-        if isinstance(self.inner, FileFetching):
-            return self.inner.fetch_file(path)
-        result = self.inner.run(["cat", "--", path])
-        if result.returncode != 0:
-            raise OSError(f"cannot read {path} on {self.inner.name}: {result.stderr.strip()}")
-        return result.stdout.encode("utf-8", "surrogateescape")
-
-    def defer(self, ops: Sequence[Op]) -> None:
-        self.inner.defer(ops)
-
-    def close(self) -> None:
-        """The wrapped backend belongs to the run, not to this test."""
-
-    def save(self, path: Path) -> None:
-        self.cassette.save(path)
-
-
-class Player:
-    """Replays one cassette on the fake backend: checks the test against it and feeds it the recorded events."""
-
-    def __init__(self, cassette: Cassette, path: Path) -> None:
-        self.cassette = cassette
-        self.path = path
-        self.names = _Names()
-        self.position = 0
-
-    def _stale(self, why: str) -> StaleCassette:
-        return StaleCassette(f"cassette is stale: re-record on hardware ({self.path}): {why}")
-
-    def _next(self, kind: str, what: str) -> dict[str, Any]:
-        if self.position >= len(self.cassette.interactions):
-            raise self._stale(f"the test now does more than was recorded: {what}")
-        step = self.cassette.interactions[self.position]
-        if step.get("kind") != kind:
-            raise self._stale(f"step {self.position + 1} recorded a {step.get('kind')}, the test now does {what}")
-        self.position += 1
-        return step
-
-    def check_arm(self, ops: Sequence[Op]) -> None:
-        self.names.learn(ops)
-        now = [_describe_op(op, self.names) for op in ops if not isinstance(op, Read)]
-        step = self._next("arm", "an arm batch")
-        if step.get("ops") != now:
-            recorded = {tuple(op) for op in step.get("ops", [])}
-            changed = [" ".join(op) for op in now if tuple(op) not in recorded]
-            gone = [" ".join(op) for op in step.get("ops", []) if op not in now]
-            raise self._stale(
-                "the probes changed since the recording"
-                + (f"; now: {changed[:3]}" if changed else "")
-                + (f"; recorded: {gone[:3]}" if gone else "")
-            )
-
-    def next_run(self, argv: Sequence[str], stdin: Optional[str]) -> dict[str, Any]:
-        shown = [self.names.normalize(arg) for arg in argv]
-        step = self._next("run", f"run {shown}")
-        if step.get("argv") != shown or step.get("stdin") != stdin:
-            raise self._stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
-        return step
-
-    def pending_collect(self) -> Optional[dict[str, Any]]:
-        """The next step if it is a recorded collect (events that arrived while the test waited)."""
-        if self.position < len(self.cassette.interactions):
-            step = self.cassette.interactions[self.position]
-            if step.get("kind") == "collect":
-                self.position += 1
-                return step
-        return None
-
-    def recorded_lines(self, step: dict[str, Any]) -> list[str]:
-        return [self.names.restore(line) for line in step.get("trace", [])]
-
-    def recorded_format(self, group_event: str) -> Optional[str]:
-        key = self.names.normalize(group_event)
-        text = self.cassette.formats.get(key)
-        return self.names.restore(text) if text is not None else None
-
-    def finish(self) -> None:
-        left = [step.get("kind") for step in self.cassette.interactions[self.position :]]
-        # a trailing collect is what the failure report read after the last command: nothing the test did
-        while left and left[-1] == "collect":
-            left.pop()
-        if left:
-            raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")
-
-
-TARGETS_DIR = "_targets"
-
-
-def target_snapshot_ref(release: str, arch: str) -> str:
-    """Where a cassette's kernel snapshot lives, relative to the cassette root: ``_targets/<release>-<arch>.json.gz``
-    (one per kernel build, shared by every cassette recorded on it)."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{release}-{arch}").strip("._") or "target"
-    return f"{TARGETS_DIR}/{safe}.json.gz"
-
-
-def cassette_root(cassette: Path) -> Path:
-    """``<dir of the test module>/cassettes`` for ``cassettes/<module>/<test>.json``."""
-    return cassette.parent.parent
-
-
-@functools.cache
-def _shipped_kernels() -> tuple[tuple[str, tuple[int, int], str, frozenset[str]], ...]:
-    """(name, version, arch, features) of each shipped snapshot; read once per process (they are package data)."""
-    from ..snapshots._snapshot import load_snapshot, shipped_snapshots
-
-    shipped = []
-    for name in shipped_snapshots():
-        snapshot = load_snapshot(name)
-        shipped.append((name, snapshot.version, snapshot.arch, snapshot.features))
-    return tuple(shipped)
-
-
-def snapshot_of(cassette: Cassette) -> Optional[str]:
-    """A shipped snapshot that can stand in for the kernel a cassette was recorded on: the same arch and kernel
-    version (major.minor), with every tracefs feature the recording target had. Never matched by build string:
-    a user's board runs its own build."""
-    from ..snapshots._snapshot import kernel_version
-
-    target = cassette.target
-    version = kernel_version(str(target.get("release", "")))
-    needed = frozenset(target.get("features", ()))
-    for name, shipped_version, arch, features in _shipped_kernels():
-        if version == shipped_version and arch == target.get("arch") and needed <= features:
-            return name
-    return None
-
-
-def replay_snapshot(path: Path) -> str:
-    """The snapshot a cassette replays on: the snapshot of its recording kernel written beside the cassettes,
-    else a shipped snapshot of the same arch and kernel version. Raises :class:`StaleCassette` saying how to get
-    one when there is neither."""
-    cassette = Cassette.load(path)
-    target = cassette.target
-    release, arch = str(target.get("release", "?")), str(target.get("arch", "?"))
-    # cassettes recorded before the snapshot rename name it "profile"
-    ref = str(target.get("snapshot") or target.get("profile") or target_snapshot_ref(release, arch))
-    snapshot_file = cassette_root(path) / ref
-    if snapshot_file.is_file():
-        return str(snapshot_file)
-    shipped = snapshot_of(cassette)
-    if shipped is not None:
-        return shipped
-    where = f"{target.get('backend', '?')} {target.get('name', '?')}"
-    how = (
-        "pytest-ktrace snapshot --name target"
-        + (f" --host {target.get('name')}" if target.get("backend") == "ssh" else "")
-        + f" -o {snapshot_file}"
-    )
-    raise StaleCassette(
-        f"cassette {path} was recorded on Linux {release} {arch} ({where}); replaying it needs that kernel's "
-        f"snapshot, written beside the cassettes when they are recorded, and {snapshot_file} is missing "
-        f"(no shipped snapshot is of that arch and version either). Take it from the target with: {how}"
-    )
-
-
-class Tape:
-    """One test's cassette handling: record on a real backend, replay on the fake, nothing otherwise.
-
-    Recording also makes sure the cassette root holds a snapshot of the recording kernel (``_targets/``), so the
-    cassettes replay anywhere with nothing else: taken once per run and kernel (``snapshotted`` is the run's
-    memory of which files it wrote), kept when it exists unless ``rewrite``."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        test_id: str,
-        path: Path,
-        *,
-        record: bool,
-        rewrite: bool = False,
-        snapshotted: Optional[set[Path]] = None,
-    ) -> None:
-        self.path = path
-        self.recorder: Optional[RecordingBackend] = None
-        self.player: Optional[Player] = None
-        self._real = backend
-        self._rewrite = rewrite
-        self._snapshotted = snapshotted if snapshotted is not None else set()
-        self._fake = backend if isinstance(backend, Replaying) else None
-        self.backend: Backend = backend
-        if self._fake is not None:
-            self.player = Player(Cassette.load(path), path) if path.exists() else None
-            self._fake.play(self.player)
-        elif record:
-            self.recorder = RecordingBackend(backend, test_id)
-            self.backend = self.recorder
-            target = self.recorder.cassette.target
-            target["snapshot"] = target_snapshot_ref(str(target["release"]), str(target["arch"]))
-
-    def _save_target_snapshot(self) -> None:
-        """The recording kernel's snapshot beside the cassettes, once per run and kernel; taken after the test's
-        teardown, so nothing of the test is in it."""
-        from ..snapshots._snapshot import snapshot
-
-        assert self.recorder is not None
-        ref = str(self.recorder.cassette.target["snapshot"])
-        destination = cassette_root(self.path) / ref
-        if destination in self._snapshotted or (destination.exists() and not self._rewrite):
-            return
-        taken = snapshot(self._real, destination.name[: -len(".json.gz")])
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        taken.save(destination)
-        self._snapshotted.add(destination)
-
-    def finish(self) -> None:
-        """After the test's teardown: write the recording, or check that the replay went all the way."""
-        if self.recorder is not None:
-            self.recorder.save(self.path)
-            self._save_target_snapshot()
-        if self._fake is not None:
-            self._fake.play(None)
-            if self.player is not None:
-                self.player.finish()

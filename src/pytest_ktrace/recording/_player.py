@@ -1,0 +1,93 @@
+"""Replay: a cassette played back, step by step, to the fake backend, which checks every arm batch and command
+against it (a test that changed is stale) and feeds the recorded trace lines to its tracefs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+from .._errors import hide_for_ktrace_errors
+from ..backends._base import Op, Read
+from ._cassette import Cassette, CassetteNames, StaleCassette, describe_op
+
+__all__ = ["Player", "Replaying"]
+
+__tracebackhide__ = hide_for_ktrace_errors
+
+
+@runtime_checkable
+class Replaying(Protocol):
+    """A backend that replays cassettes (the fake): it is handed each test's player, or None between tests."""
+
+    @property
+    def player(self) -> Optional[Player]: ...
+
+    def play(self, player: Optional[Player]) -> None: ...
+
+
+class Player:
+    """Replays one cassette on the fake backend: checks the test against it and feeds it the recorded events."""
+
+    def __init__(self, cassette: Cassette, path: Path) -> None:
+        self.cassette = cassette
+        self.path = path
+        self.names = CassetteNames()
+        self.position = 0
+
+    def _stale(self, why: str) -> StaleCassette:
+        return StaleCassette(f"cassette is stale: re-record on hardware ({self.path}): {why}")
+
+    def _next(self, kind: str, what: str) -> dict[str, Any]:
+        if self.position >= len(self.cassette.interactions):
+            raise self._stale(f"the test now does more than was recorded: {what}")
+        step = self.cassette.interactions[self.position]
+        if step.get("kind") != kind:
+            raise self._stale(f"step {self.position + 1} recorded a {step.get('kind')}, the test now does {what}")
+        self.position += 1
+        return step
+
+    def check_arm(self, ops: Sequence[Op]) -> None:
+        self.names.learn(ops)
+        now = [describe_op(op, self.names) for op in ops if not isinstance(op, Read)]
+        step = self._next("arm", "an arm batch")
+        if step.get("ops") != now:
+            recorded = {tuple(op) for op in step.get("ops", [])}
+            changed = [" ".join(op) for op in now if tuple(op) not in recorded]
+            gone = [" ".join(op) for op in step.get("ops", []) if op not in now]
+            raise self._stale(
+                "the probes changed since the recording"
+                + (f"; now: {changed[:3]}" if changed else "")
+                + (f"; recorded: {gone[:3]}" if gone else "")
+            )
+
+    def next_run(self, argv: Sequence[str], stdin: Optional[str]) -> dict[str, Any]:
+        shown = [self.names.normalize(arg) for arg in argv]
+        step = self._next("run", f"run {shown}")
+        if step.get("argv") != shown or step.get("stdin") != stdin:
+            raise self._stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
+        return step
+
+    def pending_collect(self) -> Optional[dict[str, Any]]:
+        """The next step if it is a recorded collect (events that arrived while the test waited)."""
+        if self.position < len(self.cassette.interactions):
+            step = self.cassette.interactions[self.position]
+            if step.get("kind") == "collect":
+                self.position += 1
+                return step
+        return None
+
+    def recorded_lines(self, step: dict[str, Any]) -> list[str]:
+        return [self.names.restore(line) for line in step.get("trace", [])]
+
+    def recorded_format(self, group_event: str) -> Optional[str]:
+        key = self.names.normalize(group_event)
+        text = self.cassette.formats.get(key)
+        return self.names.restore(text) if text is not None else None
+
+    def finish(self) -> None:
+        left = [step.get("kind") for step in self.cassette.interactions[self.position :]]
+        # a trailing collect is what the failure report read after the last command: nothing the test did
+        while left and left[-1] == "collect":
+            left.pop()
+        if left:
+            raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")

@@ -1,0 +1,141 @@
+"""Recording: a real backend wrapped so that everything one test did and saw is written down, unchanged on
+the way through."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .._errors import KtraceError, hide_for_ktrace_errors
+from ..backends._base import (
+    Backend,
+    FileFetching,
+    Op,
+    OpResult,
+    Read,
+    RunResult,
+    SharedFilesystem,
+    TargetInfo,
+    TraceStream,
+)
+from ._cassette import Cassette, CassetteNames, describe_op, is_arm_batch, trace_lines
+
+__all__ = ["RecordingBackend"]
+
+__tracebackhide__ = hide_for_ktrace_errors
+
+
+class RecordingBackend:
+    """A real backend that also writes down what one test did and saw. Everything passes through unchanged."""
+
+    def __init__(self, inner: Backend, test: str) -> None:
+        self.inner = inner
+        self.names = CassetteNames()
+        info = inner.describe()
+        self.cassette = Cassette(
+            test=test,
+            target={
+                "name": info.name,
+                "backend": info.backend,
+                "release": info.release,
+                "arch": info.arch,
+                "features": sorted(info.features),
+            },
+            recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        self._seen: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def round_trips(self) -> int:
+        return self.inner.round_trips
+
+    @property
+    def files_are_local(self) -> bool:
+        return isinstance(self.inner, SharedFilesystem) and self.inner.files_are_local
+
+    def describe(self) -> TargetInfo:
+        return self.inner.describe()
+
+    def _delta(self, text: str) -> list[str]:
+        lines = trace_lines(text)
+        # when the ring buffer wrapped or was cleared, keep everything that is there now
+        new = lines[len(self._seen) :] if lines[: len(self._seen)] == self._seen else lines
+        self._seen = lines
+        return [self.names.normalize(line) for line in new]
+
+    def apply(self, ops: Sequence[Op], *, stop_on_error: bool = False) -> list[OpResult]:
+        ops = list(ops)
+        arming = is_arm_batch(ops)
+        if arming:
+            self.names.learn(ops)
+        results = self.inner.apply(ops, stop_on_error=stop_on_error)
+        if arming:
+            self.cassette.interactions.append(
+                {"kind": "arm", "ops": [describe_op(op, self.names) for op in ops if not isinstance(op, Read)]}
+            )
+        for result in results:
+            op = result.op
+            if isinstance(op, Read) and result.ok and op.path.endswith("/format"):
+                key = self.names.normalize(op.path[len("events/") : -len("/format")])
+                self.cassette.formats[key] = self.names.normalize(result.data)
+            elif isinstance(op, Read) and result.ok and op.path.endswith("/trace") and not arming:
+                delta = self._delta(result.data)
+                if delta:
+                    self.cassette.interactions.append({"kind": "collect", "trace": delta})
+        return results
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[str] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        result = self.inner.run(argv, timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
+        trace = next((r.data for r in result.after if r.ok and r.op.path.endswith("/trace")), None)
+        self.cassette.interactions.append(
+            {
+                "kind": "run",
+                "argv": [self.names.normalize(arg) for arg in argv],
+                "stdin": stdin,
+                "returncode": result.returncode,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "pid": result.pid,
+                "duration_s": round(result.duration_s, 6),
+                "trace": self._delta(trace) if trace is not None else [],
+            }
+        )
+        return result
+
+    def open_stream(self, path: str) -> TraceStream:
+        raise KtraceError(
+            "a cassette records the trace read with each command, so a recorded test (--ktrace-record) cannot "
+            "stream trace_pipe: record it without stream=True / --ktrace-stream"
+        )
+
+    def fetch_file(self, path: str) -> bytes:
+        """Passed through unrecorded (the BTF a test's names need is recorded as resolutions, see
+        :mod:`pytest_ktrace.btf._names`)."""
+        if isinstance(self.inner, FileFetching):
+            return self.inner.fetch_file(path)
+        result = self.inner.run(["cat", "--", path])
+        if result.returncode != 0:
+            raise OSError(f"cannot read {path} on {self.inner.name}: {result.stderr.strip()}")
+        return result.stdout.encode("utf-8", "surrogateescape")
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        self.inner.defer(ops)
+
+    def close(self) -> None:
+        """The wrapped backend belongs to the run, not to this test."""
+
+    def save(self, path: Path) -> None:
+        self.cassette.save(path)
