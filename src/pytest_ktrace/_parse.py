@@ -159,6 +159,25 @@ def _parse_decl(decl: str) -> Tuple[str, str]:
     return ctype, m.group("name")
 
 
+def _parse_field_line(line: str, where: str) -> FieldFormat:
+    """One ``field:TYPE NAME; offset:N; size:N; signed:N;`` line of a format file."""
+    m = _FIELD_RE.fullmatch(line)
+    if m is None:
+        raise KtraceError(f"{where}: malformed field line {line!r}")
+    try:
+        ctype, fname = _parse_decl(m.group("decl"))
+    except ValueError as exc:
+        raise KtraceError(f"{where}: {exc}") from None
+    signed = m.group("signed")
+    return FieldFormat(
+        name=fname,
+        ctype=ctype,
+        offset=int(m.group("offset")),
+        size=int(m.group("size")),
+        signed=bool(signed) and int(signed) != 0,
+    )
+
+
 def parse_format(text: str, system: str) -> EventFormat:
     """Parse the text of an event ``format`` file. Raises :class:`KtraceError` naming the line on garbage."""
     if not isinstance(text, str):
@@ -187,23 +206,7 @@ def parse_format(text: str, system: str) -> EventFormat:
         elif line == "format:":
             seen_format = True
         elif line.startswith("field:"):
-            m = _FIELD_RE.fullmatch(line)
-            if m is None:
-                raise KtraceError(f"{where}: line {lineno}: malformed field line {raw!r}")
-            try:
-                ctype, fname = _parse_decl(m.group("decl"))
-            except ValueError as exc:
-                raise KtraceError(f"{where}: line {lineno}: {exc}") from None
-            signed = m.group("signed")
-            fields.append(
-                FieldFormat(
-                    name=fname,
-                    ctype=ctype,
-                    offset=int(m.group("offset")),
-                    size=int(m.group("size")),
-                    signed=bool(signed) and int(signed) != 0,
-                )
-            )
+            fields.append(_parse_field_line(line, f"{where}: line {lineno}"))
         elif line.startswith("print fmt:"):
             # the rest of the file is the print format (it may span lines)
             first = raw.split("print fmt:", 1)[1].lstrip()

@@ -191,6 +191,29 @@ def _names(key: str, value: Any, where: str, pattern: re.Pattern[str], what: str
     return tuple(names)
 
 
+def _arches(arch: Any, where: str) -> tuple[str, ...]:
+    arches = (arch,) if isinstance(arch, str) else arch
+    if not isinstance(arches, (list, tuple)) or not arches:
+        raise pytest.UsageError(
+            f"{where}(arch={arch!r}): arch must be a name such as 'arm64' or 'x86_64', or a list of them"
+        )
+    for name in arches:
+        if not isinstance(name, str) or not _ARCH.fullmatch(name):
+            raise pytest.UsageError(f"{where}(arch={arch!r}): {name!r} is not an arch name such as 'arm64'")
+    return tuple(dict.fromkeys(normalize_arch(name) for name in arches))
+
+
+def _kernel_spec(spec: Any, where: str) -> VersionSpec:
+    if not isinstance(spec, str):
+        raise pytest.UsageError(
+            f"{where}(kernel={spec!r}): kernel must be a version spec string such as '>=6.1' or '>=6.1,<6.13'"
+        )
+    try:
+        return VersionSpec.parse(spec)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}(kernel={spec!r}): {exc}") from None
+
+
 def _parse(kwargs: dict[str, Any], args: tuple[Any, ...], where: str) -> dict[str, Any]:
     if args:
         raise pytest.UsageError(f"{where} takes keyword arguments only: {_USAGE}")
@@ -210,26 +233,9 @@ def _parse(kwargs: dict[str, Any], args: tuple[Any, ...], where: str) -> dict[st
                 )
             values[key] = kwargs[key]
     if "arch" in kwargs:
-        arch = kwargs["arch"]
-        arches = (arch,) if isinstance(arch, str) else arch
-        if not isinstance(arches, (list, tuple)) or not arches:
-            raise pytest.UsageError(
-                f"{where}(arch={arch!r}): arch must be a name such as 'arm64' or 'x86_64', or a list of them"
-            )
-        for name in arches:
-            if not isinstance(name, str) or not _ARCH.fullmatch(name):
-                raise pytest.UsageError(f"{where}(arch={arch!r}): {name!r} is not an arch name such as 'arm64'")
-        values["arch"] = tuple(dict.fromkeys(normalize_arch(name) for name in arches))
+        values["arch"] = _arches(kwargs["arch"], where)
     if "kernel" in kwargs:
-        spec = kwargs["kernel"]
-        if not isinstance(spec, str):
-            raise pytest.UsageError(
-                f"{where}(kernel={spec!r}): kernel must be a version spec string such as '>=6.1' or '>=6.1,<6.13'"
-            )
-        try:
-            values["kernel"] = VersionSpec.parse(spec)
-        except ValueError as exc:
-            raise pytest.UsageError(f"{where}(kernel={spec!r}): {exc}") from None
+        values["kernel"] = _kernel_spec(kwargs["kernel"], where)
     if "symbols" in kwargs:
         values["symbols"] = _names(
             "symbols", kwargs["symbols"], where, _SYMBOL, "a kernel symbol ([module:]name)", "__setup_irq"
@@ -483,22 +489,30 @@ def unmet(requirements: Requirements, facts: TargetFacts) -> list[str]:
             reasons.append(f"kernel release {info.release!r} has no version number (needs {requirements.kernel})")
         elif not requirements.kernel.allows(version):
             reasons.append(f"kernel is {info.release} (needs {requirements.kernel})")
-    if requirements.events:
-        if facts.events is None:
-            reasons.append(f"cannot list events ({facts.events_note})")
-        else:
-            for event in requirements.events:
-                if event not in facts.events:
-                    reasons.append(f"no event {event}{_close(event, facts.events)}")
-    if requirements.symbols:
-        if facts.symbols is None:
-            reasons.append(f"cannot list kernel symbols ({facts.symbols_note})")
-        else:
-            for symbol in requirements.symbols:
-                if symbol not in facts.symbols:
-                    reasons.append(f"no symbol {symbol} in {facts.symbols_source}{_close(symbol, facts.suggestions())}")
-                elif facts.blacklist is not None and symbol.rsplit(":", 1)[-1] in facts.blacklist:
-                    reasons.append(f"{symbol} is blacklisted for kprobes")
+    return reasons + _unmet_events(requirements, facts) + _unmet_symbols(requirements, facts)
+
+
+def _unmet_events(requirements: Requirements, facts: TargetFacts) -> list[str]:
+    if not requirements.events:
+        return []
+    if facts.events is None:
+        return [f"cannot list events ({facts.events_note})"]
+    return [
+        f"no event {event}{_close(event, facts.events)}" for event in requirements.events if event not in facts.events
+    ]
+
+
+def _unmet_symbols(requirements: Requirements, facts: TargetFacts) -> list[str]:
+    if not requirements.symbols:
+        return []
+    if facts.symbols is None:
+        return [f"cannot list kernel symbols ({facts.symbols_note})"]
+    reasons: list[str] = []
+    for symbol in requirements.symbols:
+        if symbol not in facts.symbols:
+            reasons.append(f"no symbol {symbol} in {facts.symbols_source}{_close(symbol, facts.suggestions())}")
+        elif facts.blacklist is not None and symbol.rsplit(":", 1)[-1] in facts.blacklist:
+            reasons.append(f"{symbol} is blacklisted for kprobes")
     return reasons
 
 

@@ -510,6 +510,22 @@ def _base(func: FuncInfo, parsed: Expression, arch: str, entry: bool) -> tuple[_
     return walk, param
 
 
+def _dentry_name(walk: _Walk, explicit: str, expr: str, c_type: str) -> str:
+    """``:%pd`` (a struct dentry *) and ``:%pD`` (a struct file *): the name string, through the members BTF locates."""
+    btf, where = walk.btf, walk.where
+    wanted = "dentry" if explicit == "%pd" else "file"
+    if _pointee_struct(btf, btf.resolve(walk.type_id)) != wanted:
+        raise FetchargTypeError(f"{where} is {c_type}: ':{explicit}' needs a struct {wanted} *", expr=expr)
+    try:
+        name_offset = btf.locate("dentry", "d_name.name").byte_offset
+        text = f"+{name_offset}({walk.location()})"
+        if explicit == "%pD":
+            text = f"+{name_offset}(+{btf.locate('file', 'f_path.dentry').byte_offset}({walk.location()}))"
+    except BtfError as exc:
+        raise FetchargTypeError(f"{where}: cannot expand ':{explicit}' from this BTF: {exc}", expr=expr) from None
+    return f"+0({text}):string"
+
+
 def _finish(walk: _Walk, explicit: Optional[str], expr: str) -> tuple[str, str, str]:
     """(text, fetch type, C type) for the end of the chain."""
     btf, where = walk.btf, walk.where
@@ -544,17 +560,7 @@ def _finish(walk: _Walk, explicit: Optional[str], expr: str) -> tuple[str, str, 
             expr=expr,
         )
     if explicit in ("%pd", "%pD"):
-        wanted = "dentry" if explicit == "%pd" else "file"
-        if _pointee_struct(btf, resolved) != wanted:
-            raise FetchargTypeError(f"{where} is {c_type}: ':{explicit}' needs a struct {wanted} *", expr=expr)
-        try:
-            name_offset = btf.locate("dentry", "d_name.name").byte_offset
-            text = f"+{name_offset}({walk.location()})"
-            if explicit == "%pD":
-                text = f"+{name_offset}(+{btf.locate('file', 'f_path.dentry').byte_offset}({walk.location()}))"
-        except BtfError as exc:
-            raise FetchargTypeError(f"{where}: cannot expand ':{explicit}' from this BTF: {exc}", expr=expr) from None
-        return f"+0({text}):string", "string", c_type
+        return _dentry_name(walk, explicit, expr, c_type), "string", c_type
     match = KERNEL_TYPE.fullmatch(explicit)
     assert match is not None  # parse_expression checked it
     count = match.group("count")
