@@ -17,7 +17,8 @@ import pytest
 
 from pytest_ktrace._errors import CommandTimeout, ConnectionLost, TargetError, TracefsUnavailable
 from pytest_ktrace.backends._base import Backend, Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.ssh._backend import SshBackend, parse_target
+from pytest_ktrace.backends.ssh._backend import SshBackend
+from pytest_ktrace.backends.ssh._config import parse_target
 
 TRACEFS = Path("/sys/kernel/tracing")
 

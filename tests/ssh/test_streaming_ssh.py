@@ -14,7 +14,8 @@ from typing import Any, Callable
 import pytest
 
 from pytest_ktrace.backends._base import Mkdir, Read, Rmdir, Write
-from pytest_ktrace.backends.ssh._backend import SshBackend, SshTraceStream
+from pytest_ktrace.backends.ssh._backend import SshBackend
+from pytest_ktrace.backends.ssh._streams import SshTraceStream
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACEFS = Path("/sys/kernel/tracing")
