@@ -4,7 +4,7 @@ armed here: tests/guests/test_btf_guests.py and examples/test_setup_irq.py arm t
 return type of kretprobes, the BTF of remote targets cached on disk, modules, the record/replay of resolutions,
 and the errors, which name what would have been valid.
 
-A stub target (:class:`Files`) serves synthetic BTF (tests/test_btf.py's writer) for what this kernel does not
+A stub target (:class:`Files`) serves synthetic BTF (tests/btf/test_btf.py's writer) for what this kernel does not
 have: modules, duplicate static functions, a kernel without BTF, a "remote" target whose files cross a wire.
 """
 
