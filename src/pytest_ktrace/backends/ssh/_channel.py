@@ -16,7 +16,7 @@ import paramiko
 
 from ..._errors import hide_for_ktrace_errors
 from ._config import SshOptions
-from ._connection import SshConnection
+from ._connection import TRANSPORT_ERRORS, SshConnection
 
 __all__ = ["ChannelOutput", "ScriptChannel"]
 
@@ -24,7 +24,6 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 
 _SEND_CHUNK = 32768
 _RECV_CHUNK = 65536
-_TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass
@@ -103,13 +102,13 @@ class ScriptChannel:
         transport = self._connection.transport()
         try:
             return transport, self._connection.open_session(transport)
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             # The transport died between calls without us noticing: nothing was sent yet, so reconnect once.
             self._connection.drop()
             transport = self._connection.transport()
             try:
                 return transport, self._connection.open_session(transport)
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 self._connection.drop()
                 raise self._connection.lost(what, f"cannot open a channel: {exc}") from None
 
@@ -135,7 +134,7 @@ class ScriptChannel:
             chan.status_event.wait(max(0.0, min(deadline - time.monotonic(), 5.0)))
         except (socket.timeout, TimeoutError):
             return pump.output(-1, timed_out=True)
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             self._connection.drop()
             raise self._connection.lost(what, str(exc) or type(exc).__name__) from None
         status = chan.exit_status if chan.status_event.is_set() else -1

@@ -21,13 +21,15 @@ from ._auth import authenticate
 from ._config import Endpoint, EndpointResolver, SshOptions, parse_target
 from ._hostkeys import HostKeyChecker
 
-__all__ = ["Dialer", "SshConnection", "Transports"]
+__all__ = ["TRANSPORT_ERRORS", "Dialer", "SshConnection", "Transports", "connection_lost"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _MAX_JUMPS = 8
 _KEEPALIVE_S = 15
 _Sock = Union[socket.socket, paramiko.Channel, paramiko.ProxyCommand]
+# what paramiko raises when the connection fails under a call
+TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass
@@ -147,7 +149,7 @@ class Dialer:
                 ("127.0.0.1", 0),
                 timeout=self._options.connect_timeout,
             )
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise TargetError(
                 f"jump host {hop} could not connect to {endpoint.hostname}:{endpoint.port} for {self._host}: {exc}",
                 host=self._host,
@@ -183,7 +185,7 @@ class Dialer:
             # returns quietly when the timeout passes first: the key fetch below then fails
             transport.start_client(timeout=timeout)
             return transport.get_remote_server_key()
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             where = f"{endpoint.alias} ({endpoint.hostname}:{endpoint.port})"
             if time.monotonic() - started >= timeout * 0.9:
                 raise TargetError(

@@ -19,7 +19,7 @@ from ..._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
 from .. import _shell
 from ._channel import ScriptChannel
 from ._config import SshOptions
-from ._connection import SshConnection
+from ._connection import TRANSPORT_ERRORS, SshConnection
 
 __all__ = ["SshTraceStream", "StreamReaders"]
 
@@ -27,7 +27,6 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 
 _STREAM_CHUNK = 1 << 20  # at most this much per SshTraceStream.read
 _RECV_CHUNK = 65536
-_TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 class StreamReaders:
@@ -61,7 +60,7 @@ class StreamReaders:
             chan.shutdown_write()
             chan.settimeout(timeout)
             head = _first_line(chan, time.monotonic() + timeout)
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             self._connection.drop()
             raise self._connection.lost(f"opening the stream of {path}", str(exc) or type(exc).__name__) from None
         line, _, early = head.partition(b"\n")
@@ -153,7 +152,7 @@ class SshTraceStream:
                 if not more:
                     break
                 data += more
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._readers.lost(f"streaming {self.path}", str(exc) or type(exc).__name__) from None
         return self._decoder.decode(bytes(data))
 
