@@ -303,12 +303,14 @@ def test_every_command_and_its_options_are_in_the_reference() -> None:
             assert names(page, option), f"cli.md does not describe pytest-ktrace {command} {option}"
 
 
-def test_every_public_name_is_in_the_api_page_and_every_error_is_explained() -> None:
+def test_every_public_name_is_in_the_api_pages_and_every_error_is_explained() -> None:
     import pytest_ktrace
+    import pytest_ktrace.backends
 
-    rendered = set(re.findall(r"^::: pytest_ktrace\.(\w+)$", reference("api.md"), re.MULTILINE))
-    missing = sorted(set(pytest_ktrace.__all__) - rendered)
-    assert not missing, f"docs/reference/api.md renders no '::: pytest_ktrace.NAME' for {missing}"
+    for module, page in ((pytest_ktrace, "api.md"), (pytest_ktrace.backends, "api-backends.md")):
+        rendered = set(re.findall(rf"^::: {re.escape(module.__name__)}\.(\w+)$", reference(page), re.MULTILINE))
+        missing = sorted(set(module.__all__) - rendered)
+        assert not missing, f"docs/reference/{page} renders no '::: {module.__name__}.NAME' for {missing}"
     errors = reference("errors.md")
     for name in pytest_ktrace.__all__:
         value = getattr(pytest_ktrace, name)
