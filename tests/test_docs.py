@@ -1,5 +1,6 @@
 """The examples of the docs site (``docs/**/*.md``) and of ``README.md`` run as tests, so the docs cannot rot; and
-the reference pages name every option, ini key, marker argument, fixture and command the plugin has.
+the reference pages name every option, ini key, marker argument, fixture, command, public name and error the
+plugin has, so the reference cannot fall behind.
 
 How a page marks its examples (the convention every page follows):
 
