@@ -112,6 +112,7 @@ class ProbeView:
 
     @property
     def events(self) -> list[Event]:
+        """The probe's events, in trace order (a ``where()`` view: those that match)."""
         return list(self._observation().events)
 
     @property
@@ -122,12 +123,14 @@ class ProbeView:
 
     @property
     def called(self) -> bool:
+        """Whether the probe fired at least once."""
         __tracebackhide__ = True
         seen = self._observation()
         return bool(seen.events) or self._exact(seen, "called") > 0
 
     @property
     def return_values(self) -> list[Any]:
+        """The return values a return probe recorded, one per event (its ``$retval`` field)."""
         ret = self._return_field()
         return [event.fields.get(ret) for event in self._observation().events]
 
@@ -216,12 +219,14 @@ class ProbeView:
 
     # ---------------------------------------------------------- assertions
     def assert_called(self) -> None:
+        """The probe fired at least once."""
         __tracebackhide__ = True
         seen = self._observation()
         if not seen.events and not self._exact(seen, "assert_called"):
             self._fail(f"Expected {self.spec.display} to have been called.", seen)
 
     def assert_not_called(self) -> None:
+        """The probe never fired."""
         __tracebackhide__ = True
         seen = self._counted()
         if seen.events:
@@ -232,10 +237,12 @@ class ProbeView:
             self._fail(f"Expected {self.spec.display} not to have been called. Called {seen.count} times.", seen)
 
     def assert_called_once(self) -> None:
+        """The probe fired exactly once."""
         __tracebackhide__ = True
         self.assert_call_count(1)
 
     def assert_call_count(self, count: int) -> None:
+        """The probe fired exactly ``count`` times (exact in stream mode too, where only recent events are kept)."""
         __tracebackhide__ = True
         if isinstance(count, bool) or not isinstance(count, int):
             raise KtraceError(
@@ -266,6 +273,8 @@ class ProbeView:
             )
 
     def assert_called_once_with(self, **expected: Any) -> None:
+        """The probe fired exactly once, and that event holds ``expected`` (field values or matchers such as
+        ``ANY``; the task as ``task_pid``/``task_comm``/``task_cpu``)."""
         __tracebackhide__ = True
         seen = self._counted()
         actual = self._exact(seen, "assert_called_once_with")
@@ -330,6 +339,7 @@ class ProbeView:
         raise AssertionError("\n".join(lines))
 
     def assert_any_call(self, **expected: Any) -> None:
+        """At least one event holds ``expected`` (as in :meth:`assert_called_once_with`)."""
         __tracebackhide__ = True
         seen = self._observation()
         if not any(not mismatches(expected, event.named()) for event in seen.events):
@@ -387,6 +397,7 @@ class ProbeView:
             self._fail_evicted(f"assert_returned({describe_expected(value)})", seen)
 
     def assert_any_return(self, value: Any) -> None:
+        """At least one return event returned ``value`` (a value or a matcher)."""
         __tracebackhide__ = True
         ret = self._return_field()
         seen = self._observation()

@@ -45,12 +45,14 @@ class Event:
 
     @property
     def full_name(self) -> str:
+        """``system:name``, as ``available_events`` lists the event."""
         return f"{self.system}:{self.name}"
 
     def __getitem__(self, key: str) -> FieldValue:
         return self.fields[key]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """A field's value, like ``dict.get``."""
         return self.fields.get(key, default)
 
     def value(self, key: str) -> Any:

@@ -116,10 +116,12 @@ class TraceSession:
     # ------------------------------------------------------------------ target
     @property
     def target(self) -> TargetInfo:
+        """What the target is: name, kernel release, arch, tracefs path, features."""
         return self.backend.describe()
 
     @property
     def arch(self) -> str:
+        """The target's arch as the plugin names it (``x86_64``, ``arm64``, ``riscv``)."""
         return normalize_arch(self.target.arch)
 
     @property
@@ -324,6 +326,7 @@ class TraceSession:
 
     @property
     def runs(self) -> list[RunResult]:
+        """Every command :meth:`run` ran in this test, in order."""
         return list(self._runs)
 
     # ------------------------------------------------------------------ perf

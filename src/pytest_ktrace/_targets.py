@@ -1,4 +1,5 @@
-"""Which target a test runs against, resolved from marker > command line > ini, and per-run backend state."""
+"""Which target a test runs against, resolved from marker > ``ktrace_config`` fixture > command line > ini, and
+per-run backend state."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""pytest entry point (``pytest11``): options, ini keys, markers, the ``ktrace`` fixture, header and summary.
+"""pytest entry point (``pytest11``): options, ini keys, markers, the fixtures (``ktrace_config`` -> ``ktrace_target``
+-> ``ktrace``, see ``_fixtures``), and the hooks that hand reports to ``report/``.
 
 Loading this module costs next to nothing: what tracing needs (sessions, parsers, BTF, reports, backends) is
 imported when the first test uses it, and no target is reached before then. A run with no ktrace test, or

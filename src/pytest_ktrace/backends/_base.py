@@ -52,11 +52,15 @@ class Read:
 
 @dataclass(frozen=True)
 class Mkdir:
+    """Create a directory below tracefs (an instance: ``instances/NAME``)."""
+
     path: str
 
 
 @dataclass(frozen=True)
 class Rmdir:
+    """Remove a directory below tracefs (an instance)."""
+
     path: str
 
 

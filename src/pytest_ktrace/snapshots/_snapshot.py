@@ -427,7 +427,7 @@ def _data_dir() -> Path:
 
 
 def shipped_snapshots() -> dict[str, Path]:
-    """Shipped snapshot name -> its file (``pytest_ktrace/fake/data/NAME.json.gz``), sorted by name."""
+    """Shipped snapshot name -> its file (``pytest_ktrace/snapshots/data/NAME.json.gz``), sorted by name."""
     directory = _data_dir()
     if not directory.is_dir():
         return {}
