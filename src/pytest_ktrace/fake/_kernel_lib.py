@@ -203,7 +203,11 @@ def simple_strtoul(text: str, start: int) -> tuple[int, int]:
 
 def kstrtoul_from_user(data: str, base: int = 10) -> int:
     """kstrtoul_from_user(): the number in a write of ``data`` (only its first 66 bytes are looked at, up to a
-    NUL); raises :class:`KstrtoxError`."""
+    NUL); raises :class:`KstrtoxError`.
+
+    One difference from the kernel is kept for now: digits that overflow and are followed by other characters
+    are EINVAL here, ERANGE in the kernel (:func:`kstrtoull` checks the overflow first, as the kernel does).
+    """
     raw = data.encode("utf-8", "surrogateescape")[:_KSTRTOUL_FROM_USER_BYTES].split(b"\0", 1)[0]
     text = raw.decode("latin-1")
     if text.endswith("\n"):
