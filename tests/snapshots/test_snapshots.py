@@ -92,7 +92,12 @@ def test_local_snapshot_symbols(local_snapshot: KernelSnapshot) -> None:
 def test_local_snapshot_events(local: LocalBackend, local_snapshot: KernelSnapshot) -> None:
     tracefs = Path(local.describe().tracefs)
     available = parse_available_events((tracefs / "available_events").read_text())
-    assert set(local_snapshot.events) == set(available)
+
+    def kernel_own(events: object) -> set[str]:
+        # probes of other pytest-ktrace runs (xdist workers) come and go while the snapshot is taken
+        return {event for event in events if not event.startswith("ktrace_")}  # type: ignore[attr-defined]
+
+    assert kernel_own(local_snapshot.events) == kernel_own(available)
     switch = (tracefs / "events/sched/sched_switch/format").read_text()
     assert local_snapshot.events["sched/sched_switch"] == switch
     assert "field:char prev_comm[16]" in switch
