@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_btf import BtfWriter
 
 from pytest_ktrace import UnsupportedFetchArg
 from pytest_ktrace._identity import RunIdentity
@@ -53,7 +54,6 @@ from pytest_ktrace.recording._cassette import Cassette, StaleCassette
 from pytest_ktrace.recording._player import Player
 from pytest_ktrace.recording._recorder import RecordingBackend
 from pytest_ktrace.snapshots._snapshot import load_snapshot
-from test_btf import BtfWriter
 
 pytest_plugins = ["pytester"]
 
