@@ -172,6 +172,8 @@ def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[Tra
         lost_policy=settings.lost,
         stream=settings.stream,
         keep_events=settings.keep,
+        kernel_log=settings.kernel_log,
+        kernel_log_allow=request.config.getini("ktrace_kernel_log_allow"),
     )
     request.node.stash[SESSION_KEY] = session
     state.live.add(session)
@@ -198,3 +200,9 @@ def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[Tra
                 + "\n  ".join(report.failures),
                 pytrace=False,
             )
+        if report.inspected:
+            message = "pytest-ktrace (at teardown, since the test's last look): " + "\n".join(report.inspected)
+            if settings.kernel_log == "warn":
+                warnings.warn(pytest.PytestWarning(message), stacklevel=1)
+            else:
+                pytest.fail(message, pytrace=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from ._collection import TraceCollector
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import Event
 from ._identity import RunIdentity
+from ._kernel_log import CONSOLE_EVENT, KernelLog, LogLine, lines_of
 from ._matchers import ANY
 from ._parse import FormatCatalog, ParsedTrace, parse_format
 from ._perf import PerfStat, Profile, UnsupportedPolicy
@@ -44,10 +46,21 @@ __all__ = ["Scope", "TeardownReport", "TraceSession"]
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 Scope = Literal["all", "run"]
+_CONSOLE = ProbeSpec("tracepoint", *CONSOLE_EVENT, "", display="printk:console")
 _NOTHING_RAN = (
     "nothing ran since the probes were armed: trigger the code with ktrace.run(...), "
     "or wait for asynchronous events with ktrace.wait_for(...)"
 )
+
+
+def _allow_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise KtraceError(f"ktrace_kernel_log_allow: {pattern!r} is not a regular expression: {exc}") from None
+    return tuple(compiled)
 
 
 @dataclass
@@ -80,6 +93,8 @@ class TraceSession:
         stream: bool = False,
         keep_events: int = DEFAULT_KEEP,
         sync_stall_s: float = 30.0,
+        kernel_log: str = "fail",
+        kernel_log_allow: Sequence[str] = (),
     ) -> None:
         if keep_events < 1:
             raise KtraceError(f"keep_events={keep_events!r}: at least 1 event per probe must be kept")
@@ -112,6 +127,8 @@ class TraceSession:
         self._runs: list[RunResult] = []
         self._tracing_started = scope == "all"
         self._artifacts: list[Artifact] = []
+        self._log = KernelLog(kernel_log, allowed=_allow_patterns(kernel_log_allow))
+        self._log.source = lambda: self._current().of(*CONSOLE_EVENT)
 
     # ------------------------------------------------------------------ target
     @property
@@ -223,12 +240,17 @@ class TraceSession:
         """Define, filter and enable every probe not yet armed, in one batch."""
         self._check_open("arm()")
         pending = [probe for probe in self._probes if not probe.armed]
+        specs = [probe.spec for probe in pending]
+        if not self._instance.planned and self._log.policy != "off" and self.target.has("printk_console"):
+            specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
+            self._log.captured = True
+            self.ledger.read_first(Read(f"{self.instance_path}/trace"), self._last_look)
         if self._instance.planned and not pending:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
         plan = plan_arm(
-            [probe.spec for probe in pending],
+            specs,
             instance=self.instance_path,
             state=self._instance,
             features=self.target.features,
@@ -248,15 +270,15 @@ class TraceSession:
             # a running pump parses nothing until the new probes' formats are known (else their first events
             # would be parsed untyped and missed)
             if pump is not None:
-                for probe in pending:
-                    pump.add_probe((probe.spec.group, probe.spec.event))
+                for spec in specs:
+                    pump.add_probe((spec.group, spec.event))
             results = self.backend.apply(plan.ops, stop_on_error=True)
             for probe in pending:
                 probe.armed = True
             self._dirty = True
             self._learn(results)
         if results and not results[-1].ok:
-            explain_arm_failure(self.backend, results[-1], [probe.spec for probe in pending])
+            explain_arm_failure(self.backend, results[-1], specs)
         self._aggregates.check_fields()
         if self._stream_mode is not None and self._stream_mode.pump is None:
             self._start_stream()
@@ -271,7 +293,8 @@ class TraceSession:
 
     def _start_stream(self) -> None:
         assert self._stream_mode is not None
-        self._stream_mode.start([(probe.spec.group, probe.spec.event) for probe in self._probes])
+        keys = [(probe.spec.group, probe.spec.event) for probe in self._probes]
+        self._stream_mode.start([*keys, CONSOLE_EVENT] if self._log.captured else keys)
 
     # -------------------------------------------------------------- running
     def run(
@@ -403,8 +426,46 @@ class TraceSession:
 
     @property
     def events(self) -> list[Event]:
-        """Every event of this test, in trace order."""
-        return list(self._current().events)
+        """Every event of this test, in trace order (the kernel log is :attr:`kernel_log`, not events, unless the
+        test asked for ``printk:console`` itself)."""
+        events = self._current().events
+        if not self._log.captured or any(probe.spec.display == _CONSOLE.display for probe in self._probes):
+            return list(events)
+        return [event for event in events if (event.system, event.name) != CONSOLE_EVENT]
+
+    # ------------------------------------------------------------ kernel log
+    @property
+    def kernel_log(self) -> KernelLog:
+        """The lines the kernel printed while this test traced (``printk:console`` in its instance), its splats,
+        and ``expect()`` for a splat the test provokes on purpose."""
+        if not self.ledger.done:
+            self.arm()  # the log is captured from the first arming on: it knows then whether the target has it
+        return self._log
+
+    def kernel_log_lines(self, parsed: ParsedTrace) -> list[LogLine]:
+        """The kernel log in ``parsed`` (a trace this test already read), for reports."""
+        return lines_of(parsed.of(*CONSOLE_EVENT)) if self._log.captured else []
+
+    def check_kernel_log(self) -> None:
+        """After the test's body: fail (or warn) for a splat in what the test already read, without reading."""
+        __tracebackhide__ = True
+        if not self._log.captured:
+            return
+        stream = self._stream_mode
+        if stream is not None:
+            parsed = stream.snapshot() if stream.pump is not None else None
+        else:
+            parsed = self._collector.parsed
+        if parsed is not None:
+            self._log.update(parsed.of(*CONSOLE_EVENT))
+        self._log.verdict(final=True, when="after the test")
+
+    def _last_look(self, result: OpResult) -> list[str]:
+        """The teardown batch's read of the trace: splats printed after the test's last look."""
+        if self._stream_mode is not None or not result.ok:
+            return []
+        self._log.update(self._collector.take(result.data).of(*CONSOLE_EVENT))
+        return self._log.problems(final=False)
 
     @property
     def trace_text(self) -> str:

@@ -40,11 +40,13 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "stream": ("ktrace_stream", "ktrace_stream", False, "bool"),
     "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
     "strict": ("ktrace_strict", "ktrace_strict", False, "bool"),
+    "kernel_log": ("ktrace_kernel_log", "ktrace_kernel_log", "fail", "str"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
 FLAMEGRAPH_MODES = ("none", "failed", "all")
 LOST_POLICIES = ("fail", "warn")
+KERNEL_LOG_POLICIES = ("fail", "warn", "off")
 VM_ARCHES = ("x86_64", "arm64")
 DEFAULT_CLEAN_AFTER_S = 6 * 3600.0  # a run whose heartbeat is older is dead: no test runs this long without one
 
@@ -84,6 +86,7 @@ class TestSettings:
     stream: bool = False  # events streamed from trace_pipe into bounded memory
     keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
     strict: bool = False  # an unmet ktrace_requires fails the test instead of skipping it
+    kernel_log: str = "fail"  # what a kernel splat during the test does: fail it, warn, or nothing (off)
 
 
 MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
@@ -175,6 +178,10 @@ def validate_marker(
         raise pytest.UsageError(f"{nodeid}: {source}(scope={kwargs['scope']!r}): use 'all' or 'run'")
     if "keep" in kwargs and not (isinstance(kwargs["keep"], int) and kwargs["keep"] >= 1):
         raise pytest.UsageError(f"{nodeid}: {source}(keep={kwargs['keep']!r}): use an int >= 1")
+    if "kernel_log" in kwargs and kwargs["kernel_log"] not in KERNEL_LOG_POLICIES:
+        raise pytest.UsageError(
+            f"{nodeid}: {source}(kernel_log={kwargs['kernel_log']!r}): use one of {', '.join(KERNEL_LOG_POLICIES)}"
+        )
     if "vm" in kwargs and kwargs["vm"] not in VM_ARCHES:
         raise pytest.UsageError(f"{nodeid}: {source}(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}")
 
@@ -218,6 +225,10 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         raise pytest.UsageError(f"pytest-ktrace: lost={values['lost']!r} must be 'fail' or 'warn'")
     if values["keep"] < 1:
         raise pytest.UsageError(f"pytest-ktrace: keep_events={values['keep']!r} must be at least 1")
+    if values["kernel_log"] not in KERNEL_LOG_POLICIES:
+        raise pytest.UsageError(
+            f"pytest-ktrace: kernel_log={values['kernel_log']!r} must be one of {', '.join(KERNEL_LOG_POLICIES)}"
+        )
     return TestSettings(
         target,
         values["scope"],
@@ -228,6 +239,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         stream=bool(values["stream"]),
         keep=values["keep"],
         strict=bool(values["strict"]),
+        kernel_log=str(values["kernel_log"]),
     )
 
 

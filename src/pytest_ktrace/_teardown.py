@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ._errors import ConnectionLost
-from .backends._base import Backend, Op, Read, Write
+from .backends._base import Backend, Op, OpResult, Read, Write
 from .backends._features import MOUNT_HINT
 
 __all__ = ["STAGES", "Stage", "TeardownLedger", "TeardownReport"]
@@ -31,6 +31,7 @@ class TeardownReport:
 
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a warning, not a failure
+    inspected: list[str] = field(default_factory=list)  # what the last look (read_first) found wrong
     deferred: str = ""  # why teardown was handed to the backend for its next connection
 
     def __bool__(self) -> bool:
@@ -44,6 +45,7 @@ class TeardownLedger:
         self.backend = backend
         self._stages: dict[Stage, list[Op]] = {stage: [] for stage in STAGES}
         self._stoppers: list[Callable[[], list[str]]] = []
+        self._looks: list[tuple[Read, Callable[[OpResult], list[str]]]] = []
         self._created: set[str] = set()
         self.done = False
 
@@ -55,6 +57,11 @@ class TeardownLedger:
         """Something on this side that holds the target's objects (a stream reader): stopped before any
         tracefs stage; returns the problems it met. It may raise :class:`ConnectionLost`."""
         self._stoppers.append(stop)
+
+    def read_first(self, op: Read, look: Callable[[OpResult], list[str]]) -> None:
+        """A last look before anything is undone (the trace, for what the kernel printed since the test's last
+        read), in the same batch as the undo: ``look`` gets the result and returns what it found wrong."""
+        self._looks.append((op, look))
 
     def created(self, event: str) -> None:
         """A dynamic event (``group/event``) the kernel accepted: if it is gone at teardown, someone else
@@ -82,10 +89,14 @@ class TeardownLedger:
         ops = self.ops()
         if not ops:
             return report
+        looks = [op for op, _ in self._looks]
         try:
-            results = self.backend.apply(ops)
+            results = self.backend.apply([*looks, *ops])
         except ConnectionLost as exc:
             return self._defer(report, exc)
+        for (_, look), result in zip(self._looks, results):
+            report.inspected.extend(look(result))
+        results = results[len(looks) :]
         vanished = False
         for result in results:
             if result.errno_name == "ENOENT":

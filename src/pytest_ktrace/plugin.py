@@ -20,6 +20,7 @@ from ._identity import RunIdentity
 from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 from ._targets import (
     FLAMEGRAPH_MODES,
+    KERNEL_LOG_POLICIES,
     LOST_POLICIES,
     SCOPES,
     VM_ARCHES,
@@ -96,6 +97,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=LOST_POLICIES,
     )
     option(
+        "ktrace-kernel-log",
+        "a WARNING, BUG, Oops, KASAN/UBSAN/KFENCE, lockdep, RCU stall or hung task printed while a test runs: "
+        "fail the test (fail, the default), warn, or do not capture the kernel log (off)",
+        metavar="POLICY",
+        choices=KERNEL_LOG_POLICIES,
+    )
+    option(
         "ktrace-stream",
         "stream each test's events from trace_pipe into bounded memory (long, busy tests)",
         "bool",
@@ -153,6 +161,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "ktrace-json",
         "write FILE: per ktrace test its target, probe definitions, event counts, lost events and outcome (JSON)",
         metavar="FILE",
+    )
+    parser.addini(
+        "ktrace_kernel_log_allow",
+        "kernel splats any test may print (one regular expression per line, searched in the splat's lines)",
+        type="linelist",
+        default=[],
     )
     parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
@@ -299,6 +313,14 @@ def ktrace(request: pytest.FixtureRequest, ktrace_target: Target) -> Generator[T
 
     with open_session(request, ktrace_target) as session:
         yield session
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """After the test's body: a kernel splat in what the test read fails it (``--ktrace-kernel-log``)."""
+    session = item.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.check_kernel_log()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -17,6 +17,7 @@ FEATURE_FILES: Mapping[str, str] = {
     "fields": "options/fields",
     "set_event_pid": "set_event_pid",
     "error_log": "error_log",
+    "printk_console": "events/printk/console",  # the kernel log, read as an event of the test's instance
 }
 
 

@@ -115,7 +115,9 @@ class FakeBackend:
             release=self.snapshot.release,
             arch=self.snapshot.arch,
             tracefs=_ROOT,
-            features=frozenset(self.snapshot.features),
+            # snapshots list the features their files show; the kernel log event is in every snapshot's events
+            features=frozenset(self.snapshot.features)
+            | ({"printk_console"} if self.snapshot.has_event("printk:console") else set()),
         )
 
     # ---------------------------------------------------------------- replay

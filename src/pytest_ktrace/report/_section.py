@@ -47,6 +47,7 @@ WORKER_INPUT_KEY = "ktrace_report_dir"  # xdist workerinput: the directory the c
 SECTION = "ktrace trace"
 _SECTION_TRACE_LINES = 400
 _TIMELINE_LINES = 60
+_KERNEL_LOG_LINES = 40
 _LONGREPR_CHARS = 20_000
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -140,6 +141,7 @@ class Capture:
     lost: Mapping[int, int] = field(default_factory=dict)
     probes: Sequence[tuple[ProbeSpec, Optional[int]]] = ()  # (definition, events seen; None if unknown)
     artifacts: Sequence[Artifact] = ()
+    kernel_log: Sequence[str] = ()  # what the kernel printed while the test traced, one line each
 
     def timeline(self) -> Timeline:
         return build_timeline(self.events, [spec for spec, _ in self.probes])
@@ -159,6 +161,7 @@ def capture(session: TraceSession) -> Capture:
     try:
         parsed = session.collect()
         found.trace_text = session.trace_text
+        found.kernel_log = [str(line) for line in session.kernel_log_lines(parsed)]
         found.events = list(parsed.events)
         found.lost = dict(parsed.lost)
     except Exception as exc:
@@ -196,11 +199,20 @@ def failure_section(found: Capture) -> str:
     if not lines:
         return "\n".join([*header, "(no events recorded)"])
     timeline = render_timeline(found.timeline(), max_lines=_TIMELINE_LINES)
+    log: list[str] = []
+    if found.kernel_log:
+        kept, count = found.kernel_log[-_KERNEL_LOG_LINES:], len(found.kernel_log)
+        heading = (
+            f"kernel log ({_plural(count, 'line')}):"
+            if count == len(kept)
+            else f"kernel log (the last {len(kept)} of {count} lines):"
+        )
+        log = [heading, *(f"  {line}" for line in kept)]
     title = f"raw trace ({_plural(len(lines), 'line')}):"
     if len(lines) > _SECTION_TRACE_LINES:
         title = f"raw trace (the last {_SECTION_TRACE_LINES} of {len(lines)} lines):"
         lines = [f"... {len(lines) - _SECTION_TRACE_LINES} earlier lines omitted ...", *lines[-_SECTION_TRACE_LINES:]]
-    return "\n".join([*header, timeline, title, *lines])
+    return "\n".join([*header, timeline, *log, title, *lines])
 
 
 # --------------------------------------------------------------------------------------- per-test report files
