@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     __version__: str
     from ._assertions import ProbeView
     from ._events import Event
+    from ._kernel_log import KernelLog
     from ._matchers import ANY
     from ._session import TraceSession
     from ._targets import TargetSpec
@@ -90,6 +91,7 @@ _BACKEND_NAMES = (
 _LAZY = {
     "ANY": "._matchers",
     "Event": "._events",
+    "KernelLog": "._kernel_log",
     "ProbeView": "._assertions",
     "StaleCassette": ".recording._cassette",
     "TargetSpec": "._targets",
@@ -117,6 +119,7 @@ __all__ = [
     "FileFetching",
     "Imitating",
     "Injecting",
+    "KernelLog",
     "KtraceError",
     "MissingBinary",
     "MissingTool",
