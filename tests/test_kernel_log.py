@@ -236,3 +236,44 @@ def test_the_fake_captures_the_log_like_the_kernel(pytester: pytest.Pytester) ->
     result = pytester.runpytest(*QUIET, *FAKE)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*the kernel printed a WARNING during this test:*", "* modprobe-*: WARNING: CPU: 1*"])
+
+
+def test_a_taint_change_is_a_problem_unless_expected() -> None:
+    from pytest_ktrace._kernel_log import TAINT_READ
+    from pytest_ktrace.backends._base import OpResult
+
+    log = KernelLog("fail", captured=True)
+    log.note_taint(OpResult(TAINT_READ, ok=True, data="4096\n"))
+    log.note_taint(OpResult(TAINT_READ, ok=True, data=f"{4096 | 512}\n"))
+    assert log.problems(final=False) == [
+        "the kernel's taint changed during this test: O -> WO (W: a WARNING was issued)"
+    ]
+    assert log.problems(final=False) == []  # once
+    expecting = KernelLog("fail", captured=True)
+    expecting.expect_taint("OE")
+    expecting.note_taint(OpResult(TAINT_READ, ok=True, data="0"))
+    expecting.note_taint(OpResult(TAINT_READ, ok=True, data="12288"))
+    assert expecting.problems(final=True) == []
+    unreadable = KernelLog("fail", captured=True)
+    unreadable.note_taint(OpResult(TAINT_READ, ok=True, data=""))  # a target without the file: no check
+    unreadable.note_taint(OpResult(TAINT_READ, ok=True, data="512"))
+    assert unreadable.problems(final=False) == []
+
+
+def test_the_fake_models_taint(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_fake_taint="""
+        def test_taints(ktrace, ktrace_target):
+            ktrace.kernel_log  # the test starts tracing: its starting taint is read with the first batch
+            ktrace_target.backend.taint |= 512
+
+        def test_taints_on_purpose(ktrace, ktrace_target):
+            ktrace.kernel_log.expect_taint("O")  # the fake is the run's: W is set already, O is new
+            ktrace_target.backend.taint |= 4096
+        """
+    )
+    result = pytester.runpytest(*QUIET, *FAKE)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*at teardown, since the test's last look*: the kernel's taint changed during this test: G -> W (W: *"]
+    )

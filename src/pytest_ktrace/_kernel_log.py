@@ -28,10 +28,12 @@ import pytest
 
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import Event
+from .backends._base import OpResult, Read
 
 __all__ = [
     "CONSOLE_EVENT",
     "KERNEL_LOG_POLICIES",
+    "TAINT_READ",
     "KernelLog",
     "LogLine",
     "Splat",
@@ -42,6 +44,8 @@ __all__ = [
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 CONSOLE_EVENT = ("printk", "console")
+# read with the first batch, with each command's trace and at teardown: a taint that changed during the test
+TAINT_READ = Read("/proc/sys/kernel/tainted", missing_ok=True)
 KERNEL_LOG_POLICIES: tuple[str, ...] = ("fail", "warn", "off")
 
 # (kind, where the report starts): the first pattern that matches a line names the splat. More specific patterns
@@ -71,6 +75,28 @@ _SPLAT_LINES = 12  # shown per splat: enough for the location, the modules, the 
 
 # /proc/sys/kernel/tainted bits, as kernel/panic.c's taint_flags names them
 _TAINT_LETTERS = "PFSRMBUDAWCIOELKXTNJ"
+_TAINT_MEANING = {
+    "P": "proprietary module",
+    "F": "module force-loaded",
+    "S": "kernel running on an out-of-spec system",
+    "R": "module force-unloaded",
+    "M": "machine check",
+    "B": "bad page",
+    "U": "taint requested by user space",
+    "D": "kernel died (an Oops or BUG)",
+    "A": "ACPI table overridden",
+    "W": "a WARNING was issued",
+    "C": "staging driver loaded",
+    "I": "firmware bug worked around",
+    "O": "out-of-tree module loaded",
+    "E": "unsigned module loaded",
+    "L": "soft lockup",
+    "K": "kernel live-patched",
+    "X": "auxiliary taint",
+    "T": "built with struct randomization",
+    "N": "in-kernel test run",
+    "J": "fwctl's mutating debug interface used",
+}
 
 
 def taint_letters(mask: int) -> str:
@@ -184,6 +210,10 @@ class KernelLog:
     _lines: list[LogLine] = field(default_factory=list)
     _expected: list[_Expectation] = field(default_factory=list)
     _reported: int = 0  # splats already reported (the call phase, then teardown the rest)
+    taint_start: Optional[int] = None  # /proc/sys/kernel/tainted when the test started tracing
+    taint_now: Optional[int] = None  # ... as last read
+    _taint_expected: int = 0  # taint bits the test expects to appear
+    _taint_reported: int = 0
 
     def __post_init__(self) -> None:
         if self.policy not in KERNEL_LOG_POLICIES:
@@ -246,6 +276,25 @@ class KernelLog:
             shown = "\n".join(f"    {line}" for line in found[:5])
             raise AssertionError(f"the kernel printed {len(found)} line(s) matching {compiled.pattern!r}:\n{shown}")
 
+    def expect_taint(self, letters: str) -> None:
+        """This test taints the kernel on purpose (e.g. ``"OE"`` for loading an unsigned out-of-tree module):
+        those letters appearing do not fail it."""
+        self._check_captured("expect_taint()")
+        unknown = sorted(set(letters) - set(_TAINT_LETTERS))
+        if not isinstance(letters, str) or unknown:
+            raise KtraceError(f"kernel_log.expect_taint({letters!r}): taint letters are {_TAINT_LETTERS}")
+        for letter in letters:
+            self._taint_expected |= 1 << _TAINT_LETTERS.index(letter)
+
+    def note_taint(self, result: OpResult) -> None:
+        """A read of ``/proc/sys/kernel/tainted`` (the first is the test's starting point)."""
+        text = result.data.strip() if result.ok else ""
+        if not text.isdigit():
+            return  # not readable on this target: no taint check
+        if self.taint_start is None:
+            self.taint_start = int(text)
+        self.taint_now = int(text)
+
     def _check_captured(self, what: str) -> None:
         if not self.captured:
             why = (
@@ -270,6 +319,7 @@ class KernelLog:
                 continue
             shown = "\n".join(f"    {line}" for line in splat.lines)
             problems.append(f"the kernel printed a {splat.kind} during this test:\n{shown}")
+        problems.extend(self._taint_problems())
         if final:
             for expectation in self._expected:
                 if not expectation.seen:
@@ -277,6 +327,19 @@ class KernelLog:
                         f"kernel_log.expect({expectation.pattern.pattern!r}): the kernel printed no such splat"
                     )
         return problems
+
+    def _taint_problems(self) -> list[str]:
+        if self.taint_start is None or self.taint_now is None:
+            return []
+        new = self.taint_now & ~self.taint_start & ~self._taint_expected & ~self._taint_reported
+        if not new:
+            return []
+        self._taint_reported |= new
+        meaning = ", ".join(f"{letter}: {_TAINT_MEANING.get(letter, '?')}" for letter in taint_letters(new))
+        return [
+            f"the kernel's taint changed during this test: {taint_letters(self.taint_start)} -> "
+            f"{taint_letters(self.taint_now)} ({meaning})"
+        ]
 
     def _allowed(self, splat: Splat) -> bool:
         for expectation in self._expected:

@@ -27,7 +27,7 @@ from ._collection import TraceCollector
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import Event
 from ._identity import RunIdentity
-from ._kernel_log import CONSOLE_EVENT, KernelLog, LogLine, lines_of
+from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
 from ._matchers import ANY
 from ._parse import FormatCatalog, ParsedTrace, parse_format
 from ._perf import PerfStat, Profile, UnsupportedPolicy
@@ -245,6 +245,7 @@ class TraceSession:
             specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
             self._log.captured = True
             self.ledger.read_first(Read(f"{self.instance_path}/trace"), self._last_look)
+            self.ledger.read_first(TAINT_READ, self._last_taint)
         if self._instance.planned and not pending:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
@@ -259,6 +260,8 @@ class TraceSession:
             buffer_kb=self.buffer_kb,
             scope=self.scope,
         )
+        if _CONSOLE in specs:
+            plan.ops.append(TAINT_READ)  # the kernel's taint when the test starts
         # Recorded before the batch runs: teardown undoes it even if the batch dies half way.
         self.ledger.join("disable", plan.disables)
         if plan.state.planned and not self._instance.planned:
@@ -290,6 +293,8 @@ class TraceSession:
                 self._catalog.add(parse_format(result.data, result.op.path.split("/")[1]))
             elif result.ok and isinstance(result.op, Write) and result.op.path.endswith("_events"):
                 self.ledger.created(result.op.data.split(" ", 1)[0].split(":", 1)[1])
+            elif result.op == TAINT_READ:
+                self._log.note_taint(result)
 
     def _start_stream(self) -> None:
         assert self._stream_mode is not None
@@ -322,19 +327,22 @@ class TraceSession:
                 pid_files.append(f"{self.instance_path}/tracing_on")
         # the trace comes back with the command (stream mode: a sync marker is written): no extra round trip
         stream = self._stream_mode
-        after: Op = stream.marker_op() if stream is not None else Read(f"{self.instance_path}/trace")
+        after: list[Op] = [stream.marker_op() if stream is not None else Read(f"{self.instance_path}/trace")]
+        if self._log.captured:
+            after.append(TAINT_READ)
         words, pid_files = self._perf.wrap(words, pid_files)
         result = self.backend.run(
             words,
             timeout=self.run_timeout if timeout is None else timeout,
             pid_files=pid_files,
             stdin=stdin,
-            after=[after],
+            after=after,
         )
         result = self._perf.unwrap(result)
         self._tracing_started = True
         self._runs.append(result)
         collected = result.after[0] if result.after else None
+        self._learn(result.after[1:])
         if stream is not None:
             stream.synced(collected)
             self._dirty = False
@@ -459,6 +467,10 @@ class TraceSession:
         if parsed is not None:
             self._log.update(parsed.of(*CONSOLE_EVENT))
         self._log.verdict(final=True, when="after the test")
+
+    def _last_taint(self, result: OpResult) -> list[str]:
+        self._log.note_taint(result)
+        return self._log.problems(final=False)
 
     def _last_look(self, result: OpResult) -> list[str]:
         """The teardown batch's read of the trace: splats printed after the test's last look."""

@@ -44,7 +44,9 @@ class Write:
 
 @dataclass(frozen=True)
 class Read:
-    """Read a whole tracefs file (``missing_ok``: an absent file reads as an empty success)."""
+    """Read a whole tracefs file (``missing_ok``: an absent file reads as an empty success). A path is relative
+    to tracefs; an absolute one names a file outside it the plugin reads with a batch (``/proc/sys/kernel/tainted``),
+    which every backend answers (the fake from its model, ENOENT for the rest)."""
 
     path: str
     missing_ok: bool = False

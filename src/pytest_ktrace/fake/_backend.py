@@ -95,6 +95,7 @@ class FakeBackend:
     def __init__(self, snapshot: KernelSnapshot, *, cpus: int = 2) -> None:
         self.snapshot = snapshot
         self.tracefs = FakeTracefs(snapshot, cpus=cpus)
+        self.taint = 0  # /proc/sys/kernel/tainted of the imitated kernel
         self.player: Optional[Player] = None
         self._round_trips = 0
         self._next_pid = 40000
@@ -172,6 +173,14 @@ class FakeBackend:
                     self._feed(self.player.recorded_lines(step))
         return self._apply(ops, stop_on_error=stop_on_error)
 
+    def _read_outside_tracefs(self, op: Read) -> OpResult:
+        """The files outside tracefs the plugin reads: the kernel's taint (``taint``, a mask the tests may set)."""
+        if op.path == "/proc/sys/kernel/tainted":
+            return OpResult(op, ok=True, data=f"{self.taint}\n")
+        if op.missing_ok:
+            return OpResult(op, ok=True)
+        return OpResult(op, ok=False, errno_name="ENOENT", error=os.strerror(errno_mod.ENOENT))
+
     def _apply(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
         results: list[OpResult] = []
         for op in ops:
@@ -185,6 +194,8 @@ class FakeBackend:
                 if isinstance(op, Write):
                     self.tracefs.write(op.path, op.data, append=op.append)
                     result = OpResult(op, ok=True)
+                elif isinstance(op, Read) and op.path.startswith("/"):
+                    result = self._read_outside_tracefs(op)
                 elif isinstance(op, Read):
                     if op.missing_ok and not self.tracefs.exists(op.path):
                         result = OpResult(op, ok=True)
