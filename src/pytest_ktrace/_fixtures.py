@@ -111,14 +111,17 @@ def open_target(request: pytest.FixtureRequest, config_values: Mapping[str, Any]
     try:
         yield target
     finally:
+        problem = ""
         try:
             if target.undone:
                 target.tape.finish()
         except KtraceError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc)
         finally:
             for finalizer in reversed(target.finalizers):
                 finalizer()
+        if problem:
+            pytest.fail(problem, pytrace=False)
 
 
 def _reach(

@@ -22,7 +22,7 @@ from ._aggregates import DEFAULT_BUCKETS_US, AggregateSet, CountBy, Histogram, L
 from ._arch import normalize_arch
 from ._arming import InstanceState, plan_arm
 from ._assertions import Observation, ProbeView, assert_latency, assert_order
-from ._checks import check_int, check_seconds, command_argv, type_name
+from ._checks import check_int, check_seconds, check_text, command_argv, type_name
 from ._collection import TraceCollector
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import Event
@@ -38,7 +38,19 @@ from ._rejections import explain_arm_failure
 from ._streaming import DEFAULT_KEEP, StreamMode
 from ._target_files import ElfCopies
 from ._teardown import TeardownLedger, TeardownReport
-from .backends._base import Backend, Injecting, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, Write
+from .backends._base import (
+    Backend,
+    FilePushing,
+    Injecting,
+    Op,
+    OpResult,
+    Read,
+    Remove,
+    Rmdir,
+    RunResult,
+    TargetInfo,
+    Write,
+)
 from .report._artifacts import Artifact, make_artifact
 
 __all__ = ["Scope", "TeardownReport", "TraceSession"]
@@ -127,6 +139,7 @@ class TraceSession:
         self._runs: list[RunResult] = []
         self._tracing_started = scope == "all"
         self._artifacts: list[Artifact] = []
+        self._pushed: list[str] = []  # files push() put on the target, in order
         self._log = KernelLog(kernel_log, allowed=_allow_patterns(kernel_log_allow))
         self._log.source = lambda: self._current().of(*CONSOLE_EVENT)
 
@@ -307,16 +320,17 @@ class TraceSession:
         argv: Union[str, Sequence[str]],
         *,
         timeout: Optional[float] = None,
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         check: bool = False,
     ) -> RunResult:
-        """Run a command on the target with every probe armed; returns its exit status and output."""
+        """Run a command on the target with every probe armed; returns its exit status and output. ``stdin``
+        (text or bytes) is its standard input."""
         __tracebackhide__ = True
         self._check_open("run()")
         words = command_argv(argv)
         check_seconds("run() timeout", timeout, optional=True, zero_ok=False)
-        if stdin is not None and not isinstance(stdin, str):
-            raise KtraceError(f"run() stdin must be a str or None, got {type_name(stdin)}")
+        if stdin is not None and not isinstance(stdin, (str, bytes)):
+            raise KtraceError(f"run() stdin must be a str, bytes or None, got {type_name(stdin)}")
         self.arm()
         pid_files: list[str] = []
         if self.scope == "run":
@@ -354,6 +368,38 @@ class TraceSession:
         if check:
             result.check()
         return result
+
+    def push(self, local: Union[str, os.PathLike[str]], remote: Optional[str] = None, *, mode: int = 0o644) -> str:
+        """Put the local file ``local`` on the target (binary-safe, one transfer) and return its path there:
+        ``remote``, or a name of this test's in ``/tmp``. It is removed after the test; an existing file is never
+        replaced."""
+        self._check_open("push()")
+        if not isinstance(self.backend, FilePushing):
+            raise KtraceError(
+                f"push() needs a backend that can put files on its target (the FilePushing capability), and "
+                f"{self.backend.name} ({type(self.backend).__name__}) has none"
+            )
+        if not isinstance(local, (str, os.PathLike)):
+            raise KtraceError(f"push() local must be a path, got {type_name(local)} {local!r}")
+        try:
+            data = Path(local).read_bytes()
+        except OSError as exc:
+            raise KtraceError(f"push(): cannot read {os.fspath(local)}: {exc.strerror or exc}") from None
+        if remote is None:
+            remote = f"/tmp/{self.instance}-{len(self._pushed) + 1}-{Path(local).name}"
+        check_text("push() remote", remote)
+        if not remote.startswith("/"):
+            raise KtraceError(f"push() remote {remote!r} must be an absolute path on the target")
+        check_int("push() mode", mode, 0, 0o7777)
+        self.arm()  # as run() does: the probes see what the file is used for, and the cassette knows the names
+        self.ledger.join("files", [Remove(remote)])  # before the file exists: a push that dies half way is undone
+        try:
+            self.backend.push_file(data, remote, mode)
+        except FileExistsError:
+            self.ledger.forget("files", Remove(remote))  # not ours: never removed
+            raise KtraceError(f"push(): {remote} already exists on {self.target.name}; it is left alone") from None
+        self._pushed.append(remote)
+        return remote
 
     @property
     def runs(self) -> list[RunResult]:

@@ -3,10 +3,10 @@
 
 Resources join by stage. Stages run in order, because the kernel refuses the later ones while the earlier ones
 still hold: readers of the instance stop first (an open ``trace_pipe`` makes ``rmdir`` EBUSY), enables and
-triggers are turned off (a dynamic event in use cannot be removed: EBUSY), the instance goes, and last the
-dynamic events are removed, each by name (``-:group/event``, never by truncating a control file). The tracefs
-stages travel to the target as one batch; a target that is unreachable gets them as deferred work, applied first
-thing on its next connection.
+triggers are turned off (a dynamic event in use cannot be removed: EBUSY), the instance goes, the dynamic
+events are removed, each by name (``-:group/event``, never by truncating a control file), and last the files the
+test put on the target. The stages travel to the target as one batch; a target that is unreachable gets them as
+deferred work, applied first thing on its next connection.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from .backends._features import MOUNT_HINT
 
 __all__ = ["STAGES", "Stage", "TeardownLedger", "TeardownReport"]
 
-Stage = Literal["disable", "instance", "remove"]
-STAGES: tuple[Stage, ...] = ("disable", "instance", "remove")
+Stage = Literal["disable", "instance", "remove", "files"]
+STAGES: tuple[Stage, ...] = ("disable", "instance", "remove", "files")
 
 
 @dataclass
@@ -52,6 +52,10 @@ class TeardownLedger:
     def join(self, stage: Stage, ops: Iterable[Op]) -> None:
         """Record what undoes a resource, before the resource is created."""
         self._stages[stage].extend(ops)
+
+    def forget(self, stage: Stage, op: Op) -> None:
+        """``op`` no longer undoes anything of ours (what it would remove turned out not to be ours)."""
+        self._stages[stage].remove(op)
 
     def stop_first(self, stop: Callable[[], list[str]]) -> None:
         """Something on this side that holds the target's objects (a stream reader): stopped before any

@@ -2,10 +2,10 @@
 
 Every backend implements :class:`Backend`, the required contract. What only some targets can do is a small
 capability protocol, checked with ``isinstance``: :class:`Streaming` (stream mode, ``stream=True``),
-:class:`FileFetching` (BTF and ELF files read from the target), :class:`SharedFilesystem` (the target sees this
-machine's files), :class:`Injecting` (``ktrace.inject()`` on the fake) and :class:`Imitating` (a backend that
-stands in for a real kernel from a snapshot). A third-party backend implements what its target can do and
-registers itself through the ``pytest_ktrace_make_backend`` hook.
+:class:`FileFetching` (BTF and ELF files read from the target), :class:`FilePushing` (``ktrace.push()``),
+:class:`SharedFilesystem` (the target sees this machine's files), :class:`Injecting` (``ktrace.inject()`` on the
+fake) and :class:`Imitating` (a backend that stands in for a real kernel from a snapshot). A third-party backend
+implements what its target can do and registers itself through the ``pytest_ktrace_make_backend`` hook.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from __future__ import annotations
 from ._base import (
     Backend,
     FileFetching,
+    FilePushing,
     Imitating,
     Injecting,
     Mkdir,
     Op,
     OpResult,
     Read,
+    Remove,
     Rmdir,
     RunResult,
     SharedFilesystem,
@@ -31,12 +33,14 @@ from ._base import (
 __all__ = [
     "Backend",
     "FileFetching",
+    "FilePushing",
     "Imitating",
     "Injecting",
     "Mkdir",
     "Op",
     "OpResult",
     "Read",
+    "Remove",
     "Rmdir",
     "RunResult",
     "SharedFilesystem",

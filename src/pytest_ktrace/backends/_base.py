@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "FileFetching",
+    "FilePushing",
     "Imitating",
     "Injecting",
     "Mkdir",
     "Op",
     "OpResult",
     "Read",
+    "Remove",
     "Rmdir",
     "RunResult",
     "SharedFilesystem",
@@ -66,7 +68,14 @@ class Rmdir:
     path: str
 
 
-Op = Union[Write, Read, Mkdir, Rmdir]
+@dataclass(frozen=True)
+class Remove:
+    """Remove a file the plugin put on the target (an absolute path outside tracefs, e.g. a pushed module)."""
+
+    path: str
+
+
+Op = Union[Write, Read, Mkdir, Rmdir, Remove]
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ class Backend(Protocol):
         *,
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
         """Run ``argv`` on the target. Before it execs, the child's pid is appended to each tracefs file in
@@ -207,6 +216,18 @@ class FileFetching(Protocol):
         """The bytes of the file at the absolute ``path`` on the target (not tracefs-relative). Raises
         :class:`OSError` (``FileNotFoundError`` when it does not exist) or a
         :class:`~pytest_ktrace._errors.KtraceError` when the target is unreachable."""
+        ...
+
+
+@runtime_checkable
+class FilePushing(Protocol):
+    """Putting a file on the target in one transfer, binary-safe (``ktrace.push()``, ``ktrace.load_module()``)."""
+
+    def push_file(self, data: bytes, path: str, mode: int) -> None:
+        """Create the file at the absolute ``path`` on the target with ``data`` and permission bits ``mode``.
+        An existing file is never replaced: that raises :class:`FileExistsError`; a target that cannot take the
+        file raises a :class:`~pytest_ktrace._errors.KtraceError` naming it (a full disk:
+        :class:`~pytest_ktrace._errors.TargetDiskFull`)."""
         ...
 
 

@@ -11,10 +11,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-from .._errors import CommandTimeout, KtraceError, TracefsUnavailable, hide_for_ktrace_errors
-from ._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
+from .._errors import CommandTimeout, KtraceError, TargetDiskFull, TracefsUnavailable, hide_for_ktrace_errors
+from ._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ._features import FEATURE_FILES, MOUNT_HINT, features_from
 
 __all__ = ["LocalBackend", "LocalTraceStream", "find_tracefs"]
@@ -210,6 +210,9 @@ class LocalBackend:
             if isinstance(op, Rmdir):
                 os.rmdir(path)
                 return OpResult(op, ok=True)
+            if isinstance(op, Remove):
+                os.unlink(op.path)
+                return OpResult(op, ok=True)
         except OSError as exc:
             return _errno_result(op, exc)
         except ValueError:
@@ -218,13 +221,31 @@ class LocalBackend:
             return OpResult(op, ok=False, errno_name="EINVAL", error=os.strerror(errno_mod.EINVAL))
         raise TypeError(f"not a tracefs operation: {op!r}")
 
+    def push_file(self, data: bytes, path: str, mode: int) -> None:
+        """Create ``path`` with ``data`` (never replacing a file: O_EXCL); a full disk removes the part written."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(path)
+            if exc.errno in (errno_mod.ENOSPC, errno_mod.EDQUOT):
+                raise TargetDiskFull(
+                    f"cannot put {path} on {self.name}: {os.strerror(exc.errno)}", host=self.name, path=path
+                ) from None
+            raise
+        os.close(fd)
+
     def run(
         self,
         argv: Sequence[str],
         *,
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
         self._round_trips += 1
@@ -255,7 +276,7 @@ class LocalBackend:
             return RunResult(tuple(argv), 126, "", f"{argv[0]}: {exc.strerror}\n", 0, 0.0)
         try:
             out, err = proc.communicate(
-                input=stdin.encode("utf-8", "surrogateescape") if stdin is not None else None, timeout=timeout
+                input=stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else stdin, timeout=timeout
             )
         except subprocess.TimeoutExpired:
             # The child leads its own session: end its whole process group, and nothing else.

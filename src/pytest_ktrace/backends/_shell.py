@@ -27,10 +27,10 @@ import posixpath
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from .._errors import hide_for_ktrace_errors
-from ._base import Mkdir, Op, OpResult, Read, Rmdir, Write
+from ._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, Write
 
 __all__ = [
     "DEFAULT_TRACEFS",
@@ -168,8 +168,11 @@ kt_rd() {
 }
 kt_md() { kt_e=$(mkdir "$1" 2>&1); kt_r=$?; }
 kt_rm() { kt_e=$(rmdir "$1" 2>&1); kt_r=$?; }
+kt_ul() { kt_e=$(rm -- "$1" 2>&1); kt_r=$?; }
 kt_s() { printf '\n%s S %s %s\n%s' "$kt_n" "$1" "$kt_r" "$kt_e"; }
 """
+
+_OCTAL_CHUNK = 16384  # bytes per printf of binary data (a 64 KiB format string)
 
 _FULLBLOCK_PROBE = (
     "if printf ab | dd iflag=fullblock bs=2 of=/dev/null >/dev/null 2>&1; then kt_fb=iflag=fullblock; fi\n"
@@ -207,6 +210,8 @@ def _render_ops(ops: Sequence[Op], *, stop_on_error: bool) -> list[str]:
             out.append(f"kt_md {path}\n")
         elif isinstance(op, Rmdir):
             out.append(f"kt_rm {path}\n")
+        elif isinstance(op, Remove):
+            out.append(f"kt_ul {path}\n")
         else:  # pragma: no cover - guarded by the Op union
             raise TypeError(f"not a tracefs operation: {op!r}")
         out.append(f"kt_s {index}\n")
@@ -411,10 +416,24 @@ _STDIN_FILE = r"""kt_in="${TMPDIR:-/tmp}/.ktrace-stdin.$$.$kt_n"
 if ! kt_e=$( (umask 077; set -C; : >"$kt_in") 2>&1 ); then
   kt_f I "$kt_in"; printf '%s' "$kt_e"; kt_f END; exit 0
 fi
-if ! kt_e=$(printf '%s' @DATA@ | cat 2>&1 >>"$kt_in"); then
+if ! kt_e=$(@DATA@ | cat 2>&1 >>"$kt_in"); then
   rm -f "$kt_in"; kt_f I "$kt_in"; printf '%s' "$kt_e"; kt_f END; exit 0
 fi
 """
+
+
+def producer(data: Union[str, bytes]) -> str:
+    """A shell command that prints ``data`` exactly: text through ``printf '%s'``; bytes (any byte, NUL too) as
+    octal escapes in ``printf`` formats, which POSIX sh, dash and busybox ash all expand, in chunks."""
+    if isinstance(data, str):
+        return f"printf '%s' {quote(data)}"
+    if not data:
+        return ":"
+    chunks = [
+        "printf '" + "".join(f"\\{byte:03o}" for byte in data[start : start + _OCTAL_CHUNK]) + "'"
+        for start in range(0, len(data), _OCTAL_CHUNK)
+    ]
+    return "{ " + "; ".join(chunks) + "; }"
 
 
 def render_run(
@@ -422,7 +441,7 @@ def render_run(
     nonce: str,
     *,
     pid_files: Sequence[str] = (),
-    stdin: Optional[str] = None,
+    stdin: Optional[Union[str, bytes]] = None,
     candidates: Sequence[str] = DEFAULT_TRACEFS,
     after: Sequence[Op] = (),
 ) -> str:
@@ -440,7 +459,7 @@ def render_run(
     if pid_files:
         out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
     if stdin is not None:
-        out.append(_STDIN_FILE.replace("@DATA@", quote(stdin)))
+        out.append(_STDIN_FILE.replace("@DATA@", producer(stdin)))
     else:
         out.append("kt_in=\n")
     words = " ".join(quote(a) for a in (*pid_files, *argv))

@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence, Union
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
-from ..backends._base import Mkdir, Op, OpResult, Read, Rmdir, RunResult, TargetInfo, TraceStream, Write
+from ..backends._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import is_arm_batch
 from ..recording._player import Player
 from ..snapshots._snapshot import KernelSnapshot
@@ -96,6 +96,7 @@ class FakeBackend:
         self.snapshot = snapshot
         self.tracefs = FakeTracefs(snapshot, cpus=cpus)
         self.taint = 0  # /proc/sys/kernel/tainted of the imitated kernel
+        self.files: dict[str, tuple[bytes, int]] = {}  # what push_file put on the target: path -> (data, mode)
         self.player: Optional[Player] = None
         self._round_trips = 0
         self._next_pid = 40000
@@ -173,6 +174,11 @@ class FakeBackend:
                     self._feed(self.player.recorded_lines(step))
         return self._apply(ops, stop_on_error=stop_on_error)
 
+    def _remove(self, op: Remove) -> OpResult:
+        if self.files.pop(op.path, None) is None:
+            return OpResult(op, ok=False, errno_name="ENOENT", error=os.strerror(errno_mod.ENOENT))
+        return OpResult(op, ok=True)
+
     def _read_outside_tracefs(self, op: Read) -> OpResult:
         """The files outside tracefs the plugin reads: the kernel's taint (``taint``, a mask the tests may set)."""
         if op.path == "/proc/sys/kernel/tainted":
@@ -184,7 +190,7 @@ class FakeBackend:
     def _apply(self, ops: Sequence[Op], *, stop_on_error: bool) -> list[OpResult]:
         results: list[OpResult] = []
         for op in ops:
-            refused = _refused(op) if isinstance(op, (Write, Read, Mkdir, Rmdir)) else None
+            refused = _refused(op) if isinstance(op, (Write, Read, Mkdir, Rmdir, Remove)) else None
             if refused is not None:
                 results.append(refused)
                 if stop_on_error:
@@ -194,6 +200,8 @@ class FakeBackend:
                 if isinstance(op, Write):
                     self.tracefs.write(op.path, op.data, append=op.append)
                     result = OpResult(op, ok=True)
+                elif isinstance(op, Remove):
+                    result = self._remove(op)
                 elif isinstance(op, Read) and op.path.startswith("/"):
                     result = self._read_outside_tracefs(op)
                 elif isinstance(op, Read):
@@ -222,14 +230,14 @@ class FakeBackend:
         *,
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
         with self._lock:
             return self._run(argv, pid_files=pid_files, stdin=stdin, after=after)
 
     def _run(
-        self, argv: Sequence[str], *, pid_files: Sequence[str], stdin: Optional[str], after: Sequence[Op]
+        self, argv: Sequence[str], *, pid_files: Sequence[str], stdin: Optional[Union[str, bytes]], after: Sequence[Op]
     ) -> RunResult:
         self._round_trips += 1
         if self.player is None:
@@ -312,6 +320,15 @@ class FakeBackend:
         return inject_events(
             self, event_dir, fmt, name=name, count=count, timestamp=timestamp, stack=stack, values=values
         )
+
+    def push_file(self, data: bytes, path: str, mode: int) -> None:
+        """Files put on the fake target are kept in memory (``files``), and checked against the cassette."""
+        with self._lock:
+            if path in self.files:
+                raise FileExistsError(errno_mod.EEXIST, os.strerror(errno_mod.EEXIST), path)
+            if self.player is not None:
+                self.player.check_push(data, path, mode)
+            self.files[path] = (bytes(data), mode)
 
     def open_stream(self, path: str) -> TraceStream:
         return FakeTraceStream(self, path)

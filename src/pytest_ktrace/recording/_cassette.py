@@ -20,11 +20,13 @@ the fake tracefs, where the test's own filters, parser and assertions meet them 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._files import write_atomic
@@ -44,6 +46,8 @@ __all__ = [
     "describe_op",
     "is_arm_batch",
     "is_kernel_log_op",
+    "pushed",
+    "stored_stdin",
     "trace_lines",
 ]
 
@@ -186,6 +190,18 @@ def describe_op(op: Op, names: CassetteNames) -> list[str]:
     if isinstance(op, Write):
         return ["write", names.normalize(op.path), names.normalize(op.data)]
     return [type(op).__name__.lower(), names.normalize(op.path)]
+
+
+def stored_stdin(stdin: Optional[Union[str, bytes]]) -> Any:
+    """A command's stdin as a cassette stores it: text as it is, bytes as ``{"base64": ...}``."""
+    if isinstance(stdin, bytes):
+        return {"base64": base64.b64encode(stdin).decode("ascii")}
+    return stdin
+
+
+def pushed(data: bytes, path: str, mode: int) -> dict[str, Any]:
+    """What a cassette keeps of a file put on the target: enough to tell a different file, not its bytes."""
+    return {"path": path, "mode": f"{mode:o}", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def trace_lines(text: str) -> list[str]:

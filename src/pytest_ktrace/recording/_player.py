@@ -4,11 +4,11 @@ against it (a test that changed is stale) and feeds the recorded trace lines to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from .._errors import hide_for_ktrace_errors
 from ..backends._base import Op, Read
-from ._cassette import Cassette, CassetteNames, StaleCassette, describe_op, is_kernel_log_op
+from ._cassette import Cassette, CassetteNames, StaleCassette, describe_op, is_kernel_log_op, pushed, stored_stdin
 
 __all__ = ["Player", "Replaying"]
 
@@ -60,12 +60,20 @@ class Player:
                 + (f"; recorded: {gone[:3]}" if gone else "")
             )
 
-    def next_run(self, argv: Sequence[str], stdin: Optional[str]) -> dict[str, Any]:
+    def next_run(self, argv: Sequence[str], stdin: Optional[Union[str, bytes]]) -> dict[str, Any]:
         shown = [self.names.normalize(arg) for arg in argv]
         step = self._next("run", f"run {shown}")
-        if step.get("argv") != shown or step.get("stdin") != stdin:
+        if step.get("argv") != shown:
             raise self._stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
+        if step.get("stdin") != stored_stdin(stdin):
+            raise self._stale(f"the stdin of {shown} changed since the recording")
         return step
+
+    def check_push(self, data: bytes, path: str, mode: int) -> None:
+        now = pushed(data, self.names.normalize(path), mode)
+        step = self._next("push", f"push {now['path']}")
+        if {key: step.get(key) for key in now} != now:
+            raise self._stale(f"the file pushed changed: recorded {step.get('path')} {step.get('sha256')}, now {now}")
 
     def pending_collect(self) -> Optional[dict[str, Any]]:
         """The next step if it is a recorded collect (events that arrived while the test waited)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
 from ..backends._base import (
     Backend,
     FileFetching,
+    FilePushing,
     Op,
     OpResult,
     Read,
@@ -19,7 +20,16 @@ from ..backends._base import (
     TargetInfo,
     TraceStream,
 )
-from ._cassette import Cassette, CassetteNames, describe_op, is_arm_batch, is_kernel_log_op, trace_lines
+from ._cassette import (
+    Cassette,
+    CassetteNames,
+    describe_op,
+    is_arm_batch,
+    is_kernel_log_op,
+    pushed,
+    stored_stdin,
+    trace_lines,
+)
 
 __all__ = ["RecordingBackend"]
 
@@ -100,7 +110,7 @@ class RecordingBackend:
         *,
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
         result = self.inner.run(argv, timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
@@ -109,7 +119,7 @@ class RecordingBackend:
             {
                 "kind": "run",
                 "argv": [self.names.normalize(arg) for arg in argv],
-                "stdin": stdin,
+                "stdin": stored_stdin(stdin),
                 "returncode": result.returncode,
                 "stdout": result.stdout,
                 "stderr": result.stderr,
@@ -135,6 +145,13 @@ class RecordingBackend:
         if result.returncode != 0:
             raise OSError(f"cannot read {path} on {self.inner.name}: {result.stderr.strip()}")
         return result.stdout.encode("utf-8", "surrogateescape")
+
+    def push_file(self, data: bytes, path: str, mode: int) -> None:
+        """Passed through, and recorded as what was pushed (path, mode, size, digest), not the bytes."""
+        if not isinstance(self.inner, FilePushing):
+            raise KtraceError(f"{self.inner.name} cannot take files: its backend has no FilePushing capability")
+        self.inner.push_file(data, path, mode)
+        self.cassette.interactions.append({"kind": "push", **pushed(data, self.names.normalize(path), mode)})
 
     def defer(self, ops: Sequence[Op]) -> None:
         self.inner.defer(ops)

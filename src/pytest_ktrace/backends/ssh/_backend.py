@@ -20,9 +20,9 @@ import contextlib
 import errno as errno_mod
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-from ..._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
+from ..._errors import ConnectionLost, KtraceError, TargetDiskFull, TargetError, hide_for_ktrace_errors
 from .. import _shell
 from .._base import Op, OpResult, RunResult, TargetInfo, TraceStream
 from ._batches import ShellBatches
@@ -35,6 +35,12 @@ from ._streams import StreamReaders
 __all__ = ["SshBackend"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
+
+
+# Creates the file first (set -C: an existing one is left alone), then fills it; a failed fill removes it.
+_PUSH_SCRIPT = (
+    'set -C; : >"$1" || exit 3; cat >>"$1" || { rm -f "$1"; exit 4; }; chmod "$2" "$1" || { rm -f "$1"; exit 5; }'
+)
 
 
 class SshBackend:
@@ -147,7 +153,7 @@ class SshBackend:
         *,
         timeout: Optional[float] = None,
         pid_files: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
         """Run ``argv`` on the target (``timeout=None`` means ``command_timeout``)."""
@@ -173,6 +179,26 @@ class SshBackend:
             code = getattr(errno_mod, name, errno_mod.EIO) if name else errno_mod.EIO
             raise OSError(code, text or result.stderr.strip() or f"cat exited {result.returncode}", path)
         return result.stdout.encode("utf-8", "surrogateescape")
+
+    def push_file(self, data: bytes, path: str, mode: int) -> None:
+        """Create ``path`` on the target with ``data``: one round trip, the bytes travelling as the stdin of a
+        ``cat`` (binary-safe), an existing file never replaced (``set -C``), a partial one removed."""
+        if not isinstance(path, str) or not path.startswith("/") or "\n" in path or "\0" in path:
+            raise KtraceError(f"push path {path!r} must be an absolute path on one line")
+        result = self.run(["sh", "-c", _PUSH_SCRIPT, "ktrace-push", path, f"{mode:o}"], stdin=data)
+        if result.returncode == 0:
+            return
+        name, text = _shell.errno_from_text(result.stderr)
+        if name == "EEXIST":
+            raise FileExistsError(errno_mod.EEXIST, text, path)
+        if name in ("ENOSPC", "EDQUOT"):
+            raise TargetDiskFull(f"cannot put {path} on {self.name}: {text}", host=self.name, path=path)
+        raise TargetError(
+            f"cannot put {path} on {self.name}: {text or result.stderr.strip() or f'exit status {result.returncode}'}",
+            host=self.name,
+            command=f"push {path}",
+            cause=name or "push failed",
+        )
 
     def defer(self, ops: Sequence[Op]) -> None:
         """Queue teardown ``ops`` that could not run (the connection dropped): they run before the next call."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ..._errors import (
     CommandTimeout,
@@ -126,7 +126,7 @@ class ShellBatches:
         *,
         timeout: Optional[float],
         pid_files: Sequence[str],
-        stdin: Optional[str],
+        stdin: Optional[Union[str, bytes]],
         after: Sequence[Op],
     ) -> RunResult:
         limit = self._options.command_timeout if timeout is None else timeout
