@@ -310,7 +310,7 @@ class KernelLog:
         no splat met. Each problem is reported once."""
         if not self.captured:
             return []
-        splats = self.splats
+        splats = find_splats(self._lines)  # what was read: a verdict never reads the trace itself
         fresh = splats[self._reported :]
         self._reported = len(splats)
         problems: list[str] = []
