@@ -277,3 +277,12 @@ def test_the_fake_models_taint(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["*at teardown, since the test's last look*: the kernel's taint changed during this test: G -> W (W: *"]
     )
+
+
+def test_the_report_directory_keeps_the_log(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_kmsg=KMSG_SUITE)
+    pytester.runpytest(*QUIET, "-k", "warn_fails", "--ktrace-report=report").assert_outcomes(failed=1)
+    (log,) = (pytester.path / "report").rglob("kernel-log.txt")
+    assert "WARNING: CPU: 0 PID: 1 at drivers/ktrace/selftest.c:12" in log.read_text()
+    index = (pytester.path / "report" / "index.html").read_text()
+    assert ">kernel log</a>" in index and "<summary>kernel log</summary>" in index

@@ -57,6 +57,8 @@ class TestRow:
     trace_href: Optional[str] = None
     timeline_href: Optional[str] = None
     timeline: str = ""
+    kernel_log_href: Optional[str] = None
+    kernel_log: str = ""  # its last lines, shown under a failing test
     trace_error: str = ""
     artifacts: Sequence[ArtifactLink] = field(default_factory=tuple)
 
@@ -209,6 +211,8 @@ def _files(row: TestRow) -> str:
         links.append(f'<a href="{_href(row.trace_href)}">trace</a>')
     if row.timeline_href:
         links.append(f'<a href="{_href(row.timeline_href)}">timeline</a>')
+    if row.kernel_log_href:
+        links.append(f'<a href="{_href(row.kernel_log_href)}">kernel log</a>')
     for artifact in row.artifacts:
         if artifact.href:
             links.append(f'<a class="artifact" href="{_href(artifact.href)}">{_e(artifact.label)}</a>')
@@ -247,6 +251,10 @@ def _details(row: TestRow) -> str:
     if row.failed and row.timeline:
         parts.append(
             f'<details class="timeline" open><summary>timeline</summary><pre>{_e(row.timeline)}</pre></details>'
+        )
+    if row.failed and row.kernel_log:
+        parts.append(
+            f'<details class="timeline" open><summary>kernel log</summary><pre>{_e(row.kernel_log)}</pre></details>'
         )
     if not parts:
         return ""

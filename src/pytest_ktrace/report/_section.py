@@ -277,6 +277,14 @@ class TestFiles:
                     timeline_file=f"{relative}/timeline.txt",
                     timeline=render_timeline(timeline, max_lines=_TIMELINE_LINES),
                 )
+                if found.kernel_log:
+                    (folder / "kernel-log.txt").write_text(
+                        "\n".join(found.kernel_log) + "\n", encoding="utf-8", errors="surrogateescape"
+                    )
+                    summary.update(
+                        kernel_log_file=f"{relative}/kernel-log.txt",
+                        kernel_log="\n".join(found.kernel_log[-_KERNEL_LOG_LINES:]),
+                    )
             summary["artifacts"] = [self._copy(folder, index, artifact) for index, artifact in enumerate(artifacts)]
         except OSError as exc:  # a full disk must not turn the test into an error: the summary says what failed
             summary["trace_error"] = f"writing the report files into {folder} failed: {exc}"
@@ -414,6 +422,8 @@ class RunReport:
                     trace_href=summary.get("trace"),
                     timeline_href=summary.get("timeline_file"),
                     timeline=str(summary.get("timeline", "")),
+                    kernel_log_href=summary.get("kernel_log_file"),
+                    kernel_log=str(summary.get("kernel_log", "")),
                     trace_error=str(summary.get("trace_error", "")),
                     artifacts=[
                         ArtifactLink(
