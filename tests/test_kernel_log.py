@@ -286,3 +286,14 @@ def test_the_report_directory_keeps_the_log(pytester: pytest.Pytester) -> None:
     assert "WARNING: CPU: 0 PID: 1 at drivers/ktrace/selftest.c:12" in log.read_text()
     index = (pytester.path / "report" / "index.html").read_text()
     assert ">kernel log</a>" in index and "<summary>kernel log</summary>" in index
+
+
+def test_cassettes_keep_the_log_and_replay_the_verdict(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_kmsg=KMSG_SUITE)
+    chosen = ("-k", "warn_fails or ordinary")
+    pytester.runpytest(*QUIET, "--ktrace-record", *chosen).assert_outcomes(passed=1, failed=1)
+    cassette = (pytester.path / "cassettes" / "test_kmsg" / "test_warn_fails_a_passing_test.json").read_text()
+    assert "console: msg=WARNING: CPU: 0 PID: 1 at drivers/ktrace/selftest.c:12" in cassette
+    replayed = pytester.runpytest(*QUIET, "--ktrace-backend=fake", *chosen)
+    replayed.assert_outcomes(passed=1, failed=1)
+    replayed.stdout.fnmatch_lines(["*the kernel printed a WARNING during this test:*"])
