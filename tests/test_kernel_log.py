@@ -80,10 +80,16 @@ def test_a_report_keeps_its_own_lines_and_joins_the_module_list() -> None:
     ) + _console("another task's line", pid=9)
     (splat,) = find_splats(lines_of(events))
     texts = [line.text for line in splat.lines]
-    assert texts[0] == WARN_LINE and texts[-1] == "---[ end trace 0000000000000000 ]---"
+    assert texts[0] == "ktbar: asked to warn"  # a WARN's own message comes before its WARNING line
+    assert splat.headline == WARN_LINE and texts[-1] == "---[ end trace 0000000000000000 ]---"
     assert "Modules linked in: ktbar_mod(OE+) virtio_net" in texts
     assert " dump_stack_lvl+0x44/0x5c" in texts  # a call trace line is a line of its own
     assert "ktbar: after the report" not in texts and "another task's line" not in texts
+
+
+def test_the_module_list_of_6_1_has_no_blanks_before_its_fragments() -> None:
+    (line,) = lines_of(_console("Modules linked in:", "ktbar(OE+)", "virtio_net"))
+    assert line.text == "Modules linked in: ktbar(OE+) virtio_net"
 
 
 def test_two_reports_are_two_splats() -> None:

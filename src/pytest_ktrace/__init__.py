@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._kernel_log import KernelLog
     from ._matchers import ANY
+    from ._modules import LoadedModule, ModuleLoadError
     from ._session import TraceSession
     from ._targets import TargetSpec
     from .backends import (
@@ -92,6 +93,8 @@ _LAZY = {
     "ANY": "._matchers",
     "Event": "._events",
     "KernelLog": "._kernel_log",
+    "LoadedModule": "._modules",
+    "ModuleLoadError": "._modules",
     "ProbeView": "._assertions",
     "StaleCassette": ".recording._cassette",
     "TargetSpec": "._targets",
@@ -121,8 +124,10 @@ __all__ = [
     "Injecting",
     "KernelLog",
     "KtraceError",
+    "LoadedModule",
     "MissingBinary",
     "MissingTool",
+    "ModuleLoadError",
     "ProbeRejected",
     "ProbeView",
     "RunResult",

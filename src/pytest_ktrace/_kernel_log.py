@@ -69,8 +69,11 @@ _SPLAT_STARTS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("panic", r"^Kernel panic - not syncing"),
     )
 )
+_IMPLIED_TAINT = {"WARNING": 1 << 9, "lockdep": 1 << 9}  # W, as __warn() sets it
 _SPLAT_END = re.compile(r"^---\[ end (?:trace|Kernel panic)")
-_MODULE_FRAGMENT = re.compile(r"^ [A-Za-z0-9_]+(?:\([A-Z]*[+-]?\))?$")  # " virtio_net", " ktbar_mod(OE+)"
+# " virtio_net", " ktbar_mod(OE+)" (6.1 prints the fragments without their blank)
+_MODULE_FRAGMENT = re.compile(r"^ ?[A-Za-z0-9_]+(?:\([A-Z]*[+-]?\))?$")
+_CUT_HERE = "------------[ cut here ]------------"
 _SPLAT_LINES = 12  # shown per splat: enough for the location, the modules, the taint and the top of the stack
 
 # /proc/sys/kernel/tainted bits, as kernel/panic.c's taint_flags names them
@@ -125,6 +128,7 @@ class Splat:
 
     kind: str
     lines: tuple[LogLine, ...]
+    start: int = 0  # the line that says what it is (a WARN's own message comes before it)
 
     @property
     def text(self) -> str:
@@ -132,7 +136,7 @@ class Splat:
 
     @property
     def headline(self) -> str:
-        return self.lines[0].text
+        return self.lines[self.start].text
 
 
 def lines_of(events: Iterable[Event]) -> list[LogLine]:
@@ -141,11 +145,14 @@ def lines_of(events: Iterable[Event]) -> list[LogLine]:
     lines: list[LogLine] = []
     open_list: dict[int, int] = {}  # pid -> index of its "Modules linked in:" line still collecting fragments
     for event in events:
-        text = str(event.fields.get("msg", "")).rstrip("\n")
+        text = str(event.fields.get("msg", event.fields.get("buf", ""))).rstrip("\n")  # 6.1 calls it buf
+        if not text.strip():
+            continue  # the kernel also emits the bare end of a line as an event of its own
         at = open_list.get(event.pid)
         if at is not None and _MODULE_FRAGMENT.match(text):
             line = lines[at]
-            lines[at] = LogLine(line.timestamp, line.comm, line.pid, line.text + text)
+            joined = line.text + (text if text.startswith(" ") else " " + text)
+            lines[at] = LogLine(line.timestamp, line.comm, line.pid, joined)
             continue
         open_list.pop(event.pid, None)
         if text.startswith("Modules linked in:"):
@@ -177,9 +184,18 @@ def find_splats(lines: Sequence[LogLine]) -> list[Splat]:
             body.append(line)
             if _SPLAT_END.match(line.text):
                 break
-        splats.append(Splat(kind, tuple(body)))
+        before = _message_before(lines, index)
+        splats.append(Splat(kind, tuple([*before, *body]), start=len(before)))
         index = max(following, index + 1)
     return splats
+
+
+def _message_before(lines: Sequence[LogLine], index: int) -> list[LogLine]:
+    """A WARN's message, printed by its task between the ``cut here`` line and the ``WARNING:`` line."""
+    pid = lines[index].pid
+    mine = [at for at in range(max(0, index - 8), index) if lines[at].pid == pid]
+    cut = next((at for at in reversed(mine) if lines[at].text.strip() == _CUT_HERE), None)
+    return [] if cut is None else [lines[at] for at in mine if at > cut]
 
 
 def _kind_of(text: str) -> Optional[str]:
@@ -316,6 +332,8 @@ class KernelLog:
         problems: list[str] = []
         for splat in fresh:
             if self._allowed(splat):
+                # a WARNING the test expects taints the kernel W: that taint is expected with it
+                self._taint_expected |= _IMPLIED_TAINT.get(splat.kind, 0)
                 continue
             shown = "\n".join(f"    {line}" for line in splat.lines)
             problems.append(f"the kernel printed a {splat.kind} during this test:\n{shown}")

@@ -29,6 +29,14 @@ from ._events import Event
 from ._identity import RunIdentity
 from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
 from ._matchers import ANY
+from ._modules import (
+    LoadedModule,
+    ModuleLoadError,
+    check_module_name,
+    load_failure,
+    module_name,
+    module_params,
+)
 from ._parse import FormatCatalog, ParsedTrace, parse_format
 from ._perf import PerfStat, Profile, UnsupportedPolicy
 from ._perf_blocks import PerfBlocks
@@ -400,6 +408,44 @@ class TraceSession:
             raise KtraceError(f"push(): {remote} already exists on {self.target.name}; it is left alone") from None
         self._pushed.append(remote)
         return remote
+
+    def load_module(self, module: Union[str, os.PathLike[str]], **params: object) -> LoadedModule:
+        """Load a kernel module into the target for this test: a local ``.ko`` file is pushed and loaded with
+        ``insmod``, a bare name with ``modprobe``; ``params`` are its module parameters (ints, bools, strings,
+        lists). Probes defined before the load see its ``module_init``. After the test its probes and events go
+        first, then the module is unloaded, then its file. A module already loaded is never unloaded by the test.
+        A load that fails raises :class:`ModuleLoadError` with the kernel's own lines of that load."""
+        self._check_open("load_module()")
+        words = module_params(params)
+        local = Path(module) if isinstance(module, (str, os.PathLike)) and Path(module).is_file() else None
+        if local is not None:
+            name = module_name(local.read_bytes(), local.name)
+        elif isinstance(module, str) and not module.endswith(".ko") and "/" not in module:
+            name = check_module_name(module)
+        else:
+            raise KtraceError(f"load_module(): {module!r} is not a file here (a .ko to push) nor a module name")
+        self.arm()
+        loaded = self.backend.apply([Read(f"/sys/module/{name}/initstate", missing_ok=True)])[0]
+        if loaded.ok and loaded.data.strip():
+            if local is not None:
+                raise ModuleLoadError(
+                    f"load_module({local.name}): {name} is already loaded on {self.target.name}, not by this test; "
+                    "unload it first (the test never unloads what it did not load)",
+                    module=name,
+                    errno_name="EEXIST",
+                )
+            return LoadedModule(name, dict(params), None, ours=False)
+        path = self.push(local, mode=0o644) if local is not None else None
+        if local is not None and self._log.captured:
+            self._log.expect_taint("OE")  # an out-of-tree module, unsigned or signed with a key of its own
+        argv = ["insmod", path, *words] if path is not None else ["modprobe", name, *words]
+        self.ledger.unload(name)  # before the load: a load that half happens is still undone
+        result = self.run(argv)
+        if result.returncode != 0:
+            self.ledger.keep_loaded(name)
+            log = [line.text for line in self.kernel_log_lines(self._current()) if line.pid == result.pid]
+            raise load_failure(name, argv, result.stderr, result.returncode, log)
+        return LoadedModule(name, dict(params), path, ours=True)
 
     @property
     def runs(self) -> list[RunResult]:

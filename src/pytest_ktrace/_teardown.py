@@ -11,11 +11,12 @@ deferred work, applied first thing on its next connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ._errors import ConnectionLost
+from ._modules import UNLOAD_SCRIPT
 from .backends._base import Backend, Op, OpResult, Read, Write
 from .backends._features import MOUNT_HINT
 
@@ -46,6 +47,7 @@ class TeardownLedger:
         self._stages: dict[Stage, list[Op]] = {stage: [] for stage in STAGES}
         self._stoppers: list[Callable[[], list[str]]] = []
         self._looks: list[tuple[Read, Callable[[OpResult], list[str]]]] = []
+        self._unloads: list[str] = []  # modules the test loaded, in load order
         self._created: set[str] = set()
         self.done = False
 
@@ -61,6 +63,14 @@ class TeardownLedger:
         """Something on this side that holds the target's objects (a stream reader): stopped before any
         tracefs stage; returns the problems it met. It may raise :class:`ConnectionLost`."""
         self._stoppers.append(stop)
+
+    def unload(self, module: str) -> None:
+        """A module the test is about to load: unloaded after the tracefs stages, before the files."""
+        self._unloads.append(module)
+
+    def keep_loaded(self, module: str) -> None:
+        """The module did not load (or was not ours to load): nothing to unload."""
+        self._unloads.remove(module)
 
     def read_first(self, op: Read, look: Callable[[OpResult], list[str]]) -> None:
         """A last look before anything is undone (the trace, for what the kernel printed since the test's last
@@ -90,17 +100,26 @@ class TeardownLedger:
                 report.failures.extend(stop())
         except ConnectionLost as exc:
             return self._defer(report, exc)
-        ops = self.ops()
-        if not ops:
+        # with modules to unload, their files go after them, in a batch of their own
+        files = self._stages["files"] if self._unloads else []
+        ops = [op for op in self.ops() if op not in files]
+        if not ops and not self._unloads:
             return report
         looks = [op for op, _ in self._looks]
         try:
-            results = self.backend.apply([*looks, *ops])
+            results = self.backend.apply([*looks, *ops]) if ops else []
+            for (_, look), result in zip(self._looks, results):
+                report.inspected.extend(look(result))
+            self._judge(results[len(looks) :], report)
+            if self._unloads:
+                self._unload(report)
+                self._judge(self.backend.apply(files), report)
         except ConnectionLost as exc:
             return self._defer(report, exc)
-        for (_, look), result in zip(self._looks, results):
-            report.inspected.extend(look(result))
-        results = results[len(looks) :]
+        return report
+
+    def _judge(self, results: Sequence[OpResult], report: TeardownReport) -> None:
+        """What the results of an undo batch say: failures, notes, or a tracefs that is no longer mounted."""
         vanished = False
         for result in results:
             if result.errno_name == "ENOENT":
@@ -123,7 +142,14 @@ class TeardownLedger:
                 "removes them",
             )
             report.notes.clear()
-        return report
+
+    def _unload(self, report: TeardownReport) -> None:
+        """rmmod the test's modules, the last loaded first; one that stays is a failure naming its holders."""
+        names = list(reversed(self._unloads))
+        result = self.backend.run(["sh", "-c", UNLOAD_SCRIPT, "ktrace-unload", *names])
+        if result.returncode != 0:
+            said = " ".join((result.stdout + result.stderr).split()) or f"exit status {result.returncode}"
+            report.failures.append(f"rmmod {' '.join(names)}: {said}")
 
     def _defer(self, report: TeardownReport, lost: ConnectionLost) -> TeardownReport:
         # The target is unreachable now: the backend undoes this test first thing after it reconnects.
