@@ -45,7 +45,9 @@ class _Target:
         return results
 
     def run(self, argv: Sequence[str], **_: object) -> RunResult:
-        raise AssertionError("teardown runs no command")
+        self.applied.append([Write("(command)", " ".join(argv[4:]))])  # the modules, in order with the batches
+        said = self.errors.get("rmmod", "")
+        return RunResult(tuple(argv), 1 if said else 0, said, "", 1, 0.0)
 
     def defer(self, ops: Sequence[Op]) -> None:
         self.deferred.extend(ops)
@@ -132,3 +134,36 @@ def test_ops_lists_the_stages_in_order_without_applying() -> None:
     ledger.join("instance", [Mkdir("unused")])  # any op can join a stage
     assert ledger.ops() == [DISABLE, RMDIR, Mkdir("unused"), REMOVE] and target.applied == []
     assert ledger.holds_instance
+
+
+def test_modules_are_unloaded_after_the_tracefs_stages_and_before_their_files() -> None:
+    from pytest_ktrace.backends._base import Remove
+
+    target = _Target()
+    ledger = _ledger(target)
+    ledger.join("files", [Remove("/tmp/ktbar.ko")])
+    ledger.unload("ktbar")
+    ledger.unload("ktbar_helper")
+    assert not ledger.undo()
+    assert target.applied == [
+        [DISABLE, RMDIR, REMOVE],
+        [Write("(command)", "ktbar_helper ktbar")],  # the last loaded first
+        [Remove("/tmp/ktbar.ko")],
+    ]
+
+
+def test_a_module_that_stays_is_a_failure_naming_its_holders() -> None:
+    target = _Target({"rmmod": "rmmod: ERROR: Module ktbar is in use\nholders of ktbar: other; refcnt 1\n"})
+    ledger = _ledger(target)
+    ledger.unload("ktbar")
+    report = ledger.undo()
+    assert report.failures == ["rmmod ktbar: rmmod: ERROR: Module ktbar is in use holders of ktbar: other; refcnt 1"]
+
+
+def test_a_module_that_did_not_load_is_not_unloaded() -> None:
+    target = _Target()
+    ledger = _ledger(target)
+    ledger.unload("ktbar")
+    ledger.keep_loaded("ktbar")
+    ledger.undo()
+    assert target.applied == [[DISABLE, RMDIR, REMOVE]]
