@@ -954,7 +954,9 @@ def uprobe_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UprobeRun]:
         (inst / "events" / NAME / "enable").write_text("1")
 
         def go(tag: str, *argv: str) -> None:
-            proc = subprocess.Popen([str(exe), *argv], stdout=subprocess.DEVNULL)
+            # on one CPU: the kernel saves a task's comm for the trace when the CPU that recorded its event next
+            # switches it out; a task that exits on another CPU is printed as "<...>"
+            proc = subprocess.Popen(["taskset", "-c", "0", str(exe), *argv], stdout=subprocess.DEVNULL)
             assert proc.wait() == 0, argv
             run.pids.setdefault(tag, []).append(proc.pid)
 
