@@ -468,7 +468,7 @@ class _ReplayResolver:
         recorded = self.btf.get(key, {}).get(where, {})
         if not isinstance(recorded, dict) or expr not in recorded:
             known = sorted(recorded) if isinstance(recorded, dict) else []
-            raise self.player._stale(
+            raise self.player.stale(
                 f"{key} {expr!r} ({where}) was not resolved from BTF when it was recorded"
                 + (f" (recorded names {where}: {', '.join(known)})" if known else "")
             )
@@ -480,7 +480,7 @@ class _ReplayResolver:
             if not (isinstance(cls, type) and issubclass(cls, BtfError)):
                 cls = BtfError
             raise cls(str(answer.get("message", "")))
-        raise self.player._stale(f"{key} {expr!r}: the recorded resolution {answer!r} is not a fetch argument")
+        raise self.player.stale(f"{key} {expr!r}: the recorded resolution {answer!r} is not a fetch argument")
 
     def return_type(self, function: str, module: Optional[str]) -> Optional[str]:
         found = self.btf.get(_function_key(function, module), {}).get(_RETURNS)

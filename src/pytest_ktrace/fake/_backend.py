@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import functools
 import os
 import threading
 import time
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
@@ -261,7 +262,13 @@ class FakeBackend:
         pid = int(step.get("pid") or 0)
         for path in pid_files:
             self.tracefs.write(path, str(pid or 1), append=True)
+        for name, functions, events in self.player.modules_loaded(step):
+            self._module_change(argv, name, functools.partial(self.tracefs.modules.load, name, functions, events))
         self._feed(self.player.recorded_lines(step), pid_files)
+        for name in self.player.modules_unloaded(step):
+            self._module_change(argv, name, functools.partial(self.tracefs.modules.unload, name))
+        if "taint" in step:
+            self.taint = int(step["taint"])
         return RunResult(
             argv=tuple(argv),
             returncode=int(step.get("returncode", 0)),
@@ -271,6 +278,18 @@ class FakeBackend:
             duration_s=float(step.get("duration_s", 0.0)),
             after=tuple(self._apply(after, stop_on_error=False)),
         )
+
+    def _module_change(self, argv: Sequence[str], name: str, change: Callable[[], None]) -> None:
+        """Load or unload a module as the recorded command did; a fake tracefs that cannot follow (an event of
+        the module still enabled here, a module loaded twice) means the test no longer does what was recorded."""
+        try:
+            change()
+        except FakeOSError as exc:
+            assert self.player is not None
+            raise self.player.stale(
+                f"{list(argv)} changed module {name} in the recording, which the fake kernel refuses now: "
+                f"{errno_mod.errorcode.get(exc.errno or 0, exc.errno)} ({os.strerror(exc.errno or 0)})"
+            ) from None
 
     @staticmethod
     def _is_tracefs_listing(argv: Sequence[str]) -> bool:

@@ -156,6 +156,8 @@ class DynamicEvents:
 
         Checked against the Debian 6.1 guests (``tests/fake/test_kprobe_differential.py``):
 
+        * ``MOD:SYMBOL`` of a loaded module without that function: ENOENT, BAD_PROBE_ADDR (a module that is not
+          loaded: accepted, the kernel registers the probe when the module comes);
         * a blacklisted function: EINVAL, FAIL_REG_PROBE;
         * x86_64 (no IBT in 6.1): every function kprobes may probe at all is ftrace-traceable (without
           CONFIG_KPROBE_EVENTS_ON_NOTRACE a notrace function is refused), so it starts with the 5-byte
@@ -167,6 +169,8 @@ class DynamicEvents:
         """
         if command.kind != "kprobe" or command.symbol is None:
             return None
+        if self._kernel.module_symbol_missing(command.symbol):
+            return "BAD_PROBE_ADDR", "ENOENT"  # v6.1: MOD:SYMBOL of a loaded module is looked up here
         if self._kernel.snapshot.is_blacklisted(command.symbol):
             return "FAIL_REG_PROBE", "EINVAL"
         dialect = self._kernel.dialect

@@ -1032,7 +1032,9 @@ def _kprobe_point(
     symbol, offset = _split_offset(symbol, log, "BAD_PROBE_ADDR")
     if offset < 0 or offset > 0xFFFFFFFF:
         raise log.error(0, "BAD_PROBE_ADDR")
-    count = _symbol_count(symbol_exists, from_kernel_bytes(symbol))
+    # v6.1 looks a MOD:SYMBOL up only when the probe registers (see the dynamic events' registration check)
+    deferred = not dialect.modern and ":" in symbol
+    count = 1 if deferred else _symbol_count(symbol_exists, from_kernel_bytes(symbol))
     if count > 1:
         raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL")
     if count == 0:

@@ -43,6 +43,7 @@ class FakeKernel:
         self.dialect = KernelDialect(snapshot.release, snapshot.arch)
         self._kernel_text: Optional[KernelText] = None
         self._symbol_addresses: Optional[dict[str, int]] = None
+        self.modules: dict[str, frozenset[str]] = {}  # loaded modules: name -> their text symbols
 
     # --- kallsyms ---------------------------------------------------------------------------------------------
 
@@ -79,11 +80,25 @@ class FakeKernel:
         return f"{name}+0x{address - start:x}/0x{end - start:x}"
 
     def symbol_count(self, symbol: str) -> int:
-        """How many functions kprobes could mean by ``[MOD:]SYMBOL`` (the grammar's ``symbol_exists``)."""
-        name = symbol.split(":", 1)[1] if ":" in symbol else symbol
-        if name in self.snapshot.duplicate_symbols:
-            return 2
-        return 1 if self.snapshot.has_symbol(name) else 0
+        """How many functions kprobes could mean by ``[MOD:]SYMBOL`` (the grammar's ``symbol_exists``).
+
+        ``MOD:SYMBOL`` looks in that module only, and a module that is not loaded counts as one: the kernel
+        accepts such a probe and registers it when the module comes (number_of_same_symbols() and
+        validate_probe_symbol() in v6.12, register_trace_kprobe() in v6.1). A plain name counts the kernel's
+        own symbols and every loaded module's."""
+        module, colon, name = symbol.partition(":")
+        if colon:
+            if module not in self.modules:
+                return 1
+            return 1 if name in self.modules[module] else 0
+        name = symbol
+        count = 2 if name in self.snapshot.duplicate_symbols else int(self.snapshot.has_symbol(name))
+        return count + sum(name in symbols for symbols in self.modules.values())
+
+    def module_symbol_missing(self, symbol: str) -> bool:
+        """Whether ``MOD:SYMBOL`` names a loaded module that has no such function (register_kprobe(): ENOENT)."""
+        module, colon, name = symbol.partition(":")
+        return bool(colon) and module in self.modules and name not in self.modules[module]
 
     # --- filters and logs -------------------------------------------------------------------------------------
 

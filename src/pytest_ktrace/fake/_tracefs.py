@@ -12,6 +12,7 @@ It wires these parts together:
 * :mod:`._event_files`: the ``events/`` files of each trace array (enable, filter, trigger) and ``set_event``;
 * :mod:`._dynevents`: the probe events defined through ``kprobe_events``/``uprobe_events``/``dynamic_events``;
 * :mod:`._events`: every event the tracefs knows, with its ID and format;
+* :mod:`._modules`: the loaded kernel modules, whose functions and events come and go with them;
 * :mod:`._kernel`: what they share about the imitated kernel (CPUs, clock, kallsyms);
 * :mod:`._records`: the field values an emitted event records.
 
@@ -60,6 +61,7 @@ from ._event_files import EventFiles
 from ._events import EventTable
 from ._filters import CURRENT_COMM_KEY, CURRENT_CPU_KEY
 from ._kernel import FakeKernel
+from ._modules import ModuleTable
 from ._paths import PathRouter
 from ._records import FieldInput, record_values
 from ._render import EventRecord
@@ -101,6 +103,7 @@ class FakeTracefs:
             EventFiles(self._kernel, self._events),
             DynamicEvents(self._kernel, self._events, self._arrays),
         )
+        self.modules = ModuleTable(self._kernel, self._events, self._arrays)
 
     def read(self, path: str) -> str:
         """The whole content of a file, as one ``cat`` would see it."""

@@ -34,15 +34,15 @@ class Player:
         self.names = CassetteNames()
         self.position = 0
 
-    def _stale(self, why: str) -> StaleCassette:
+    def stale(self, why: str) -> StaleCassette:
         return StaleCassette(f"cassette is stale: re-record on hardware ({self.path}): {why}")
 
     def _next(self, kind: str, what: str) -> dict[str, Any]:
         if self.position >= len(self.cassette.interactions):
-            raise self._stale(f"the test now does more than was recorded: {what}")
+            raise self.stale(f"the test now does more than was recorded: {what}")
         step = self.cassette.interactions[self.position]
         if step.get("kind") != kind:
-            raise self._stale(f"step {self.position + 1} recorded a {step.get('kind')}, the test now does {what}")
+            raise self.stale(f"step {self.position + 1} recorded a {step.get('kind')}, the test now does {what}")
         self.position += 1
         return step
 
@@ -54,7 +54,7 @@ class Player:
             recorded = {tuple(op) for op in step.get("ops", [])}
             changed = [" ".join(op) for op in now if tuple(op) not in recorded]
             gone = [" ".join(op) for op in step.get("ops", []) if op not in now]
-            raise self._stale(
+            raise self.stale(
                 "the probes changed since the recording"
                 + (f"; now: {changed[:3]}" if changed else "")
                 + (f"; recorded: {gone[:3]}" if gone else "")
@@ -64,16 +64,16 @@ class Player:
         shown = [self.names.normalize(arg) for arg in argv]
         step = self._next("run", f"run {shown}")
         if step.get("argv") != shown:
-            raise self._stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
+            raise self.stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
         if step.get("stdin") != stored_stdin(stdin):
-            raise self._stale(f"the stdin of {shown} changed since the recording")
+            raise self.stale(f"the stdin of {shown} changed since the recording")
         return step
 
     def check_push(self, data: bytes, path: str, mode: int) -> None:
         now = pushed(data, self.names.normalize(path), mode)
         step = self._next("push", f"push {now['path']}")
         if {key: step.get(key) for key in now} != now:
-            raise self._stale(f"the file pushed changed: recorded {step.get('path')} {step.get('sha256')}, now {now}")
+            raise self.stale(f"the file pushed changed: recorded {step.get('path')} {step.get('sha256')}, now {now}")
 
     def pending_collect(self) -> Optional[dict[str, Any]]:
         """The next step if it is a recorded collect (events that arrived while the test waited)."""
@@ -87,6 +87,22 @@ class Player:
     def recorded_lines(self, step: dict[str, Any]) -> list[str]:
         return [self.names.restore(line) for line in step.get("trace", [])]
 
+    def modules_loaded(self, step: dict[str, Any]) -> list[tuple[str, list[str], dict[str, str]]]:
+        """The modules that came during a recorded command: (name, functions, events with their format texts)."""
+        loaded = step.get("modules", {}).get("loaded", {})
+        return [
+            (
+                name,
+                list(module.get("functions", [])),
+                {key: self.names.restore(text) for key, text in module.get("events", {}).items()},
+            )
+            for name, module in loaded.items()
+        ]
+
+    def modules_unloaded(self, step: dict[str, Any]) -> list[str]:
+        """The modules that went during a recorded command."""
+        return list(step.get("modules", {}).get("unloaded", []))
+
     def recorded_format(self, group_event: str) -> Optional[str]:
         key = self.names.normalize(group_event)
         text = self.cassette.formats.get(key)
@@ -98,4 +114,4 @@ class Player:
         while left and left[-1] == "collect":
             left.pop()
         if left:
-            raise self._stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")
+            raise self.stale(f"the test now stops before the recorded end ({len(left)} more step(s): {left})")

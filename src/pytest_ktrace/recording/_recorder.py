@@ -3,11 +3,13 @@ the way through."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
+from .._kernel_log import TAINT_READ
 from ..backends._base import (
     Backend,
     FileFetching,
@@ -30,6 +32,7 @@ from ._cassette import (
     stored_stdin,
     trace_lines,
 )
+from ._module_changes import MODULES_READ, loads_modules, module_names, read_arrivals
 
 __all__ = ["RecordingBackend"]
 
@@ -60,6 +63,7 @@ class RecordingBackend:
             recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         self._seen: list[str] = []
+        self._modules: Optional[frozenset[str]] = None  # loaded modules after the last command, once known
 
     @property
     def name(self) -> str:
@@ -113,22 +117,54 @@ class RecordingBackend:
         stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
     ) -> RunResult:
-        result = self.inner.run(argv, timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
+        if self._modules is None:
+            self._modules = module_names(self.inner.apply([MODULES_READ])[0].data)
+        events_before = None
+        if loads_modules(argv):
+            listed = self.inner.apply([Read("available_events")])[0]
+            events_before = frozenset(listed.data.splitlines()) if listed.ok else None
+        # the module list travels with the command; the test sees its own results only
+        result = self.inner.run(argv, timeout=timeout, pid_files=pid_files, stdin=stdin, after=[*after, MODULES_READ])
+        modules_now = module_names(result.after[-1].data) if result.after and result.after[-1].ok else self._modules
+        result = dataclasses.replace(result, after=result.after[: len(after)])
         trace = next((r.data for r in result.after if r.ok and r.op.path.endswith("/trace")), None)
-        self.cassette.interactions.append(
-            {
-                "kind": "run",
-                "argv": [self.names.normalize(arg) for arg in argv],
-                "stdin": stored_stdin(stdin),
-                "returncode": result.returncode,
-                "stdout": result.stdout,
-                "stderr": result.stderr,
-                "pid": result.pid,
-                "duration_s": round(result.duration_s, 6),
-                "trace": self._delta(trace) if trace is not None else [],
-            }
-        )
+        step: dict[str, Any] = {
+            "kind": "run",
+            "argv": [self.names.normalize(arg) for arg in argv],
+            "stdin": stored_stdin(stdin),
+            "returncode": result.returncode,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "pid": result.pid,
+            "duration_s": round(result.duration_s, 6),
+            "trace": self._delta(trace) if trace is not None else [],
+        }
+        taint = next((r.data.strip() for r in result.after if r.ok and r.op == TAINT_READ), None)
+        if taint:
+            step["taint"] = int(taint)
+        changes = self._module_changes(modules_now, events_before)
+        if changes:
+            step["modules"] = changes
+        self.cassette.interactions.append(step)
         return result
+
+    def _module_changes(self, now: frozenset[str], events_before: Optional[frozenset[str]]) -> dict[str, Any]:
+        assert self._modules is not None
+        came, gone = now - self._modules, self._modules - now
+        self._modules = now
+        changes: dict[str, Any] = {}
+        if came:
+            arrivals = read_arrivals(self.inner, came, events_before)
+            changes["loaded"] = {
+                arrival.name: {
+                    "functions": list(arrival.functions),
+                    "events": {key: self.names.normalize(text) for key, text in arrival.events.items()},
+                }
+                for arrival in arrivals
+            }
+        if gone:
+            changes["unloaded"] = sorted(gone)
+        return changes
 
     def open_stream(self, path: str) -> TraceStream:
         raise KtraceError(
