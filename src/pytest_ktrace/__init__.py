@@ -22,6 +22,7 @@ from ._errors import (
     TracefsUnavailable,
     UnknownSymbol,
     UnsupportedFetchArg,
+    WaitTimeout,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ._matchers import ANY
     from ._modules import LoadedModule, ModuleLoadError
     from ._session import TraceSession
+    from ._spawned import SpawnedProcess
     from ._targets import TargetSpec
     from .backends import (
         Backend,
@@ -96,6 +98,7 @@ _LAZY = {
     "LoadedModule": "._modules",
     "ModuleLoadError": "._modules",
     "ProbeView": "._assertions",
+    "SpawnedProcess": "._spawned",
     "StaleCassette": ".recording._cassette",
     "TargetSpec": "._targets",
     "TraceSession": "._session",
@@ -132,6 +135,7 @@ __all__ = [
     "ProbeView",
     "RunResult",
     "SharedFilesystem",
+    "SpawnedProcess",
     "StaleCassette",
     "Streaming",
     "TargetDiskFull",
@@ -147,6 +151,7 @@ __all__ = [
     "UnknownSymbol",
     "UnknownType",
     "UnsupportedFetchArg",
+    "WaitTimeout",
 ]
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "TracefsUnavailable",
     "UnknownSymbol",
     "UnsupportedFetchArg",
+    "WaitTimeout",
     "hide_for_ktrace_errors",
 ]
 
@@ -102,6 +103,17 @@ class CommandTimeout(TargetError):
         super().__init__(message, host=host, command=command, cause="timeout")
 
 
+class WaitTimeout(CommandTimeout):
+    """A spawned command did not end within ``wait(timeout=...)``; unlike a ``run()`` timeout it is left running
+    (``kill()`` ends it, and so does the test's teardown). ``pid`` is its pid on the target."""
+
+    def __init__(
+        self, message: str, *, host: str = "", command: str = "", timeout: Optional[float] = None, pid: int = 0
+    ) -> None:
+        self.pid = pid
+        super().__init__(message, host=host, command=command, timeout=timeout)
+
+
 class DiskFull(KtraceError):
     """A file could not be written because its filesystem is full (ENOSPC, or EDQUOT: a quota is used up).
 
@@ -134,6 +146,7 @@ for _public in (
     TracefsUnavailable,
     ConnectionLost,
     CommandTimeout,
+    WaitTimeout,
     DiskFull,
     TargetDiskFull,
 ):

@@ -24,7 +24,7 @@ from ._arming import InstanceState, plan_arm
 from ._assertions import Observation, ProbeView, assert_latency, assert_order
 from ._checks import check_int, check_seconds, check_text, command_argv, type_name
 from ._collection import TraceCollector
-from ._errors import KtraceError, hide_for_ktrace_errors
+from ._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
 from ._events import Event
 from ._identity import RunIdentity
 from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
@@ -43,6 +43,7 @@ from ._perf_blocks import PerfBlocks
 from ._probe_builder import ProbeBuilder
 from ._probes import ProbeSpec
 from ._rejections import explain_arm_failure
+from ._spawned import SpawnedProcess
 from ._streaming import DEFAULT_KEEP, StreamMode
 from ._target_files import ElfCopies
 from ._teardown import TeardownLedger, TeardownReport
@@ -56,6 +57,7 @@ from .backends._base import (
     Remove,
     Rmdir,
     RunResult,
+    Spawning,
     TargetInfo,
     Write,
 )
@@ -145,6 +147,8 @@ class TraceSession:
         self._instance = InstanceState()
         self._dirty = True  # the trace may hold events the last collection has not seen
         self._runs: list[RunResult] = []
+        self._spawned: list[SpawnedProcess] = []  # every command spawn() started, in order
+        self._spawn_ends_read: set[int] = set()  # ids of those whose end a trace read already followed
         self._tracing_started = scope == "all"
         self._artifacts: list[Artifact] = []
         self._pushed: list[str] = []  # files push() put on the target, in order
@@ -340,19 +344,14 @@ class TraceSession:
         if stdin is not None and not isinstance(stdin, (str, bytes)):
             raise KtraceError(f"run() stdin must be a str, bytes or None, got {type_name(stdin)}")
         self.arm()
-        pid_files: list[str] = []
-        if self.scope == "run":
-            pid_files.append(f"{self.instance_path}/set_event_pid")
-            if not self._tracing_started:
-                # A pid is a non-zero number, so appending it to tracing_on turns the instance on after the
-                # pid filter is in place, with no extra round trip.
-                pid_files.append(f"{self.instance_path}/tracing_on")
+        pid_files = self._pid_files()
         # the trace comes back with the command (stream mode: a sync marker is written): no extra round trip
         stream = self._stream_mode
         after: list[Op] = [stream.marker_op() if stream is not None else Read(f"{self.instance_path}/trace")]
         if self._log.captured:
             after.append(TAINT_READ)
         words, pid_files = self._perf.wrap(words, pid_files)
+        ended = [process for process in self._spawned if process._known_ended]
         result = self.backend.run(
             words,
             timeout=self.run_timeout if timeout is None else timeout,
@@ -368,14 +367,81 @@ class TraceSession:
         if stream is not None:
             stream.synced(collected)
             self._dirty = False
+            self._note_spawns_read(ended)
         elif collected is not None and collected.ok:
             self._collector.take(collected.data)
             self._dirty = False
+            self._note_spawns_read(ended)
         else:
             self._dirty = True
         if check:
             result.check()
         return result
+
+    def _pid_files(self) -> list[str]:
+        """Where a command's pid goes before it execs: with ``scope="run"`` the instance traces that pid (and,
+        through event-fork, its children) only."""
+        pid_files: list[str] = []
+        if self.scope == "run":
+            pid_files.append(f"{self.instance_path}/set_event_pid")
+            if not self._tracing_started:
+                # A pid is a non-zero number, so appending it to tracing_on turns the instance on after the
+                # pid filter is in place, with no extra round trip.
+                pid_files.append(f"{self.instance_path}/tracing_on")
+        return pid_files
+
+    def spawn(self, argv: Union[str, Sequence[str]], *, stdin: Optional[Union[str, bytes]] = None) -> SpawnedProcess:
+        """Start a command in the background on the target with every probe armed, and return at once with its
+        :class:`~pytest_ktrace.SpawnedProcess` (``pid``, ``wait()``, ``kill()``, ``returncode``, ``stdout``,
+        ``stderr``). ``stdin`` (text or bytes) is its standard input. It leads a session of its own, so it and
+        its children are ended together, by its process group: by ``kill()``, or by the test's teardown before
+        anything else. With ``scope="run"`` it and its children are traced like a :meth:`run` command."""
+        __tracebackhide__ = True
+        self._check_open("spawn()")
+        words = command_argv(argv, "spawn()")
+        if not words:
+            raise KtraceError("spawn() needs a command: argv is empty")
+        if stdin is not None and not isinstance(stdin, (str, bytes)):
+            raise KtraceError(f"spawn() stdin must be a str, bytes or None, got {type_name(stdin)}")
+        backend = self.backend
+        if not isinstance(backend, Spawning):
+            raise KtraceError(
+                f"spawn() needs a backend that can start commands in the background (the Spawning capability), "
+                f"and {backend.name} ({type(backend).__name__}) has none; ktrace.run() runs a command to its end"
+            )
+        self.arm()
+        if not self._spawned:
+            self.ledger.stop_first(self._end_spawned)  # a process may hold the probes, the instance or a module
+        command = backend.spawn(words, pid_files=self._pid_files(), stdin=stdin)
+        self._tracing_started = True
+        self._dirty = True
+        process = SpawnedProcess(
+            command, words, target=self.target.name, timeout=self.run_timeout, ended=self._spawn_ended
+        )
+        self._spawned.append(process)
+        return process
+
+    def _spawn_ended(self) -> None:
+        self._dirty = True  # what it did last may not have been read yet
+
+    def _spawns_unread(self) -> bool:
+        """Whether a spawned command may have added events since the last read: it runs, or it ended after it."""
+        return any(id(process) not in self._spawn_ends_read for process in self._spawned)
+
+    def _note_spawns_read(self, ended: Sequence[SpawnedProcess]) -> None:
+        self._spawn_ends_read.update(id(process) for process in ended)
+
+    def _end_spawned(self) -> list[str]:
+        """Teardown, before anything else: every spawned command still there is ended and reaped."""
+        problems = []
+        for process in self._spawned:
+            try:
+                process.kill()
+            except ConnectionLost:
+                raise
+            except KtraceError as exc:
+                problems.append(f"spawned command {list(process.argv)!r} (pid {process.pid}): {exc}")
+        return problems
 
     def push(self, local: Union[str, os.PathLike[str]], remote: Optional[str] = None, *, mode: int = 0o644) -> str:
         """Put the local file ``local`` on the target (binary-safe, one transfer) and return its path there:
@@ -489,13 +555,16 @@ class TraceSession:
     # ------------------------------------------------------------ collecting
     def collect(self) -> ParsedTrace:
         """Read and parse this test's trace now (later accesses reuse it until the next run/arm/wait)."""
+        ended = [process for process in self._spawned if process._known_ended]
         stream = self._stream_mode
         if stream is not None:
             self._sync_stream(stream)
+            self._note_spawns_read(ended)
             return stream.snapshot()
         self.arm()
         parsed = self._collector.collect()
         self._dirty = False
+        self._note_spawns_read(ended)
         return parsed
 
     def _sync_stream(self, stream: StreamMode) -> None:
@@ -506,18 +575,21 @@ class TraceSession:
         self._dirty = False
 
     def _current(self) -> ParsedTrace:
+        stale = self._dirty or self._spawns_unread()
         stream = self._stream_mode
         if stream is not None:
-            return self.collect() if self._dirty or stream.pump is None else stream.snapshot()
+            return self.collect() if stale or stream.pump is None else stream.snapshot()
         parsed = self._collector.parsed
-        return self.collect() if self._dirty or parsed is None else parsed
+        return self.collect() if stale or parsed is None else parsed
 
     def _observe(self, spec: ProbeSpec) -> Observation:
-        hints = () if self._runs else (_NOTHING_RAN,)
+        hints = () if self._runs or self._spawned else (_NOTHING_RAN,)
         stream = self._stream_mode
         if stream is not None:
-            if self._dirty or stream.pump is None:
+            if self._dirty or self._spawns_unread() or stream.pump is None:
+                ended = [process for process in self._spawned if process._known_ended]
                 self._sync_stream(stream)
+                self._note_spawns_read(ended)
             return stream.observation((spec.group, spec.event), lost_policy=self.lost_policy, hints=hints)
         parsed = self._current()
         stacked = (spec.group, spec.event) in self._stacked

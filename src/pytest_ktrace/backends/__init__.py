@@ -3,6 +3,7 @@
 Every backend implements :class:`Backend`, the required contract. What only some targets can do is a small
 capability protocol, checked with ``isinstance``: :class:`Streaming` (stream mode, ``stream=True``),
 :class:`FileFetching` (BTF and ELF files read from the target), :class:`FilePushing` (``ktrace.push()``),
+:class:`Spawning` (``ktrace.spawn()``, which returns a :class:`BackgroundCommand`),
 :class:`SharedFilesystem` (the target sees this machine's files), :class:`Injecting` (``ktrace.inject()`` on the
 fake) and :class:`Imitating` (a backend that stands in for a real kernel from a snapshot). A third-party backend
 implements what its target can do and registers itself through the ``pytest_ktrace_make_backend`` hook.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from ._base import (
     Backend,
+    BackgroundCommand,
     FileFetching,
     FilePushing,
     Imitating,
@@ -24,6 +26,7 @@ from ._base import (
     Rmdir,
     RunResult,
     SharedFilesystem,
+    Spawning,
     Streaming,
     TargetInfo,
     TraceStream,
@@ -32,6 +35,7 @@ from ._base import (
 
 __all__ = [
     "Backend",
+    "BackgroundCommand",
     "FileFetching",
     "FilePushing",
     "Imitating",
@@ -44,6 +48,7 @@ __all__ = [
     "Rmdir",
     "RunResult",
     "SharedFilesystem",
+    "Spawning",
     "Streaming",
     "TargetInfo",
     "TraceStream",

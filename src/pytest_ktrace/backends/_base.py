@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "BackgroundCommand",
     "FileFetching",
     "FilePushing",
     "Imitating",
@@ -28,6 +29,7 @@ __all__ = [
     "Rmdir",
     "RunResult",
     "SharedFilesystem",
+    "Spawning",
     "Streaming",
     "TargetInfo",
     "TraceStream",
@@ -228,6 +230,56 @@ class FilePushing(Protocol):
         An existing file is never replaced: that raises :class:`FileExistsError`; a target that cannot take the
         file raises a :class:`~pytest_ktrace._errors.KtraceError` naming it (a full disk:
         :class:`~pytest_ktrace._errors.TargetDiskFull`)."""
+        ...
+
+
+@runtime_checkable
+class BackgroundCommand(Protocol):
+    """A command :meth:`Spawning.spawn` started on the target, leading a session and process group of its own
+    that holds it and its children. Used by one thread at a time."""
+
+    @property
+    def pid(self) -> int:
+        """Its process id on the target (also its session and process group id)."""
+        ...
+
+    @property
+    def killed(self) -> bool:
+        """Whether :meth:`kill` ended it (it was still running then)."""
+        ...
+
+    def poll(self) -> Optional[RunResult]:
+        """Its result once it has ended (``RunResult.after`` is empty), else ``None``; never blocks."""
+        ...
+
+    def wait(self, timeout: Optional[float]) -> Optional[RunResult]:
+        """Wait up to ``timeout`` seconds (``None``: until it ends) for it to end: its result, or ``None`` when it
+        still runs. Its output is complete once the result is there."""
+        ...
+
+    def output(self) -> tuple[str, str]:
+        """Its standard output and error so far (complete once it has ended)."""
+        ...
+
+    def kill(self, grace: float) -> RunResult:
+        """End what is left of its process group: SIGTERM, then SIGKILL to what is still there after ``grace``
+        seconds; it is reaped and its result returned. Nothing outside that group is signalled. Idempotent; a
+        group member that survives SIGKILL raises a :class:`~pytest_ktrace._errors.KtraceError` naming it."""
+        ...
+
+
+@runtime_checkable
+class Spawning(Protocol):
+    """Starting commands in the background on the target (``ktrace.spawn()``)."""
+
+    def spawn(
+        self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
+    ) -> BackgroundCommand:
+        """Start ``argv`` in a new session (its own process group), with ``stdin`` as its standard input (else
+        nothing), and return once it runs. Before it execs, its pid is appended to each tracefs file in
+        ``pid_files``, as :meth:`Backend.run` does. A command that cannot be started (no such program, a pid file
+        that refuses the pid) raises a :class:`~pytest_ktrace._errors.TargetError` naming it and the target, and
+        nothing of it is left running."""
         ...
 
 

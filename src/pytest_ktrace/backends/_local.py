@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 from .._errors import CommandTimeout, KtraceError, TargetDiskFull, TracefsUnavailable, hide_for_ktrace_errors
 from ._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ._features import FEATURE_FILES, MOUNT_HINT, features_from
+from ._local_spawn import LocalBackgroundCommand
 
 __all__ = ["LocalBackend", "LocalTraceStream", "find_tracefs"]
 
@@ -298,6 +299,13 @@ class LocalBackend:
             duration_s=time.monotonic() - started,
             after=tuple(self._apply_one(op) for op in after),
         )
+
+    def spawn(
+        self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
+    ) -> LocalBackgroundCommand:
+        """Start ``argv`` in a new session on this machine (see :mod:`._local_spawn`)."""
+        self._round_trips += 1
+        return LocalBackgroundCommand(argv, announce=[os.path.join(self.root, path) for path in pid_files], stdin=stdin)
 
     def open_stream(self, path: str) -> TraceStream:
         """``path`` (e.g. ``instances/X/trace_pipe``) opened for non-blocking consuming reads."""
