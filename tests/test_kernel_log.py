@@ -303,3 +303,39 @@ def test_cassettes_keep_the_log_and_replay_the_verdict(pytester: pytest.Pytester
     replayed = pytester.runpytest(*QUIET, "--ktrace-backend=fake", *chosen)
     replayed.assert_outcomes(passed=1, failed=1)
     replayed.stdout.fnmatch_lines(["*the kernel printed a WARNING during this test:*"])
+
+
+# ----------------------------------------------------------------------------------------------------- parsing
+CONSOLE_FORMAT = """name: console
+ID: 334
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] msg;\toffset:8;\tsize:4;\tsigned:1;
+
+print fmt: "%s", __get_str(msg)
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'ktbar: loading (name="two words" fail_init=0 warn=1)',  # words that look like key=value
+        "ktbar: irq 24 requested",
+        "msg=a line that begins like the fields option",  # printed by the fields option: the value is the text
+    ],
+)
+def test_a_log_line_is_parsed_whole_whatever_it_says(body: str) -> None:
+    """Without the ``fields`` option a console event prints its line as it is (6.1): the parser takes all of it as
+    ``msg``, however many ``key=value`` words the text holds."""
+    from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+
+    catalog = FormatCatalog()
+    catalog.add(parse_format(CONSOLE_FORMAT, "printk"))
+    [event] = TraceParser(catalog).parse(f"          insmod-179     [000] .....     5.658194: console: {body}\n").events
+    expected = body.removeprefix("msg=") if body.startswith("msg=") else body
+    assert event.fields == {"msg": expected}
+    assert [line.text for line in lines_of([event])] == [expected]

@@ -145,7 +145,8 @@ def lines_of(events: Iterable[Event]) -> list[LogLine]:
     lines: list[LogLine] = []
     open_list: dict[int, int] = {}  # pid -> index of its "Modules linked in:" line still collecting fragments
     for event in events:
-        text = str(event.fields.get("msg", event.fields.get("buf", ""))).rstrip("\n")  # 6.1 calls it buf
+        # "buf": the whole text of an event whose format the parser did not know
+        text = str(event.fields.get("msg", event.fields.get("buf", ""))).rstrip("\n")
         if not text.strip():
             continue  # the kernel also emits the bare end of a line as an event of its own
         at = open_list.get(event.pid)

@@ -461,6 +461,7 @@ class _Splitter:
         "plan",
         "rconv",
         "reverse",
+        "text_field",
     )
 
     def __init__(self, fmt: EventFormat) -> None:
@@ -489,8 +490,13 @@ class _Splitter:
                 self.rconv = _compile_converter(list(reversed(plan)))
         self.fallback_re: Optional[Pattern[str]] = None
         self.fallback_plan: Tuple[_PlanEntry, ...] = ()
+        self.text_field: Optional[str] = None  # the one string a '"%s", __get_str(X)' event prints, e.g. a log line
         if fmt.is_probe:
             self._build_probe_fallback()
+        else:
+            text = _WHOLE_TEXT_FMT.fullmatch(fmt.print_fmt.strip())
+            if text is not None and any(f.name == text.group(1) and f.is_string for f in fields):
+                self.text_field = text.group(1)
 
     def _build_probe_fallback(self) -> None:
         """Default uprobe/kprobe output: ``(ip) a=.. b=".."`` or ``(ret_ip <- func) a=..``."""
@@ -533,7 +539,9 @@ class _Splitter:
         return None
 
     def split_fallback(self, body: str) -> Optional[Dict[str, FieldValue]]:
-        """Default probe output (kernels without ``options/fields``)."""
+        """Default output (kernels without ``options/fields``) of a probe, or of an event that prints one string."""
+        if self.text_field is not None:
+            return {self.text_field: (body[1:] if body[:1] == " " else body).rstrip("\n")}
         if self.fallback_re is None:
             return None
         m = self.fallback_re.fullmatch(body)
@@ -575,6 +583,8 @@ def _int_or_str(v: str, mask: int, sign: int) -> FieldValue:
     return n - (sign << 1) if sign and n & sign else n
 
 
+# the print fmt of an event that prints one string as it is (printk:console's log line)
+_WHOLE_TEXT_FMT = re.compile(r'"%s",\s*__get_str\((\w+)\)')
 _KV_RE = re.compile(r"(?:^|(?<=\s))([A-Za-z_]\w*)=")
 
 
