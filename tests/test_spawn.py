@@ -200,3 +200,62 @@ def test_teardown_ends_what_the_test_left_running_before_its_probes(
     assert seen.read_text() == "1\n"  # its probe was still enabled when it was told to end
     assert not Path(f"/proc/{leader}").exists()  # ended and reaped
     assert not _alive(child) and _gone(child)  # ended; this machine's init reaps it
+
+
+REPLAYED = """
+BIN = {binary!r}
+
+
+def test_spawned(ktrace):
+    add = ktrace.uprobe(BIN, "add_u64", a="$arg1:u64", b="$arg2:u64")
+    first = ktrace.spawn(["sh", "-c", f"sleep 0.05 && exec {{BIN}} add {a} 4"])
+    looks = 0
+    while first.returncode is None:
+        looks += 1
+    print("LOOKS", looks)
+    assert first.wait() == 0 and first.stdout == "add_u64={total}\\n"
+    add.assert_called_once_with(a={a}, b=4)
+    slow = ktrace.spawn([BIN, "sleep", "600000000"])
+    assert slow.returncode is None
+    assert slow.stdout == ""
+
+
+@pytest.mark.ktrace(scope="run")
+def test_children_in_scope(ktrace):
+    add = ktrace.uprobe(BIN, "add_u64", a="$arg1:u64")
+    process = ktrace.spawn(["sh", "-c", f"{{BIN}} add 5 0; {{BIN}} add 6 0"])
+    assert process.wait() == 0
+    assert sorted(event.fields["a"] for event in add.events) == [5, 6]
+"""
+
+
+def test_spawns_are_recorded_and_replayed_on_the_fake(pytester: pytest.Pytester, probed: Path) -> None:
+    pytester.makepyfile(test_replayed="import pytest\n" + REPLAYED.format(binary=str(probed), a=3, total=7))
+    recorded = pytester.runpytest(*QUIET, "-s", "--ktrace-record")
+    recorded.assert_outcomes(passed=2)
+    cassette = (pytester.path / "cassettes" / "test_replayed" / "test_spawned.json").read_text()
+    assert '"kind": "spawn"' in cassette and '"how": "killed"' in cassette and '"how": "exited"' in cassette
+    replayed = pytester.runpytest(*QUIET, "-s", "--ktrace-backend=fake")
+    replayed.assert_outcomes(passed=2)
+    looks = re.findall(r"LOOKS (\d+)", recorded.stdout.str())
+    assert int(looks[0]) > 0 and looks == re.findall(r"LOOKS (\d+)", replayed.stdout.str())  # as often running
+    pytester.makepyfile(test_replayed="import pytest\n" + REPLAYED.format(binary=str(probed), a=4, total=8))
+    stale = pytester.runpytest(*QUIET, "--ktrace-backend=fake", "-k", "test_spawned")
+    stale.assert_outcomes(failed=1, errors=1)
+    stale.stdout.fnmatch_lines(["*cassette is stale*the command changed*"])
+
+
+def test_the_fake_without_a_cassette_refuses_like_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_no_cassette="""
+        import pytest, pytest_ktrace
+
+        def test_spawn(ktrace):
+            with pytest.raises(pytest_ktrace.KtraceError) as info:
+                ktrace.spawn(["true"])
+            assert "the fake backend cannot spawn ['true']: record this test on a real target" in str(info.value)
+        """
+    )
+    pytester.runpytest(*QUIET, "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.12-x86_64").assert_outcomes(
+        passed=1
+    )

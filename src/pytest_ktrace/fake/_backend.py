@@ -21,6 +21,7 @@ from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import is_arm_batch
 from ..recording._player import Player
+from ..recording._spawns import ReplayedSpawn
 from ..snapshots._snapshot import KernelSnapshot
 from ._inject import inject_events
 from ._tracefs import FakeOSError, FakeTracefs
@@ -101,6 +102,7 @@ class FakeBackend:
         self.player: Optional[Player] = None
         self._round_trips = 0
         self._next_pid = 40000
+        self._followed: list[str] = []  # the pid files of this test's background commands (scope="run")
         self._lock = threading.RLock()
 
     @property
@@ -127,6 +129,7 @@ class FakeBackend:
     def play(self, player: Optional[Player]) -> None:
         """Replay ``player``'s cassette in the next test (``None``: no cassette)."""
         self.player = player
+        self._followed = []
 
     def _feed(self, lines: Sequence[str], pid_files: Sequence[str] = ()) -> None:
         """Put recorded trace lines into the fake tracefs as the events they were."""
@@ -172,7 +175,9 @@ class FakeBackend:
             elif any(isinstance(op, Read) and op.path.endswith("/trace") for op in ops):
                 step = self.player.pending_collect()
                 if step is not None:
-                    self._feed(self.player.recorded_lines(step))
+                    # events of background commands come with trace reads; the kernel followed them and their
+                    # children (event-fork) as it follows a command's
+                    self._feed(self.player.recorded_lines(step), self._followed)
         return self._apply(ops, stop_on_error=stop_on_error)
 
     def _remove(self, op: Remove) -> OpResult:
@@ -348,6 +353,25 @@ class FakeBackend:
             if self.player is not None:
                 self.player.check_push(data, path, mode)
             self.files[path] = (bytes(data), mode)
+
+    def spawn(
+        self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
+    ) -> ReplayedSpawn:
+        """A background command of the cassette (see :mod:`..recording._spawns`): started, and ended where the
+        recording saw it end; without a cassette nothing can run here."""
+        with self._lock:
+            self._round_trips += 1
+            if self.player is None:
+                raise KtraceError(
+                    f"the fake backend cannot spawn {list(argv)}: record this test on a real target with "
+                    "--ktrace-record (its cassette is then replayed here), or emit events with ktrace.inject(...)"
+                )
+            step = self.player.next_run(argv, stdin, kind="spawn")
+            pid = int(step.get("pid") or 0)
+            for path in pid_files:
+                self.tracefs.write(path, str(pid or 1), append=True)
+            self._followed.extend(path for path in pid_files if path not in self._followed)
+            return ReplayedSpawn(self.player, step, argv, self._lock)
 
     def open_stream(self, path: str) -> TraceStream:
         return FakeTraceStream(self, path)

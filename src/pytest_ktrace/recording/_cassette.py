@@ -6,6 +6,8 @@ pytest-recording does for HTTP). It holds, in order, what the test did and what 
 - ``arm``: the tracefs writes that defined, filtered and enabled probes (normalised: the run's group, instance and
   event names become ``<group>``, ``<instance>``, ``<event:N>``, so re-recordings diff cleanly);
 - ``run``: a command with its exit status, output, and the trace lines it produced;
+- ``spawn`` and ``spawn_end``: a command started in the background, and its end when the test first saw it
+  (status, output, whether it was killed, how often it was seen running before; see :mod:`._spawns`);
 - ``collect``: trace lines that appeared while the test waited (``wait_for``) or re-read the trace.
 
 Beside them, ``btf`` holds what the target's BTF answered for the test's named fetch arguments (``irq="irq"``,

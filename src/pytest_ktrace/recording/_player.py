@@ -60,13 +60,31 @@ class Player:
                 + (f"; recorded: {gone[:3]}" if gone else "")
             )
 
-    def next_run(self, argv: Sequence[str], stdin: Optional[Union[str, bytes]]) -> dict[str, Any]:
+    def next_run(self, argv: Sequence[str], stdin: Optional[Union[str, bytes]], *, kind: str = "run") -> dict[str, Any]:
+        """The recorded command (``kind`` ``run``, or ``spawn`` for one started in the background) that comes now;
+        stale unless the same command with the same stdin."""
         shown = [self.names.normalize(arg) for arg in argv]
-        step = self._next("run", f"run {shown}")
+        step = self._next(kind, f"{kind} {shown}")
         if step.get("argv") != shown:
             raise self.stale(f"the command changed: recorded {step.get('argv')}, now {shown}")
         if step.get("stdin") != stored_stdin(stdin):
             raise self.stale(f"the stdin of {shown} changed since the recording")
+        return step
+
+    def spawn_end(self, spawn: int) -> dict[str, Any]:
+        """The recorded end of the ``spawn``-th command started in the background, wherever it comes (not
+        consumed): ``running`` says how often the test saw it still running before."""
+        for step in self.cassette.interactions[self.position :]:
+            if step.get("kind") == "spawn_end" and step.get("spawn") == spawn:
+                return step
+        raise self.stale(f"the recording has no end of background command {spawn} where the test now looks at it")
+
+    def spawn_ended(self, spawn: int, argv: Sequence[str]) -> dict[str, Any]:
+        """The recorded end of the ``spawn``-th background command, which must come now."""
+        shown = [self.names.normalize(arg) for arg in argv]
+        step = self._next("spawn_end", f"the end of {shown}")
+        if step.get("spawn") != spawn:
+            raise self.stale(f"step {self.position} recorded the end of another background command than {shown}")
         return step
 
     def check_push(self, data: bytes, path: str, mode: int) -> None:

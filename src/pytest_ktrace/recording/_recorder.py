@@ -19,6 +19,7 @@ from ..backends._base import (
     Read,
     RunResult,
     SharedFilesystem,
+    Spawning,
     TargetInfo,
     TraceStream,
 )
@@ -33,6 +34,7 @@ from ._cassette import (
     trace_lines,
 )
 from ._module_changes import MODULES_READ, loads_modules, module_names, read_arrivals
+from ._spawns import RecordedSpawn
 
 __all__ = ["RecordingBackend"]
 
@@ -63,6 +65,7 @@ class RecordingBackend:
             recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         self._seen: list[str] = []
+        self._spawns = 0  # commands started in the background so far
         self._modules: Optional[frozenset[str]] = None  # loaded modules after the last command, once known
 
     @property
@@ -165,6 +168,28 @@ class RecordingBackend:
         if gone:
             changes["unloaded"] = sorted(gone)
         return changes
+
+    def spawn(
+        self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
+    ) -> RecordedSpawn:
+        """Passed through; its start is recorded now, its end when the test first sees it (see :mod:`._spawns`)."""
+        if not isinstance(self.inner, Spawning):
+            raise KtraceError(
+                f"spawn() needs a backend that can start commands in the background (the Spawning capability), "
+                f"and {self.inner.name} ({type(self.inner).__name__}) has none"
+            )
+        command = self.inner.spawn(argv, pid_files=pid_files, stdin=stdin)
+        self._spawns += 1
+        self.cassette.interactions.append(
+            {
+                "kind": "spawn",
+                "spawn": self._spawns,
+                "argv": [self.names.normalize(arg) for arg in argv],
+                "stdin": stored_stdin(stdin),
+                "pid": command.pid,
+            }
+        )
+        return RecordedSpawn(command, self._spawns, self.cassette.interactions.append)
 
     def open_stream(self, path: str) -> TraceStream:
         raise KtraceError(
