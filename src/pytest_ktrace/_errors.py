@@ -8,6 +8,7 @@ __all__ = [
     "CommandTimeout",
     "ConnectionLost",
     "DiskFull",
+    "GuestKernelError",
     "KtraceError",
     "MissingBinary",
     "MissingTool",
@@ -77,6 +78,18 @@ class MissingTool(KtraceError):
     """A host tool (qemu, gcc, ...) the requested feature needs is not installed."""
 
 
+class GuestKernelError(KtraceError):
+    """A kernel given to boot in the qemu guest (``--ktrace-vm-kernel``) cannot serve as one: not a kernel of a
+    guest architecture, a modules tree of another release, or a config without what the guest needs.
+    ``kernel`` is the file; ``missing`` the config options it lacks (all of them), ``config`` where they were read."""
+
+    def __init__(self, message: str, *, kernel: str = "", missing: tuple[str, ...] = (), config: str = "") -> None:
+        self.kernel = kernel
+        self.missing = missing
+        self.config = config
+        super().__init__(message)
+
+
 class TargetError(KtraceError):
     """The target could not be reached or refused an operation; names the host and the cause."""
 
@@ -142,6 +155,7 @@ for _public in (
     UnsupportedFetchArg,
     MissingBinary,
     MissingTool,
+    GuestKernelError,
     TargetError,
     TracefsUnavailable,
     ConnectionLost,

@@ -14,6 +14,7 @@ __all__ = [
     "FAILED_MARKER",
     "HOSTKEY_BEGIN_MARKER",
     "HOSTKEY_END_MARKER",
+    "MODULES_MOUNT_PATH",
     "MODULE_LIST_PATH",
     "READY_MARKER",
     "SETUP_IRQ_TRIGGER_PATH",
@@ -29,6 +30,8 @@ FAILED_MARKER = "KTRACE-GUEST-FAILED:"
 
 # Absolute .ko paths inside the guest, one a line, in load order (dependencies first).
 MODULE_LIST_PATH = "etc/ktrace/modules"
+# Where init mounts the modules disk, and its filesystem type (absent: no modules disk).
+MODULES_MOUNT_PATH = "etc/ktrace/modules-mount"
 # Rebinds the arch's IRQ test device so that __setup_irq runs (i8042 on x86_64, the PL031 RTC on arm64).
 SETUP_IRQ_TRIGGER_PATH = "usr/bin/ktrace-trigger-setup-irq"
 
@@ -59,6 +62,19 @@ while read -r module; do
     [ -n "$module" ] || continue
     insmod "$module" || fail "insmod $module failed"
 done < /@MODULE_LIST@
+
+# A kernel the user built brings its modules tree on a read-only virtio disk: "<fstype> <directory>".
+if [ -s /@MODULES_MOUNT@ ]; then
+    read -r fstype modules_dir < /@MODULES_MOUNT@
+    tries=0
+    until [ -b /dev/vda ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 250 ] || fail "no /dev/vda (the modules disk) after loading the virtio-blk modules"
+        usleep 20000
+    done
+    mkdir -p "$modules_dir"
+    mount -t "$fstype" -o ro /dev/vda "$modules_dir" || fail "cannot mount the modules disk on $modules_dir"
+fi
 
 ip link set lo up
 tries=0
@@ -107,6 +123,7 @@ def init_script() -> str:
     replacements = {
         "@FAILED@": FAILED_MARKER,
         "@MODULE_LIST@": MODULE_LIST_PATH,
+        "@MODULES_MOUNT@": MODULES_MOUNT_PATH,
         "@HOST_KEY@": _HOST_KEY,
         "@HOSTKEY_BEGIN@": HOSTKEY_BEGIN_MARKER,
         "@HOSTKEY_END@": HOSTKEY_END_MARKER,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -29,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,6 +60,8 @@ _MANIFEST = "manifest.json"
 # list covers every library dropbear and dropbearkey load, and copies only those into the image.
 _LIBRARY_PACKAGES = ("libc6", "libtomcrypt1", "libtommath1", "zlib1g", "libcrypt1", "libgmp10")
 _GUEST_BINARIES = ("bin/busybox", "usr/sbin/dropbear", "usr/bin/dropbearkey")
+# What the guest runs besides its kernel, whoever built that kernel.
+USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", *_LIBRARY_PACKAGES)
 
 # Without these the image cannot serve its purpose (real kprobes) or cannot boot from our initramfs.
 _REQUIRED_KERNEL_CONFIG = (
@@ -81,7 +84,13 @@ class GuestImage:
     initrd: Path
     key_path: Path  # root's private ed25519 key (OpenSSH format), authorised in the guest
     kernel_release: str  # e.g. "6.1.0-56-amd64"
-    config_path: Path  # the kernel's boot/config-* from the .deb, for feature checks on the host
+    config_path: Path  # the kernel's config (boot/config-* from the .deb), for feature checks on the host
+    # A kernel the user built (--ktrace-vm-kernel): the file it came from, where its config was read, whether it
+    # has BTF, and the read-only disk holding its modules tree (mounted at /lib/modules/<release> in the guest).
+    kernel_source: Optional[Path] = None
+    config_source: str = ""
+    btf: Optional[bool] = None
+    modules_disk: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ def _recipe_fingerprint(spec: ArchSpec, series: Optional[str] = None) -> str:
         "arch": spec.name,
         "debian_arch": spec.debian_arch,
         "kernel_meta_package": kernel_meta_package(spec, series),
-        "packages": ["busybox-static", "dropbear-bin", *_LIBRARY_PACKAGES],
+        "packages": list(USERLAND_PACKAGES),
         "binaries": list(_GUEST_BINARIES),
         "modules": list(spec.needed_modules),
         "init": init_script(),
@@ -138,6 +147,7 @@ def _load_cached(image_dir: Path) -> Optional[GuestImage]:
         manifest = json.loads((image_dir / _MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    disk = manifest.get("modules_disk")
     image = GuestImage(
         arch=manifest["arch"],
         kernel=image_dir / manifest["kernel"],
@@ -145,8 +155,13 @@ def _load_cached(image_dir: Path) -> Optional[GuestImage]:
         key_path=image_dir / manifest["key"],
         kernel_release=manifest["kernel_release"],
         config_path=image_dir / manifest["config"],
+        kernel_source=Path(manifest["kernel_source"]) if manifest.get("kernel_source") else None,
+        config_source=manifest.get("config_source", ""),
+        btf=manifest.get("btf"),
+        modules_disk=image_dir / disk if disk else None,
     )
-    if not all(path.is_file() for path in (image.kernel, image.initrd, image.key_path, image.config_path)):
+    files = (image.kernel, image.initrd, image.key_path, image.config_path)
+    if not all(path.is_file() for path in (*files, *([image.modules_disk] if image.modules_disk else []))):
         return None
     return image
 
@@ -175,6 +190,18 @@ def build_image(arch: str, cache_dir: Optional[Path] = None, *, kernel: Optional
     spec = spec_for(arch)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     image_dir = cache_root / f"{spec.name}-{_recipe_fingerprint(spec, kernel)}"
+    return cached_build(
+        spec, cache_root, image_dir, lambda build_dir: _build_into(spec, build_dir, deb_dir(cache_root, spec), kernel)
+    )
+
+
+def deb_dir(cache_root: Path, spec: ArchSpec) -> Path:
+    return cache_root / "debs" / spec.debian_arch
+
+
+def cached_build(spec: ArchSpec, cache_root: Path, image_dir: Path, build_into: Callable[[Path], None]) -> GuestImage:
+    """The image in ``image_dir``, made first by ``build_into(build_dir)`` if it is not there: one builder per
+    arch at a time (flock), and the directory appears only complete (rename of the build directory)."""
     # Fast path without the lock: a finished image directory only ever appears by rename, complete.
     cached = _load_cached(image_dir)
     if cached is not None:
@@ -190,7 +217,7 @@ def build_image(arch: str, cache_dir: Optional[Path] = None, *, kernel: Optional
                 shutil.rmtree(stale, ignore_errors=True)
             build_dir = Path(tempfile.mkdtemp(prefix=f".build-{spec.name}-", dir=cache_root))
             try:
-                _build_into(spec, build_dir, cache_root / "debs" / spec.debian_arch, kernel)
+                build_into(build_dir)
                 if image_dir.exists():
                     # A leftover without a valid manifest (e.g. deleted files); replace it.
                     shutil.rmtree(image_dir)
@@ -321,19 +348,12 @@ def _deb_is_valid(path: Path, deb: _DebFile) -> bool:
 # ------------------------------------------------------------------------------------------------ assembly
 
 
-def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path, series: Optional[str] = None) -> None:
+def _build_into(spec: ArchSpec, build_dir: Path, debs_dir: Path, series: Optional[str] = None) -> None:
     started = time.monotonic()
-    dpkg_deb = _require_tool("dpkg-deb", _APT_HINT)
-    _require_tool("cpio", "apt-get install cpio")
-    _check_dpkg_architecture(spec)
     kernel_package = _resolve_kernel_package(spec, series)
     kernel_release = kernel_package[len("linux-image-") :]
-    debs = _deb_files(spec, [kernel_package, "busybox-static", "dropbear-bin", *_LIBRARY_PACKAGES])
-    deb_paths = _ensure_debs(spec, debs, deb_cache)
-
     stage = build_dir / "stage"
-    for deb_path in deb_paths:
-        _run([dpkg_deb, "-x", str(deb_path), str(stage)], what=f"dpkg-deb -x {deb_path.name}")
+    debs = stage_packages(spec, [kernel_package, *USERLAND_PACKAGES], debs_dir, stage)
 
     config_source = stage / "boot" / f"config-{kernel_release}"
     kernel_source = stage / "boot" / f"vmlinuz-{kernel_release}"
@@ -345,7 +365,9 @@ def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path, series: Option
         raise TargetError(f"{kernel_package} lacks {', '.join(missing_options)}=y; it cannot serve as a guest")
 
     rootfs = build_dir / "rootfs"
-    modules = _assemble_rootfs(spec, stage, rootfs, kernel_release)
+    assemble_rootfs(spec, stage, rootfs)
+    module_dir = stage / "lib" / "modules" / kernel_release
+    modules = install_modules(module_dir, rootfs, kernel_release, module_load_order(module_dir, spec.needed_modules))
     key_path = build_dir / "id_ed25519"
     public_key = _write_client_key(key_path)
     _install_file(rootfs / "root/.ssh/authorized_keys", public_key.encode(), 0o600)
@@ -382,6 +404,18 @@ def _build_into(spec: ArchSpec, build_dir: Path, deb_cache: Path, series: Option
     (build_dir / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def stage_packages(spec: ArchSpec, packages: Sequence[str], deb_cache: Path, stage: Path) -> list[_DebFile]:
+    """Download (or reuse from ``deb_cache``) the Debian packages of the guest's arch and extract them into
+    ``stage``; return what was extracted."""
+    dpkg_deb = _require_tool("dpkg-deb", _APT_HINT)
+    _require_tool("cpio", "apt-get install cpio")
+    _check_dpkg_architecture(spec)
+    debs = _deb_files(spec, packages)
+    for deb_path in _ensure_debs(spec, debs, deb_cache):
+        _run([dpkg_deb, "-x", str(deb_path), str(stage)], what=f"dpkg-deb -x {deb_path.name}")
+    return debs
+
+
 def _read_kernel_config(path: Path) -> Mapping[str, str]:
     options: dict[str, str] = {}
     for line in path.read_text().splitlines():
@@ -413,8 +447,8 @@ def _write_client_key(private_path: Path) -> str:
     return line
 
 
-def _assemble_rootfs(spec: ArchSpec, stage: Path, rootfs: Path, kernel_release: str) -> list[str]:
-    """Lay out the guest's root; return the kernel modules it loads, in order."""
+def assemble_rootfs(spec: ArchSpec, stage: Path, rootfs: Path) -> None:
+    """Lay out the guest's root from the extracted packages in ``stage``: busybox, dropbear, init, /etc."""
     for directory, mode in (
         ("bin", 0o755),
         ("sbin", 0o755),
@@ -440,19 +474,11 @@ def _assemble_rootfs(spec: ArchSpec, stage: Path, rootfs: Path, kernel_release: 
     for relative in _elf_closure(stage, _GUEST_BINARIES, library_dirs):
         _copy_with_symlinks(stage, relative, rootfs)
 
-    modules = _module_load_order(stage, kernel_release, spec.needed_modules)
-    module_root = f"lib/modules/{kernel_release}"
-    for module in modules:
-        _copy_with_symlinks(stage, f"{module_root}/{module}", rootfs)
-    module_list = "".join(f"/{module_root}/{module}\n" for module in modules)
-    _install_file(rootfs / MODULE_LIST_PATH, module_list.encode(), 0o644)
-
     _install_file(rootfs / "init", init_script().encode(), 0o755)
     trigger = setup_irq_trigger_script(spec.setup_irq_device_name, spec.setup_irq_trigger)
     _install_file(rootfs / SETUP_IRQ_TRIGGER_PATH, trigger.encode(), 0o755)
     for relative, text in etc_files(_hostname(spec)).items():
         _install_file(rootfs / relative, text.encode(), 0o644)
-    return modules
 
 
 def _symlink_chain(stage: Path, relative: str) -> Iterator[str]:
@@ -533,26 +559,30 @@ def _normalise_module_name(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _module_load_order(stage: Path, kernel_release: str, wanted: Sequence[str]) -> list[str]:
-    """Paths (relative to lib/modules/<release>) of the wanted modules not built in, dependencies first.
+def _shipped_modules(module_dir: Path) -> dict[str, str]:
+    """Module name -> path relative to ``module_dir`` (plain ``.ko`` preferred over ``.ko.xz``)."""
+    shipped: dict[str, str] = {}
+    for suffix in (".ko", ".ko.xz"):
+        for path in sorted(module_dir.glob(f"kernel/**/*{suffix}")):
+            name = _normalise_module_name(path.name[: -len(suffix)])
+            shipped.setdefault(name, path.relative_to(module_dir).as_posix())
+    return shipped
 
-    The .deb ships no modules.dep, so dependencies come from each module's own ``.modinfo`` ``depends=``.
+
+def module_load_order(module_dir: Path, wanted: Sequence[str], *, optional: Sequence[str] = ()) -> list[str]:
+    """Paths (relative to ``module_dir``, a lib/modules/<release>) of the wanted modules not built in,
+    dependencies first; ``optional`` ones are left out when the tree does not have them.
+
+    Dependencies come from each module's own ``.modinfo`` ``depends=`` (a .deb ships no modules.dep).
     """
-    module_dir = stage / "lib" / "modules" / kernel_release
     builtin_list = module_dir / "modules.builtin"
     builtin = {
         _normalise_module_name(Path(line.strip()).stem)
         for line in (builtin_list.read_text().splitlines() if builtin_list.exists() else [])
         if line.strip()
     }
-    shipped = {
-        _normalise_module_name(path.stem): path.relative_to(module_dir).as_posix()
-        for path in module_dir.glob("kernel/**/*.ko")
-    }
-    # Newer Debian kernels (6.12) ship modules xz-compressed; the guest's busybox insmod loads plain ones.
-    for compressed in module_dir.glob("kernel/**/*.ko.xz"):
-        name = _normalise_module_name(compressed.name[: -len(".ko.xz")])
-        shipped.setdefault(name, compressed.relative_to(module_dir).as_posix())
+    # Newer Debian kernels (6.12) ship modules xz-compressed; install_modules() decompresses them.
+    shipped = _shipped_modules(module_dir)
     order: list[str] = []
     visiting: set[str] = set()
 
@@ -561,29 +591,45 @@ def _module_load_order(stage: Path, kernel_release: str, wanted: Sequence[str]) 
         if name in builtin or shipped.get(name) in order:
             return
         if name not in shipped:
-            raise TargetError(f"kernel {kernel_release} has module {name} neither built in nor in its package")
+            raise TargetError(f"kernel {module_dir.name} has module {name} neither built in nor in {module_dir}")
         if name in visiting:
-            raise TargetError(f"module dependency cycle through {name} in kernel {kernel_release}")
+            raise TargetError(f"module dependency cycle through {name} in kernel {module_dir.name}")
         visiting.add(name)
-        if shipped[name].endswith(".ko.xz"):
-            compressed = module_dir / shipped[name]
-            plain = compressed.with_name(compressed.name[: -len(".xz")])
-            plain.write_bytes(lzma.decompress(compressed.read_bytes()))
-            shipped[name] = plain.relative_to(module_dir).as_posix()
-        for dependency in _module_dependencies(module_dir / shipped[name]):
+        for dependency in _module_dependencies(_module_bytes(module_dir / shipped[name])):
             visit(dependency)
         visiting.discard(name)
         order.append(shipped[name])
 
     for name in wanted:
         visit(name)
+    for name in optional:
+        if _normalise_module_name(name) in shipped:
+            visit(name)
     return order
 
 
-def _module_dependencies(path: Path) -> list[str]:
-    with path.open("rb") as stream:
-        section = ELFFile(stream).get_section_by_name(".modinfo")
-        data = bytes(section.data()) if section is not None else b""
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.name.endswith(".xz") else data
+
+
+def install_modules(module_dir: Path, rootfs: Path, kernel_release: str, order: Sequence[str]) -> list[str]:
+    """Copy the modules (decompressed: the guest's busybox insmod loads plain ones) into the rootfs and write
+    the list init loads them from; return their paths relative to lib/modules/<release>, in load order."""
+    module_root = f"lib/modules/{kernel_release}"
+    installed = []
+    for module in order:
+        relative = module[: -len(".xz")] if module.endswith(".ko.xz") else module
+        _install_file(rootfs / module_root / relative, _module_bytes(module_dir / module), 0o644)
+        installed.append(relative)
+    module_list = "".join(f"/{module_root}/{module}\n" for module in installed)
+    _install_file(rootfs / MODULE_LIST_PATH, module_list.encode(), 0o644)
+    return installed
+
+
+def _module_dependencies(module: bytes) -> list[str]:
+    section = ELFFile(io.BytesIO(module)).get_section_by_name(".modinfo")
+    data = bytes(section.data()) if section is not None else b""
     for entry in data.split(b"\0"):
         if entry.startswith(b"depends="):
             return [name for name in entry[len(b"depends=") :].decode().split(",") if name]

@@ -192,6 +192,21 @@ def _qemu_command(spec: ArchSpec, image: GuestImage, port: int, qemu: str) -> li
         # romfile= skips loading the iPXE option ROM, which only costs boot time.
         "-device",
         "virtio-net-pci,netdev=n0,romfile=",
+        *_modules_disk_args(image),
+    ]
+
+
+def _modules_disk_args(image: GuestImage) -> list[str]:
+    """The read-only virtio disk holding a user kernel's modules tree (/dev/vda in the guest)."""
+    if image.modules_disk is None:
+        return []
+    # qemu splits -drive options at commas; a comma in the path is written as two.
+    path = str(image.modules_disk).replace(",", ",,")
+    return [
+        "-drive",
+        f"file={path},if=none,id=modules,format=raw,readonly=on",
+        "-device",
+        "virtio-blk-pci,drive=modules",
     ]
 
 
