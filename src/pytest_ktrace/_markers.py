@@ -6,8 +6,8 @@ __all__ = ["REQUIRES", "REQUIRES_HELP", "SETTINGS", "SETTINGS_HELP"]
 
 SETTINGS = "ktrace"
 SETTINGS_HELP = (
-    "ktrace(host=, vm=, backend=, snapshot=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, lost=, stream=, keep=, "
-    "strict=, kernel_log=): per-test settings; they override the command line and the ini file"
+    "ktrace(host=, vm=, vm_kernel=, vm_modules=, backend=, snapshot=, tracefs=, sudo=, scope=, timeout=, buffer_kb=, "
+    "lost=, stream=, keep=, strict=, kernel_log=): per-test settings; they override the command line and the ini file"
 )
 REQUIRES = "ktrace_requires"
 REQUIRES_HELP = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -28,6 +29,8 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "backend": ("ktrace_backend", "ktrace_backend", None, "str"),
     "host": ("ktrace_host", "ktrace_host", None, "str"),
     "vm": ("ktrace_vm", "ktrace_vm", None, "str"),
+    "vm_kernel": ("ktrace_vm_kernel", "ktrace_vm_kernel", None, "path"),
+    "vm_modules": ("ktrace_vm_modules", "ktrace_vm_modules", None, "path"),
     "tracefs": ("ktrace_tracefs", "ktrace_tracefs", None, "str"),
     "sudo": ("ktrace_sudo", "ktrace_sudo", False, "bool"),
     "ssh_config": ("ktrace_ssh_config", "ktrace_ssh_config", None, "str"),
@@ -58,6 +61,8 @@ class TargetSpec:
     backend: str = "local"
     host: Optional[str] = None
     vm: Optional[str] = None
+    vm_kernel: Optional[str] = None  # a kernel the user built, booted in the vm instead of Debian's (absolute path)
+    vm_modules: Optional[str] = None  # its `make modules_install INSTALL_MOD_PATH=` tree (absolute path)
     tracefs: Optional[str] = None
     sudo: bool = False
     ssh_config: Optional[str] = None
@@ -67,7 +72,7 @@ class TargetSpec:
     @property
     def label(self) -> str:
         if self.backend == "vm":
-            return f"vm:{self.vm}"
+            return f"vm:{self.vm}:{Path(self.vm_kernel).name}" if self.vm_kernel else f"vm:{self.vm}"
         if self.backend == "fake":
             # a snapshot file is named by its file name: NAME.json.gz
             name = Path(self.snapshot).name.removesuffix(".json.gz") if self.snapshot else "(snapshot of each cassette)"
@@ -90,7 +95,13 @@ class TestSettings:
 
 
 MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
-_KINDS = {"bool": "boolean (true/false)", "float": "number", "int": "integer", "str": "string"}
+_KINDS = {
+    "bool": "boolean (true/false)",
+    "float": "number",
+    "int": "integer",
+    "str": "string",
+    "path": "path (a string or os.PathLike)",
+}
 
 
 def _named(key: str, value: Any, source: str) -> str:
@@ -124,6 +135,8 @@ def _parse(kind: str, value: Any, *, strict: bool) -> Any:
                 raise ValueError(value)
             return int(value)
         return int(value)
+    if kind == "path" and isinstance(value, os.PathLike):
+        return os.fspath(value)
     if strict and not isinstance(value, str):
         raise TypeError(value)
     return str(value)
@@ -145,16 +158,51 @@ def _convert(key: str, kind: str, value: Any, source: str) -> Any:
 
 
 def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> Any:
+    return _sourced_setting(config, marker_kwargs, key)[0]
+
+
+def _sourced_setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> tuple[Any, str]:
+    """A setting's value and where it came from, as :func:`_named` shows it."""
     dest, ini, default, kind = _SETTINGS[key]
     if key in marker_kwargs:
-        return _convert(key, kind, marker_kwargs[key], "@pytest.mark.ktrace")
+        return _convert(key, kind, marker_kwargs[key], "@pytest.mark.ktrace"), "@pytest.mark.ktrace"
     cli = config.getoption(dest, default=None)
     if cli is not None:
-        return _convert(key, kind, cli, "--" + dest.replace("_", "-"))
+        source = "--" + dest.replace("_", "-")
+        return _convert(key, kind, cli, source), source
     raw = config.getini(ini)
     if raw not in (None, "", []):
-        return _convert(key, kind, raw, f"ini {ini}")
-    return default
+        return _convert(key, kind, raw, f"ini {ini}"), f"ini {ini}"
+    return default, ""
+
+
+def _path_setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> tuple[Optional[str], str]:
+    """An absolute path and where it was set: a relative one is taken from where pytest was started (command
+    line), the ini file's directory (ini) or the rootdir (marker, ``ktrace_config``)."""
+    value, source = _sourced_setting(config, marker_kwargs, key)
+    if not value:
+        return None, ""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute():
+        if source.startswith("--"):
+            base = Path(config.invocation_params.dir)
+        elif source.startswith("ini ") and config.inipath is not None:
+            base = Path(config.inipath).parent
+        else:
+            base = Path(config.rootpath)
+        path = base / path
+    return os.path.normpath(path), _named(key, value, source)
+
+
+def _vm_kernel_arch(kernel: str, named: str) -> str:
+    """The arch of a user's kernel file, read from its header (cheap, remembered per file version)."""
+    from ._errors import GuestKernelError
+    from .guests._kernel_files import inspect_kernel
+
+    try:
+        return inspect_kernel(Path(kernel)).arch
+    except GuestKernelError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: {named}: {exc}") from None
 
 
 def validate_marker(
@@ -186,19 +234,49 @@ def validate_marker(
         raise pytest.UsageError(f"{nodeid}: {source}(vm={kwargs['vm']!r}): use one of {', '.join(VM_ARCHES)}")
 
 
+def _vm_kernel_settings(
+    config: pytest.Config, kwargs: dict[str, Any], vm: Optional[str]
+) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """(kernel, modules tree, arch) of a vm target: the arch is the user kernel's own, and a vm of another arch
+    set beside it is a usage error naming both."""
+    kernel, kernel_named = _path_setting(config, kwargs, "vm_kernel")
+    modules, modules_named = _path_setting(config, kwargs, "vm_modules")
+    if kernel is None:
+        if modules is not None:
+            raise pytest.UsageError(
+                f"pytest-ktrace: {modules_named} needs a kernel of that build (--ktrace-vm-kernel=PATH): the "
+                "stock Debian kernel brings its own modules"
+            )
+        return None, None, vm
+    arch = _vm_kernel_arch(kernel, kernel_named)
+    if vm is not None and vm != arch:
+        _, vm_source = _sourced_setting(config, kwargs, "vm")
+        raise pytest.UsageError(
+            f"pytest-ktrace: {_named('vm', vm, vm_source)} asks for an {vm} guest, but {kernel_named} is an "
+            f"{arch} kernel; drop one of them"
+        )
+    return kernel, modules, arch
+
+
 def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:
     """Settings of one test: each key from its marker, else the command line, else the ini file."""
     kwargs = marker_kwargs or {}
     values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
     backend = values["backend"]
-    if "backend" not in kwargs and ("vm" in kwargs or "host" in kwargs) and backend != "fake":
+    wants_vm = "vm" in kwargs or "vm_kernel" in kwargs
+    if "backend" not in kwargs and (wants_vm or "host" in kwargs) and backend != "fake":
         # A marker naming a host or a vm picks that kind of target, whatever the command line said, except
         # --ktrace-backend=fake: then every real target is replaced by the fake, replaying the tests' cassettes.
-        backend = "vm" if "vm" in kwargs else "ssh"
+        backend = "vm" if wants_vm else "ssh"
     if backend is None:
-        backend = "vm" if values["vm"] else "ssh" if values["host"] else "local"
+        backend = "vm" if values["vm"] or values["vm_kernel"] else "ssh" if values["host"] else "local"
     if backend == "ssh" and not values["host"]:
         raise pytest.UsageError("pytest-ktrace: --ktrace-backend=ssh needs --ktrace-host=[user@]host[:port]")
+    vm_kernel = vm_modules = None
+    if backend != "fake" and values["vm_modules"] and not values["vm_kernel"]:
+        _vm_kernel_settings(config, kwargs, values["vm"])  # raises: modules without their kernel
+    if backend == "vm":
+        vm_kernel, vm_modules, values["vm"] = _vm_kernel_settings(config, kwargs, values["vm"])
     if backend == "vm" and values["vm"] not in VM_ARCHES:
         raise pytest.UsageError(f"pytest-ktrace: --ktrace-vm must be one of {', '.join(VM_ARCHES)}")
     if values["scope"] not in SCOPES:
@@ -207,6 +285,8 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         backend=backend,
         host=values["host"] if backend == "ssh" else None,
         vm=values["vm"] if backend == "vm" else None,
+        vm_kernel=vm_kernel,
+        vm_modules=vm_modules,
         tracefs=values["tracefs"],
         sudo=bool(values["sudo"]),
         ssh_config=values["ssh_config"],

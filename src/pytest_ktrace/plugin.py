@@ -36,6 +36,7 @@ from .recording._modes import RECORD_MODES
 if TYPE_CHECKING:
     from ._fixtures import Target
     from ._session import TraceSession
+    from ._targets import TargetSpec
     from .report._section import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
@@ -43,6 +44,7 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 _FILES_KEY = pytest.StashKey["TestFiles"]()  # --ktrace-report: every process writes the files of its tests
 _MARKER_ERROR_KEY = pytest.StashKey[str]()  # a test whose marker arguments are wrong fails alone, at setup
 _JSON_KEY = pytest.StashKey[bool]()  # --ktrace-json: every process adds each test's entry to its teardown report
+_VM_KERNEL_KEY = pytest.StashKey[str]()  # --ktrace-vm-kernel: what the header says of the user's kernel
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -72,6 +74,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"boot a disposable qemu guest and trace it: {' or '.join(VM_ARCHES)}",
         metavar="ARCH",
         choices=VM_ARCHES,
+    )
+    option(
+        "ktrace-vm-kernel",
+        "boot this kernel in the qemu guest instead of Debian's: an x86 bzImage, an arm64 Image or Image.gz, or an "
+        "ELF vmlinux; the guest's arch is the kernel's own",
+        metavar="PATH",
+    )
+    option(
+        "ktrace-vm-modules",
+        "the modules of that kernel: DIR of `make modules_install INSTALL_MOD_PATH=DIR` (DIR/lib/modules/<release>)",
+        metavar="DIR",
     )
     option("ktrace-tracefs", "tracefs mount point on the target (default: /sys/kernel/tracing)", metavar="PATH")
     option("ktrace-sudo", "on the SSH target, write tracefs through 'sudo -n'", "bool", **flag)
@@ -179,8 +192,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(builtin, "ktrace-builtin-backends")
     # The command line and ini values, checked once for the whole run: a bad value is one usage error (exit 4),
     # also with -q (which skips pytest_report_header), not an error in every test.
-    resolve_target(config)
+    settings = resolve_target(config)
     clean_after(config)
+    if settings.target.vm_kernel and not hasattr(config, "workerinput"):
+        config.stash[_VM_KERNEL_KEY] = _check_vm_kernel(settings.target)
     if (config.getoption("ktrace_flamegraph", default=None) or config.getini("ktrace_flamegraph")) not in (
         None,
         "",
@@ -212,6 +227,22 @@ def pytest_configure(config: pytest.Config) -> None:
                 from .report._hooks import ReportIndexHooks
 
                 config.pluginmanager.register(ReportIndexHooks(RunReport(report_dir)), "ktrace-report")
+
+
+def _check_vm_kernel(target: TargetSpec) -> str:
+    """A user's kernel from the command line or ini, checked before any test runs (a kernel the guest cannot
+    run is a usage error); a line on it for the header."""
+    from pathlib import Path
+
+    from ._errors import GuestKernelError
+    from .guests import describe_user_kernel
+
+    assert target.vm_kernel is not None
+    modules = Path(target.vm_modules) if target.vm_modules else None
+    try:
+        return describe_user_kernel(Path(target.vm_kernel), modules, arch=target.vm)
+    except GuestKernelError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: {exc}") from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -283,6 +314,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             )
         else:
             lines.append(f"ktrace: backend {target.backend}, target {target.label}: reached when a test first needs it")
+    if _VM_KERNEL_KEY in config.stash:
+        lines.append(f"ktrace: {config.stash[_VM_KERNEL_KEY]}")
     return lines
 
 

@@ -37,7 +37,7 @@ def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Opt
             tracefs=target.tracefs,
         )
     if target.backend == "vm" and target.vm:
-        return _boot_vm(config, target.vm)
+        return _boot_vm(config, target)
     if target.backend == "fake":
         from .._errors import KtraceError
         from ..fake._backend import FakeBackend
@@ -53,17 +53,23 @@ def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Opt
     return None
 
 
-def _boot_vm(config: pytest.Config, arch: str) -> Backend:
-    """Boot a disposable guest once per run and reach it like any SSH board; powered off at the run's end."""
+def _boot_vm(config: pytest.Config, target: TargetSpec) -> Backend:
+    """Boot a disposable guest once per run and reach it like any SSH board; powered off at the run's end. Its
+    kernel is Debian's, or the user's (``vm_kernel``, checked before it boots) with its modules tree."""
     from .. import guests
     from .._targets import state_key
     from .ssh._backend import SshBackend
 
+    arch = target.vm or ""
     reason = guests.qemu_available(arch)
     if reason is not None:
         from .._errors import MissingTool
 
         raise MissingTool(f"cannot boot the {arch} guest: {reason}")
-    guest = guests.boot(arch)
+    image = None
+    if target.vm_kernel:
+        modules = Path(target.vm_modules) if target.vm_modules else None
+        image = guests.build_user_image(Path(target.vm_kernel), modules, arch=arch)
+    guest = guests.boot(arch, image=image)
     config.stash[state_key()].closers.append(guest.shutdown)
     return SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path)
