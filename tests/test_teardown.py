@@ -158,6 +158,15 @@ def test_a_module_that_stays_is_a_failure_naming_its_holders() -> None:
     ledger.unload("ktbar")
     report = ledger.undo()
     assert report.failures == ["rmmod ktbar: rmmod: ERROR: Module ktbar is in use holders of ktbar: other; refcnt 1"]
+    assert report.replayable  # the command's answer is in the cassette: the replay fails the same way
+
+
+def test_a_refused_tracefs_undo_cannot_be_replayed_even_beside_a_failed_unload() -> None:
+    target = _Target({RMDIR.path: "EBUSY", "rmmod": "rmmod: ERROR: Module ktbar is in use\n"})
+    ledger = _ledger(target)
+    ledger.unload("ktbar")
+    report = ledger.undo()
+    assert len(report.failures) == 2 and not report.replayable
 
 
 def test_a_module_that_did_not_load_is_not_unloaded() -> None:

@@ -121,6 +121,43 @@ static const struct kernel_param_ops ktbar_rerequest_ops = {
 module_param_cb(rerequest, &ktbar_rerequest_ops, NULL, 0200);
 MODULE_PARM_DESC(rerequest, "write anything (after loading) to free the IRQ and request it again");
 
+/*
+ * Writing 1 to /sys/module/ktbar/parameters/hold takes a reference on the
+ * module, as an open device file of a driver does, so "rmmod ktbar" fails with
+ * "Resource temporarily unavailable" (refcnt 1) until 0 is written. A test uses
+ * it to see how a module that cannot be unloaded is reported.
+ */
+static bool ktbar_held;
+
+static int ktbar_hold_set(const char *val, const struct kernel_param *kp)
+{
+	bool hold;
+	int ret = kstrtobool(val, &hold);
+
+	if (ret)
+		return ret;
+	mutex_lock(&ktbar_lock);
+	if (!ktbar_irq) {
+		/* As an insmod argument: the module is not live yet. */
+		ret = -EINVAL;
+	} else if (hold && !ktbar_held) {
+		__module_get(THIS_MODULE);
+		ktbar_held = true;
+	} else if (!hold && ktbar_held) {
+		module_put(THIS_MODULE);
+		ktbar_held = false;
+	}
+	mutex_unlock(&ktbar_lock);
+	return ret;
+}
+
+static const struct kernel_param_ops ktbar_hold_ops = {
+	.set = ktbar_hold_set,
+	.get = param_get_bool,
+};
+module_param_cb(hold, &ktbar_hold_ops, &ktbar_held, 0644);
+MODULE_PARM_DESC(hold, "write 1 (after loading) to hold a reference on the module, so rmmod fails; 0 to let go");
+
 static int __init ktbar_init(void)
 {
 	int irq, ret;

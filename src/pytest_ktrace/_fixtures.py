@@ -45,7 +45,7 @@ class Target:
     settings: TestSettings
     tape: Tape
     finalizers: list[Callable[[], None]] = field(default_factory=list)
-    undone: bool = True  # False when the session could not undo everything: the cassette is not written
+    undone: bool = True  # False when teardown failed in a way a cassette cannot hold: none is written
 
     @property
     def label(self) -> str:
@@ -197,7 +197,7 @@ def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[Tra
                 stacklevel=1,
             )
         if report:
-            target.undone = False
+            target.undone = report.replayable
             pytest.fail(
                 f"pytest-ktrace could not undo everything this test created on {target.label}:\n  "
                 + "\n  ".join(report.failures),

@@ -34,9 +34,16 @@ class TeardownReport:
     notes: list[str] = field(default_factory=list)  # worth a warning, not a failure
     inspected: list[str] = field(default_factory=list)  # what the last look (read_first) found wrong
     deferred: str = ""  # why teardown was handed to the backend for its next connection
+    failed_commands: list[str] = field(default_factory=list)  # those of the failures a command on the target said
 
     def __bool__(self) -> bool:
         return bool(self.failures)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a cassette holds everything that failed: a command's answer is recorded and replayed, a tracefs
+        operation the kernel refused at teardown is not (the fake would undo it without a word)."""
+        return len(self.failures) == len(self.failed_commands)
 
 
 class TeardownLedger:
@@ -150,6 +157,7 @@ class TeardownLedger:
         if result.returncode != 0:
             said = " ".join((result.stdout + result.stderr).split()) or f"exit status {result.returncode}"
             report.failures.append(f"rmmod {' '.join(names)}: {said}")
+            report.failed_commands.append(report.failures[-1])
 
     def _defer(self, report: TeardownReport, lost: ConnectionLost) -> TeardownReport:
         # The target is unreachable now: the backend undoes this test first thing after it reconnects.

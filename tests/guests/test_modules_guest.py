@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -66,6 +68,16 @@ def test_a_warn_on_purpose(ktrace):
     ktrace.load_module(KO, warn=True)
 
 
+def test_a_module_that_will_not_unload_fails_the_test(ktrace):
+    ktrace.load_module(KO)
+    ktrace.run(["sh", "-c", "echo 1 > /sys/module/ktbar/parameters/hold"], check=True)
+
+
+def test_the_held_module_is_still_there_and_can_go(ktrace):
+    assert ktrace.run(["cat", "/sys/module/ktbar/refcnt"], check=True).stdout.strip() == "1"
+    ktrace.run(["sh", "-c", "echo 0 > /sys/module/ktbar/parameters/hold && rmmod ktbar"], check=True)
+
+
 def test_nothing_is_left(ktrace):
     assert ktrace.run(["ls", "/sys/module/ktbar"]).returncode != 0
     assert not [name for name in ktrace.run(["ls", "/tmp"]).stdout.split() if name.endswith(".ko")]
@@ -78,8 +90,11 @@ def ktbar_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         [str(ROOT / "scripts" / "build-example-driver")], capture_output=True, text=True, timeout=900, check=False
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    built = {path.parts[-3]: path for path in (ROOT / "build" / "driver").glob("*/*/ktbar.ko")}
-    assert set(built) >= {"x86_64", "arm64"}, built
+    # the script names the module it built for each guest's kernel: "ktbar.ko for ARCH (RELEASE), ...: PATH"
+    built = {
+        arch: Path(path) for arch, path in re.findall(r"^ktbar\.ko for (\S+) \(.*?\).*?: (\S+)$", out.stdout, re.M)
+    }
+    assert set(built) >= {"x86_64", "arm64"}, out.stdout
     return built
 
 
@@ -88,15 +103,31 @@ def ktbar_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_the_example_driver_in_the_guest(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ktbar_modules: dict[str, Path], arch: str
 ) -> None:
-    monkeypatch.setenv("KTBAR_KO", str(ktbar_modules[arch]))
+    ko = pytester.path / "ktbar.ko"  # the test's own copy: the record and the replay load the same bytes
+    ko.write_bytes(ktbar_modules[arch].read_bytes())
+    monkeypatch.setenv("KTBAR_KO", str(ko))
     monkeypatch.setenv("KTBAR_ARCH", arch)
     pytester.makepyfile(test_ktbar=SUITE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
-    result.assert_outcomes(passed=7, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*_ test_a_warn_fails_the_test _*",
-            "*pytest-ktrace (after the test): the kernel printed a WARNING during this test:*",
-            "*insmod-*: WARNING: CPU: * at *ktbar*",
-        ]
-    )
+    recorded = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "--ktrace-record")
+    replayed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "--ktrace-backend=fake")
+    for result in (recorded, replayed):  # the guest's kernel, then its cassettes replayed on the fake
+        result.assert_outcomes(passed=9, failed=1, errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*_ ERROR at teardown of test_a_module_that_will_not_unload_fails_the_test _*",
+                "*rmmod ktbar: *ktbar*holders of ktbar: ; refcnt 1*",
+                "*_ test_a_warn_fails_the_test _*",
+                "*pytest-ktrace (after the test): the kernel printed a WARNING during this test:*",
+                "*insmod-*: WARNING: CPU: * at *ktbar*",
+                "*the kernel's taint changed during this test: *W: *",
+            ]
+        )
+    assert "ktrace: backend fake" in replayed.stdout.str()
+    # the cassette says what the module brought and when it went: the fake did the same from it
+    cassette = json.loads((pytester.path / "cassettes" / "test_ktbar" / "test_its_own_tracepoint.json").read_text())
+    changes = [step["modules"] for step in cassette["interactions"] if "modules" in step]
+    assert [sorted(change) for change in changes] == [["loaded"], ["unloaded"]], changes
+    ktbar = changes[0]["loaded"]["ktbar"]
+    assert "ktbar_request" in ktbar["functions"] and list(ktbar["events"]) == ["ktbar/ktbar_request"]
+    assert "field:int irq;" in ktbar["events"]["ktbar/ktbar_request"]
+    assert changes[1]["unloaded"] == ["ktbar"]

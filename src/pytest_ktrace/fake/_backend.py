@@ -11,6 +11,7 @@ import contextlib
 import errno as errno_mod
 import functools
 import os
+import re
 import threading
 import time
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -186,9 +187,13 @@ class FakeBackend:
         return OpResult(op, ok=True)
 
     def _read_outside_tracefs(self, op: Read) -> OpResult:
-        """The files outside tracefs the plugin reads: the kernel's taint (``taint``, a mask the tests may set)."""
+        """The files outside tracefs the plugin reads: the kernel's taint (``taint``, a mask the tests may set) and
+        whether a module is loaded (``/sys/module/NAME/initstate``)."""
         if op.path == "/proc/sys/kernel/tainted":
             return OpResult(op, ok=True, data=f"{self.taint}\n")
+        module = re.fullmatch(r"/sys/module/([^/]+)/initstate", op.path)
+        if module is not None and module.group(1) in self.tracefs.modules.loaded:
+            return OpResult(op, ok=True, data="live\n")
         if op.missing_ok:
             return OpResult(op, ok=True)
         return OpResult(op, ok=False, errno_name="ENOENT", error=os.strerror(errno_mod.ENOENT))
