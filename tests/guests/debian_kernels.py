@@ -57,11 +57,16 @@ def unpacked_kernel(meta: str, arch: str) -> KernelTree:
     package = _kernel_package(meta, spec.debian_arch)
     release = package[len("linux-image-") :]
     cache_root = default_cache_root()
+    trees = cache_root / "kernel-trees"
+    # A tree of this package (its name carries the kernel's ABI) unpacked earlier: no need to ask apt for its URL
+    for root in sorted(trees.glob(f"{package}_*_{spec.debian_arch}"), reverse=True):
+        tree = KernelTree(root, release, root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}")
+        if (tree.release_dir / "modules.dep").is_file():
+            return tree
     try:
         [deb] = _deb_files(spec, [package])
     except KtraceError as exc:
         skip_or_fail(f"cannot find {package}: {exc}")
-    trees = cache_root / "kernel-trees"
     root = trees / deb.filename.removesuffix(".deb")
     tree = KernelTree(root, release, root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}")
     if (tree.release_dir / "modules.dep").is_file():

@@ -1,6 +1,7 @@
-"""--ktrace-vm-kernel and --ktrace-vm-modules through the plugin, booting a real second kernel: Debian's 6.1 cloud
-flavour (not the guests' own kernel), with its modules tree as `make modules_install` lays one out. A kprobe on a
-kernel function is hit by a command, and a module of that tree is loaded by name."""
+"""--ktrace-vm-kernel and --ktrace-vm-modules through the plugin, booting a real second kernel on each arch: Debian's
+6.1 cloud flavour (not the guests' own kernel; a bzImage on x86_64, an Image on arm64), with its modules tree as
+`make modules_install` lays one out. A kprobe on a kernel function is hit by a command, and a module of that tree
+is loaded by name."""
 
 from __future__ import annotations
 
@@ -48,12 +49,21 @@ def test_the_module_was_unloaded_after_its_test(ktrace):
 """
 
 
+CLOUD_KERNELS = {"x86_64": ("linux-image-cloud-amd64", "bzImage"), "arm64": ("linux-image-cloud-arm64", "Image")}
+
+
+@pytest.fixture(scope="module", params=sorted(CLOUD_KERNELS))
+def cloud_arch(request: pytest.FixtureRequest) -> str:
+    arch: str = request.param
+    return arch
+
+
 @pytest.fixture(scope="module")
-def cloud() -> KernelTree:
-    unavailable = qemu_available("x86_64")
+def cloud(cloud_arch: str) -> KernelTree:
+    unavailable = qemu_available(cloud_arch)
     if unavailable is not None:
         skip_or_fail(unavailable)
-    return unpacked_kernel("linux-image-cloud-amd64", "x86_64")
+    return unpacked_kernel(CLOUD_KERNELS[cloud_arch][0], cloud_arch)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,7 @@ def cache_root() -> Path:
 
 
 def test_the_cloud_kernel_boots_with_its_modules(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, cloud: KernelTree, cache_root: Path
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, cloud_arch: str, cloud: KernelTree, cache_root: Path
 ) -> None:
     # the inner run shares the image cache, so the image it builds is the one the next test finds
     monkeypatch.setenv("KTRACE_CACHE_DIR", str(cache_root))
@@ -76,11 +86,11 @@ def test_the_cloud_kernel_boots_with_its_modules(
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
-            f"ktrace: backend vm, target vm:x86_64:{cloud.kernel.name}: reached when a test first needs it",
-            f"ktrace: kernel {cloud.kernel} (bzImage, {cloud.release}); modules {cloud.root}; config {cloud.config}; "
-            "BTF: yes",
+            f"ktrace: backend vm, target vm:{cloud_arch}:{cloud.kernel.name}: reached when a test first needs it",
+            f"ktrace: kernel {cloud.kernel} ({CLOUD_KERNELS[cloud_arch][1]}, {cloud.release}); modules {cloud.root}; "
+            f"config {cloud.config}; BTF: yes",
             "*",
-            f"ktrace: ktrace-vm-x86_64 (backend vm): Linux {cloud.release} x86_64; features *kprobes*; 4 test(s)",
+            f"ktrace: ktrace-vm-{cloud_arch} (backend vm): Linux {cloud.release} *; features *kprobes*; 4 test(s)",
         ]
     )
     assert not qemu_pids() - before, "the guest must be powered off when the run ends"
