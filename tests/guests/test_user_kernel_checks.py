@@ -90,13 +90,23 @@ def test_the_x86_guest_vmlinux_is_an_elf_kernel_qemu_boots_by_pvh() -> None:
 
 def test_the_cloud_bzimage_boots_as_the_pvh_elf_inside_it(cloud: KernelTree) -> None:
     found = inspect_kernel(cloud.kernel)
-    proper, why = kernel_proper(found)  # lz4: decompressed with the lz4 tool when there is one
-    if proper is None:
-        assert "lz4" in why
-        assert bootable_kernel(found, None).format == "bzImage"
-    else:
-        assert proper.startswith(b"\x7fELF")
-        assert bootable_kernel(found, proper).format == "pvh-elf"
+    proper, why = kernel_proper(found)  # lz4-compressed: opened with the lz4 tool (scripts/bootstrap installs it)
+    assert proper is not None, why
+    assert proper.startswith(b"\x7fELF") and kernel_release(found, proper) == cloud.release
+    assert bootable_kernel(found, proper).format == "pvh-elf"
+
+
+def test_without_the_lz4_tool_the_cloud_bzimage_boots_as_it_is(
+    cloud: KernelTree, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no lz4 there
+    found = inspect_kernel(cloud.kernel)
+    proper, why = kernel_proper(found)
+    assert proper is None and why == "its kernel is lz4-compressed and lz4 is not installed (apt-get install lz4)"
+    booted = bootable_kernel(found, proper)
+    assert booted.format == "bzImage" and booted.data == cloud.kernel.read_bytes()
+    checked = check_user_kernel(cloud.kernel, cloud.root)  # the config beside it still serves
+    assert checked.config.source == str(cloud.config)
 
 
 def _elf_around(image: bytes, split: int, base: int = 0xFFFF800008000000) -> bytes:
