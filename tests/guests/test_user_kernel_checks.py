@@ -9,6 +9,7 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pytest_ktrace import GuestKernelError
 from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.guests import build_image, check_user_kernel, describe_user_kernel, inspect_kernel
 from pytest_ktrace.guests._arches import spec_for
+from pytest_ktrace.guests._images import install_modules, module_load_order
 from pytest_ktrace.guests._kernel_files import bootable_kernel, kernel_proper, kernel_release
 from pytest_ktrace.guests._user_images import _image_dir
 
@@ -107,6 +109,47 @@ def test_without_the_lz4_tool_the_cloud_bzimage_boots_as_it_is(
     assert booted.format == "bzImage" and booted.data == cloud.kernel.read_bytes()
     checked = check_user_kernel(cloud.kernel, cloud.root)  # the config beside it still serves
     assert checked.config.source == str(cloud.config)
+
+
+def test_an_x86_vmlinux_without_its_pvh_note_is_refused_before_booting(tmp_path: Path) -> None:
+    vmlinux = bytearray(_stock_kernel("x86_64").read_bytes())
+    # the note qemu looks for: type XEN_ELFNOTE_PHYS32_ENTRY (18), name "Xen"; make it another type
+    note_type = vmlinux.find(struct.pack("<I", 18) + b"Xen\0")
+    assert note_type > 0
+    vmlinux[note_type : note_type + 4] = struct.pack("<I", 17)
+    stripped = tmp_path / "vmlinux"
+    stripped.write_bytes(bytes(vmlinux))
+    with pytest.raises(GuestKernelError, match=r"without a PVH entry note .* boot arch/x86/boot/bzImage instead"):
+        check_user_kernel(stripped)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_boot_modules_go_into_the_initramfs_decompressed(
+    cloud: KernelTree, tmp_path: Path, compress: str
+) -> None:
+    release_dir = tmp_path / "lib" / "modules" / cloud.release
+    suffix = {"gzip": ".gz", "zstd": ".zst"}[compress]
+    for module in (cloud.release_dir / "kernel").rglob("*.ko"):
+        if module.parent.name in ("virtio", "net") or module.name == "failover.ko":
+            packed = release_dir / module.relative_to(cloud.release_dir)
+            packed = packed.with_name(packed.name + suffix)
+            packed.parent.mkdir(parents=True, exist_ok=True)
+            if compress == "gzip":
+                packed.write_bytes(gzip.compress(module.read_bytes()))
+            else:
+                subprocess.run(["zstd", "-q", "-o", str(packed), str(module)], check=True)
+    shutil.copyfile(cloud.release_dir / "modules.builtin", release_dir / "modules.builtin")
+    order = module_load_order(release_dir, ["virtio_pci", "virtio_net"])
+    assert all(path.endswith(f".ko{suffix}") for path in order)
+    rootfs = tmp_path / "rootfs"
+    installed = install_modules(release_dir, rootfs, cloud.release, order)
+    names = [Path(path).name for path in installed]
+    assert names.index("virtio.ko") < names.index("virtio_pci.ko") and names.index("failover.ko") < names.index(
+        "virtio_net.ko"
+    )
+    for path in installed:
+        plain = cloud.release_dir / path
+        assert (rootfs / "lib" / "modules" / cloud.release / path).read_bytes() == plain.read_bytes()
 
 
 def _elf_around(image: bytes, split: int, base: int = 0xFFFF800008000000) -> bytes:

@@ -17,6 +17,7 @@ kernel.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import io
 import json
@@ -559,10 +560,14 @@ def _normalise_module_name(name: str) -> str:
     return name.replace("-", "_")
 
 
+# How a module file may be compressed (CONFIG_MODULE_COMPRESS_*), plain first: that one is preferred.
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+
+
 def _shipped_modules(module_dir: Path) -> dict[str, str]:
-    """Module name -> path relative to ``module_dir`` (plain ``.ko`` preferred over ``.ko.xz``)."""
+    """Module name -> path relative to ``module_dir`` (a plain ``.ko`` preferred over a compressed one)."""
     shipped: dict[str, str] = {}
-    for suffix in (".ko", ".ko.xz"):
+    for suffix in _MODULE_SUFFIXES:
         for path in sorted(module_dir.glob(f"kernel/**/*{suffix}")):
             name = _normalise_module_name(path.name[: -len(suffix)])
             shipped.setdefault(name, path.relative_to(module_dir).as_posix())
@@ -610,7 +615,14 @@ def module_load_order(module_dir: Path, wanted: Sequence[str], *, optional: Sequ
 
 def _module_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return lzma.decompress(data) if path.name.endswith(".xz") else data
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".zst"):
+        zstd = _require_tool("zstd", "apt-get install zstd (the modules are zstd-compressed)")
+        return subprocess.run([zstd, "-dc"], input=data, capture_output=True, check=True).stdout
+    return data
 
 
 def install_modules(module_dir: Path, rootfs: Path, kernel_release: str, order: Sequence[str]) -> list[str]:
@@ -619,7 +631,7 @@ def install_modules(module_dir: Path, rootfs: Path, kernel_release: str, order: 
     module_root = f"lib/modules/{kernel_release}"
     installed = []
     for module in order:
-        relative = module[: -len(".xz")] if module.endswith(".ko.xz") else module
+        relative = module[: module.rindex(".ko") + len(".ko")]
         _install_file(rootfs / module_root / relative, _module_bytes(module_dir / module), 0o644)
         installed.append(relative)
     module_list = "".join(f"/{module_root}/{module}\n" for module in installed)

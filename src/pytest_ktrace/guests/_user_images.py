@@ -168,6 +168,8 @@ def check_user_kernel(kernel: Path, modules: Optional[Path] = None, *, arch: Opt
     release_dir: Optional[Path] = None
     if modules is not None:
         release_dir, release = _release_dir(Path(modules).absolute(), release, kernel)
+    if found.format == "vmlinux":
+        bootable_kernel(found, proper)  # raises for an ELF qemu cannot boot (no PVH note, no arm64 Image inside)
     config = _find_config(found, proper, why_not, release or "", release_dir)
     available = frozenset(_shipped_modules(release_dir)) if release_dir is not None else frozenset()
     needs = guest_needs(found.arch, modules=release_dir is not None)
@@ -212,7 +214,8 @@ def _tree_fingerprint(release_dir: Path) -> list[tuple[str, int, int]]:
 
 
 def _image_dir(spec: ArchSpec, cache_root: Path, kernel: Path, modules: Optional[Path]) -> Path:
-    release_dirs = sorted((modules / "lib" / "modules").glob("*/")) if modules is not None else []
+    base = modules / "lib" / "modules" if modules is not None else None
+    release_dirs = sorted(path for path in base.iterdir() if path.is_dir()) if base and base.is_dir() else []
     candidates = config_candidates(kernel, None, None) + sorted(kernel.parent.glob("config-*"))
     candidates += [release / "build" / ".config" for release in release_dirs]
     configs = [(str(path), _sha256_of(path)) for path in candidates if path.is_file()]
@@ -341,17 +344,21 @@ def _disk_blocks(tree: Path) -> tuple[int, int]:
 def _make_modules_disk(release_dir: Path, output: Path) -> None:
     mke2fs = _mke2fs()
     blocks, inodes = _disk_blocks(release_dir)
-    command = [
-        mke2fs, "-q", "-F", "-t", "ext2", "-b", str(_BLOCK), "-m", "0", "-N", str(inodes),
-        "-L", "ktrace-modules", "-E", "root_owner=0:0", "-d", str(release_dir), str(output), str(blocks),
-    ]  # fmt: skip
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise TargetError(
-            f"mke2fs could not make the modules disk from {release_dir} (exit {result.returncode}): "
-            + (result.stderr.strip() or result.stdout.strip()),
-            command=" ".join(command),
-        )
+    for attempt in range(2):  # the size is an estimate: twice as large if it was too small
+        command = [
+            mke2fs, "-q", "-F", "-t", "ext2", "-b", str(_BLOCK), "-m", "0", "-N", str(inodes),
+            "-L", "ktrace-modules", "-E", "root_owner=0:0", "-d", str(release_dir), str(output),
+            str(blocks << attempt),
+        ]  # fmt: skip
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return
+        output.unlink(missing_ok=True)
+    raise TargetError(
+        f"mke2fs could not make the modules disk from {release_dir} (exit {result.returncode}): "
+        + (result.stderr.strip() or result.stdout.strip()),
+        command=" ".join(command),
+    )
 
 
 def _build_user_into(spec: ArchSpec, build_dir: Path, user: UserKernel, debs_dir: Path) -> None:
