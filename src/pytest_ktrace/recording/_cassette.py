@@ -5,7 +5,9 @@ pytest-recording does for HTTP). It holds, in order, what the test did and what 
 
 - ``arm``: the tracefs writes that defined, filtered and enabled probes (normalised: the run's group, instance and
   event names become ``<group>``, ``<instance>``, ``<event:N>``, so re-recordings diff cleanly);
-- ``run``: a command with its exit status, output, and the trace lines it produced;
+- ``run``: a command with its exit status, output, and the trace lines it produced; the kernel's taint after it;
+  and the kernel modules it loaded (their functions and event formats) or unloaded
+  (:mod:`pytest_ktrace.recording._module_changes`);
 - ``spawn`` and ``spawn_end``: a command started in the background, and its end when the test first saw it
   (status, output, whether it was killed, how often it was seen running before; see :mod:`._spawns`);
 - ``collect``: trace lines that appeared while the test waited (``wait_for``) or re-read the trace.
