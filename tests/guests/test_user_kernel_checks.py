@@ -415,3 +415,20 @@ def test_a_marker_asking_for_the_other_arch_errors_only_its_test(pytester: pytes
     result.stdout.fnmatch_lines(
         ["*@pytest.mark.ktrace(vm='arm64') asks for an arm64 guest, but --ktrace-vm-kernel=* is an x86_64 kernel*"]
     )
+
+
+def test_ini_keys_take_paths_from_the_ini_files_directory(pytester: pytest.Pytester, cloud: KernelTree) -> None:
+    project = pytester.mkdir("project")
+    (project / "tests").mkdir()
+    (project / "tests" / "test_nothing.py").write_text(INNER)
+    kernel = os.path.relpath(cloud.kernel, project)
+    modules = os.path.relpath(cloud.root, project)
+    (project / "pytest.ini").write_text(f"[pytest]\nktrace_vm_kernel = {kernel}\nktrace_vm_modules = {modules}\n")
+    result = pytester.runpytest_subprocess(str(project / "tests"), "--collect-only", "--rootdir", str(project))
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"ktrace: backend vm, target vm:x86_64:{cloud.kernel.name}: reached when a test first needs it",
+            f"ktrace: kernel {cloud.kernel} (bzImage, {cloud.release}); modules {cloud.root}; config *; BTF: yes",
+        ]
+    )
