@@ -3,8 +3,9 @@ module parameters as the kernel's parser reads them, and what a failed load or u
 
 A local ``.ko`` is pushed to the target and loaded with ``insmod``; a bare name is loaded with ``modprobe``. The
 module joins the test's teardown ledger before it is loaded, and is unloaded after the test's probes and
-events are gone (a probe on a module function, or an enabled event of the module, holds it), then its file is
-removed. A module that was loaded before the test is never unloaded by it.
+events are gone and the trace had its last look (unloading a module clears every buffer that recorded its
+events; neither a kprobe on its code nor its enabled event stops the kernel from unloading it), then its file
+is removed. A module that was loaded before the test is never unloaded by it.
 """
 
 from __future__ import annotations

@@ -402,6 +402,12 @@ def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend)
     finally:
         _cleanup(fake)
 
+    problems = _problems(steps, real_outcomes, fake_outcomes)
+    assert not problems, "\n".join(problems)
+
+
+def _problems(steps: list[Step], real_outcomes: list[Outcome], fake_outcomes: list[Outcome]) -> list[str]:
+    """Where the guest did not do what the script means to provoke, and where the fake differs from it."""
     problems: list[str] = []
     for number, (step, real_outcome, fake_outcome) in enumerate(zip(steps, real_outcomes, fake_outcomes)):
         if step.expect is not None and real_outcome != (("ok", "") if not step.expect else ("err", step.expect)):
@@ -418,4 +424,139 @@ def test_fake_kprobes_match_the_guest_kernel(guest: RunningGuest, real: Backend)
             entry = f"trace_kprobe: error: {step.message}\n  Command: {step.op.data}\n"
             if entry not in logged:
                 problems.append(f"the guest's error_log has no entry {entry!r}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules: the example driver ktbar loaded and unloaded in the guest, and in the fake from what the guest showed
+# --------------------------------------------------------------------------------------------------------------
+
+MODULE_EVENT = "events/ktbar/ktbar_request"
+NO_SYMBOL = "Invalid probed address or symbol"
+
+
+def _module_steps_before() -> list[Step]:
+    return [
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_pending ktbar:ktbar_request"), expect=""),
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_plain ktbar_request"), expect="ENOENT", message=NO_SYMBOL),
+        Step(Read("error_log"), our_error_log_entries),
+        Step(Read("kprobe_events"), ours),
+    ]
+
+
+def _module_steps_loaded() -> list[Step]:
+    return [
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_plain ktbar_request"), expect=""),
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_missing ktbar:ktbar_none"), expect="ENOENT", message=NO_SYMBOL),
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_kernel ktbar:vfs_read"), expect="ENOENT", message=NO_SYMBOL),
+        Step(Read("error_log"), our_error_log_entries),
+        Step(Read("kprobe_events"), ours),
+        Step(Read(f"{MODULE_EVENT}/format"), without_event_id),
+        Step(Mkdir(INSTANCE), expect=""),
+        Step(Write(f"{INSTANCE}/{MODULE_EVENT}/enable", "1"), expect=""),
+    ]
+
+
+def _module_steps_gone() -> list[Step]:
+    def module_events(text: str) -> str:
+        return "".join(line + "\n" for line in text.splitlines() if line.startswith("ktbar:"))
+
+    return [
+        Step(Read("available_events"), module_events),
+        Step(Write("kprobe_events", f"p:{GROUP}/mod_after ktbar_request"), expect="ENOENT", message=NO_SYMBOL),
+        Step(Read("error_log"), our_error_log_entries),
+        Step(Read("kprobe_events"), ours),
+    ]
+
+
+def _module_events(trace: str, fmt: str) -> list[tuple[str, int, str, dict[str, FieldValue]]]:
+    """The module's events in a ``trace`` text, as the plugin parses them (the fake does not evaluate print fmts)."""
+    from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+
+    catalog = FormatCatalog()
+    catalog.add(parse_format(fmt, "ktbar"))
+    return [(e.name, e.pid, e.comm, dict(e.fields)) for e in TraceParser(catalog).parse(trace).events if e.system]
+
+
+@pytest.fixture(scope="module")
+def ktbar_ko() -> dict[str, str]:
+    """The example driver built for each guest's kernel: arch -> path."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-example-driver"
+    out = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return dict(re.findall(r"^ktbar\.ko for (\S+) \(.*?\).*?: (\S+)$", out.stdout, re.M))
+
+
+def _unload(real: Backend, fake: FakeBackend) -> tuple[Outcome, Outcome]:
+    """rmmod in the guest and the fake module table's unload: refused or done, on each side."""
+    from pytest_ktrace.fake._tracefs import FakeOSError
+
+    done = real.run(["rmmod", "ktbar"], timeout=60)
+    try:
+        fake.tracefs.modules.unload("ktbar")
+        fake_outcome: Outcome = ("ok", "")
+    except FakeOSError as exc:
+        fake_outcome = ("err", exc.errno_name)
+    return ("ok", "") if done.returncode == 0 else ("err", done.stderr.strip()), fake_outcome
+
+
+def test_fake_modules_match_the_guest_kernel(guest: RunningGuest, real: Backend, ktbar_ko: dict[str, str]) -> None:
+    """A module's functions and events come and go with it, on the kernel and on the fake given what the
+    recording reads of the module (its kallsyms lines and new events, :mod:`~pytest_ktrace.recording._module_changes`):
+    a probe on ``MOD:FUNC`` waits for it, a plain name needs it loaded, its events go with it even while enabled,
+    and the buffers that recorded them are cleared."""
+    from pathlib import Path
+
+    from pytest_ktrace.backends._base import FilePushing
+    from pytest_ktrace.recording._module_changes import read_arrivals
+
+    assert isinstance(real, FilePushing)
+    fake = FakeBackend(load_snapshot(f"debian-6.1-{guest.arch}"), cpus=1)
+    remote = f"/tmp/{GROUP}-ktbar.ko"
+    real.push_file(Path(ktbar_ko[guest.arch]).read_bytes(), remote, 0o644)
+    phases = [_module_steps_before(), _module_steps_loaded(), _module_steps_gone()]
+    real_outcomes: list[Outcome] = []
+    fake_outcomes: list[Outcome] = []
+    try:
+        real_outcomes += _run(real, phases[0])
+        fake_outcomes += _run(fake, phases[0])
+        events_before = frozenset(real.apply([Read("available_events")])[0].data.splitlines())
+        loaded = real.run(["insmod", remote], timeout=120)
+        assert loaded.returncode == 0, loaded.stderr
+        [arrival] = read_arrivals(real, ["ktbar"], events_before)
+        assert "ktbar_request" in arrival.functions and list(arrival.events) == ["ktbar/ktbar_request"]
+        fake.tracefs.modules.load("ktbar", arrival.functions, arrival.events)
+        real_outcomes += _run(real, phases[1])
+        fake_outcomes += _run(fake, phases[1])
+        # the module's event fires in the guest; the fake gets the same records
+        fired = real.run(
+            ["sh", "-c", "echo 1 > /sys/module/ktbar/parameters/rerequest"],
+            timeout=60,
+            after=[Read(f"{INSTANCE}/trace")],
+        )
+        assert fired.returncode == 0 and fired.after[0].ok, fired.stderr
+        fmt = arrival.events["ktbar/ktbar_request"]
+        records = _module_events(fired.after[0].data, fmt)
+        assert records and records[0][3]["ret"] == 0, fired.after[0].data
+        for name, pid, comm, fields in records:
+            fake.inject(
+                f"ktbar/{name}", {k: v for k, v in fields.items() if isinstance(v, (int, str))}, pid=pid, comm=comm
+            )
+        fake_trace = fake.apply([Read(f"{INSTANCE}/trace")])[0].data
+        assert _module_events(fake_trace, fmt) == records
+        # the event is still enabled: the kernel unloads the module anyway, and clears the buffer that held it
+        gone = _unload(real, fake)
+        assert gone == (("ok", ""), ("ok", "")), gone
+        traces = [backend.apply([Read(f"{INSTANCE}/trace")])[0].data for backend in (real, fake)]
+        assert [_module_events(trace, fmt) for trace in traces] == [[], []], traces
+        real_outcomes += _run(real, phases[2])
+        fake_outcomes += _run(fake, phases[2])
+    finally:
+        _cleanup(fake)
+        real.run(["sh", "-c", f"rmmod ktbar 2>/dev/null; rm -f {remote}"], timeout=60)
+    steps = [step for phase in phases for step in phase]
+    problems = _problems(steps, real_outcomes, fake_outcomes)
     assert not problems, "\n".join(problems)

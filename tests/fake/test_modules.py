@@ -103,15 +103,14 @@ def test_module_events_appear_with_an_id_of_their_own_and_go_with_it(fs: FakeTra
     assert "ktbar:ktbar_request" not in fs.read("available_events").split()
 
 
-def test_an_enabled_module_event_holds_the_module(fs: FakeTracefs) -> None:
+def test_an_enabled_module_event_goes_with_its_module(fs: FakeTracefs) -> None:
     fs.mkdir("instances/mine")
     fs.modules.load("ktbar", FUNCTIONS, {"ktbar/ktbar_request": EVENT_FORMAT})
     fs.write("instances/mine/events/ktbar/ktbar_request/enable", "1")
-    with pytest.raises(FakeOSError) as busy:
-        fs.modules.unload("ktbar")
-    assert busy.value.errno_name == "EBUSY" and fs.exists("events/ktbar/ktbar_request")
-    fs.write("instances/mine/events/ktbar/ktbar_request/enable", "0")
-    fs.modules.unload("ktbar")
+    fs.modules.unload("ktbar")  # enabling through tracefs takes no reference on the module
+    assert not fs.exists("instances/mine/events/ktbar")
+    fs.modules.load("ktbar", FUNCTIONS, {"ktbar/ktbar_request": EVENT_FORMAT})
+    assert fs.read("instances/mine/events/ktbar/ktbar_request/enable").strip() == "0"  # a new event, disabled
 
 
 def test_unloading_resets_the_buffers_that_recorded_its_events(fs: FakeTracefs) -> None:
@@ -122,7 +121,6 @@ def test_unloading_resets_the_buffers_that_recorded_its_events(fs: FakeTracefs) 
     fs.write("instances/other/trace_marker", "kept")
     fs.emit("ktbar/ktbar_request", {"irq": 24, "ret": 0, "name": "ktbar"}, pid=7, comm="insmod")
     assert "ktbar_request: " in fs.read("instances/used/trace")
-    fs.write("instances/used/events/ktbar/ktbar_request/enable", "0")
     fs.modules.unload("ktbar")
     assert "ktbar" not in fs.read("instances/used/trace")
     assert "kept" in fs.read("instances/other/trace")  # its buffer never held the module's events
