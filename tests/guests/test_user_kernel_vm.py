@@ -20,7 +20,7 @@ pytestmark = pytest.mark.guest
 pytest_plugins = ["pytester"]
 
 SUITE = """
-import pytest
+import os
 
 
 def test_it_runs_the_users_kernel(ktrace):
@@ -46,6 +46,21 @@ def test_a_module_of_its_tree_loads_by_name(ktrace):
 def test_the_module_was_unloaded_after_its_test(ktrace):
     assert ktrace.run(["ls", "/sys/module/dummy"]).returncode != 0
     assert ktrace.run(["sh", "-c", "mount | grep ' /lib/modules/{release} '"]).stdout.split()[4] in ("ext2", "ext4")
+    print("QEMU_CHILDREN=" + ",".join(qemu_children()))
+
+
+def qemu_children():
+    mine = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{{entry}}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{{entry}}/comm") as comm:
+                if comm.read().startswith("qemu-system") and parent == os.getpid():
+                    mine.append(entry)
+        except (OSError, ValueError, IndexError):
+            pass
+    return mine
 """
 
 
@@ -77,10 +92,9 @@ def test_the_cloud_kernel_boots_with_its_modules(
     # the inner run shares the image cache, so the image it builds is the one the next test finds
     monkeypatch.setenv("KTRACE_CACHE_DIR", str(cache_root))
     pytester.makepyfile(test_cloud_kernel=SUITE.format(release=cloud.release))
-    before = qemu_pids()
     started = time.monotonic()
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-v", f"--ktrace-vm-kernel={cloud.kernel}", f"--ktrace-vm-modules={cloud.root}"
+        "-p", "no:cacheprovider", "-v", "-s", f"--ktrace-vm-kernel={cloud.kernel}", f"--ktrace-vm-modules={cloud.root}"
     )
     print(f"the run, image build (if not cached) and boot included: {time.monotonic() - started:.1f}s")
     result.assert_outcomes(passed=4)
@@ -93,7 +107,10 @@ def test_the_cloud_kernel_boots_with_its_modules(
             f"ktrace: ktrace-vm-{cloud_arch} (backend vm): Linux {cloud.release} *; features *kprobes*; 4 test(s)",
         ]
     )
-    assert not qemu_pids() - before, "the guest must be powered off when the run ends"
+    [line] = [line for line in result.outlines if "QEMU_CHILDREN=" in line]
+    guests = {int(pid) for pid in line.split("QEMU_CHILDREN=", 1)[1].split(",") if pid}
+    assert len(guests) == 1, "the run boots one guest"
+    assert not guests & qemu_pids(), "the guest must be powered off when the run ends"
 
 
 def test_the_built_image_is_cached_with_its_modules_disk(cloud: KernelTree, cache_root: Path) -> None:
