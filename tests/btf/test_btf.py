@@ -773,6 +773,61 @@ def test_module_split_btf(e1000_module: Path, pahole: str, tmp_path: Path) -> No
         BtfTypes.load(btf_from_elf(e1000_module.read_bytes()))
 
 
+@pytest.fixture(scope="module")
+def example_driver() -> dict[str, Path]:
+    """examples/driver's ktbar.ko for each guest kernel, with BTF written against that kernel's (a build of
+    scripts/build-example-driver, which reuses its last build while nothing changed)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-example-driver"
+    out = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return {arch: Path(ko) for arch, ko in re.findall(r"^ktbar\.ko for (\S+) \(.*?\).*?: (\S+)$", out.stdout, re.M)}
+
+
+def test_example_driver_split_btf(
+    guest_btf: tuple[str, Path, BtfTypes], example_driver: dict[str, Path], pahole: str
+) -> None:
+    arch, base_path, base = guest_btf
+    ko = example_driver[arch]
+    module = load_kernel_btf(ko, base, name="ktbar")
+    # numbered as the kernel numbers a module's BTF: ids after the base's last, string offsets after its strings
+    assert module.start_id == base.end_id and module.start_str == base.end_str
+    assert module.string(module.start_str), "a split string section starts with a name, not the empty string"
+    func = module.func("ktbar_request")
+    assert func.id >= module.start_id and func.linkage == "static"
+    assert func.signature() == "int ktbar_request(unsigned int irq, const char *irq_name)"
+    assert resolve_fetcharg(func, "irq", arch) == "$arg1:u32"
+    assert resolve_fetcharg(func, "irq_name:string", arch) == "+0($arg2):string"
+    assert resolve_return(func) == "s32"
+    # the module's own types refer to the kernel's: its trace event's record starts with struct trace_entry
+    record = module.struct("trace_event_raw_ktbar_request")
+    assert record.id >= module.start_id
+    entry = record.members[0]
+    assert (entry.name, module.type_name(entry.type)) == ("ent", "struct trace_entry") and entry.type < module.start_id
+    module.check_references()
+    printed = pahole_offsets(pahole, str(ko), record.name, "-F", "btf", "--btf_base", str(base_path))
+    assert {name: bits for name, (bits, _, _) in printed.items()} == {
+        member.name: member.bit_offset for member in record.members
+    }
+
+
+def test_split_btf_written_against_another_kernel_does_not_fit(
+    guest_btf: tuple[str, Path, BtfTypes], example_driver: dict[str, Path], pahole: str, tmp_path: Path
+) -> None:
+    arch, _, base = guest_btf
+    if not VMLINUX.exists():
+        pytest.skip(f"{VMLINUX} missing: no other kernel's BTF to write the module's against")
+    objcopy = shutil.which("aarch64-linux-gnu-objcopy" if arch == "arm64" else "objcopy")
+    assert objcopy, "binutils for the arch are part of the dev setup (scripts/bootstrap)"
+    wrong = tmp_path / "ktbar.ko"
+    subprocess.run([objcopy, "--remove-section", ".BTF", str(example_driver[arch]), str(wrong)], check=True)
+    env = {**os.environ, "LLVM_OBJCOPY": objcopy}
+    done = subprocess.run([pahole, "-J", "--btf_base", str(VMLINUX), str(wrong)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert load_kernel_btf(wrong, BtfTypes.from_file(VMLINUX)).func("ktbar_request").param_names == ("irq", "irq_name")
+    with pytest.raises(BtfFormatError, match=r"does not exist|past the string section"):
+        load_kernel_btf(wrong, base).check_references()  # this machine's kernel is not the guest's
+
+
 # ------------------------------------------------------------------------------------------------------------
 # synthetic BTF: every kind, old-style bitfields, endianness, split, calling conventions
 # ------------------------------------------------------------------------------------------------------------
@@ -931,6 +986,15 @@ def test_split_btf_synthetic() -> None:
     assert module.type(mod_struct).name == "mod_priv" and module.string(base.end_str) == "dev"  # split's 1st string
     expect_error(BtfFormatError, lambda: BtfTypes.load(split.blob()), "split BTF", "base=")
     expect_error(BtfFormatError, lambda: BtfTypes.load(split.blob(), "vmlinux"), "base must be a BtfTypes")  # type: ignore[arg-type]
+    module.check_references()
+    # a module written against a bigger base: its ids point past this one's end
+    stray = BtfWriter(base)
+    stray.func("mod_stray", stray.func_proto(ids["int"], [("p", stray.ptr(base.end_id + 40))]))
+    expect_error(
+        BtfFormatError,
+        stray.load(name="stray").check_references,
+        f"type id {base.end_id} (ptr (anonymous)) refers to type id {base.end_id + 40}, which does not exist",
+    )
 
 
 def struct_arg_btf() -> tuple[BtfTypes, dict[str, FuncInfo]]:

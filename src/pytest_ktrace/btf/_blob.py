@@ -793,3 +793,32 @@ class BtfTypes:
         """Every type this blob defines, decoded (slow on vmlinux: ~130k objects)."""
         for type_id in self.own_ids:
             yield self.type(type_id)
+
+    def check_references(self) -> None:
+        """Decode every type this blob defines and check every type id it refers to exists, as the kernel does
+        before it takes a module's BTF: split BTF written against another kernel's BTF points past its end (or
+        its strings do). :class:`~.errors.BtfFormatError` names the first bad reference."""
+        for t in self.iter_types():
+            for referenced in _references(t):
+                if not 0 <= referenced < self.end_id:
+                    raise BtfFormatError(
+                        f"{self._what()}: type id {t.id} ({t.kind_name} {t.name or '(anonymous)'}) refers to type id "
+                        f"{referenced}, which does not exist (ids 0..{self.end_id - 1})"
+                    )
+
+
+def _references(t: BtfType) -> list[int]:
+    """The type ids ``t`` refers to."""
+    if isinstance(t, (Ptr, Typedef, Modifier, Var, DeclTag)):
+        return [t.target]
+    if isinstance(t, Array):
+        return [t.elem, t.index_type]
+    if isinstance(t, Composite):
+        return [member.type for member in t.members]
+    if isinstance(t, FuncProto):
+        return [t.ret, *(param.type for param in t.params)]
+    if isinstance(t, Func):
+        return [t.proto]
+    if isinstance(t, Datasec):
+        return [entry[0] for entry in t.vars]
+    return []
