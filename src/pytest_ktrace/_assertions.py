@@ -88,9 +88,18 @@ class ProbeView:
         observe: Callable[[], Observation],
         criteria: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        self.spec = spec
+        self._cell = [spec]  # shared with where() views: a definition completed at arming replaces it for all
         self._observe = observe
         self._criteria: Mapping[str, Any] = dict(criteria or {})
+
+    @property
+    def spec(self) -> ProbeSpec:
+        """The probe's definition."""
+        return self._cell[0]
+
+    @spec.setter
+    def spec(self, spec: ProbeSpec) -> None:
+        self._cell[0] = spec
 
     # ----------------------------------------------------------------- data
     @property
@@ -138,7 +147,9 @@ class ProbeView:
         """A view of only the events that match ``criteria``: fields by name, the task as ``task_pid``,
         ``task_comm``, ``task_cpu`` (or ``pid``/``comm``/``cpu`` where the event has no such field)."""
         merged = {**self._criteria, **criteria}
-        return ProbeView(self.spec, self._observe, merged)
+        view = ProbeView(self.spec, self._observe, merged)
+        view._cell = self._cell
+        return view
 
     def __repr__(self) -> str:
         return f"<{self.spec.kind} {self.spec.display} as {self.spec.group}/{self.spec.event}>"

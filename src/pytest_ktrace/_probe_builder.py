@@ -4,11 +4,13 @@ uprobe symbols turned into file offsets, event names made unique in the run's gr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional, Union
 
 from . import _elf as elf
@@ -19,6 +21,7 @@ from ._identity import RunIdentity
 from ._probes import ProbeKind, ProbeSpec, event_name_for
 from ._target_files import ElfCopies
 from .backends._base import Backend
+from .btf._errors import BtfUnavailable, ModuleNotLoaded
 from .btf._names import kernel_fetchargs
 
 __all__ = ["CALLER_FIELD", "ProbeBuilder", "check_fetchargs"]
@@ -76,6 +79,33 @@ def _named_args(args: Sequence[str], fetchargs: dict[str, str]) -> dict[str, str
     return named
 
 
+def _module_missing(spec: ProbeSpec, module: str, target: str, loading: Optional[tuple[str, Optional[Path]]]) -> str:
+    head = (
+        f"{spec.kind} {spec.location!r} defined at {spec.where or '(unknown)'} names its arguments, and module "
+        f"{module} is not loaded on {target}, so its BTF is not there"
+    )
+    if loading is not None:  # loading[0] is the module: load_module() loads it by name
+        return (
+            f"{head}; load_module({module!r}) loads it by name, so there is no local .ko to read the names from. "
+            f"Load the module's .ko file (ktrace.load_module('path/to/{module}.ko')), or define the probe once the "
+            "module is loaded."
+        )
+    return (
+        f"{head}, and this test did not load it (ktrace.load_module) before the probes were armed. Load it with "
+        f"ktrace.load_module('path/to/{module}.ko') and the names are read from the file's BTF, or define the probe "
+        "once the module is loaded."
+    )
+
+
+def _at_definition(exc: KtraceError, spec: ProbeSpec) -> KtraceError:
+    """``exc`` (same class and attributes) saying which probe it is about: raised when the probes are armed, it
+    no longer points at the line that defined the probe."""
+    where = f"{spec.kind} {spec.location!r} defined at {spec.where or '(unknown)'}"
+    moved = copy.copy(exc)
+    moved.args = (f"{where}: {exc}",)
+    return moved
+
+
 class ProbeBuilder:
     """Builds the probe definitions of one test (``instance`` is its tracing instance, whose serial makes the
     event names unique in the run's group)."""
@@ -89,6 +119,7 @@ class ProbeBuilder:
         self.stream = stream
         self._instance_serial = int(instance.rsplit("_", 1)[1])
         self._serial = 0
+        self._late: dict[str, dict[str, str]] = {}  # event -> the fetch arguments its module's BTF will resolve
 
     def kernel_probe(
         self,
@@ -117,22 +148,62 @@ class ProbeBuilder:
             isinstance(maxactive, bool) or not (isinstance(maxactive, int) and 0 < maxactive <= 4096)
         ):
             raise KtraceError(f"maxactive={maxactive!r} must be an int in 1..4096")
-        # names (irq="irq", name="new->name:string") resolved from the target's BTF, the return value typed by it
-        named, default_return = kernel_fetchargs(
-            self.backend, kind, symbol, _named_args(args, fetchargs), default_return=_DEFAULT_RETURN
-        )
+        named = _named_args(args, fetchargs)
+        try:
+            # names (irq="irq", name="new->name:string") resolved from the target's BTF, the return value typed by it
+            resolved, default_return = kernel_fetchargs(
+                self.backend, kind, symbol, named, default_return=_DEFAULT_RETURN
+            )
+        except ModuleNotLoaded:
+            # 'mod:func' of a module not loaded yet (the kernel accepts the probe and waits for the module): the
+            # names are resolved at arming, from the .ko load_module() loads or the module loaded by then
+            resolved, default_return, late = named, _DEFAULT_RETURN, True
+        else:
+            late = False
         spec = ProbeSpec(
             kind=kind,
             group=self.identity.group,
             event=event_name_for(kind, match.group("sym"), self._next_serial()),
             location=symbol,
-            fetchargs=tuple(self._adapt(kind, named, default_return).items()),
+            fetchargs=tuple(self._adapt(kind, resolved, default_return).items()),
             filter=filter,
             maxactive=maxactive,
             display=match.group("sym"),
             where=_definition_site(),
         )
-        return self._with_stack(spec, stacktrace)
+        spec = self._with_stack(spec, stacktrace)
+        if late:
+            self._late[spec.event] = named
+        return spec
+
+    def complete(self, spec: ProbeSpec, loading: Optional[tuple[str, Optional[Path]]] = None) -> Optional[ProbeSpec]:
+        """``spec`` with the names it could not resolve when it was defined resolved now, from its module's BTF:
+        the module's own once it is loaded, else the ``.ko`` of ``loading`` (the module load_module() is loading
+        and its local file, None when loaded by name). None while another module is being loaded: its probe
+        waits for its own module, which it cannot see before."""
+        named = self._late.get(spec.event)
+        if named is None:
+            return spec
+        files = {loading[0]: loading[1]} if loading is not None and loading[1] is not None else {}
+        module = spec.location.split(":", 1)[0]
+        try:
+            resolved, default_return = kernel_fetchargs(
+                self.backend, spec.kind, spec.location, named, default_return=_DEFAULT_RETURN, loading=files
+            )
+            # Before its module is loaded the kernel cannot tell that the probe is on a function's entry, and
+            # takes no $argN there ("Invalid $-variable specified"): the names were resolved for the entry, so
+            # their registers are the same arguments.
+            fetchargs = self._adapt(
+                spec.kind, resolved, default_return, module_not_loaded=module if module in files else ""
+            )
+        except ModuleNotLoaded as missing:
+            if loading is not None and loading[0] != missing.module:
+                return None
+            raise BtfUnavailable(_module_missing(spec, missing.module, self.backend.describe().name, loading)) from None
+        except KtraceError as exc:
+            raise _at_definition(exc, spec) from None
+        del self._late[spec.event]
+        return dataclasses.replace(spec, fetchargs=tuple(fetchargs.items()))
 
     def user_probe(
         self,
@@ -203,9 +274,15 @@ class ProbeBuilder:
         return self._instance_serial * 1000 + self._serial
 
     def _adapt(
-        self, kind: ProbeKind, named: dict[str, str], default_return: Optional[str] = _DEFAULT_RETURN
+        self,
+        kind: ProbeKind,
+        named: dict[str, str],
+        default_return: Optional[str] = _DEFAULT_RETURN,
+        *,
+        module_not_loaded: str = "",
     ) -> dict[str, str]:
-        """Make fetchargs runnable on this target: ``$argN`` becomes a register where the kernel lacks it."""
+        """Make fetchargs runnable on this target: ``$argN`` becomes a register where the kernel lacks it, or
+        cannot take it (a probe on a function of ``module_not_loaded``)."""
         info = self.backend.describe()
         is_user = kind in ("uprobe", "uretprobe")
         is_return = kind in ("kretprobe", "uretprobe")
@@ -223,6 +300,9 @@ class ProbeBuilder:
                     text = rewrite_argn(text, info.arch, why="uprobes do not support $argN")
                 elif not info.has("argN"):
                     text = rewrite_argn(text, info.arch, why=f"the kernel of {info.name} has no $argN")
+                elif module_not_loaded:
+                    why = f"the kernel takes no $argN on a function of module {module_not_loaded} before it is loaded"
+                    text = rewrite_argn(text, info.arch, why=why)
             adapted[key] = text
         return adapted
 

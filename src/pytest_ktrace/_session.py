@@ -61,6 +61,7 @@ from .backends._base import (
     TargetInfo,
     Write,
 )
+from .btf._names import forget_module
 from .report._artifacts import Artifact, make_artifact
 
 __all__ = ["Scope", "TeardownReport", "TraceSession"]
@@ -152,6 +153,8 @@ class TraceSession:
         self._tracing_started = scope == "all"
         self._artifacts: list[Artifact] = []
         self._pushed: list[str] = []  # files push() put on the target, in order
+        self._loading: Optional[tuple[str, Optional[Path]]] = None  # the module load_module() loads, its .ko
+        self._loaded: list[str] = []  # modules this test loaded
         self._log = KernelLog(kernel_log, allowed=_allow_patterns(kernel_log_allow))
         self._log.source = lambda: self._current().of(*CONSOLE_EVENT)
 
@@ -264,7 +267,7 @@ class TraceSession:
     def arm(self) -> None:
         """Define, filter and enable every probe not yet armed, in one batch."""
         self._check_open("arm()")
-        pending = [probe for probe in self._probes if not probe.armed]
+        pending = self._completed([probe for probe in self._probes if not probe.armed])
         specs = [probe.spec for probe in pending]
         if not self._instance.planned and self._log.policy != "off" and self.target.has("printk_console"):
             specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
@@ -310,6 +313,17 @@ class TraceSession:
         self._aggregates.check_fields()
         if self._stream_mode is not None and self._stream_mode.pump is None:
             self._start_stream()
+
+    def _completed(self, pending: list[_Defined]) -> list[_Defined]:
+        """The probes to arm, their names resolved if they waited for a module's BTF (a probe on ``mod:func``
+        defined before the module was loaded); one whose module another load_module() precedes stays back."""
+        ready = []
+        for probe in pending:
+            spec = self._builder.complete(probe.spec, self._loading)
+            if spec is not None:
+                probe.view.spec = spec
+                ready.append(probe)
+        return ready
 
     def _learn(self, results: Sequence[OpResult]) -> None:
         """What an arming batch tells: the formats of the new events, the definitions the kernel accepted."""
@@ -490,6 +504,14 @@ class TraceSession:
             name = check_module_name(module)
         else:
             raise KtraceError(f"load_module(): {module!r} is not a file here (a .ko to push) nor a module name")
+        self._loading = (name, local)  # probes waiting for this module's BTF take it from the .ko (see arm())
+        try:
+            return self._load(name, local, words, params)
+        finally:
+            self._loading = None
+            forget_module(self.backend, name)  # loaded (or half loaded) since its BTF was last read
+
+    def _load(self, name: str, local: Optional[Path], words: list[str], params: dict[str, object]) -> LoadedModule:
         self.arm()
         loaded = self.backend.apply([Read(f"/sys/module/{name}/initstate", missing_ok=True)])[0]
         if loaded.ok and loaded.data.strip():
@@ -506,6 +528,7 @@ class TraceSession:
             self._log.expect_taint("OE")  # an out-of-tree module, unsigned or signed with a key of its own
         argv = ["insmod", path, *words] if path is not None else ["modprobe", name, *words]
         self.ledger.unload(name)  # before the load: a load that half happens is still undone
+        self._loaded.append(name)
         result = self.run(argv)
         if result.returncode != 0:
             self.ledger.keep_loaded(name)
@@ -776,7 +799,11 @@ class TraceSession:
         return self.ledger.ops()
 
     def teardown(self) -> TeardownReport:
-        return self.ledger.undo()
+        try:
+            return self.ledger.undo()
+        finally:
+            for name in self._loaded:
+                forget_module(self.backend, name)  # unloaded: its BTF is read again when it is back
 
     def __repr__(self) -> str:
         armed = sum(1 for probe in self._probes if probe.armed)

@@ -46,6 +46,7 @@ from pytest_ktrace.btf._names import (
     VMLINUX,
     btf_cache_dir,
     build_id,
+    forget_module,
     is_btf_expression,
     kernel_btf,
 )
@@ -315,8 +316,11 @@ def test_errors_name_what_is_valid(ktrace) -> None:
         ktrace.kprobe("__setup_irqq", irq="irq")
     with pytest.raises(UnknownFunction, match=r"no loaded module has it either \(/proc/kallsyms\)"):
         ktrace.kprobe("__setup_irqq", irq="irq")
-    with pytest.raises(BtfUnavailable, match=r"/sys/kernel/btf/nosuchmod does not exist \(module nosuchmod not"):
-        ktrace.kprobe("nosuchmod:nosuch_fn", x="x")
+    # a module that is not loaded: the names wait for it (load_module() reads them from its .ko) until arming
+    waiting = ktrace.kprobe("nosuchmod:nosuch_fn", x="x")
+    assert args_of(waiting) == {"x": "x"}
+    with pytest.raises(BtfUnavailable, match=r"module nosuchmod is not loaded on local, so its BTF is not there, and"):
+        ktrace.arm()
     # a misspelled function without names is the kernel's to refuse, at arm(), as before
     assert args_of(ktrace.kprobe("__setup_irqq", irq="$arg1")) == {"irq": "$arg1"}
 
@@ -412,12 +416,193 @@ def test_module_functions_by_name_and_through_kallsyms() -> None:
         session.kprobe("mymod:mod_xmitt", queue="md->queue")
     with pytest.raises(UnknownFunction, match="no function 'dev_open' in the BTF of module mymod"):
         session.kprobe("mymod:dev_open", d="d")  # a vmlinux function is not the module's
-    with pytest.raises(BtfUnavailable, match=r"/sys/kernel/btf/othermod does not exist \(module othermod not loaded"):
-        session.kprobe("othermod:mod_xmit", queue="md->queue")
     with pytest.raises(UnknownFunction, match=r"entry_SYSCALL_64 is in the kernel's symbol table .* no C prototype"):
         session.kprobe("entry_SYSCALL_64", x="regs")
     with pytest.raises(UnknownMember, match=r"struct mod_dev, which has no member 'queu' \(did you mean 'queue'"):
         session.kprobe("mod_xmit", q="md->queu")
+
+
+class Arming(Files):
+    """A :class:`Files` target that takes the first arming batch, keeps it, and stops the test there."""
+
+    class Stopped(Exception):
+        pass
+
+    batches: list[list[Any]]
+
+    def apply(self, ops: Any, **_: Any) -> Any:
+        self.batches = [*getattr(self, "batches", []), list(ops)]
+        raise self.Stopped()
+
+    def probe_lines(self) -> list[str]:
+        return [op.data for batch in self.batches for op in batch if getattr(op, "path", "") == "kprobe_events"]
+
+
+def module_file(tmp_path: Path, name: str, btf: bytes | None) -> Path:
+    """A module file as Kbuild and pahole leave it: an ELF object with ``.modinfo`` (``name=``) and ``.BTF``."""
+    import shutil
+    import subprocess
+
+    gcc, objcopy = shutil.which("gcc"), shutil.which("objcopy")
+    assert gcc and objcopy, "gcc and binutils are part of the dev setup (scripts/bootstrap)"
+    source = tmp_path / f"{name}.c"
+    source.write_text("int placeholder;\n")
+    ko = tmp_path / f"{name}.ko"
+    subprocess.run([gcc, "-c", "-o", str(ko), str(source)], check=True, timeout=60)
+    (tmp_path / "modinfo").write_bytes(f"license=GPL\0name={name}\0".encode())
+    sections = ["--add-section", f".modinfo={tmp_path / 'modinfo'}"]
+    if btf is not None:
+        (tmp_path / "btf").write_bytes(btf)
+        sections += ["--add-section", f".BTF={tmp_path / 'btf'}"]
+    subprocess.run([objcopy, *sections, str(ko)], check=True, timeout=60)
+    return ko
+
+
+def test_names_of_a_module_not_loaded_yet_wait_for_arming() -> None:
+    base, _ = synthetic_kernel()
+    target = Files({VMLINUX: base})  # mymod is not loaded: no /sys/kernel/btf/mymod, no /sys/module/mymod
+    session = session_on(target)
+    entry = session.kprobe("mymod:mod_xmit", queue="md->queue")
+    done = session.kretprobe("mymod:mod_xmit", q="md->queue")
+    assert args_of(entry) == {"queue": "md->queue"}, "kept as written until the module's BTF is there"
+    assert "/sys/module/mymod/initstate" in target.fetches
+    with pytest.raises(BtfUnavailable) as info:
+        session.arm()
+    message = str(info.value)
+    assert message.startswith(f"kprobe 'mymod:mod_xmit' defined at {__file__}:"), message
+    assert "module mymod is not loaded on stub, so its BTF is not there, and this test did not load it" in message
+    assert "ktrace.load_module('path/to/mymod.ko')" in message
+    assert args_of(done) == {"ret": "$retval:s32", "q": "md->queue"}
+    with pytest.raises(UnknownFunction, match=r"a function of a module that is not loaded yet is probed as 'module:"):
+        session.kprobe("mod_xmit", queue="md->queue")  # the kernel refuses a plain name it cannot find
+
+
+def test_load_module_reads_the_names_from_the_ko(tmp_path: Path) -> None:
+    base, module = synthetic_kernel()
+    ko = module_file(tmp_path, "mymod", module)
+    target = Arming({VMLINUX: base})
+    session = session_on(target)
+    entry = session.kprobe("mymod:mod_xmit", queue="md->queue", dev="md->dev->name:string")
+    done = session.kretprobe("mymod:mod_xmit")
+    where = entry.where(queue=1)  # a view made before the names are resolved sees them too
+    asked = list(target.fetches)
+    with pytest.raises(Arming.Stopped):
+        session.load_module(ko)  # arms the probes (the first batch), then would push and insmod the file
+    # registers, not $argN: the kernel takes no $argN on a module function before the module is loaded
+    assert args_of(entry) == {"queue": "+0(%di):s32", "dev": "+0(+8(+8(%di))):string"}
+    assert where.spec is entry.spec and done.spec.return_field == "ret"
+    lines = target.probe_lines()
+    assert any(line.endswith(" mymod:mod_xmit queue=+0(%di):s32 dev=+0(+8(+8(%di))):string") for line in lines)
+    assert any(line.endswith(" mymod:mod_xmit ret=$retval:s32") for line in lines), lines
+    assert target.fetches == asked, "the module is being loaded from that file: the target is not asked again"
+
+
+def test_a_rebuilt_ko_is_read_again(tmp_path: Path) -> None:
+    base_blob, _ = synthetic_kernel()
+    base = BtfTypes.load(base_blob, name="vmlinux")
+    target = Arming({VMLINUX: base_blob})
+    offsets = []
+    for build, queue_bits in enumerate((0, 32)):
+        m = BtfWriter(base)
+        i32 = base.ids_named("int")[0]
+        mod_dev = m.struct("mod_dev", 16, [("queue", i32, queue_bits, 0)])
+        m.func("mod_xmit", m.func_proto(i32, [("md", m.ptr(mod_dev))]))
+        folder = tmp_path / f"build{build}"
+        folder.mkdir()
+        ko = module_file(folder, "mymod", m.blob())
+        session = session_on(target)  # the next test, same target: one KernelBtf
+        entry = session.kprobe("mymod:mod_xmit", queue="md->queue")
+        with pytest.raises(Arming.Stopped):
+            session.load_module(ko)
+        offsets.append(args_of(entry)["queue"])
+    assert offsets == ["+0(%di):s32", "+4(%di):s32"]
+
+
+def test_a_module_without_btf_says_how_to_give_it_some(tmp_path: Path) -> None:
+    base, _ = synthetic_kernel()
+    loaded = Files({VMLINUX: base, "/sys/module/mymod/initstate": b"live\n"})
+    with pytest.raises(BtfUnavailable) as info:
+        session_on(loaded).kprobe("mymod:mod_xmit", queue="md->queue")
+    message = str(info.value)
+    assert message.startswith(
+        "cannot resolve 'md->queue': no BTF for module mymod: it is loaded on stub but /sys/kernel/btf/mymod does "
+        "not exist: it was built without BTF"
+    ), message
+    assert '"Skipping BTF generation\n  for mymod.ko due to unavailability of vmlinux"' in message
+    assert "pahole -J --btf_base vmlinux.btf mymod.ko" in message
+
+    ko = module_file(tmp_path, "mymod", None)
+    session = session_on(Arming({VMLINUX: base}))
+    session.kprobe("mymod:mod_xmit", queue="md->queue")
+    with pytest.raises(BtfUnavailable) as info:
+        session.load_module(ko)
+    message = str(info.value)
+    assert message.startswith(f"kprobe 'mymod:mod_xmit' defined at {__file__}:"), message
+    assert f"no BTF for module mymod: {ko} has no .BTF section (built without BTF)" in message
+    assert "pahole -J --btf_base" in message
+
+
+def test_a_ko_written_against_another_kernels_btf_is_refused(tmp_path: Path) -> None:
+    base_blob, _ = synthetic_kernel()
+    base = BtfTypes.load(base_blob, name="vmlinux")
+    m = BtfWriter(base)
+    i32 = base.ids_named("int")[0]
+    m.func("mod_xmit", m.func_proto(i32, [("md", m.ptr(base.end_id + 500))]))  # a type of a bigger kernel's
+    ko = module_file(tmp_path, "mymod", m.blob())
+    session = session_on(Arming({VMLINUX: base_blob}))
+    session.kprobe("mymod:mod_xmit", queue="md->queue")
+    with pytest.raises(BtfUnavailable) as info:
+        session.load_module(ko)
+    message = str(info.value)
+    assert f"no BTF for module mymod: the BTF in {ko} does not fit the BTF of stub's kernel" in message, message
+    assert "it was written against another kernel's BTF" in message and "pahole -J --btf_base" in message
+
+
+def test_a_probe_waits_for_its_own_module_while_another_loads(tmp_path: Path) -> None:
+    base, _ = synthetic_kernel()
+    other = module_file(tmp_path, "other", None)
+    target = Arming({VMLINUX: base})
+    session = session_on(target)
+    entry = session.kprobe("mymod:mod_xmit", queue="md->queue")
+    setup = session.kprobe("dev_open", flags="flags")
+    with pytest.raises(Arming.Stopped):
+        session.load_module(other)  # mymod's probe cannot fire before mymod loads: it is armed with mymod
+    assert [line.split()[1] for line in target.probe_lines()] == ["dev_open"]
+    assert args_of(entry) == {"queue": "md->queue"} and args_of(setup) == {"flags": "$arg2:u32"}
+
+
+def test_a_module_loaded_again_is_read_again(tmp_path: Path) -> None:
+    target = Arming(module_target().files)
+    for _ in range(2):  # the tests of a run share the target's BTF
+        session_on(target).kprobe("mymod:mod_xmit", queue="md->queue")
+    assert target.fetches.count("/sys/kernel/btf/mymod") == 1
+    with pytest.raises(Arming.Stopped):
+        session_on(target).load_module(module_file(tmp_path, "mymod", None))  # (would be refused: it is loaded)
+    session_on(target).kprobe("mymod:mod_xmit", queue="md->queue")
+    assert target.fetches.count("/sys/kernel/btf/mymod") == 2
+    forget_module(RecordingBackend(target, "test_x"), "mymod")  # through a recording too
+    session_on(target).kprobe("mymod:mod_xmit", queue="md->queue")
+    assert target.fetches.count("/sys/kernel/btf/mymod") == 3
+
+
+def test_names_read_from_a_ko_are_recorded(tmp_path: Path) -> None:
+    base, module = synthetic_kernel()
+    target = Arming({VMLINUX: base})
+    recorder = RecordingBackend(target, "test_x")
+    session = session_on(recorder)
+    session.kprobe("mymod:mod_xmit", queue="md->queue")
+    assert recorder.cassette.btf == {}, "a module not loaded yet is no answer to record"
+    with pytest.raises(Arming.Stopped):
+        session.load_module(module_file(tmp_path, "mymod", module))
+    assert recorder.cassette.btf == {"mymod:mod_xmit": {"at entry": {"md->queue": "+0($arg1):s32"}}}
+
+
+def test_load_module_by_name_has_no_file_to_read_names_from() -> None:
+    base, _ = synthetic_kernel()
+    session = session_on(Arming({VMLINUX: base}))
+    session.kprobe("mymod:mod_xmit", queue="md->queue")
+    with pytest.raises(BtfUnavailable, match=r"load_module\('mymod'\) loads it by name, so there is no local \.ko"):
+        session.load_module("mymod")
 
 
 def test_without_grep_the_local_modules_are_searched() -> None:
@@ -572,6 +757,19 @@ def test_resolutions_are_recorded_and_replayed(tmp_path: Path) -> None:
         replay.kprobe("dev_open", id="d->id")
     # a return type the cassette does not know is the old default (the arm check catches a difference)
     assert replay.kretprobe("mymod:mod_xmit").spec.fetchargs == (("ret", "$retval:s32"),)
+
+
+def test_a_replay_waits_for_a_module_the_fake_has_not_loaded(tmp_path: Path) -> None:
+    recorder = RecordingBackend(module_target(), "test_x")
+    session_on(recorder).kprobe("mymod:mod_xmit", queue="md->queue")  # loaded on the target: resolved at once
+    path = tmp_path / "cassette.json"
+    recorder.save(path)
+    fake = FakeBackend(load_snapshot("debian-6.1-x86_64"))
+    fake.play(Player(Cassette.load(path), path))
+    waiting = session_on(fake).kprobe("mymod:mod_xmit", queue="md->queue")
+    assert args_of(waiting) == {"queue": "md->queue"}, "the fake's kernel has no mymod: the names wait, as on a target"
+    fake.tracefs.modules.load("mymod", ["mod_xmit"], {})
+    assert args_of(session_on(fake).kprobe("mymod:mod_xmit", queue="md->queue")) == {"queue": "+0($arg1):s32"}
 
 
 # ------------------------------------------------------------------------------------------------------------

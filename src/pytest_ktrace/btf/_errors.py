@@ -28,10 +28,12 @@ __all__ = [
     "FetchargTooLong",
     "FetchargTypeError",
     "FetchargUnsupported",
+    "ModuleNotLoaded",
     "UnknownFunction",
     "UnknownMember",
     "UnknownParameter",
     "UnknownType",
+    "module_btf_hint",
     "no_btf_hint",
 ]
 
@@ -69,6 +71,27 @@ def no_btf_hint(arch: Optional[str] = None) -> str:
         "  and write members as offsets: '+OFFSET($arg2):u32', '+0(+OFFSET($arg3)):string', with OFFSET from\n"
         "  `pahole -C <struct> vmlinux` or `gdb -batch -ex 'ptype /o struct <struct>' vmlinux`."
     )
+
+
+def module_btf_hint(module: str) -> str:
+    """How a module gets BTF, for the error about one that has none."""
+    return (
+        f"  A module has BTF when it is built against the BTF of the exact kernel it is for: Kbuild adds it when\n"
+        "  the kernel build directory holds that kernel's vmlinux, and otherwise prints \"Skipping BTF generation\n"
+        f'  for {module}.ko due to unavailability of vmlinux". Add it to a built module with pahole, from that\n'
+        f"  kernel's /sys/kernel/btf/vmlinux: pahole -J --btf_base vmlinux.btf {module}.ko (the driver how-to in\n"
+        "  the pytest-ktrace docs shows it for the qemu guests' kernels)."
+    )
+
+
+class ModuleNotLoaded(BtfUnavailable):
+    """Names on a function of a module that is not loaded: its BTF (``/sys/kernel/btf/<module>``) appears when it
+    is. The probe factories wait for it: the names are resolved when the probes are armed, from the ``.ko``
+    ``ktrace.load_module()`` is loading (or from the module, loaded by then); only then is it an error."""
+
+    def __init__(self, message: str, *, module: str = "") -> None:
+        self.module = module
+        super().__init__(message)
 
 
 class UnknownType(BtfError):

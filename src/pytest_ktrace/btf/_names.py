@@ -28,7 +28,11 @@ Where the BTF comes from, read once per target and run:
   ``$KTRACE_BTF_CACHE_DIR`` replaces the directory; the build id is read from ``/sys/kernel/notes``, else the
   file's ``sha256sum`` on the target is the key), so a later run costs one small read;
 * modules: ``ktrace.kprobe("virtio_net:start_xmit", ...)`` reads ``/sys/kernel/btf/virtio_net`` (split BTF on
-  the vmlinux base); a function that is not in vmlinux is looked up in ``/proc/kallsyms`` to find its module.
+  the vmlinux base); a function that is not in vmlinux is looked up in ``/proc/kallsyms`` to find its module. A
+  module that is not loaded yet has no BTF there (:class:`~.errors.ModuleNotLoaded`): the probe's names wait,
+  and ``ktrace.load_module()`` resolves them from the ``.BTF`` section of the ``.ko`` it loads, just before it
+  arms the probes (:meth:`~pytest_ktrace._probe_builder.ProbeBuilder.complete`). The kernel's module BTF is kept
+  until a load or unload by the plugin (:func:`forget_module`); a ``.ko``'s is kept per file content.
 
 The fake backend has no BTF (target snapshots carry no kernel types; a test's BTF is megabytes): replaying a
 cassette, the names resolve from the cassette's ``btf`` section, which :class:`~pytest_ktrace.recording._recorder.
@@ -41,19 +45,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import struct
 import threading
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional, Protocol, Union
 
 from .._errors import KtraceError, UnsupportedFetchArg, hide_for_ktrace_errors
 from .._files import write_atomic
-from ..backends._base import Backend, FileFetching, SharedFilesystem, TargetInfo
+from ..backends._base import Backend, FileFetching, Read, SharedFilesystem, TargetInfo
 from . import _errors as btf_errors
 from ._blob import BtfTypes, FuncInfo
 from ._errors import (
@@ -63,11 +70,14 @@ from ._errors import (
     FetchargError,
     FetchargTypeError,
     FetchargUnsupported,
+    ModuleNotLoaded,
     UnknownFunction,
+    module_btf_hint,
     no_btf_hint,
 )
 from ._fetcharg import resolve, resolve_return
 from ._kinds import Kind, Ptr
+from ._sources import btf_from_elf
 
 __all__ = [
     "CACHE_ENV",
@@ -77,6 +87,7 @@ __all__ = [
     "KernelBtf",
     "btf_cache_dir",
     "build_id",
+    "forget_module",
     "is_btf_expression",
     "kernel_btf",
     "kernel_fetchargs",
@@ -98,6 +109,7 @@ _MODULE = re.compile(r"[A-Za-z0-9_-]+")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _AT_ENTRY, _AT_RETURN, _RETURNS = "at entry", "at return", "returns"
 _FUNC_KINDS = (Kind.FUNC,)
+_NOTHING_LOADING: Mapping[str, Path] = MappingProxyType({})
 
 
 def is_btf_expression(text: str) -> bool:
@@ -182,6 +194,8 @@ class KernelBtf:
     # module name -> its BTF or why there is none; function -> the modules /proc/kallsyms places it in
     _modules: dict[str, Union[BtfTypes, str]] = field(default_factory=dict, repr=False, compare=False)
     _homes: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    # (module name, sha256 of a local module file) -> its BTF or why there is none
+    _files: dict[tuple[str, str], Union[BtfTypes, str]] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def _unavailable(self, reason: str, expr: str = "") -> BtfUnavailable:
@@ -252,7 +266,8 @@ class KernelBtf:
         return self.cache_dir / f"{release}-{key}.btf"
 
     def module(self, backend: Backend, name: str, *, expr: str = "") -> BtfTypes:
-        """The split BTF of module ``name`` (``/sys/kernel/btf/<name>``) on the vmlinux base."""
+        """The split BTF of module ``name`` (``/sys/kernel/btf/<name>``) on the vmlinux base;
+        :class:`~.errors.ModuleNotLoaded` when the module is not loaded (not remembered: it may be soon)."""
         base = self.vmlinux(backend, expr=expr)
         with self._lock:
             known = self._modules.get(name)
@@ -268,13 +283,73 @@ class KernelBtf:
                     except OSError as exc:
                         known = _unreadable(path, exc)
                         if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
-                            known += f" (module {name} not loaded, or built without BTF)"
+                            known = self._why_no_module_btf(backend, name, expr)
                     except BtfFormatError as exc:
                         known = f"{path} is not usable BTF: {exc}"
                 self._modules[name] = known
             if isinstance(known, str):
-                raise self._unavailable(known, expr)
+                raise BtfUnavailable.for_target(f"module {name}", known, arch=self.info.arch, expr=expr)
             return known
+
+    def _why_no_module_btf(self, backend: Backend, name: str, expr: str) -> str:
+        """Why ``/sys/kernel/btf/<name>`` does not exist: raises :class:`~.errors.ModuleNotLoaded` when the
+        module is not loaded, else says that it has no BTF and how to give it some."""
+        try:
+            _fetch(backend, f"/sys/module/{name}/initstate")  # loadable modules only; built-in ones have none
+        except OSError:
+            raise ModuleNotLoaded(
+                f"cannot resolve {expr!r}: module {name} is not loaded on {self.info.name}, so its BTF "
+                f"(/sys/kernel/btf/{name}) is not there",
+                module=name,
+            ) from None
+        return (
+            f"it is loaded on {self.info.name} but /sys/kernel/btf/{name} does not exist: it was built without BTF, "
+            f'or the kernel dropped BTF that did not match its own ("failed to validate module [{name}] BTF" in '
+            f"its log), or the kernel has no CONFIG_DEBUG_INFO_BTF_MODULES\n{module_btf_hint(name)}"
+        )
+
+    def module_file(self, backend: Backend, name: str, ko: Path, *, expr: str = "") -> BtfTypes:
+        """The split BTF in the ``.BTF`` section of the module file ``ko`` (a module about to be loaded), on the
+        target's vmlinux BTF. Parsed once per content: a rebuilt file is read again."""
+        base = self.vmlinux(backend, expr=expr)
+        try:
+            data = Path(ko).read_bytes()
+        except OSError as exc:
+            raise BtfUnavailable.for_target(
+                f"module {name}", f"cannot read {ko}: {exc.strerror or exc}", arch=self.info.arch, expr=expr
+            ) from None
+        key = (name, hashlib.sha256(data).hexdigest())
+        with self._lock:
+            known = self._files.get(key)
+            if known is None:
+                known = self._file_btf(name, ko, data, base)
+                self._files[key] = known
+        if isinstance(known, str):
+            raise BtfUnavailable.for_target(f"module {name}", known, arch=self.info.arch, expr=expr)
+        return known
+
+    def _file_btf(self, name: str, ko: Path, data: bytes, base: BtfTypes) -> Union[BtfTypes, str]:
+        try:
+            blob = btf_from_elf(data, what=str(ko))
+        except BtfUnavailable:
+            return f"{ko} has no .BTF section (built without BTF)\n{module_btf_hint(name)}"
+        except BtfFormatError as exc:
+            return f"{ko} is not a module file: {exc}"
+        try:
+            btf = BtfTypes.load(blob, base, name=name)
+            btf.check_references()  # what the kernel checks before it takes a module's BTF
+        except BtfFormatError as exc:
+            return (
+                f"the BTF in {ko} does not fit the BTF of {self.info.name}'s kernel ({exc}): it was written against "
+                f"another kernel's BTF\n{module_btf_hint(name)}"
+            )
+        return btf
+
+    def forget_module(self, name: str) -> None:
+        """Module ``name`` was loaded or unloaded: its BTF, and where functions are, are read again when needed."""
+        with self._lock:
+            self._modules.pop(name, None)
+            self._homes.clear()
 
     def _homes_of(self, backend: Backend, function: str) -> tuple[str, ...]:
         """The modules whose ``/proc/kallsyms`` entries define ``function`` ("" for vmlinux itself)."""
@@ -299,12 +374,18 @@ class KernelBtf:
                 self._homes[function] = tuple(found)
             return self._homes[function]
 
-    def functions(self, backend: Backend, function: str, module: Optional[str], *, expr: str = "") -> list[FuncInfo]:
+    def functions(
+        self, backend: Backend, function: str, module: Optional[str], *, ko: Optional[Path] = None, expr: str = ""
+    ) -> list[FuncInfo]:
         """Every BTF function ``function`` (static functions of different files may share a name) in
-        ``module``, or in vmlinux, or else in the module ``/proc/kallsyms`` places it in."""
+        ``module`` (from the module file ``ko`` when the test is loading it from there), or in vmlinux, or else
+        in the module ``/proc/kallsyms`` places it in."""
         vmlinux = self.vmlinux(backend, expr=expr)
         if module:
-            btf = self.module(backend, module, expr=expr)
+            if ko is not None:
+                btf = self.module_file(backend, module, ko, expr=expr)
+            else:
+                btf = self.module(backend, module, expr=expr)
             own = [f for f in btf.funcs(function) if f.id >= btf.start_id]
             if own:
                 return own
@@ -338,7 +419,10 @@ class KernelBtf:
             elif homes:
                 where = f"{KALLSYMS} places it in module(s) {', '.join(homes)}, whose BTF does not have it"
             else:
-                where = f"no loaded module has it either ({KALLSYMS})"
+                where = (
+                    f"no loaded module has it either ({KALLSYMS}); a function of a module that is not loaded yet is "
+                    "probed as 'module:function'"
+                )
             raise UnknownFunction(
                 f"{exc}\n  {where}; on {self.info.name}, name its arguments by position instead ($arg1, ...)",
                 name=function,
@@ -392,15 +476,21 @@ def _return_type(func: FuncInfo) -> Optional[str]:
 
 
 class _TargetResolver:
-    """Resolves against the BTF of a real target."""
+    """Resolves against the BTF of a real target (a module's from ``loading[module]``, the file the test is
+    loading it from, when there is one)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, loading: Mapping[str, Path]) -> None:
         self.backend = backend
         self.btf = kernel_btf(backend)
         self.arch = backend.describe().arch
+        self.loading = loading
+
+    def _functions(self, function: str, module: Optional[str], expr: str = "") -> list[FuncInfo]:
+        ko = self.loading.get(module) if module else None
+        return self.btf.functions(self.backend, function, module, ko=ko, expr=expr)
 
     def fetcharg(self, function: str, module: Optional[str], expr: str, entry: bool) -> str:
-        funcs = self.btf.functions(self.backend, function, module, expr=expr)
+        funcs = self._functions(function, module, expr)
         distinct = {f.proto_id: f for f in funcs}
         results: dict[str, FuncInfo] = {}
         for func in distinct.values():
@@ -417,7 +507,9 @@ class _TargetResolver:
 
     def return_type(self, function: str, module: Optional[str]) -> Optional[str]:
         try:
-            funcs = self.btf.functions(self.backend, function, module)
+            funcs = self._functions(function, module)
+        except ModuleNotLoaded:
+            raise  # typed once the module is there
         except BtfError:
             return None
         types = {_return_type(func) for func in funcs}
@@ -437,16 +529,21 @@ class _RecordingResolver:
         self.btf = btf
 
     def fetcharg(self, function: str, module: Optional[str], expr: str, entry: bool) -> str:
-        section = self.btf.setdefault(_function_key(function, module), {}).setdefault(
-            _AT_ENTRY if entry else _AT_RETURN, {}
-        )
         try:
             text = self.inner.fetcharg(function, module, expr, entry)
+        except ModuleNotLoaded:
+            raise  # not an answer: asked again once the module is there
         except BtfError as exc:
-            section[expr] = {"error": type(exc).__name__, "message": str(exc)}
+            self._section(function, module, entry)[expr] = {"error": type(exc).__name__, "message": str(exc)}
             raise
-        section[expr] = text
+        self._section(function, module, entry)[expr] = text
         return text
+
+    def _section(self, function: str, module: Optional[str], entry: bool) -> dict[str, Any]:
+        answers: dict[str, Any] = self.btf.setdefault(_function_key(function, module), {}).setdefault(
+            _AT_ENTRY if entry else _AT_RETURN, {}
+        )
+        return answers
 
     def return_type(self, function: str, module: Optional[str]) -> Optional[str]:
         found = self.inner.return_type(function, module)
@@ -456,13 +553,24 @@ class _RecordingResolver:
 
 
 class _ReplayResolver:
-    """What the cassette recorded; a name it does not have makes it stale."""
+    """What the cassette recorded; a name it does not have makes it stale. Names of a module that the fake's
+    kernel has not loaded wait for it, as on the target (so the probe is written as it was recorded)."""
 
-    def __init__(self, player: Any) -> None:
+    def __init__(self, player: Any, backend: Backend, loading: Mapping[str, Path]) -> None:
         self.player = player
         self.btf: dict[str, Any] = player.cassette.btf
+        self.backend = backend
+        self.loading = loading
+
+    def _wait_for(self, module: Optional[str], expr: str) -> None:
+        if not module or module in self.loading:
+            return
+        state = self.backend.apply([Read(f"/sys/module/{module}/initstate", missing_ok=True)])[0]
+        if not (state.ok and state.data.strip()):
+            raise ModuleNotLoaded(f"cannot resolve {expr!r}: module {module} is not loaded", module=module)
 
     def fetcharg(self, function: str, module: Optional[str], expr: str, entry: bool) -> str:
+        self._wait_for(module, expr)
         key = _function_key(function, module)
         where = _AT_ENTRY if entry else _AT_RETURN
         recorded = self.btf.get(key, {}).get(where, {})
@@ -483,6 +591,7 @@ class _ReplayResolver:
         raise self.player.stale(f"{key} {expr!r}: the recorded resolution {answer!r} is not a fetch argument")
 
     def return_type(self, function: str, module: Optional[str]) -> Optional[str]:
+        self._wait_for(module, "$retval")
         found = self.btf.get(_function_key(function, module), {}).get(_RETURNS)
         return found if isinstance(found, str) else None
 
@@ -505,17 +614,32 @@ class _NoBtf:
         return None
 
 
-def _resolver_for(backend: Backend) -> _Resolver:
+def _resolver_for(backend: Backend, loading: Mapping[str, Path]) -> _Resolver:
     from ..recording._player import Replaying
     from ..recording._recorder import RecordingBackend
 
     if isinstance(backend, RecordingBackend):
-        return _RecordingResolver(_resolver_for(backend.inner), backend.cassette.btf)
+        return _RecordingResolver(_resolver_for(backend.inner, loading), backend.cassette.btf)
     if isinstance(backend, Replaying):  # the fake backend
         if backend.player is not None:
-            return _ReplayResolver(backend.player)
+            return _ReplayResolver(backend.player, backend, loading)
         return _NoBtf(backend.describe())
-    return _TargetResolver(backend)
+    return _TargetResolver(backend, loading)
+
+
+def forget_module(backend: Backend, name: str) -> None:
+    """Module ``name`` was loaded or unloaded on ``backend``'s target: its BTF is read again when next needed."""
+    from ..recording._recorder import RecordingBackend
+
+    while isinstance(backend, RecordingBackend):
+        backend = backend.inner
+    with _TARGETS_LOCK:
+        try:
+            known = _TARGETS.get(backend)
+        except TypeError:
+            known = None
+    if known is not None:
+        known.forget_module(name)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -535,12 +659,21 @@ def _named(exc: FetchargError, key: str, text: str) -> FetchargError:
 
 
 def kernel_fetchargs(
-    backend: Backend, kind: str, location: str, named: dict[str, str], *, default_return: Optional[str]
+    backend: Backend,
+    kind: str,
+    location: str,
+    named: dict[str, str],
+    *,
+    default_return: Optional[str],
+    loading: Mapping[str, Path] = _NOTHING_LOADING,
 ) -> tuple[dict[str, str], Optional[str]]:
     """The fetch arguments of a kprobe/kretprobe on ``location`` (``sym``, ``sym+off``, ``mod:sym``) with the
     names resolved from the target's BTF (raw kernel syntax untouched), and the ``ret`` fetch argument a
     kretprobe records when none of them reads ``$retval``: ``$retval:<BTF return type>``, None for a void
-    function, ``default_return`` when the type is unknown (no BTF)."""
+    function, ``default_return`` when the type is unknown (no BTF).
+
+    ``loading`` maps a module the test is loading to its local ``.ko``: the names of ``mod:func`` come from that
+    file's BTF. :class:`~.errors.ModuleNotLoaded` says the module is neither loaded nor being loaded."""
     is_return = kind == "kretprobe"
     wanted = [key for key, text in named.items() if is_btf_expression(text) or (is_return and text == "$retval")]
     defaulted = is_return and "ret" not in named and not any(text.startswith("$retval") for text in named.values())
@@ -548,7 +681,7 @@ def kernel_fetchargs(
     if (not wanted and not defaulted) or match is None:
         return named, default_return
     module, function, offset = match.group("mod"), match.group("sym"), match.group("off")
-    resolver = _resolver_for(backend)
+    resolver = _resolver_for(backend, loading)
     info = backend.describe()
     resolved: dict[str, str] = {}
     for key, text in named.items():
