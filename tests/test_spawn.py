@@ -1,5 +1,6 @@
 """``ktrace.spawn()``: commands in the background on this machine's kernel, with real uprobes on tests/prog/probed.c;
-ended with their children by teardown before the probes go; recorded, then replayed on the fake."""
+ended with their children by teardown before the probes go; recorded, then replayed on the fake. The tests that use
+the ``ktrace`` fixture also run through SSH (tests/ssh/test_spawn_ssh.py): the target is this machine either way."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def _signalled(ktrace, number: int) -> int:
+    """The status of a command ended by signal ``number``: as subprocess reports it here, as its shell does over
+    SSH."""
+    return -number if ktrace.target.backend == "local" else 128 + number
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
@@ -90,7 +97,7 @@ def test_kill_ends_the_process_and_its_children(ktrace, probed: Path) -> None:
     child = int(process.stdout)
     assert process.returncode is None and _alive(child)
     status = process.kill()
-    assert status == -15  # SIGTERM sufficed
+    assert status == _signalled(ktrace, 15)  # SIGTERM sufficed
     assert not Path(f"/proc/{process.pid}").exists()  # ended and reaped
     assert not _alive(child) and _gone(child)
     assert process.kill() == status and process.wait() == status  # idempotent
@@ -101,11 +108,11 @@ def test_wait_times_out_and_leaves_the_process_running(ktrace, probed: Path) -> 
     with pytest.raises(WaitTimeout) as info:
         process.wait(timeout=0.1)
     message = str(info.value)
-    assert str(probed) in message and "on local" in message and "still running" in message
+    assert str(probed) in message and f"on {ktrace.target.name} " in message and "still running" in message
     assert info.value.pid == process.pid and info.value.timeout == 0.1
     assert process.returncode is None and _alive(process.pid)
     process.kill()
-    assert process.wait(timeout=0.1) == -15
+    assert process.wait(timeout=0.1) == _signalled(ktrace, 15)
 
 
 def test_a_process_that_ignores_sigterm_is_killed(ktrace) -> None:
@@ -113,7 +120,7 @@ def test_a_process_that_ignores_sigterm_is_killed(ktrace) -> None:
     deadline = time.monotonic() + 30
     while "ready" not in process.stdout and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert process.kill() == -9
+    assert process.kill() == _signalled(ktrace, 9)
     assert not Path(f"/proc/{process.pid}").exists()
 
 
@@ -123,11 +130,12 @@ def test_a_process_that_ignores_sigterm_is_killed(ktrace) -> None:
         ([], KtraceError, "spawn\\(\\) needs a command"),
         ([1], KtraceError, r"spawn\(\) argv\[0\] must be a str"),
         (b"ls", KtraceError, r"spawn\(\) argv must be a str or a sequence"),
-        (["/no/such/program"], TargetError, r"cannot start \['/no/such/program'\] on local: No such file"),
+        (["/no/such/program"], TargetError, r"cannot start \['/no/such/program'\] on {target}: "),
+        (["no-such-program"], TargetError, r"cannot start \['no-such-program'\] on {target}: "),
     ],
 )
 def test_bad_commands_are_refused(ktrace, argv: object, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message.format(target=ktrace.target.name)):
         ktrace.spawn(argv)
 
 

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -330,3 +332,114 @@ def test_run_script_missing_program(shell: Runner) -> None:
     proc = shell(_shell.render_run(["/no/such/prog", "arg"], nonce))
     out = _shell.parse_run(proc.stdout, nonce)
     assert out.complete and out.returncode == 127 and b"/no/such/prog" in proc.stderr
+
+
+# --- spawn: a command in the background, and its end ---------------------------------------------------------
+
+
+def _start(shell: Runner, script: str, cwd: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        shell.argv,  # type: ignore[attr-defined]
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=shell.env,  # type: ignore[attr-defined]
+        cwd=cwd,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(script.encode())
+    proc.stdin.close()
+    return proc
+
+
+def _read_until(proc: subprocess.Popen[bytes], done: Callable[[bytes], bool], timeout: float = 20.0) -> bytes:
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while not done(out) and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.05)[0]:
+            out += os.read(proc.stdout.fileno(), 65536)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+@needs_tracefs
+def test_spawn_script_runs_it_in_a_session_of_its_own_and_its_kill_ends_the_group(
+    shell: Runner, tmp_path: Path
+) -> None:
+    inst = f"instances/ktrace_sshtest_spawn_{os.getpid()}_{shell.name}"  # type: ignore[attr-defined]
+    os.mkdir(TRACEFS / inst)
+    nonce = _shell.new_nonce()
+    # deaf to SIGTERM, with a child that is too
+    argv = ["sh", "-c", "trap '' TERM; sleep 300 & echo $!; while :; do sleep 0.05; done"]
+    proc = _start(shell, _shell.render_spawn(argv, nonce, pid_files=[f"{inst}/set_event_pid"]), tmp_path)
+    try:
+        out = _read_until(proc, lambda out: (_shell.parse_run(out, nonce).stdout or b"").endswith(b"\n"))
+        started = _shell.parse_run(out, nonce)
+        assert started.pid is not None and started.pid == started.child
+        pid, child = started.pid, int(started.stdout)
+        assert os.getsid(pid) == pid and os.getpgid(child) == pid
+        assert f"KTRACE_SPAWN={nonce}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        assert (TRACEFS / inst / "set_event_pid").read_text().split() == [str(pid)]
+        ended = shell(_shell.render_spawn_kill(pid, nonce, grace=0.2, leader_unreaped=True))
+        assert ended.stdout.split() == [b"TERM", b"KILL"]
+        assert not _alive(pid) and not _alive(child)
+        out += _read_until(proc, lambda more: b" END\n" in out + more)
+        assert _shell.parse_run(out, nonce).returncode == 128 + 9
+    finally:
+        proc.kill()
+        proc.wait()
+        os.rmdir(TRACEFS / inst)
+
+
+def test_spawn_kill_spares_a_group_without_its_marker(shell: Runner) -> None:
+    foreign = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a group the script did not start
+    try:
+        ended = shell(_shell.render_spawn_kill(foreign.pid, _shell.new_nonce(), grace=0.1, leader_unreaped=False))
+        assert ended.returncode == 0 and ended.stdout == b""
+        assert foreign.poll() is None
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+@needs_tracefs
+def test_spawn_script_missing_program_runs_nothing(shell: Runner) -> None:
+    inst = f"instances/ktrace_sshtest_nospawn_{os.getpid()}_{shell.name}"  # type: ignore[attr-defined]
+    os.mkdir(TRACEFS / inst)
+    try:
+        for program in ("/no/such/prog", "no-such-prog"):
+            nonce = _shell.new_nonce()
+            proc = shell(_shell.render_spawn([program, "arg"], nonce, pid_files=[f"{inst}/set_event_pid"]))
+            out = _shell.parse_run(proc.stdout, nonce)
+            assert out.not_found and out.pid is None and out.returncode == 127 and out.complete
+        assert (TRACEFS / inst / "set_event_pid").read_text().split() == []
+    finally:
+        os.rmdir(TRACEFS / inst)
+
+
+def test_spawn_script_needs_setsid(tmp_path: Path) -> None:
+    # busybox ash finds its own applets whatever PATH says: a target without setsid has dash and no util-linux
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.skip("dash is missing")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sh").symlink_to(dash)
+    nonce = _shell.new_nonce()
+    proc = subprocess.run(
+        [dash, "-s"],
+        input=_shell.render_spawn(["true"], nonce).encode(),
+        capture_output=True,
+        env={"PATH": str(bindir)},
+        timeout=60,
+    )
+    out = _shell.parse_run(proc.stdout, nonce)
+    assert out.no_setsid and out.complete and out.child is None and out.pid is None

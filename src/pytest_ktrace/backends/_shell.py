@@ -1,8 +1,9 @@
 """POSIX ``sh`` scripts for a remote tracefs, and the parsers of their output (pure functions, no I/O).
 
 The SSH backend sends each script on the stdin of ``sh -s``. The target may have nothing but busybox, so the
-scripts use only POSIX sh, ``dd``, ``cat``, ``mkdir``, ``rmdir``, ``uname``, ``id``, ``grep`` and optionally
-``setsid``; they run the same under dash, bash and busybox ash, with GNU coreutils or busybox applets.
+scripts use only POSIX sh, ``dd``, ``cat``, ``mkdir``, ``rmdir``, ``uname``, ``id``, ``grep``, ``tr`` and
+``setsid`` (optional for ``run``, needed for ``spawn``); they run the same under dash, bash and busybox ash, with GNU
+coreutils or busybox applets.
 
 Every value from the caller is single-quoted (:func:`quote`), so data may contain quotes, ``$retval``, backticks,
 ``;``, newlines or ``$(...)`` and still reaches the kernel byte for byte.
@@ -49,6 +50,8 @@ __all__ = [
     "render_describe",
     "render_kill",
     "render_run",
+    "render_spawn",
+    "render_spawn_kill",
     "render_stream",
     "render_stream_kill",
 ]
@@ -474,6 +477,109 @@ def render_run(
     return "".join(out)
 
 
+# A command in the background (spawn): like _INNER, but the command is looked up first (a missing one is an
+# ``N`` frame, before any pid file is written), and its environment carries the script's nonce as a marker, so that
+# what it leaves (its children) can be told from any other process, even after the script is gone. Arguments:
+# nonce, stdin file (or ""), tracefs root, count, command name, pid files, argv.
+_SPAWN_INNER = r"""kt_n=$1; kt_in=$2; kt_t=$3; kt_c=$4; kt_x=$5; shift 5
+[ -n "$kt_in" ] && rm -f "$kt_in"
+case $kt_x in
+  */*) [ -f "$kt_x" ] && [ -x "$kt_x" ] ;;
+  *) command -v "$kt_x" >/dev/null 2>&1 ;;
+esac || { printf '\n%s N\n' "$kt_n"; exit 127; }
+while [ "$kt_c" -gt 0 ]; do
+  case $1 in /*) kt_o=$1;; *) kt_o=$kt_t/$1;; esac
+  kt_e=$(printf '%s' "$$" | dd of="$kt_o" bs=32 oflag=append conv=notrunc 2>&1 >/dev/null) || {
+    printf '\n%s F %s\n%s' "$kt_n" "$1" "$kt_e"; exit 125; }
+  shift; kt_c=$((kt_c - 1))
+done
+KTRACE_SPAWN=$kt_n
+export KTRACE_SPAWN
+printf '\n%s P %s\n' "$kt_n" "$$"
+exec "$@"
+"""
+
+
+def render_spawn(
+    argv: Sequence[str],
+    nonce: str,
+    *,
+    pid_files: Sequence[str] = (),
+    stdin: Optional[Union[str, bytes]] = None,
+    candidates: Sequence[str] = DEFAULT_TRACEFS,
+) -> str:
+    """A script that starts ``argv`` in a session of its own (``setsid``, required: a ``Z`` frame says it is
+    missing) and waits for it: frames as :func:`render_run`'s (``P pid`` once it execs, ``R rc`` and ``END`` when
+    it has ended) plus ``N`` when there is no such command to run (nothing is written, nothing runs). Its
+    environment holds ``KTRACE_SPAWN=<nonce>``, which :func:`render_spawn_kill` looks for."""
+    if not argv:
+        raise ValueError("spawn() needs a command")
+    out = [_prelude(nonce, candidates), "kt_f START\n", "kt_t=\n"]
+    out.append("command -v setsid >/dev/null 2>&1 || { kt_f Z; kt_f END; exit 0; }\n")
+    if pid_files:
+        out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
+    if stdin is not None:
+        out.append(_STDIN_FILE.replace("@DATA@", producer(stdin)))
+    else:
+        out.append("kt_in=\n")
+    words = " ".join(quote(a) for a in (argv[0], *pid_files, *argv))
+    call = f'sh -c {quote(_SPAWN_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words}'
+    out.append(f'setsid {call} <"${{kt_in:-/dev/null}}" &\n')
+    out.append('kt_p=$!\nkt_f C "$kt_p"\nwait "$kt_p"\nkt_f R "$?"\nkt_f END\n')
+    return "".join(out)
+
+
+# Ends what is left of a spawned command's process group. A process counts as one of it when it is alive in that
+# group and carries the command's marker in its environment, or is the group's leader while the spawning script
+# has not reaped it yet (its pid cannot have been reused then). Prints TERM / KILL for the signals it sent and
+# ALIVE when something survived SIGKILL.
+_SPAWN_KILL = r"""kt_live() {
+  for kt_d in /proc/[0-9]*; do
+    read -r kt_s 2>/dev/null <"$kt_d/stat" || continue
+    kt_s=${kt_s##*) }
+    set -- $kt_s
+    [ "$3" = "$kt_g" ] || continue
+    case $1 in Z|X) continue ;; esac
+    if [ "$kt_l" = 1 ] && [ "$kt_d" = "/proc/$kt_g" ]; then return 0; fi
+    tr '\000' '\n' 2>/dev/null <"$kt_d/environ" | grep -qxF "$kt_m" && return 0
+  done
+  return 1
+}
+kt_gone() {
+  kt_i=0
+  while kt_live; do
+    [ "$kt_i" -ge "$1" ] && return 1
+    sleep 0.05 2>/dev/null || sleep 1
+    kt_i=$((kt_i + 1))
+  done
+  return 0
+}
+if kt_live; then
+  echo TERM
+  kill -TERM -"$kt_g" 2>/dev/null
+  if ! kt_gone "$kt_steps"; then
+    echo KILL
+    kill -KILL -"$kt_g" 2>/dev/null
+    kt_gone 100 || echo ALIVE
+  fi
+fi
+exit 0
+"""
+
+
+def render_spawn_kill(pgid: int, nonce: str, *, grace: float, leader_unreaped: bool) -> str:
+    """End the process group ``pgid`` of the command :func:`render_spawn` started with ``nonce``: SIGTERM, then
+    SIGKILL to what is left after ``grace`` seconds; only while a process of it is there (see ``_SPAWN_KILL``).
+    ``leader_unreaped``: the spawning script has not reported its end, so the leader's pid is still its own."""
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
+    steps = max(1, int(grace / 0.05 + 0.999))
+    return (
+        f"kt_g={pgid}\nkt_m={quote('KTRACE_SPAWN=' + nonce)}\nkt_l={1 if leader_unreaped else 0}\n"
+        f"kt_steps={steps}\n" + _SPAWN_KILL
+    )
+
+
 @dataclass
 class RunOutput:
     started: bool
@@ -486,6 +592,8 @@ class RunOutput:
     pid_file_error: Optional[tuple[str, str]]
     after: list[OpResult] = field(default_factory=list)
     stdin_error: Optional[tuple[str, str]] = None  # (stdin file path, the shell's error text)
+    not_found: bool = False  # spawn: no such command
+    no_setsid: bool = False  # spawn: the target has no setsid
 
 
 def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
@@ -516,6 +624,10 @@ def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
             result.pid_file_error = (" ".join(frame.fields), decode(frame.payload))
         elif frame.tag == "I":
             result.stdin_error = (" ".join(frame.fields), decode(frame.payload))
+        elif frame.tag == "N":
+            result.not_found = True
+        elif frame.tag == "Z":
+            result.no_setsid = True
     result.stdout = b"".join(stdout)
     result.after = op_results(after, frames)
     return result

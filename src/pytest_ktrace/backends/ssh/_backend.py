@@ -10,7 +10,8 @@ exec channel running ``sh -s`` (``sudo -n sh -s`` with ``sudo=True``) whose scri
 ``StrictHostKeyChecking accept-new``, ``ProxyJump``, ``ProxyCommand``), :mod:`._hostkeys` (unknown keys refused
 unless ``accept_new_host_key``, changed keys always refused), :mod:`._auth` (agent, identity files,
 ``KTRACE_SSH_PASSWORD``), :mod:`._connection` (dialing through jump hosts, reconnecting), :mod:`._channel` (one
-round trip), :mod:`._batches` (the scripts and their replies) and :mod:`._streams` (``trace_pipe`` readers).
+round trip), :mod:`._batches` (the scripts and their replies), :mod:`._streams` (``trace_pipe`` readers) and
+:mod:`._spawns` (commands in the background).
 Teardown that could not run because the connection dropped is kept here and applied first once connected again.
 """
 
@@ -30,6 +31,7 @@ from ._channel import ScriptChannel
 from ._config import EndpointResolver, SshOptions, parse_target
 from ._connection import Dialer, SshConnection
 from ._hostkeys import HostKeyChecker
+from ._spawns import SpawnedCommands, SshBackgroundCommand
 from ._streams import StreamReaders
 
 __all__ = ["SshBackend"]
@@ -82,6 +84,7 @@ class SshBackend:
         channel = ScriptChannel(self._connection, self._options)
         self._batches = ShellBatches(channel, self._connection, self._options, host=host, tracefs=tracefs)
         self._streams = StreamReaders(self._connection, channel, self._options, self._lock, host=host)
+        self._spawns = SpawnedCommands(self._connection, channel, self._batches, self._options, self._lock, host=host)
 
     # --- options (shared with the parts: a change applies from the next call on) ------------------------------
 
@@ -160,6 +163,21 @@ class SshBackend:
         with self._lock:
             return self._batches.run(tuple(argv), timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
 
+    def spawn(
+        self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
+    ) -> SshBackgroundCommand:
+        """Start ``argv`` in the background on the target, on an exec channel of its own (see :mod:`._spawns`;
+        the target needs ``setsid``)."""
+        with self._lock:
+            self._connection.transport()  # connected (and what a dropped connection left behind settled) first
+            return self._spawns.start(tuple(argv), pid_files=pid_files, stdin=stdin)
+
+    @property
+    def stale_commands(self) -> list[tuple[int, str]]:
+        """Background commands (process group, marker) that could not be ended (connection dropped): ended
+        first on reconnect."""
+        return self._spawns.stale
+
     def open_stream(self, path: str) -> TraceStream:
         """Stream ``path`` (e.g. ``instances/X/trace_pipe``): a dedicated exec channel runs ``dd`` on it (see
         :func:`.._shell.render_stream`); nothing else on the target is needed (busybox works)."""
@@ -224,12 +242,14 @@ class SshBackend:
     def _settle_deferred(self) -> None:
         """Before the connection is used: end stale stream readers, then apply the deferred teardown. Runs inside
         every use of the connection, so it must not run inside itself."""
-        if not (self.deferred_ops or self.stale_readers) or self._flushing:
+        if not (self.deferred_ops or self.stale_readers or self.stale_commands) or self._flushing:
             return
         self._flushing = True
         try:
-            # a reader left running keeps its instance busy: end it before the deferred rmdir
+            # a reader left running keeps its instance busy, a command may hold a module: end them before the
+            # deferred rmdir
             self._streams.end_stale()
+            self._spawns.end_stale()
             ops = list(self.deferred_ops)
             self.deferred_results = self._batches.apply(ops, stop_on_error=False)
             del self.deferred_ops[: len(ops)]

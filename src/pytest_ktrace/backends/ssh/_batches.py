@@ -180,9 +180,21 @@ class ShellBatches:
             timeout=limit,
         )
 
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """Where tracefs may be mounted on the target (only where the first script found it, once it has run)."""
+        return self._candidates
+
     def _check_run(self, out: _shell.RunOutput, ex: ChannelOutput, command: str) -> int:
         """The command's exit status, or the error its reply shows."""
-        self._check_started(out.started, ex, f"run {command!r}")
+        self.check_start(out, ex, command, what="run")
+        if not out.complete or out.returncode is None:
+            raise self._connection.lost(f"run {command!r}", "the command's shell ended without a status")
+        return out.returncode
+
+    def check_start(self, out: _shell.RunOutput, ex: ChannelOutput, command: str, *, what: str) -> None:
+        """Raise the error the reply of a ``run`` or ``spawn`` script shows before its command ran, if any."""
+        self._check_started(out.started, ex, f"{what} {command!r}")
         if out.problem is not None:
             raise self._tracefs_error(out.problem)
         if out.stdin_error is not None:
@@ -197,9 +209,6 @@ class ShellBatches:
                 command=command,
                 cause=name or "pid file write failed",
             )
-        if not out.complete or out.returncode is None:
-            raise self._connection.lost(f"run {command!r}", "the command's shell ended without a status")
-        return out.returncode
 
     def _check_started(self, started: bool, ex: ChannelOutput, what: str) -> None:
         if started:

@@ -98,6 +98,10 @@ class ScriptChannel:
         finally:
             chan.close()
 
+    def open(self, what: str) -> tuple[paramiko.Transport, paramiko.Channel]:
+        """A fresh exec channel of the connection (one retry on a fresh connection, as :meth:`call` does)."""
+        return self._open(what)
+
     def _open(self, what: str) -> tuple[paramiko.Transport, paramiko.Channel]:
         transport = self._connection.transport()
         try:
