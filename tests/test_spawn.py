@@ -69,6 +69,18 @@ def test_events_of_a_process_that_ends_by_itself_reach_the_next_assertion(ktrace
     assert {event.pid for event in fib.events} == {process.pid}
 
 
+@pytest.mark.ktrace(stream=True)
+def test_stream_mode_sees_what_it_does_after_its_start(ktrace, probed: Path, tmp_path: Path) -> None:
+    fib = ktrace.uprobe(str(probed), "fib", n="$arg1:s32")
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    process = ktrace.spawn(["sh", "-c", f"read line <{go} && exec {probed} fib 2"])
+    fib.assert_not_called()
+    go.write_text("go\n")
+    assert process.wait() == 0
+    fib.assert_call_count(3)
+
+
 def test_stdin_reaches_the_spawned_process(ktrace) -> None:
     process = ktrace.spawn(["cat"], stdin=b"\0\1binary\n")
     assert process.wait() == 0

@@ -34,7 +34,7 @@ def test_the_spawn_suite_passes_through_ssh(sshd_server: Any) -> None:
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-    assert "14 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    assert "15 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
     assert "ktrace: ktrace-test (backend ssh)" in run.stdout
 
 
