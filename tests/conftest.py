@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,3 +16,14 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = out / "probed"
     shutil.copy2(build_probed(out), target)
     return target
+
+
+# The caches of the run that started the tests (guest images and debs, kernel BTF), as pytester's HOME hides them.
+_CACHE_HOME = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at each test's own directory: without this, every inner run that boots a guest
+    would download the kernel packages and build the images again, and fetch the guest's BTF again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", _CACHE_HOME)
