@@ -20,7 +20,7 @@ from .._errors import KtraceError, hide_for_ktrace_errors
 from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
-from ..recording._cassette import is_arm_batch
+from ..recording._cassette import StaleCassette, is_arm_batch
 from ..recording._player import Player
 from ..recording._spawns import ReplayedSpawn
 from ..snapshots._snapshot import KernelSnapshot
@@ -138,7 +138,10 @@ class FakeBackend:
             return
         catalog = FormatCatalog()
         for key in self.player.cassette.formats:
-            restored_key = self.player.names.restore(key)
+            try:
+                restored_key = self.player.names.restore(key)
+            except StaleCassette:
+                continue  # a probe the test defines later (after loading a module): none of its events are here
             text = self.player.recorded_format(restored_key)
             if text is not None:
                 catalog.add(parse_format(text, restored_key.split("/", 1)[0]))
