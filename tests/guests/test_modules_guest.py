@@ -40,8 +40,10 @@ def test_a_probe_on_its_function_before_it_exists(ktrace):
 def test_its_own_tracepoint(ktrace):
     ktrace.load_module(KO, name="again")
     event = ktrace.tracepoint("ktbar:ktbar_request")  # it exists once the module is loaded
+    request = ktrace.kprobe("ktbar_request")  # a plain name of the loaded module's function
     ktrace.run(["sh", "-c", "echo 1 > /sys/module/ktbar/parameters/rerequest"], check=True)
     event.assert_called_once_with(name="again", ret=0)
+    request.assert_called_once()
 
 
 def test_a_failing_init_is_named(ktrace):
