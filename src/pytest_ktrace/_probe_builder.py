@@ -185,7 +185,7 @@ class ProbeBuilder:
         if named is None:
             return spec
         files = {loading[0]: loading[1]} if loading is not None and loading[1] is not None else {}
-        module = spec.location.split(":", 1)[0]
+        module = spec.location.split(":", 1)[0] if ":" in spec.location else ""
         try:
             resolved, default_return = kernel_fetchargs(
                 self.backend, spec.kind, spec.location, named, default_return=_DEFAULT_RETURN, loading=files
