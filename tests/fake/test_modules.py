@@ -136,3 +136,17 @@ def test_loading_twice_or_unloading_what_is_not_loaded_fails(fs: FakeTracefs) ->
         fs.modules.unload("ktbar")
     assert gone.value.errno_name == "ENOENT"
     assert fs.modules.loaded == []
+
+
+def test_a_probe_waiting_for_its_module_takes_no_argn(fs: FakeTracefs) -> None:
+    """kprobe_on_func_entry() cannot find a function of a module that is not loaded, so the probe is not known to
+    be at a function entry: ``$argN`` is refused until the module is there."""
+    errno_name, message = refusal(fs, "p:mods/args ktbar:ktbar_request $arg1")
+    assert errno_name == "EINVAL"
+    modern = not fs.snapshot.release.startswith("6.1.")
+    assert message.endswith(
+        "$arg* can be used only on function entry or exit" if modern else "Invalid $-variable specified"
+    )
+    fs.write("kprobe_events", "p:mods/registers ktbar:ktbar_request %di")  # registers need no entry
+    fs.modules.load("ktbar", FUNCTIONS, {})
+    fs.write("kprobe_events", "p:mods/args ktbar:ktbar_request $arg1")

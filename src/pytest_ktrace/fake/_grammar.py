@@ -59,7 +59,7 @@ __all__ = [
 ProbeKind = Literal["kprobe", "uprobe"]
 ControlFile = Literal["kprobe_events", "uprobe_events", "dynamic_events"]
 Subsystem = Literal["trace_kprobe", "trace_uprobe"]
-SymbolLookup = Callable[[str], Union[bool, int]]
+SymbolLookup = Callable[[str], Union[bool, int]]  # how many; -1: its module is not loaded
 FileLookup = Callable[[str], Optional[str]]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1032,15 +1032,18 @@ def _kprobe_point(
     symbol, offset = _split_offset(symbol, log, "BAD_PROBE_ADDR")
     if offset < 0 or offset > 0xFFFFFFFF:
         raise log.error(0, "BAD_PROBE_ADDR")
-    # v6.1 looks a MOD:SYMBOL up only when the probe registers (see the dynamic events' registration check)
-    deferred = not dialect.modern and ":" in symbol
-    count = 1 if deferred else _symbol_count(symbol_exists, from_kernel_bytes(symbol))
-    if count > 1:
-        raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL")
-    if count == 0:
-        raise log.error(0, "BAD_PROBE_ADDR", "EINVAL" if dialect.modern else "ENOENT")
-    # kprobe_on_func_entry(): only offset 0 is the entry (no IBT/ftrace slack modelled).
-    at_entry = offset == 0
+    count = _symbol_count(symbol_exists, from_kernel_bytes(symbol))
+    # A negative count: MOD:SYMBOL of a module that is not loaded, accepted and registered when it comes. v6.1
+    # looks any MOD:SYMBOL up only when the probe registers (see the dynamic events' registration check).
+    pending = count < 0
+    if not pending and (dialect.modern or ":" not in symbol):
+        if count > 1:
+            raise log.error(0, "NON_UNIQ_SYMBOL", "EINVAL" if dialect.modern else "EADDRNOTAVAIL")
+        if count == 0:
+            raise log.error(0, "BAD_PROBE_ADDR", "EINVAL" if dialect.modern else "ENOENT")
+    # kprobe_on_func_entry(): only offset 0 is the entry (no IBT/ftrace slack modelled), and only of a function
+    # the kernel can find now: a probe waiting for its module takes no $argN.
+    at_entry = offset == 0 and not pending
     if not at_entry and is_return:
         raise log.error(0, "BAD_RETPROBE")
     return _KprobePoint(symbol, None, offset, is_return, is_return, at_entry and not is_return)

@@ -82,14 +82,14 @@ class FakeKernel:
     def symbol_count(self, symbol: str) -> int:
         """How many functions kprobes could mean by ``[MOD:]SYMBOL`` (the grammar's ``symbol_exists``).
 
-        ``MOD:SYMBOL`` looks in that module only, and a module that is not loaded counts as one: the kernel
-        accepts such a probe and registers it when the module comes (number_of_same_symbols() and
-        validate_probe_symbol() in v6.12, register_trace_kprobe() in v6.1). A plain name counts the kernel's
-        own symbols and every loaded module's."""
+        ``MOD:SYMBOL`` looks in that module only; a module that is not loaded gives -1: the kernel accepts such
+        a probe and registers it when the module comes (number_of_same_symbols() and validate_probe_symbol() in
+        v6.12, register_trace_kprobe() in v6.1), but cannot tell it is at a function entry. A plain name counts
+        the kernel's own symbols and every loaded module's."""
         module, colon, name = symbol.partition(":")
         if colon:
             if module not in self.modules:
-                return 1
+                return -1
             return 1 if name in self.modules[module] else 0
         name = symbol
         count = 2 if name in self.snapshot.duplicate_symbols else int(self.snapshot.has_symbol(name))
