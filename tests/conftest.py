@@ -27,3 +27,15 @@ def _shared_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     """pytester points HOME at each test's own directory: without this, every inner run that boots a guest
     would download the kernel packages and build the images again, and fetch the guest's BTF again."""
     monkeypatch.setenv("XDG_CACHE_HOME", _CACHE_HOME)
+
+
+@pytest.fixture(autouse=True)
+def _no_labgrid_plugin_inside(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labgrid's own pytest plugin (loaded from its entry point when labgrid is installed) starts a process-wide
+    step logger in pytest_configure, so an in-process pytest run inside another one (pytester's inline runs) fails
+    with an INTERNALERROR. The runs of pytester leave it out; tests of both plugins together put it back."""
+    if "pytester" not in request.fixturenames:
+        return
+    request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
+    addopts = os.environ.get("PYTEST_ADDOPTS", "")
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} -p no:labgrid".strip())
