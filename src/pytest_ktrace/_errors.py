@@ -7,12 +7,18 @@ from typing import Any, Optional
 __all__ = [
     "CommandTimeout",
     "ConnectionLost",
+    "CoordinatorUnreachable",
     "DiskFull",
     "GuestKernelError",
     "KtraceError",
+    "LabgridError",
     "MissingBinary",
     "MissingTool",
+    "NoMatchingPlace",
+    "PlaceAcquiredElsewhere",
+    "PlaceWithoutNetworkService",
     "ProbeRejected",
+    "ReservationTimeout",
     "TargetDiskFull",
     "TargetError",
     "TracefsUnavailable",
@@ -147,6 +153,76 @@ class TargetDiskFull(TargetError, DiskFull):
         self.path = path
 
 
+class LabgridError(KtraceError):
+    """A labgrid coordinator could not give a test its place. ``coordinator`` is its ``host:port``."""
+
+    def __init__(self, message: str, *, coordinator: str = "") -> None:
+        self.coordinator = coordinator
+        super().__init__(message)
+
+
+class CoordinatorUnreachable(LabgridError):
+    """The coordinator did not answer (refused, unknown name, no answer in time, or it went away); ``cause`` is
+    what gRPC said."""
+
+    def __init__(self, message: str, *, coordinator: str = "", cause: str = "") -> None:
+        self.cause = cause
+        super().__init__(message, coordinator=coordinator)
+
+
+class NoMatchingPlace(LabgridError):
+    """No place of the coordinator has the tags (or the name) asked for. ``wanted`` is what was asked (``K=V,...``
+    or ``name=PLACE``); ``places`` maps every place that exists to its tags."""
+
+    def __init__(
+        self, message: str, *, coordinator: str = "", wanted: str = "", places: Optional[dict[str, str]] = None
+    ) -> None:
+        self.wanted = wanted
+        self.places = dict(places or {})
+        super().__init__(message, coordinator=coordinator)
+
+
+class ReservationTimeout(LabgridError):
+    """No matching place was allocated to the test's reservation within ``timeout`` seconds; ``holders`` maps each
+    matching place to whoever held it (``host/user``, or the reservation it was allocated to)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        coordinator: str = "",
+        wanted: str = "",
+        timeout: float = 0.0,
+        holders: Optional[dict[str, str]] = None,
+    ) -> None:
+        self.wanted = wanted
+        self.timeout = timeout
+        self.holders = dict(holders or {})
+        super().__init__(message, coordinator=coordinator)
+
+
+class PlaceAcquiredElsewhere(LabgridError):
+    """The place allocated to the test's reservation was acquired by another client (``holder``) before the test
+    could acquire it."""
+
+    def __init__(self, message: str, *, coordinator: str = "", place: str = "", holder: str = "") -> None:
+        self.place = place
+        self.holder = holder
+        super().__init__(message, coordinator=coordinator)
+
+
+class PlaceWithoutNetworkService(LabgridError):
+    """The place has no ``NetworkService`` resource to reach it over SSH; ``resources`` lists what it has
+    (``exporter/group/class/name``)."""
+
+    def __init__(
+        self, message: str, *, coordinator: str = "", place: str = "", resources: tuple[str, ...] = ()
+    ) -> None:
+        self.place = place
+        self.resources = resources
+        super().__init__(message, coordinator=coordinator)
+
+
 # Users catch these as ``pytest_ktrace.<Name>``: that is also the name their tracebacks show.
 for _public in (
     KtraceError,
@@ -163,5 +239,11 @@ for _public in (
     WaitTimeout,
     DiskFull,
     TargetDiskFull,
+    LabgridError,
+    CoordinatorUnreachable,
+    NoMatchingPlace,
+    ReservationTimeout,
+    PlaceAcquiredElsewhere,
+    PlaceWithoutNetworkService,
 ):
     _public.__module__ = "pytest_ktrace"

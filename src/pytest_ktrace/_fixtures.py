@@ -3,8 +3,9 @@
 ``ktrace_config``  a dict of settings, the ``@pytest.mark.ktrace`` keys; ``{}`` unless a conftest.py overrides it
    |
 ``ktrace_target``  :func:`open_target`: settings resolved (marker > ``ktrace_config`` > command line > ini), a
-   |               board leased from a pool, the backend reached, ``ktrace_requires`` checked, the cassette tape
-   |               put around the backend; after the test the cassette is written and the board handed back
+   |               board leased from a pool or a labgrid place reserved and acquired, the backend reached,
+   |               ``ktrace_requires`` checked, the cassette tape put around the backend; after the test the
+   |               cassette is written and the board handed back (the place released, its reservation cancelled)
 ``ktrace``         :func:`open_session`: the test's :class:`~._session.TraceSession` on that target; after the
                    test it undoes everything the test created and fails the test if it could not
 """
@@ -27,6 +28,7 @@ from ._targets import RunState, TestSettings, resolve_target, state_key, validat
 from .recording._modes import record_mode, should_record
 
 if TYPE_CHECKING:
+    from ._labgrid._places import Holding
     from ._session import TraceSession
     from .backends._base import Backend
     from .recording._tape import Tape
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["SESSION_KEY", "Target", "config_overridden", "marker_settings", "open_session", "open_target"]
 
 SESSION_KEY = pytest.StashKey["TraceSession"]()  # the report hooks find a test's session here
+_TARGET_KEYS = frozenset({"host", "vm", "vm_kernel", "vm_modules", "labgrid_tags", "labgrid_place"})
 
 
 @dataclass
@@ -78,8 +81,11 @@ def _settings(request: pytest.FixtureRequest, config_values: Mapping[str, Any]) 
         validate_marker(nodeid, dict(config_values), (), source="ktrace_config")
     except pytest.UsageError as exc:
         pytest.fail(str(exc), pytrace=False)
+    marker = marker_settings(request.node)
+    if _TARGET_KEYS & marker.keys():  # the marker's target replaces the directory's, whatever kind it is
+        config_values = {key: value for key, value in config_values.items() if key not in _TARGET_KEYS}
     try:
-        return resolve_target(request.config, {**config_values, **marker_settings(request.node)})
+        return resolve_target(request.config, {**config_values, **marker})
     except pytest.UsageError as exc:
         pytest.fail(f"{nodeid}: {exc}", pytrace=False)
 
@@ -102,6 +108,10 @@ def open_target(request: pytest.FixtureRequest, config_values: Mapping[str, Any]
             lease = lease_board(settings.boards, timeout=3600, start=worker)
             finalizers.append(lease.release)
             settings = replace(settings, target=replace(settings.target, host=lease.host))
+        if settings.labgrid is not None:
+            holding = _hold_place(request, settings)
+            finalizers.append(holding.release)
+            settings = replace(settings, target=holding.target(settings.target))
         target = _reach(request, state, settings, cassette, record)
         target.finalizers = finalizers
     except BaseException:
@@ -122,6 +132,18 @@ def open_target(request: pytest.FixtureRequest, config_values: Mapping[str, Any]
                 finalizer()
         if problem:
             pytest.fail(problem, pytrace=False)
+
+
+def _hold_place(request: pytest.FixtureRequest, settings: TestSettings) -> Holding:
+    """The labgrid place of this test, acquired; a failure fails the test's setup with the error's name."""
+    from ._errors import LabgridError
+    from ._labgrid import hold_place
+
+    assert settings.labgrid is not None
+    try:
+        return hold_place(request, settings.labgrid)
+    except LabgridError as exc:
+        pytest.fail(f"pytest-ktrace: {type(exc).__name__}: {exc}", pytrace=False)
 
 
 def _reach(

@@ -18,6 +18,7 @@ import pytest
 from ._boards import split_hosts
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._identity import RunIdentity, stale_owner
+from ._labgrid._request import COORDINATOR_ENV, DEFAULT_TIMEOUT_S, LabgridRequest, parse_coordinator, parse_tags
 from .backends._base import Backend, Rmdir, Write
 
 __all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
@@ -35,6 +36,11 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "sudo": ("ktrace_sudo", "ktrace_sudo", False, "bool"),
     "ssh_config": ("ktrace_ssh_config", "ktrace_ssh_config", None, "str"),
     "accept_new_host_key": ("ktrace_accept_new_host_key", "ktrace_accept_new_host_key", False, "bool"),
+    "ssh_identity": ("ktrace_ssh_identity", "ktrace_ssh_identity", None, "path"),
+    "labgrid": ("ktrace_labgrid", "ktrace_labgrid", None, "str"),
+    "labgrid_tags": ("ktrace_labgrid_tags", "ktrace_labgrid_tags", None, "str"),
+    "labgrid_place": ("ktrace_labgrid_place", "ktrace_labgrid_place", None, "str"),
+    "labgrid_timeout": ("ktrace_labgrid_timeout", "ktrace_labgrid_timeout", DEFAULT_TIMEOUT_S, "float"),
     "scope": ("ktrace_scope", "ktrace_scope", "all", "str"),
     "timeout": ("ktrace_timeout", "ktrace_timeout", 60.0, "float"),
     "buffer_kb": ("ktrace_buffer_kb", "ktrace_buffer_kb", None, "int"),
@@ -68,9 +74,14 @@ class TargetSpec:
     ssh_config: Optional[str] = None
     accept_new_host_key: bool = False
     snapshot: Optional[str] = None  # the fake backend's target snapshot (a shipped name or a file)
+    ssh_identity: Optional[str] = None  # a private key tried first (absolute path)
+    labgrid_place: Optional[str] = None  # the labgrid place this SSH target is (its NetworkService)
+    ssh_password: Optional[str] = field(default=None, repr=False)  # that NetworkService's password, if it has one
 
     @property
     def label(self) -> str:
+        if self.labgrid_place:
+            return f"labgrid:{self.labgrid_place}"
         if self.backend == "vm":
             return f"vm:{self.vm}:{Path(self.vm_kernel).name}" if self.vm_kernel else f"vm:{self.vm}"
         if self.backend == "fake":
@@ -92,6 +103,7 @@ class TestSettings:
     keep: int = 100_000  # stream mode: events kept per probe (counts stay exact)
     strict: bool = False  # an unmet ktrace_requires fails the test instead of skipping it
     kernel_log: str = "fail"  # what a kernel splat during the test does: fail it, warn, or nothing (off)
+    labgrid: Optional[LabgridRequest] = None  # the test reserves a place through a labgrid coordinator
 
 
 MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
@@ -150,11 +162,29 @@ def _convert(key: str, kind: str, value: Any, source: str) -> Any:
         converted = _parse(kind, value, strict=not source.startswith(("--", "ini ")))
     except (TypeError, ValueError, OverflowError):
         raise pytest.UsageError(f"pytest-ktrace: {what} is not a valid {_KINDS[kind]}") from None
-    if key == "timeout" and not (math.isfinite(converted) and converted > 0):
+    if key in ("timeout", "labgrid_timeout") and not (math.isfinite(converted) and converted > 0):
         raise pytest.UsageError(f"pytest-ktrace: {what}: the timeout must be a finite number of seconds > 0")
+    if key in _LABGRID_PARSERS and converted:
+        try:
+            _LABGRID_PARSERS[key](converted)
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest-ktrace: {what}: {exc}") from None
     if key == "buffer_kb" and not 1 <= converted <= MAX_BUFFER_KB:
         raise pytest.UsageError(f"pytest-ktrace: {what}: buffer_kb must be an integer in 1..{MAX_BUFFER_KB} (KiB)")
     return converted
+
+
+def _place_name(text: str) -> str:
+    if not text.strip() or any(c.isspace() or c == "," for c in text):
+        raise ValueError("a place name has no spaces or ','")
+    return text
+
+
+_LABGRID_PARSERS: dict[str, Any] = {
+    "labgrid": parse_coordinator,
+    "labgrid_tags": parse_tags,
+    "labgrid_place": _place_name,
+}
 
 
 def _setting(config: pytest.Config, marker_kwargs: dict[str, Any], key: str) -> Any:
@@ -258,11 +288,65 @@ def _vm_kernel_settings(
     return kernel, modules, arch
 
 
-def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:
-    """Settings of one test: each key from its marker, else the command line, else the ini file."""
-    kwargs = marker_kwargs or {}
-    values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
-    backend = values["backend"]
+def _level(source: str) -> int:
+    """How specific a setting's source is: a marker (or ``ktrace_config``) 0, the command line 1, ini 2."""
+    return 1 if source.startswith("--") else 2 if source.startswith("ini ") else 0
+
+
+def _labgrid_choice(config: pytest.Config, kwargs: dict[str, Any], values: dict[str, Any]) -> Optional[LabgridRequest]:
+    """The labgrid place a test asks for, if its most specific target setting is ``labgrid_tags`` or
+    ``labgrid_place`` (``--ktrace-backend=fake`` replaces it like every real target). Two kinds of target given at
+    the same level (tags and a place, a place and a host) are a usage error naming both."""
+    asked = {key: _sourced_setting(config, kwargs, key) for key in ("labgrid_tags", "labgrid_place")}
+    asked = {key: (value, source) for key, (value, source) in asked.items() if value}
+    backend, backend_source = _sourced_setting(config, kwargs, "backend")
+    if not asked or backend == "fake":
+        return None
+    key = min(asked, key=lambda name: _level(asked[name][1]))
+    value, source = asked[key]
+    named = _named(key, value, source)
+    rivals = [(other, *_sourced_setting(config, kwargs, other)) for other in ("labgrid_tags", "labgrid_place")]
+    rivals += [(other, *_sourced_setting(config, kwargs, other)) for other in ("host", "vm", "vm_kernel")]
+    for other, other_value, other_source in rivals:
+        if other != key and other_value and _level(other_source) == _level(source):
+            raise pytest.UsageError(
+                f"pytest-ktrace: {_named(other, other_value, other_source)} and {named}: a test runs on one "
+                "target (a host, a vm, a labgrid place by tags, or one by name); drop one of them"
+            )
+        if other_value and _level(other_source) < _level(source):
+            return None  # a more specific setting names another target
+    if backend not in (None, "ssh") and _level(backend_source) <= _level(source):
+        raise pytest.UsageError(
+            f"pytest-ktrace: {_named('backend', backend, backend_source)} and {named}: a labgrid place is reached "
+            "over SSH; drop one of them"
+        )
+    return LabgridRequest(
+        _coordinator(config, kwargs, named),
+        tags=parse_tags(value) if key == "labgrid_tags" else (),
+        place=value if key == "labgrid_place" else None,
+        timeout=values["labgrid_timeout"],
+    )
+
+
+def _coordinator(config: pytest.Config, kwargs: dict[str, Any], named: str) -> str:
+    """``host:port`` of the coordinator: ``--ktrace-labgrid`` (marker, command line, ini), else $LG_COORDINATOR."""
+    value, _ = _sourced_setting(config, kwargs, "labgrid")
+    if value:
+        return parse_coordinator(value)  # checked when converted
+    from_env = os.environ.get(COORDINATOR_ENV, "").strip()
+    if not from_env:
+        raise pytest.UsageError(
+            f"pytest-ktrace: {named} needs a labgrid coordinator: --ktrace-labgrid=HOST[:PORT] (ini ktrace_labgrid) "
+            f"or ${COORDINATOR_ENV}"
+        )
+    try:
+        return parse_coordinator(from_env)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-ktrace: ${COORDINATOR_ENV}={from_env!r}: {exc}") from None
+
+
+def _backend(kwargs: dict[str, Any], values: dict[str, Any]) -> str:
+    backend: Optional[str] = values["backend"]
     wants_vm = "vm" in kwargs or "vm_kernel" in kwargs
     if "backend" not in kwargs and (wants_vm or "host" in kwargs) and backend != "fake":
         # A marker naming a host or a vm picks that kind of target, whatever the command line said, except
@@ -270,7 +354,27 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         backend = "vm" if wants_vm else "ssh"
     if backend is None:
         backend = "vm" if values["vm"] or values["vm_kernel"] else "ssh" if values["host"] else "local"
-    if backend == "ssh" and not values["host"]:
+    return backend
+
+
+def _identity_file(config: pytest.Config, kwargs: dict[str, Any]) -> Optional[str]:
+    path, named = _path_setting(config, kwargs, "ssh_identity")
+    if path is not None and not os.path.isfile(path):
+        raise pytest.UsageError(f"pytest-ktrace: {named}: no such file ({path})")
+    return path
+
+
+def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]] = None) -> TestSettings:
+    """Settings of one test: each key from its marker, else the command line, else the ini file."""
+    kwargs = marker_kwargs or {}
+    values = {key: _setting(config, kwargs, key) for key in _SETTINGS}
+    labgrid = _labgrid_choice(config, kwargs, values)
+    if labgrid is not None:  # the host is the place's, known once it is acquired
+        backend = "ssh"
+        values.update(host=None, vm=None, vm_kernel=None, vm_modules=None)
+    else:
+        backend = _backend(kwargs, values)
+    if backend == "ssh" and not values["host"] and labgrid is None:
         raise pytest.UsageError("pytest-ktrace: --ktrace-backend=ssh needs --ktrace-host=[user@]host[:port]")
     vm_kernel = vm_modules = None
     if backend != "fake" and values["vm_modules"] and not values["vm_kernel"]:
@@ -292,6 +396,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         ssh_config=values["ssh_config"],
         accept_new_host_key=bool(values["accept_new_host_key"]),
         snapshot=values["snapshot"] if backend == "fake" else None,
+        ssh_identity=_identity_file(config, kwargs) if backend not in ("local", "fake", "vm") else None,
     )
     if backend == "local":
         target = replace(target, sudo=False, ssh_config=None, accept_new_host_key=False)
@@ -320,6 +425,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         keep=values["keep"],
         strict=bool(values["strict"]),
         kernel_log=str(values["kernel_log"]),
+        labgrid=labgrid,
     )
 
 

@@ -17,6 +17,8 @@ from . import hookspecs
 from ._errors import hide_for_ktrace_errors
 from ._fixtures import SESSION_KEY
 from ._identity import RunIdentity
+from ._labgrid._request import DEFAULT_PORT as LABGRID_PORT
+from ._labgrid._request import DEFAULT_TIMEOUT_S as LABGRID_TIMEOUT_S
 from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 from ._targets import (
     FLAMEGRAPH_MODES,
@@ -94,6 +96,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "accept and remember an unknown SSH host key (a changed key is always refused)",
         "bool",
         **flag,
+    )
+    option(
+        "ktrace-ssh-identity",
+        "a private key for SSH targets, tried before the agent's and ssh_config's (like ssh -i)",
+        metavar="FILE",
+    )
+    option(
+        "ktrace-labgrid",
+        f"the labgrid coordinator to reserve places from (default port {LABGRID_PORT}; default: $LG_COORDINATOR)",
+        metavar="HOST[:PORT]",
+    )
+    option(
+        "ktrace-labgrid-tags",
+        "each test reserves, acquires and releases a labgrid place with these tags, reached over SSH through its "
+        "NetworkService",
+        metavar="K=V[,K=V...]",
+    )
+    option("ktrace-labgrid-place", "each test reserves the labgrid place of this name", metavar="NAME")
+    option(
+        "ktrace-labgrid-timeout",
+        f"how long a test waits for a labgrid place to be free (default {LABGRID_TIMEOUT_S:g})",
+        metavar="SECONDS",
     )
     option(
         "ktrace-scope",
@@ -194,6 +218,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # also with -q (which skips pytest_report_header), not an error in every test.
     settings = resolve_target(config)
     clean_after(config)
+    if settings.labgrid is not None:
+        from ._labgrid._client import labgrid_missing
+
+        missing = labgrid_missing()
+        if missing:
+            raise pytest.UsageError(f"pytest-ktrace: {settings.labgrid.label}: {missing}")
     if settings.target.vm_kernel and not hasattr(config, "workerinput"):
         config.stash[_VM_KERNEL_KEY] = _check_vm_kernel(settings.target)
     if (config.getoption("ktrace_flamegraph", default=None) or config.getini("ktrace_flamegraph")) not in (
@@ -306,6 +336,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = resolve_target(config)
     targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
     lines: list[str] = []
+    if settings.labgrid is not None:
+        targets = []
+        lines.append(
+            f"ktrace: backend ssh, target a {settings.labgrid.label}: each test reserves and acquires one, "
+            "released after it"
+        )
     for target in targets:
         if target.backend == "fake" and not target.snapshot:
             lines.append(

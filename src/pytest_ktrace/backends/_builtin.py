@@ -35,6 +35,8 @@ def pytest_ktrace_make_backend(config: pytest.Config, target: TargetSpec) -> Opt
             sudo=target.sudo,
             accept_new_host_key=target.accept_new_host_key,
             tracefs=target.tracefs,
+            identity=Path(target.ssh_identity) if target.ssh_identity else None,
+            password=target.ssh_password,
         )
     if target.backend == "vm" and target.vm:
         return _boot_vm(config, target)

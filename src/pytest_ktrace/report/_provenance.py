@@ -4,11 +4,13 @@ Each test that used the ``ktrace`` fixture (or was checked against a target by `
 ``<property>`` elements, appended to ``item.user_properties`` as ``record_property`` does (so they also travel from
 xdist workers to the controller):
 
-* ``ktrace_target``: the target's name (``local``, the SSH host, ``fake:PROFILE``);
+* ``ktrace_target``: the target's name (``local``, the SSH host, ``fake:PROFILE``, ``labgrid:PLACE``);
 * ``ktrace_backend``: the backend that reached it (``local``, ``ssh``, ``vm``, ``fake``, a plugin's);
 * ``ktrace_kernel``: its kernel release; ``ktrace_arch``: its ``uname -m``; ``ktrace_features``: its tracefs
   features, comma-separated;
-* ``ktrace_host``: the host given for an SSH target (the board leased from a pool);
+* ``ktrace_host``: the host given for an SSH target (the board leased from a pool, a labgrid place's
+  ``NetworkService`` as ``user@address:port``);
+* ``ktrace_labgrid_place``: the labgrid place the test held;
 * ``ktrace_probe``, once per probe the test defined, in order: the line written to ``kprobe_events`` /
   ``uprobe_events`` with the run's names normalised as cassettes do (``p:<group>/<event:N> LOCATION ARGS``, N
   the probe's number in the test), so the properties of two runs diff cleanly; or the tracepoint's
@@ -37,7 +39,7 @@ PREFIX = "ktrace_"
 
 def target_properties(target: TargetSpec, info: TargetInfo) -> list[tuple[str, str]]:
     props = [
-        ("ktrace_target", info.name),
+        ("ktrace_target", target.label if target.labgrid_place else info.name),
         ("ktrace_backend", target.backend),
         ("ktrace_kernel", info.release),
         ("ktrace_arch", info.arch),
@@ -45,6 +47,8 @@ def target_properties(target: TargetSpec, info: TargetInfo) -> list[tuple[str, s
     ]
     if target.host:
         props.append(("ktrace_host", target.host))
+    if target.labgrid_place:
+        props.append(("ktrace_labgrid_place", target.labgrid_place))
     return props
 
 

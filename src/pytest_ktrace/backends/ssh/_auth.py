@@ -1,5 +1,6 @@
-"""Client authentication in ``ssh``'s order: the ssh-agent's keys (unless ``IdentitiesOnly yes``), then the
-endpoint's identity files, then a password, taken only from the ``KTRACE_SSH_PASSWORD`` environment variable.
+"""Client authentication in ``ssh``'s order: the key given with ``--ktrace-ssh-identity`` (as ``ssh -i``), the
+ssh-agent's keys (unless ``IdentitiesOnly yes``), then the endpoint's identity files, then a password: the target's
+own (a labgrid place's ``NetworkService`` carries one), else the ``KTRACE_SSH_PASSWORD`` environment variable.
 A refusal is a :class:`~pytest_ktrace.TargetError` listing everything tried and why each failed; a transport
 failure part-way is left to propagate as :class:`paramiko.SSHException`, for the connection to report as a
 dropped connection.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
+from typing import Optional
 
 import paramiko
 
@@ -23,17 +26,26 @@ __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not ou
 PASSWORD_ENV = "KTRACE_SSH_PASSWORD"
 
 
-def authenticate(transport: paramiko.Transport, endpoint: Endpoint, *, host: str) -> None:
+def authenticate(
+    transport: paramiko.Transport,
+    endpoint: Endpoint,
+    *,
+    host: str,
+    identity: Optional[Path] = None,
+    password: Optional[str] = None,
+) -> None:
     """Authenticate ``transport`` as ``endpoint.user``, or raise :class:`TargetError` naming ``host``."""
     tried: list[str] = []
+    if identity is not None and _by_key_files(transport, endpoint, [identity], tried, explicit=True):
+        return
     if _by_agent(transport, endpoint, tried) or _by_identity_files(transport, endpoint, tried):
         return
-    if _by_password(transport, endpoint, tried):
+    if _by_password(transport, endpoint, tried, password):
         return
     raise TargetError(
         f"authentication failed for user {endpoint.user!r} at {endpoint.alias} ({endpoint.hostname}:{endpoint.port}); "
         f"tried: {'; '.join(tried) or 'no key (no agent, no identity file)'}. Add the public key to the user's "
-        f"authorized_keys, set IdentityFile in ssh config, or set ${PASSWORD_ENV}",
+        f"authorized_keys, set IdentityFile in ssh config or --ktrace-ssh-identity, or set ${PASSWORD_ENV}",
         host=host,
         cause="authentication failed",
     )
@@ -50,9 +62,15 @@ def _by_agent(transport: paramiko.Transport, endpoint: Endpoint, tried: list[str
 
 
 def _by_identity_files(transport: paramiko.Transport, endpoint: Endpoint, tried: list[str]) -> bool:
-    for path in endpoint.identity_files:
+    return _by_key_files(transport, endpoint, endpoint.identity_files, tried, explicit=endpoint.identities_explicit)
+
+
+def _by_key_files(
+    transport: paramiko.Transport, endpoint: Endpoint, paths: list[Path], tried: list[str], *, explicit: bool
+) -> bool:
+    for path in paths:
         if not path.exists():
-            if endpoint.identities_explicit:
+            if explicit:
                 tried.append(f"{path} (missing)")
             continue
         try:
@@ -68,13 +86,13 @@ def _by_identity_files(transport: paramiko.Transport, endpoint: Endpoint, tried:
     return False
 
 
-def _by_password(transport: paramiko.Transport, endpoint: Endpoint, tried: list[str]) -> bool:
-    password = os.environ.get(PASSWORD_ENV)
+def _by_password(transport: paramiko.Transport, endpoint: Endpoint, tried: list[str], own: Optional[str]) -> bool:
+    password, source = (own, "the target's password") if own else (os.environ.get(PASSWORD_ENV), f"${PASSWORD_ENV}")
     if not password:
         return False
     with contextlib.suppress(paramiko.AuthenticationException):  # a refusal is reported with the rest
         transport.auth_password(endpoint.user, password)
-    tried.append(f"password from ${PASSWORD_ENV}")
+    tried.append(f"password from {source}")
     return transport.is_authenticated()
 
 

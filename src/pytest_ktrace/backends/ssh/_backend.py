@@ -8,10 +8,10 @@ exec channel running ``sh -s`` (``sudo -n sh -s`` with ``sudo=True``) whose scri
 :mod:`._config` (the target and ``ssh_config``: ``HostName``, ``User``, ``Port``, ``IdentityFile``,
 ``IdentitiesOnly``, ``UserKnownHostsFile``, ``GlobalKnownHostsFile``, ``HostKeyAlias``, ``HashKnownHosts``,
 ``StrictHostKeyChecking accept-new``, ``ProxyJump``, ``ProxyCommand``), :mod:`._hostkeys` (unknown keys refused
-unless ``accept_new_host_key``, changed keys always refused), :mod:`._auth` (agent, identity files,
-``KTRACE_SSH_PASSWORD``), :mod:`._connection` (dialing through jump hosts, reconnecting), :mod:`._channel` (one
-round trip), :mod:`._batches` (the scripts and their replies), :mod:`._streams` (``trace_pipe`` readers) and
-:mod:`._spawns` (commands in the background).
+unless ``accept_new_host_key``, changed keys always refused), :mod:`._auth` (the ``identity`` key, agent,
+identity files, the target's ``password`` or ``KTRACE_SSH_PASSWORD``), :mod:`._connection` (dialing through
+jump hosts, reconnecting), :mod:`._channel` (one round trip), :mod:`._batches` (the scripts and their replies),
+:mod:`._streams` (``trace_pipe`` readers) and :mod:`._spawns` (commands in the background).
 Teardown that could not run because the connection dropped is kept here and applied first once connected again.
 """
 
@@ -62,6 +62,8 @@ class SshBackend:
         tracefs: Optional[str] = None,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        identity: Optional[Path] = None,
+        password: Optional[str] = None,
     ) -> None:
         self.target = target
         user, self._host, port = parse_target(target)
@@ -70,6 +72,8 @@ class SshBackend:
             accept_new_host_key=accept_new_host_key,
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
+            identity=Path(identity).expanduser() if identity else None,
+            password=password,
         )
         self.deferred_ops: list[Op] = []
         self.deferred_results: list[OpResult] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -57,6 +57,8 @@ class SshOptions:
     accept_new_host_key: bool
     connect_timeout: float
     command_timeout: float
+    identity: Optional[Path] = None  # a private key tried before any other (like ``ssh -i``)
+    password: Optional[str] = field(default=None, repr=False)  # the target's own (a labgrid NetworkService's)
 
     @property
     def shell(self) -> str:

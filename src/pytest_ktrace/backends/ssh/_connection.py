@@ -168,7 +168,13 @@ class Dialer:
             server_key = self._start_client(transport, endpoint)
             self._host_keys.check(endpoint, server_key, known)
             try:
-                authenticate(transport, endpoint, host=self._host)
+                authenticate(
+                    transport,
+                    endpoint,
+                    host=self._host,
+                    identity=self._options.identity,
+                    password=self._options.password,
+                )
             except paramiko.SSHException as exc:
                 raise connection_lost(self._host, f"authentication to {endpoint.alias}", str(exc)) from None
             transport.set_keepalive(_KEEPALIVE_S)
