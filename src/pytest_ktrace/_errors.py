@@ -171,8 +171,8 @@ class CoordinatorUnreachable(LabgridError):
 
 
 class NoMatchingPlace(LabgridError):
-    """No place of the coordinator has the tags (or the name) asked for. ``wanted`` is what was asked (``K=V,...``
-    or ``name=PLACE``); ``places`` maps every place that exists to its tags."""
+    """No place of the coordinator has the tags (or the name) asked for. ``wanted`` is what was asked (``tags
+    K=V,...`` or ``name PLACE``); ``places`` maps every place that exists to its tags (``K=V,...``)."""
 
     def __init__(
         self, message: str, *, coordinator: str = "", wanted: str = "", places: Optional[dict[str, str]] = None

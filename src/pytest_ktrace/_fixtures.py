@@ -143,7 +143,8 @@ def _hold_place(request: pytest.FixtureRequest, settings: TestSettings) -> Holdi
     try:
         return hold_place(request, settings.labgrid)
     except LabgridError as exc:
-        pytest.fail(f"pytest-ktrace: {type(exc).__name__}: {exc}", pytrace=False)
+        problem = f"pytest-ktrace: {type(exc).__name__}: {exc}"
+    pytest.fail(problem, pytrace=False)  # outside the handler: the report shows no chained exception
 
 
 def _reach(

@@ -85,10 +85,10 @@ class LabgridRequest:
 
     @property
     def wanted(self) -> str:
-        """What is asked for, as a person reads it: ``tags arch=arm64,lab=a`` or ``place rpi4``."""
+        """What is asked for, as a person reads it: ``tags arch=arm64,lab=a`` or ``name rpi4``."""
         if self.tags:
             return "tags " + ",".join(f"{key}={value}" for key, value in self.tags)
-        return f"place {self.place}"
+        return f"name {self.place}"
 
     @property
     def label(self) -> str:
