@@ -449,6 +449,8 @@ def _module_error_log_entries(text: str) -> str:
 def _module_steps_before() -> list[Step]:
     return [
         Step(Write("kprobe_events", f"p:{MGROUP}/mod_pending ktbar:ktbar_request"), expect=""),
+        Step(Write("kprobe_events", f"r:{MGROUP}/mod_return ktbar:ktbar_request ret=$retval"), expect=""),
+        Step(Write("kprobe_events", f"r:{MGROUP}/kernel_return __setup_irq"), expect=""),  # listed as r10: at once
         Step(Write("kprobe_events", f"p:{MGROUP}/mod_plain ktbar_request"), expect="ENOENT", message=NO_SYMBOL),
         # not known to be at a function entry before its module is there
         Step(Write("kprobe_events", f"p:{MGROUP}/mod_args ktbar:ktbar_request $arg1"), expect="EINVAL", message=NO_VAR),

@@ -148,5 +148,15 @@ def test_a_probe_waiting_for_its_module_takes_no_argn(fs: FakeTracefs) -> None:
         "$arg* can be used only on function entry or exit" if modern else "Invalid $-variable specified"
     )
     fs.write("kprobe_events", "p:mods/registers ktbar:ktbar_request %di")  # registers need no entry
+    fs.write("kprobe_events", "r:mods/returns ktbar:ktbar_request $retval")  # nor does a kretprobe
     fs.modules.load("ktbar", FUNCTIONS, {})
     fs.write("kprobe_events", "p:mods/args ktbar:ktbar_request $arg1")
+
+
+def test_a_kretprobe_waiting_for_its_module_gets_its_maxactive_when_the_module_comes(fs: FakeTracefs) -> None:
+    fs.write("kprobe_events", "r:mods/waiting ktbar:ktbar_request")
+    fs.write("kprobe_events", "r:mods/now vfs_read")
+    assert fs.read("kprobe_events").splitlines() == ["r:mods/waiting ktbar:ktbar_request", "r10:mods/now vfs_read"]
+    fs.modules.load("ktbar", FUNCTIONS, {})
+    fs.modules.unload("ktbar")  # registered once: the kernel keeps the maxactive it gave
+    assert fs.read("kprobe_events").splitlines() == ["r10:mods/waiting ktbar:ktbar_request", "r10:mods/now vfs_read"]

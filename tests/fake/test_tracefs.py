@@ -144,9 +144,9 @@ def test_kprobe_listing_and_auto_names(fs: FakeTracefs) -> None:
     fs.write("kprobe_events", "p:ret2 vfs_read%return")
     assert fs.read("kprobe_events") == (
         "p:kprobes/p_kernel_clone_0 kernel_clone\n"
-        "r:kprobes/myret vfs_read arg1=$retval\n"
+        "r10:kprobes/myret vfs_read arg1=$retval\n"  # register_kretprobe()'s maxactive: max(10, 2 * CPUs)
         "p:grp/withargs vfs_write+4 arg1=$stack arg2=%ax arg3=+0($stack):u8\n"
-        "r:kprobes/ret2 vfs_read\n"
+        "r10:kprobes/ret2 vfs_read\n"
     )
     assert fs.read("dynamic_events") == fs.read("kprobe_events")
     assert fs.read("uprobe_events") == ""

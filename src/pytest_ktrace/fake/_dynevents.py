@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import replace
 from typing import Literal, Optional
 
 from ._events import EventDefinition, EventTable
@@ -82,6 +83,23 @@ class DynamicEvents:
         self._table = table
         self._arrays = arrays
         self._probe_order: list[tuple[EventDefinition, ProbeCommand]] = []  # dyn_event_list order
+
+    def _as_registered(self, command: ProbeCommand) -> ProbeCommand:
+        """register_kretprobe() gives a kretprobe that has no maxactive max(10, 2 * possible CPUs), which the
+        listing shows from then on (``r10:``); one waiting for its module registers when the module comes."""
+        if command.kind != "kprobe" or not command.is_return or command.maxactive:
+            return command
+        if command.symbol is not None and self._kernel.symbol_count(command.symbol) < 0:
+            return command
+        return replace(command, maxactive=max(10, 2 * self._kernel.cpus))
+
+    def modules_changed(self) -> None:
+        """trace_kprobe_module_callback(): the probes waiting for a module that came register now."""
+        for index, (definition, command) in enumerate(self._probe_order):
+            registered = self._as_registered(command)
+            if registered is not command:
+                self._probe_order[index] = (definition, registered)
+                definition.probes = [registered if probe is command else probe for probe in definition.probes]
 
     def has_control(self, control: str) -> bool:
         """Whether the kernel has the control file (its config option is on)."""
@@ -210,6 +228,7 @@ class DynamicEvents:
             return
         if refused is not None:
             raise self._log_probe_error(path, command, line, refused[0], 1, refused[1])
+        command = self._as_registered(command)
         event_id = self._table.next_event_id()
         serial = self._table.next_serial()
         definition = EventDefinition(command.group, command.event, event_id, serial, probes=[command])
@@ -237,6 +256,7 @@ class DynamicEvents:
             raise self._log_probe_error(path, command, line, "SAME_PROBE", 0)
         if refused is not None:
             raise self._log_probe_error(path, command, line, refused[0], 1, refused[1])
+        command = self._as_registered(command)
         existing.probes.append(command)
         self._probe_order.append((existing, command))
 

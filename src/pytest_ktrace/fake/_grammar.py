@@ -1043,10 +1043,10 @@ def _kprobe_point(
             raise log.error(0, "BAD_PROBE_ADDR", "EINVAL" if dialect.modern else "ENOENT")
     # kprobe_on_func_entry(): only offset 0 is the entry (no IBT/ftrace slack modelled), and only of a function
     # the kernel can find now: a probe waiting for its module takes no $argN.
-    at_entry = offset == 0 and not pending
-    if not at_entry and is_return:
+    at_entry = offset == 0
+    if not at_entry and is_return and not pending:  # -EINVAL; a function not found yet is -ENOENT, no refusal
         raise log.error(0, "BAD_RETPROBE")
-    return _KprobePoint(symbol, None, offset, is_return, is_return, at_entry and not is_return)
+    return _KprobePoint(symbol, None, offset, is_return, is_return, at_entry and not is_return and not pending)
 
 
 def _split_offset(text: str, log: _Log, code: str) -> tuple[str, int]:

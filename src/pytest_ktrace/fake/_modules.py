@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ._events import EventDefinition, EventTable
 from ._kernel import FakeKernel
@@ -28,10 +28,13 @@ _ID_LINE = re.compile(r"^ID: \d+$", re.MULTILINE)
 class ModuleTable:
     """Loaded modules with their functions and events, over the kernel, the event table and the trace arrays."""
 
-    def __init__(self, kernel: FakeKernel, events: EventTable, arrays: TraceArrays) -> None:
+    def __init__(
+        self, kernel: FakeKernel, events: EventTable, arrays: TraceArrays, came: Callable[[], None] = lambda: None
+    ) -> None:
         self._kernel = kernel
         self._events = events
         self._arrays = arrays
+        self._came = came  # the kernel's module notifier: what registers once a module is there
         self._events_of: dict[str, list[EventDefinition]] = {}
 
     @property
@@ -57,6 +60,7 @@ class ModuleTable:
             self._events.add(definition)
             added.append(definition)
         self._events_of[name] = added
+        self._came()
 
     def unload(self, name: str) -> None:
         """Module ``name`` goes, with its events, enabled or not (ENOENT if it is not loaded)."""

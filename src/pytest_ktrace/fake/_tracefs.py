@@ -96,14 +96,11 @@ class FakeTracefs:
         self._kernel = FakeKernel(snapshot, cpus, clock or time.monotonic, buffer_events_per_cpu, file_exists)
         self._events = EventTable(snapshot)
         self._arrays = TraceArrays(self._kernel, self._events.serial)
+        dynamic = DynamicEvents(self._kernel, self._events, self._arrays)
         self._paths = PathRouter(
-            self._kernel,
-            self._events,
-            self._arrays,
-            EventFiles(self._kernel, self._events),
-            DynamicEvents(self._kernel, self._events, self._arrays),
+            self._kernel, self._events, self._arrays, EventFiles(self._kernel, self._events), dynamic
         )
-        self.modules = ModuleTable(self._kernel, self._events, self._arrays)
+        self.modules = ModuleTable(self._kernel, self._events, self._arrays, dynamic.modules_changed)
 
     def read(self, path: str) -> str:
         """The whole content of a file, as one ``cat`` would see it."""
