@@ -44,11 +44,11 @@ def test_exec_on_a_place(ktrace, ktrace_target, n):
     seen = lab.places()[place]
     assert seen.acquired == lab_view.my_owner() and seen.reservation
     with open(os.environ["PLACES_LOG"], "a") as log:
-        log.write(json.dumps([place, seen.reservation]) + "\\n")
+        log.write(json.dumps([place, seen.reservation, ktrace_target.backend.local_port]) + "\\n")
 """
 
 
-def _log(pytester: pytest.Pytester) -> list[tuple[str, str]]:
+def _log(pytester: pytest.Pytester) -> list[tuple[Any, ...]]:
     path = pytester.path / "places.log"
     return [tuple(json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -94,8 +94,9 @@ def test_a_suite_runs_on_a_place_chosen_by_tags(
         ]
     )
     runs = _log(pytester)
-    assert [place for place, _ in runs] == ["loop-b", "loop-b"]
+    assert [place for place, *_ in runs] == ["loop-b", "loop-b"]
     assert runs[0][1] != runs[1][1], "each test reserves anew"
+    assert runs[0][2] is not None and runs[0][2] == runs[1][2], "the SSH connection to the place is kept"
     props = [
         {p.get("name"): p.get("value") for p in case.iter("property")} for case in ET.parse(junit).iter("testcase")
     ]
@@ -110,7 +111,7 @@ def test_a_suite_runs_on_a_place_named_with_the_coordinator_from_lg_coordinator(
     monkeypatch.setenv("LG_COORDINATOR", loop_lab.address)  # type: ignore[attr-defined]
     result = _run(pytester, loop_lab, "--ktrace-labgrid-place=loop-a", *ssh_args)
     result.assert_outcomes(passed=2)
-    assert [place for place, _ in _log(pytester)] == ["loop-a", "loop-a"]
+    assert [place for place, *_ in _log(pytester)] == ["loop-a", "loop-a"]
     _idle(loop_lab)
 
 

@@ -131,6 +131,7 @@ class PlaceBroker:
         self.progress = progress
         self.warn = warn
         self.held: list[Holding] = []
+        self.pending: Optional[HoldingRecord] = None  # the reservation being waited for
         self.timed_out: dict[LabgridRequest, ReservationTimeout] = {}
 
     @property
@@ -156,6 +157,11 @@ class PlaceBroker:
         except ReservationTimeout as exc:
             self.timed_out[request] = exc
             raise
+        except BaseException:  # Ctrl-C while waiting: the reservation would hold up the queue for a minute
+            self._abandon(self.pending or record)
+            raise
+        finally:
+            self.pending = None
         return self.acquire(record)
 
     def reserve(self, request: LabgridRequest) -> HoldingRecord:
@@ -172,6 +178,7 @@ class PlaceBroker:
         deadline = started + request.timeout
         interval, noted, noted_at = _POLL_FIRST_S, "", 0.0
         while True:
+            self.pending = record
             state = self.client.poll_reservation(record.token)
             if state is None or state.state in ("expired", "invalid"):
                 # the coordinator dropped it (not polled in time, or its place was deleted): ask again
