@@ -153,6 +153,11 @@ class CoordinatorClient:
     async def _close_session(session: Any) -> None:
         await session.stop()
         await session.close()
+        # gRPC's own tasks of the closed channel: ended here, not destroyed pending with the loop
+        rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     @property
     def owner(self) -> str:
