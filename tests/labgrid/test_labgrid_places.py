@@ -448,3 +448,62 @@ def test_labgrids_own_plugin_hands_its_target_over(
         pytester._monkeypatch.setenv(key, value)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--lg-env=env.yaml", *ssh_args, timeout=300)
     result.assert_outcomes(passed=1)
+
+
+SHARED = f"""
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("lab_view", {str(LAB_MODULE)!r})
+lab_view = sys.modules["lab_view"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lab_view)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_shares_the_pool(ktrace, ktrace_target, n):
+    entered = time.time()
+    result = ktrace.run(["sleep", "0.3"])
+    assert result.returncode == 0
+    place = ktrace_target.settings.target.labgrid_place
+    lab = lab_view.Lab(None, port=int(os.environ["LAB_PORT"]))
+    held = lab.places()[place]
+    (mine,) = [r for r in lab.reservations() if r.token == held.reservation]
+    assert (held.acquired, mine.state, mine.place) == (lab_view.my_owner(), 2, place)
+    with open(os.environ["PLACES_LOG"], "a") as log:
+        log.write(json.dumps([place, os.getpid(), held.reservation, entered, time.time()]) + "\\n")
+"""
+
+
+def test_two_concurrent_runs_with_two_workers_each_share_two_places_without_overlap(
+    pytester: pytest.Pytester, loop_lab: object, ssh_args: list[str]
+) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_shared=SHARED)
+    log = pytester.path / "places.log"
+    env = {
+        **os.environ,
+        **_with_labgrid_plugin(),
+        "LAB_PORT": str(loop_lab.port),  # type: ignore[attr-defined]
+        "PLACES_LOG": str(log),
+    }
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", "test_shared.py"]
+    argv += [f"--ktrace-labgrid={loop_lab.address}", "--ktrace-labgrid-tags=lab=loop", *ssh_args]  # type: ignore[attr-defined]
+    runs = [
+        subprocess.Popen(argv, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    held = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(held) == 8 and {place for place, *_ in held} == {"loop-a", "loop-b"}
+    assert len({token for _, _, token, _, _ in held}) == 8, "a reservation per test"
+    assert len({pid for _, pid, *_ in held}) == 4, "both workers of both runs held places"
+    for place in ("loop-a", "loop-b"):
+        spans = sorted((entered, left) for name, _, _, entered, left in held if name == place)
+        assert all(left <= next_entered for (_, left), (next_entered, _) in zip(spans, spans[1:])), spans
+    _idle(loop_lab)
