@@ -95,10 +95,15 @@ class Lab:
 
     def start(self) -> Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        coordinator_dir = self.workdir / "coordinator"
-        coordinator_dir.mkdir()
+        (self.workdir / "coordinator").mkdir()
         self.port = free_port()
-        self._spawn([str(BIN / "labgrid-coordinator"), "-l", self.address], coordinator_dir, "coordinator.log")
+        return self.restart()
+
+    def restart(self) -> Lab:
+        """Start the coordinator again, on the same port in the same directory (it reloads its places)."""
+        self._spawn(
+            [str(BIN / "labgrid-coordinator"), "-l", self.address], self.workdir / "coordinator", "coordinator.log"
+        )
         wait_until(self._listening, 20, f"labgrid-coordinator on {self.address}")
         return self
 

@@ -507,3 +507,37 @@ def test_two_concurrent_runs_with_two_workers_each_share_two_places_without_over
         spans = sorted((entered, left) for name, _, _, entered, left in held if name == place)
         assert all(left <= next_entered for (_, left), (next_entered, _) in zip(spans, spans[1:])), spans
     _idle(loop_lab)
+
+
+def test_a_restarted_coordinator_gets_a_new_session(lab: object) -> None:
+    from pytest_ktrace import CoordinatorUnreachable
+    from pytest_ktrace._labgrid._client import CoordinatorClient
+
+    lab.client("-p", "before", "create")  # type: ignore[attr-defined]
+    client = CoordinatorClient(lab.address)  # type: ignore[attr-defined]
+    client.start()
+    try:
+        assert set(client.places()) == {"before"}
+        lab.stop()  # type: ignore[attr-defined]
+        lab_harness().wait_until(lambda: _stream_ended(client), 30, "the client seeing its coordinator gone")
+        with pytest.raises(CoordinatorUnreachable, match="went away"):
+            client.places()
+        with pytest.raises(CoordinatorUnreachable, match="Connection refused"):
+            client.reconnect_if_gone()
+        lab.restart()  # type: ignore[attr-defined]
+        assert client.reconnect_if_gone()
+        lab.client("-p", "after", "create")  # type: ignore[attr-defined]
+        assert "after" in client.places(), "the new session follows the coordinator's places"
+        assert not client.reconnect_if_gone()
+    finally:
+        client.close()
+
+
+def _stream_ended(client: Any) -> bool:
+    from pytest_ktrace import CoordinatorUnreachable
+
+    try:
+        client.places()
+    except CoordinatorUnreachable:
+        return True
+    return False

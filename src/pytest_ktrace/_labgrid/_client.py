@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -23,13 +24,16 @@ __tracebackhide__ = hide_for_ktrace_errors
 
 INSTALL_HINT = "labgrid is not installed: pip install 'pytest-ktrace[labgrid]'"
 _T = TypeVar("_T")
-# labgrid's own keepalive settings (a quiet stream must survive NAT and firewalls), and no proxy
+# labgrid's own keepalive settings (a quiet stream must survive NAT and firewalls), no proxy
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 7500),
     ("grpc.keepalive_timeout_ms", 10000),
     ("grpc.http2.ping_timeout_ms", 10000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_http_proxy", 0),
+    # a channel of its own connections: a new session after the coordinator restarted must not inherit the
+    # back-off of the process-wide pool's failed connection, which refuses at once for seconds
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -130,6 +134,19 @@ class CoordinatorClient:
             await session.channel.close()
             raise
         return session
+
+    def reconnect_if_gone(self) -> bool:
+        """A new session if the coordinator's update stream ended (it restarted, the network dropped); whether
+        one was opened. Raises :class:`CoordinatorUnreachable` if the coordinator is still gone."""
+        session = self._session
+        if self._loop is None or (session is not None and not session.stopping.is_set()):
+            return False  # not started (or closed), or alive
+        self._session = None
+        if session is not None:
+            with contextlib.suppress(Exception):  # what is left of a dead session is not worth waiting for
+                self._run(self._close_session(session), timeout=5)
+        self._session = self._run(self._open_session(), timeout=self.connect_timeout + self.call_timeout)
+        return True
 
     def close(self) -> None:
         """End the session and its thread (idempotent; never raises)."""

@@ -151,6 +151,7 @@ class PlaceBroker:
                 timeout=earlier.timeout,
                 holders=earlier.holders,
             )
+        self.client.reconnect_if_gone()
         record = self.reserve(request)
         try:
             record = self.wait(request, record, who)
