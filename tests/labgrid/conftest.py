@@ -47,6 +47,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 sshd = _load("ktrace_tests_sshd", HERE.parent / "ssh" / "sshd.py")
 lab_harness = _load("ktrace_tests_lab", HERE / "lab.py")
+_load("ktrace_tests_lab_guests", HERE / "lab_guests.py")  # the qemu guests as places (test_labgrid_guests.py)
 LAB_MODULE = HERE / "lab.py"  # inner test runs load it by path to look at the coordinator
 
 

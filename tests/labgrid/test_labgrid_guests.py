@@ -16,155 +16,56 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pytest_ktrace._errors import MissingTool
-from pytest_ktrace.guests import RunningGuest, boot, qemu_available
+from pytest_ktrace.guests import qemu_available
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.guest
 
 LAB_MODULE = Path(__file__).with_name("lab.py")
-ARCHES = ("x86_64", "arm64")
-RELEASE_SUFFIX = {"x86_64": "-amd64", "arm64": "-arm64"}  # Debian's kernel flavours
 REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
 
 
-def _skip_or_fail(reason: str) -> None:
+def _lab_harness() -> Any:
+    return sys.modules["ktrace_tests_lab"]  # loaded by conftest.py, as lab_guests.py is
+
+
+lab_guests: Any = sys.modules["ktrace_tests_lab_guests"]
+ARCHES: tuple[str, ...] = lab_guests.ARCHES
+RELEASE_SUFFIX: dict[str, str] = lab_guests.RELEASE_SUFFIX
+
+
+def _skip_or_fail(reason: str) -> NoReturn:
     if REQUIRE_GUESTS:
         pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
     pytest.skip(reason)
 
 
-def _lab_harness() -> Any:
-    return sys.modules["ktrace_tests_lab"]  # loaded by conftest.py
-
-
-# --- the guests, booted once -----------------------------------------------------------------------------------
-
-
-def _write_lab_key(path: Path) -> str:
-    """A private ed25519 key for the whole lab (0600, as OpenSSH wants it); its authorized_keys line."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(private)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode() + " ktrace-lab\n"
-
-
-def _connect(guest: RunningGuest, key: Path) -> paramiko.SSHClient:
-    """root on the guest, its host key pinned (anything else is refused)."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.load_host_keys(str(guest.known_hosts_path))
-    client.connect(
-        guest.host,
-        port=guest.port,
-        username=guest.user,
-        key_filename=str(key),
-        allow_agent=False,
-        look_for_keys=False,
-        timeout=60,
-        banner_timeout=60,
-        auth_timeout=60,
-    )
-    return client
-
-
-def _shell(guest: RunningGuest, key: Path, command: str) -> str:
-    client = _connect(guest, key)
-    try:
-        _, stdout, stderr = client.exec_command(command, timeout=120)
-        out = stdout.read().decode()
-        status = stdout.channel.recv_exit_status()
-        assert status == 0, f"{guest.arch} guest: {command!r} exited {status}: {stderr.read().decode()}"
-        return out
-    finally:
-        client.close()
-
-
-class GuestPool:
-    """Both guests, the lab's key (authorised in each) and the client files that reach them as places."""
-
-    def __init__(self, guests: dict[str, RunningGuest], key: Path, ssh_config: Path) -> None:
-        self.guests = guests
-        self.key = key
-        self.ssh_config = ssh_config
-
-    @property
-    def ssh_args(self) -> list[str]:
-        return [f"--ktrace-ssh-config={self.ssh_config}", f"--ktrace-ssh-identity={self.key}"]
-
-    def export(self, lab: Any) -> None:
-        """Export both guests to ``lab`` as places ``guest-<arch>`` with tags ``kind=guest,arch=<arch>``."""
-        lab.export(
-            "guests",
-            {
-                f"guest-{arch}": {"NetworkService": {"address": guest.host, "port": guest.port, "username": guest.user}}
-                for arch, guest in self.guests.items()
-            },
-        )
-        for arch in self.guests:
-            lab.add_place(f"guest-{arch}", f"guests/guest-{arch}/NetworkService", {"kind": "guest", "arch": arch})
-
-    def leftovers(self) -> dict[str, list[str]]:
-        """What of ours each guest still has: ``ktrace_`` groups, instances and probe definitions in tracefs, and
-        the owner records beside them."""
-        command = (
-            "cd /sys/kernel/tracing && ls instances events && cat kprobe_events uprobe_events dynamic_events "
-            "2>/dev/null; ls /run/pytest-ktrace 2>/dev/null; true"
-        )
-        return {
-            arch: [word for word in _shell(guest, self.key, command).split() if "ktrace_" in word]
-            for arch, guest in self.guests.items()
-        }
-
-
 @pytest.fixture(scope="module")
-def guest_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestPool]:
+def guest_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Both guests booted (one after the other) for the whole module, shut down at its end."""
-    harness = _lab_harness()
-    if not (harness.BIN / "labgrid-coordinator").exists():
+    if not (_lab_harness().BIN / "labgrid-coordinator").exists():
         pytest.skip("labgrid is not installed in this venv: pip install -e '.[labgrid]' (scripts/bootstrap)")
     for arch in ARCHES:
         unavailable = qemu_available(arch)
         if unavailable is not None:
             _skip_or_fail(unavailable)
-    workdir = tmp_path_factory.mktemp("lab-guests")
-    guests: dict[str, RunningGuest] = {}
     try:
-        for arch in ARCHES:
-            try:
-                guests[arch] = boot(arch, workdir=workdir / arch)
-            except MissingTool as missing:
-                _skip_or_fail(f"cannot build/boot the {arch} guest: {missing}")
-        key = workdir / "lab_ed25519"
-        authorized = _write_lab_key(key)
-        for guest in guests.values():
-            _shell(guest, guest.key_path, f"echo '{authorized.strip()}' >> /root/.ssh/authorized_keys")
-        known_hosts = workdir / "known_hosts"
-        known_hosts.write_text("".join(guest.known_hosts_path.read_text() for guest in guests.values()))
-        ssh_config = workdir / "ssh_config"
-        ssh_config.write_text(
-            f"Host 127.0.0.1\n  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n  IdentitiesOnly yes\n"
-        )
-        yield GuestPool(guests, key, ssh_config)
+        pool = lab_guests.start_guest_pool(tmp_path_factory.mktemp("lab-guests"))
+    except MissingTool as missing:
+        _skip_or_fail(f"cannot build/boot the guests: {missing}")
+    try:
+        yield pool
     finally:
-        for guest in guests.values():
-            guest.shutdown()
+        pool.shutdown()
 
 
 @pytest.fixture
-def guest_lab(lab: Any, guest_pool: GuestPool) -> Any:
+def guest_lab(lab: Any, guest_pool: Any) -> Any:
     """A coordinator of this test's own, exporting both guests as places."""
     guest_pool.export(lab)
     return lab
@@ -175,7 +76,7 @@ def _with_labgrid_plugin() -> dict[str, str]:
     return {"PYTEST_ADDOPTS": os.environ.get("PYTEST_ADDOPTS", "").replace("-p no:labgrid", "").strip()}
 
 
-def _assert_all_clean(lab: Any, pool: GuestPool) -> None:
+def _assert_all_clean(lab: Any, pool: Any) -> None:
     """Every place released, every reservation cancelled, nothing of ours left in either guest."""
     assert {name: place.acquired for name, place in lab.places().items()} == {f"guest-{arch}": None for arch in ARCHES}
     assert lab.reservations() == []
@@ -231,7 +132,7 @@ def test_kretprobe_sees_it_return_zero(ktrace, ktrace_target):
 """
 
 
-def _run(pytester: pytest.Pytester, lab: Any, pool: GuestPool, *args: str) -> pytest.RunResult:
+def _run(pytester: pytest.Pytester, lab: Any, pool: Any, *args: str) -> pytest.RunResult:
     pytester.makepyfile(test_guest_kprobes=KPROBES)
     env = {"LAB_PORT": str(lab.port), "PLACES_LOG": str(pytester.path / "places.log"), **_with_labgrid_plugin()}
     for key, value in env.items():
@@ -243,7 +144,7 @@ def _run(pytester: pytest.Pytester, lab: Any, pool: GuestPool, *args: str) -> py
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_a_kprobe_suite_runs_on_the_guest_its_arch_tag_chooses(
-    pytester: pytest.Pytester, guest_lab: Any, guest_pool: GuestPool, arch: str
+    pytester: pytest.Pytester, guest_lab: Any, guest_pool: Any, arch: str
 ) -> None:
     result = _run(pytester, guest_lab, guest_pool, f"--ktrace-labgrid-tags=arch={arch}")
     result.assert_outcomes(passed=2)
@@ -277,7 +178,7 @@ def test_shares_the_guests(ktrace, ktrace_target, n):
 
 
 def test_two_concurrent_runs_with_two_workers_each_share_both_guests_without_overlap(
-    pytester: pytest.Pytester, guest_lab: Any, guest_pool: GuestPool
+    pytester: pytest.Pytester, guest_lab: Any, guest_pool: Any
 ) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile(test_shared_guests=SHARED)
@@ -322,7 +223,7 @@ def test_holds_its_guest(ktrace, ktrace_target):
 
 
 def test_a_run_killed_on_a_guest_leaves_its_kprobe_and_the_next_run_removes_it_and_releases_the_place(
-    pytester: pytest.Pytester, guest_lab: Any, guest_pool: GuestPool
+    pytester: pytest.Pytester, guest_lab: Any, guest_pool: Any
 ) -> None:
     pytester.makepyfile(test_holds_guest=HOLD)
     ready = pytester.path / "ready"
