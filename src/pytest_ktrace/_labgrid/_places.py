@@ -37,7 +37,7 @@ __tracebackhide__ = hide_for_ktrace_errors
 NOTE_AFTER_S = 2.0  # a place allocated this fast needs no progress line
 NOTE_EVERY_S = 60.0  # while the holders stay the same
 _POLL_FIRST_S = 0.1
-_POLL_MAX_S = 1.0  # the coordinator expires a reservation nobody polled for 60 s
+_POLL_MAX_S = 0.25  # a place handed over is seen within this (the coordinator expires an unpolled one after 60 s)
 
 
 @dataclass(frozen=True)
