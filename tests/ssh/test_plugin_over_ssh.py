@@ -18,9 +18,11 @@ pytest_plugins = ["pytester"]
 
 
 def _ktrace_leftovers() -> list[str]:
+    """What runs of this process (inline pytester runs) left in tracefs; other xdist workers' runs are not ours."""
     tracefs = Path("/sys/kernel/tracing")
-    lines = [line for line in (tracefs / "uprobe_events").read_text().splitlines() if "ktrace_" in line]
-    return lines + [name for name in os.listdir(tracefs / "instances") if name.startswith("ktrace_")]
+    mine = re.compile(rf"\bktrace_[0-9a-f]{{6}}_{os.getpid()}_")
+    lines = [line for line in (tracefs / "uprobe_events").read_text().splitlines() if mine.search(line)]
+    return lines + [name for name in os.listdir(tracefs / "instances") if mine.match(name)]
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:

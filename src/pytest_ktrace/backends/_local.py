@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 from .._errors import CommandTimeout, KtraceError, TargetDiskFull, TracefsUnavailable, hide_for_ktrace_errors
 from ._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ._features import FEATURE_FILES, MOUNT_HINT, features_from
-from ._local_spawn import LocalBackgroundCommand
+from ._local_spawn import LocalBackgroundCommand, pid_announcer
 
 __all__ = ["LocalBackend", "LocalTraceStream", "find_tracefs"]
 
@@ -252,15 +252,6 @@ class LocalBackend:
         self._round_trips += 1
         targets = [os.path.join(self.root, path) for path in pid_files]
 
-        def announce_pid() -> None:
-            # Runs in the child between fork and exec, so tracing follows exactly this process from its start.
-            for target in targets:
-                fd = os.open(target, os.O_WRONLY | os.O_APPEND)
-                try:
-                    os.write(fd, str(os.getpid()).encode())
-                finally:
-                    os.close(fd)
-
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -268,7 +259,7 @@ class LocalBackend:
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                preexec_fn=announce_pid if targets else None,
+                preexec_fn=pid_announcer(targets),
                 start_new_session=True,
             )
         except FileNotFoundError as exc:

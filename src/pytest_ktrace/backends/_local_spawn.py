@@ -15,19 +15,38 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Optional, Union
 
 from .._errors import KtraceError, TargetError, hide_for_ktrace_errors
 from ._base import RunResult
 
-__all__ = ["LocalBackgroundCommand", "group_members"]
+__all__ = ["LocalBackgroundCommand", "group_members", "pid_announcer"]
 
 __tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
 
 _DRAIN_S = 2.0  # after it ended: how long a child that still holds its stdout may delay the end of its output
 _GONE_S = 5.0  # after SIGKILL: how long the group may take to be gone
 _POLL_S = 0.01
+
+
+def pid_announcer(targets: Sequence[str]) -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` writing the child's pid to each of ``targets`` (tracefs pid files), or None for none.
+
+    It runs in the child between fork and exec, so tracing follows exactly that process from its start.
+    """
+    if not targets:
+        return None
+
+    def announce_pid() -> None:
+        for target in targets:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+
+    return announce_pid
 
 
 def group_members(pgid: int) -> list[int]:
@@ -84,15 +103,6 @@ class LocalBackgroundCommand:
         self.argv = tuple(argv)
         targets = list(announce or ())
 
-        def announce_pid() -> None:
-            # Runs in the child between fork and exec, so tracing follows exactly this process from its start.
-            for target in targets:
-                fd = os.open(target, os.O_WRONLY | os.O_APPEND)
-                try:
-                    os.write(fd, str(os.getpid()).encode())
-                finally:
-                    os.close(fd)
-
         self._started = time.monotonic()
         try:
             self._proc = subprocess.Popen(
@@ -100,7 +110,7 @@ class LocalBackgroundCommand:
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                preexec_fn=announce_pid if targets else None,
+                preexec_fn=pid_announcer(targets),
                 start_new_session=True,
             )
         except OSError as exc:

@@ -439,6 +439,26 @@ def producer(data: Union[str, bytes]) -> str:
     return "{ " + "; ".join(chunks) + "; }"
 
 
+def _command_head(
+    nonce: str,
+    candidates: Sequence[str],
+    *,
+    pid_files: Sequence[str],
+    stdin: Optional[Union[str, bytes]],
+    require: str = "",
+) -> list[str]:
+    """The start shared by run and spawn scripts: the ``START`` frame, then ``require`` (a check that may end the
+    script), then ``kt_t`` (the tracefs root, only when pid files are written) and ``kt_in`` (the stdin file)."""
+    out = [_prelude(nonce, candidates), "kt_f START\n", "kt_t=\n", require]
+    if pid_files:
+        out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
+    if stdin is not None:
+        out.append(_STDIN_FILE.replace("@DATA@", producer(stdin)))
+    else:
+        out.append("kt_in=\n")
+    return out
+
+
 def render_run(
     argv: Sequence[str],
     nonce: str,
@@ -458,13 +478,7 @@ def render_run(
     pid; ``R rc`` when it ended; ``END``. The command's stdout is the payloads of ``C`` and ``P`` in order."""
     if not argv:
         raise ValueError("run() needs a command")
-    out = [_prelude(nonce, candidates), "kt_f START\n", "kt_t=\n"]
-    if pid_files:
-        out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
-    if stdin is not None:
-        out.append(_STDIN_FILE.replace("@DATA@", producer(stdin)))
-    else:
-        out.append("kt_in=\n")
+    out = _command_head(nonce, candidates, pid_files=pid_files, stdin=stdin)
     words = " ".join(quote(a) for a in (*pid_files, *argv))
     call = f'sh -c {quote(_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words} <"${{kt_in:-/dev/null}}"'
     out.append(f"if command -v setsid >/dev/null 2>&1; then\n  setsid {call} &\nelse\n  {call} &\nfi\n")
@@ -514,14 +528,13 @@ def render_spawn(
     environment holds ``KTRACE_SPAWN=<nonce>``, which :func:`render_spawn_kill` looks for."""
     if not argv:
         raise ValueError("spawn() needs a command")
-    out = [_prelude(nonce, candidates), "kt_f START\n", "kt_t=\n"]
-    out.append("command -v setsid >/dev/null 2>&1 || { kt_f Z; kt_f END; exit 0; }\n")
-    if pid_files:
-        out.append('kt_h=$PWD\nkt_cd || { kt_f END; exit 0; }\nkt_t=$PWD\ncd "$kt_h" || exit 1\n')
-    if stdin is not None:
-        out.append(_STDIN_FILE.replace("@DATA@", producer(stdin)))
-    else:
-        out.append("kt_in=\n")
+    out = _command_head(
+        nonce,
+        candidates,
+        pid_files=pid_files,
+        stdin=stdin,
+        require="command -v setsid >/dev/null 2>&1 || { kt_f Z; kt_f END; exit 0; }\n",
+    )
     words = " ".join(quote(a) for a in (argv[0], *pid_files, *argv))
     call = f'sh -c {quote(_SPAWN_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words}'
     out.append(f'setsid {call} <"${{kt_in:-/dev/null}}" &\n')
