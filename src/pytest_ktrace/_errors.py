@@ -10,6 +10,7 @@ __all__ = [
     "CoordinatorUnreachable",
     "DiskFull",
     "GuestKernelError",
+    "HistUnavailable",
     "KtraceError",
     "LabgridError",
     "MissingBinary",
@@ -74,6 +75,17 @@ class UnknownSymbol(ProbeRejected):
 
 class UnsupportedFetchArg(KtraceError):
     """A fetch argument the target kernel or architecture cannot provide."""
+
+
+class HistUnavailable(KtraceError):
+    """The target has no hist triggers (``ktrace.hist()``): its kernel was built without
+    ``CONFIG_HIST_TRIGGERS=y``, so its events have no ``hist`` file. ``target`` names it; ``option`` is the config
+    option it lacks."""
+
+    def __init__(self, message: str, *, target: str = "", option: str = "CONFIG_HIST_TRIGGERS") -> None:
+        self.target = target
+        self.option = option
+        super().__init__(message)
 
 
 class MissingBinary(KtraceError):
@@ -229,6 +241,7 @@ for _public in (
     ProbeRejected,
     UnknownSymbol,
     UnsupportedFetchArg,
+    HistUnavailable,
     MissingBinary,
     MissingTool,
     GuestKernelError,
