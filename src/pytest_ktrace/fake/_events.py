@@ -86,6 +86,11 @@ class EventTable:
         self.events: dict[str, EventDefinition] = {}
         self.systems: dict[str, dict[str, EventDefinition]] = {}
         self.serial = 0  # the registration serial of the newest event
+        # How many events hold each ID, and the ID the next event gets (None: to be found again). The lowest free
+        # ID is kept rather than searched for: a test adds and removes probes next to a thousand tracepoints.
+        self._ids: dict[int, int] = {}
+        self._start = _FIRST_EVENT_TYPE
+        self._free: Optional[int] = None
         ranked: list[tuple[int, str, str]] = []
         for key, text in snapshot.events.items():
             match = _ID_LINE.search(text)
@@ -100,15 +105,28 @@ class EventTable:
 
     def next_event_id(self) -> int:
         """The ID a new event gets: the lowest free one from the lowest in use (or the first dynamic type)."""
-        used = {definition.event_id for definition in self.events.values()}
-        candidate = min(used | {_FIRST_EVENT_TYPE}) if used else _FIRST_EVENT_TYPE
-        while candidate in used:
-            candidate += 1
-        return candidate
+        if self._free is None:
+            ids = self._ids
+            self._start = min(min(ids), _FIRST_EVENT_TYPE) if ids else _FIRST_EVENT_TYPE
+            candidate = self._start
+            while candidate in ids:
+                candidate += 1
+            self._free = candidate
+        return self._free
 
     def add(self, definition: EventDefinition) -> None:
         self.events[definition.key] = definition
         self.systems.setdefault(definition.system, {})[definition.name] = definition
+        event_id = definition.event_id
+        ids = self._ids
+        ids[event_id] = ids.get(event_id, 0) + 1
+        if self._free is None:
+            return
+        if event_id < self._start:
+            self._free = None  # the IDs now start lower
+        elif event_id == self._free:
+            while self._free in ids:
+                self._free += 1
 
     def remove(self, definition: EventDefinition) -> None:
         """Forget the event; its system goes with its last event."""
@@ -117,6 +135,18 @@ class EventTable:
         del system[definition.name]
         if not system:
             del self.systems[definition.system]
+        event_id = definition.event_id
+        left = self._ids[event_id] - 1
+        if left:
+            self._ids[event_id] = left
+            return
+        del self._ids[event_id]
+        if self._free is None:
+            return
+        if event_id <= self._start:
+            self._free = None  # the IDs may now start higher
+        elif event_id < self._free:
+            self._free = event_id
 
     def ordered_for(self, created_serial: int) -> list[EventDefinition]:
         """tr->events order of a trace array created after event ``created_serial``: events added after the array

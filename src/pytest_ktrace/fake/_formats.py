@@ -18,12 +18,13 @@ Tracepoint events of a snapshot keep the exact text the target printed; this mod
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Optional
 
 from .._parse import EventFormat, parse_format
-from ._grammar import FetchArg, ProbeCommand
+from ._grammar import ProbeCommand
 
 __all__ = [
     "COMMON_FIELDS",
@@ -154,19 +155,34 @@ def fetch_type_info(type_text: str) -> tuple[FetchTypeInfo, int]:
     return info, count
 
 
-def _argument_field(arg: FetchArg, offset: int) -> EventField:
-    info, count = fetch_type_info(arg.type)
+def _argument_field(name: str, type_text: str, offset: int) -> EventField:
+    info, count = fetch_type_info(type_text)
     c_type = f"{info.format_type}[{count}]" if count else info.format_type
-    return EventField(arg.name, c_type, offset, info.size * (count or 1), info.signed, info.name, count)
+    return EventField(name, c_type, offset, info.size * (count or 1), info.signed, info.name, count)
+
+
+# The layout and print fmt of a probe event depend on its kind and its arguments' names and types only; tests
+# define the same probes over and over (under new event names), so both are computed once per signature.
+_Signature = tuple[bool, tuple[tuple[str, str], ...]]  # (is_return, (name, fetch type) per argument)
+
+
+def _signature(command: ProbeCommand) -> _Signature:
+    return command.is_return, tuple((arg.name, arg.type) for arg in command.args)
 
 
 def probe_fields(command: ProbeCommand) -> tuple[EventField, ...]:
     """The event-specific fields of a probe event (no common fields), in record order."""
-    header = PROBE_HEADER_FIELDS[command.is_return]
+    return _probe_fields(_signature(command))
+
+
+@functools.lru_cache(maxsize=1024)
+def _probe_fields(signature: _Signature) -> tuple[EventField, ...]:
+    is_return, args = signature
+    header = PROBE_HEADER_FIELDS[is_return]
     offset = header[-1].offset + header[-1].size
     fields = list(header)
-    for arg in command.args:
-        field = _argument_field(arg, offset)
+    for name, type_text in args:
+        field = _argument_field(name, type_text, offset)
         fields.append(field)
         offset += field.size
     return tuple(fields)
@@ -174,29 +190,39 @@ def probe_fields(command: ProbeCommand) -> tuple[EventField, ...]:
 
 def probe_print_fmt(command: ProbeCommand) -> str:
     """__set_print_fmt() for a kprobe/uprobe (PROBE_PRINT_NORMAL or PROBE_PRINT_RETURN)."""
-    if command.is_return:
+    return _probe_print_fmt(_signature(command))
+
+
+@functools.lru_cache(maxsize=1024)
+def _probe_print_fmt(signature: _Signature) -> str:
+    is_return, args = signature
+    if is_return:
         head, head_args = "(%lx <- %lx)", ", REC->__probe_func, REC->__probe_ret_ip"
     else:
         head, head_args = "(%lx)", ", REC->__probe_ip"
     formats: list[str] = []
     references: list[str] = []
-    for arg in command.args:
-        info, count = fetch_type_info(arg.type)
+    for name, type_text in args:
+        info, count = fetch_type_info(type_text)
         if count:
-            formats.append(f" {arg.name}={{" + ",".join([info.print_format] * count) + "}")
+            formats.append(f" {name}={{" + ",".join([info.print_format] * count) + "}")
             for index in range(count):
-                references.append(
-                    f", __get_str({arg.name}[{index}])" if info.is_string else f", REC->{arg.name}[{index}]"
-                )
+                references.append(f", __get_str({name}[{index}])" if info.is_string else f", REC->{name}[{index}]")
         else:
-            formats.append(f" {arg.name}={info.print_format}")
-            references.append(f", __get_str({arg.name})" if info.is_string else f", REC->{arg.name}")
+            formats.append(f" {name}={info.print_format}")
+            references.append(f", __get_str({name})" if info.is_string else f", REC->{name}")
     return f'"{head}{"".join(formats)}"{head_args}{"".join(references)}'
 
 
 def format_file_text(name: str, event_id: int, fields: tuple[EventField, ...], print_fmt: str) -> str:
     """An ``events/<system>/<event>/format`` file (f_show(): header, common fields, a blank line, fields)."""
-    lines = [f"name: {name}", f"ID: {event_id}", "format:"]
+    return f"name: {name}\nID: {event_id}\n{_format_body(fields, print_fmt)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _format_body(fields: tuple[EventField, ...], print_fmt: str) -> str:
+    """What follows the ``name:`` and ``ID:`` lines, the same for every event of one layout."""
+    lines = ["format:"]
     lines += [field.format_line() for field in COMMON_FIELDS]
     lines.append("")
     lines += [field.format_line() for field in fields]

@@ -443,11 +443,15 @@ def _at(text: str, index: int) -> str:
     return text[index] if index < len(text) else "\0"
 
 
+# is_good_name() / is_good_system_name(): isalpha() of lib/ctype.c (ASCII and Latin-1 letters but the
+# multiplication and division signs), isdigit(), '_' (and '-' for a v6.12 group), as one pattern each.
+_LETTER = "A-Za-z\xc0-\xd6\xd8-\xf6\xf8-\xff"
+_GOOD_NAME = re.compile(f"[{_LETTER}_][{_LETTER}0-9_]*")
+_GOOD_HYPHEN_NAME = re.compile(f"[{_LETTER}_-][{_LETTER}0-9_-]*")
+
+
 def _is_good_name(name: str, *, hyphen_ok: bool = False) -> bool:
-    if not name:
-        return False
-    first_ok = isalpha(name[0]) or name[0] == "_" or (hyphen_ok and name[0] == "-")
-    return first_ok and all(isalpha(c) or isdigit(c) or c == "_" or (hyphen_ok and c == "-") for c in name[1:])
+    return (_GOOD_HYPHEN_NAME if hyphen_ok else _GOOD_NAME).fullmatch(name) is not None
 
 
 # --------------------------------------------------------------------------------------------------------------
