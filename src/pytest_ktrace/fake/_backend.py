@@ -17,7 +17,8 @@ import time
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
-from .._parse import EventFormat, FormatCatalog, TraceParser, parse_format
+from .._events import Event
+from .._parse import HEADER_RE, EventFormat, FormatCatalog, TraceParser, parse_format
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import StaleCassette, is_arm_batch
@@ -32,6 +33,7 @@ __all__ = ["FakeBackend"]
 __tracebackhide__ = hide_for_ktrace_errors
 
 _ROOT = "/sys/kernel/tracing"
+_LINE_BY_LINE_MAX = 64  # recorded trace lines decoded one by one, below the whole-text parser's break-even
 
 
 def _refused(op: Op) -> Optional[OpResult]:
@@ -41,11 +43,25 @@ def _refused(op: Op) -> Optional[OpResult]:
     for text in texts:
         if not isinstance(text, str):
             return OpResult(op, ok=False, errno_name="EFAULT", error=os.strerror(errno_mod.EFAULT))
+        if text.isascii():
+            continue
         try:
             text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             return OpResult(op, ok=False, errno_name="EINVAL", error=os.strerror(errno_mod.EINVAL))
     return None
+
+
+def _recorded_events(parser: TraceParser, lines: Sequence[str], text: str) -> Sequence[Event]:
+    """The events of recorded trace ``lines`` (joined: ``text``), as ``parser.parse(text).events`` has them.
+
+    A command's few events are decoded one line each, as the reference parser does (a line that is no event is
+    left out, as there): the whole-text decoder compiles a pattern per event name first, which pays off over
+    thousands of lines, not over the handful a test's command leaves. Lines that continue an event (a string
+    with a newline, a stack) or report lost events take the whole-text parser."""
+    if len(lines) <= _LINE_BY_LINE_MAX and all(map(HEADER_RE.fullmatch, lines)):
+        return [event for event in map(parser.parse_line, lines) if event is not None]
+    return parser.parse(text).events
 
 
 def _failure(op: Op, exc: OSError) -> OpResult:
@@ -146,7 +162,7 @@ class FakeBackend:
             if text is not None:
                 catalog.add(parse_format(text, restored_key.split("/", 1)[0]))
         text = "\n".join(lines) + "\n"
-        events = [event for event in TraceParser(catalog).parse(text).events if event.system]
+        events = [event for event in _recorded_events(TraceParser(catalog), lines, text) if event.system]
         stacks = stacks_by_event(text).kernel  # the stacktrace trigger's entries: replayed with their events
         # The kernel followed the recorded command's children (event-fork); admit the same tasks here.
         for path in pid_files:
