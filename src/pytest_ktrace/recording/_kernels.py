@@ -28,15 +28,20 @@ def target_snapshot_ref(release: str, arch: str) -> str:
 
 
 @functools.cache
-def _shipped_kernels() -> tuple[tuple[str, tuple[int, int], str, frozenset[str]], ...]:
-    """(name, version, arch, features) of each shipped snapshot; read once per process (they are package data)."""
-    from ..snapshots._snapshot import load_snapshot, shipped_snapshots
+def _shipped_names() -> tuple[str, ...]:
+    from ..snapshots._snapshot import shipped_snapshots
 
-    shipped = []
-    for name in shipped_snapshots():
-        snapshot = load_snapshot(name)
-        shipped.append((name, snapshot.version, snapshot.arch, snapshot.features))
-    return tuple(shipped)
+    return tuple(shipped_snapshots())  # package data: listed once per process
+
+
+@functools.cache
+def _shipped_kernel(name: str) -> tuple[tuple[int, int], str, frozenset[str]]:
+    """(version, arch, features) of a shipped snapshot, read when first asked (a replay loads the one it matches,
+    not every shipped snapshot: each is megabytes of JSON)."""
+    from ..snapshots._snapshot import load_snapshot
+
+    snapshot = load_snapshot(name)
+    return snapshot.version, snapshot.arch, snapshot.features
 
 
 def snapshot_of(cassette: Cassette) -> Optional[str]:
@@ -48,7 +53,8 @@ def snapshot_of(cassette: Cassette) -> Optional[str]:
     target = cassette.target
     version = kernel_version(str(target.get("release", "")))
     needed = frozenset(target.get("features", ()))
-    for name, shipped_version, arch, features in _shipped_kernels():
+    for name in _shipped_names():
+        shipped_version, arch, features = _shipped_kernel(name)
         if version == shipped_version and arch == target.get("arch") and needed <= features:
             return name
     return None

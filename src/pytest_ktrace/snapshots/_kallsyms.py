@@ -9,6 +9,8 @@ the kernel's symbols belongs to no function. :class:`KernelText` answers the sam
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
@@ -24,12 +26,15 @@ class KernelText:
 
     def __init__(self, pairs: Iterable[tuple[int, str]]) -> None:
         ordered = sorted(set(pairs))
-        self.starts: tuple[int, ...] = tuple(start for start, _ in ordered)
-        self.names: tuple[str, ...] = tuple(name for _, name in ordered)
-        self._starts = sorted(set(self.starts))  # distinct addresses: where each function ends
-        self._first: dict[str, int] = {}
-        for start, name in ordered:
-            self._first.setdefault(name, start)  # kallsyms_lookup_name finds the lowest of duplicated names
+        self._lay_out(tuple(start for start, _ in ordered), tuple(name for _, name in ordered))
+
+    def _lay_out(self, starts: tuple[int, ...], names: tuple[str, ...]) -> None:
+        """``starts``/``names``: the distinct (start, name) pairs in ascending order."""
+        self.starts: tuple[int, ...] = starts
+        self.names: tuple[str, ...] = names
+        self._starts = list(dict.fromkeys(starts))  # distinct addresses (ascending): where each function ends
+        # kallsyms_lookup_name finds the lowest of duplicated names: built from the highest, the lowest stays
+        self._first: dict[str, int] = dict(zip(reversed(names), reversed(starts)))
         self._span: Optional[tuple[int, int]] = (self._starts[0], self._starts[-1]) if len(self._starts) > 1 else None
 
     def __len__(self) -> int:
@@ -82,12 +87,14 @@ class KernelText:
         names, deltas = data["names"], data["start_deltas"]
         if not isinstance(names, list) or not isinstance(deltas, list) or len(names) != len(deltas):
             raise ValueError("text symbols: names and start_deltas must be lists of the same length")
-        starts: list[int] = []
-        address = 0
-        for delta in deltas:
-            address += int(delta)
-            starts.append(address)
-        return cls(zip(starts, (str(name) for name in names)))
+        starts = tuple(itertools.accumulate(map(int, deltas)))
+        texts = tuple(map(str, names))
+        if not all(map(operator.lt, zip(starts, texts), zip(starts[1:], texts[1:]))):
+            return cls(zip(starts, texts))  # not as to_json() writes it: sorted and made distinct here
+        # to_json() wrote distinct pairs in ascending order: nothing to sort (a snapshot holds ~50k symbols)
+        text = cls.__new__(cls)
+        text._lay_out(starts, texts)
+        return text
 
 
 def parse_kallsyms(text: str) -> KernelText:

@@ -18,6 +18,8 @@ import json
 import re
 import secrets
 import shlex
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -29,6 +31,7 @@ from .._errors import KtraceError
 from .._files import write_atomic
 from .._identity import RunIdentity
 from ..backends._base import Backend, Mkdir, OpResult, Read, Rmdir, Write
+from ..backends._features import readme_features
 from ..backends._shell import marked_sections
 from ._kallsyms import TEXT_TYPES, KernelText
 from ._kallsyms import parse_kallsyms as parse_kernel_text
@@ -94,7 +97,8 @@ class KernelSnapshot:
 
     def __post_init__(self) -> None:
         # Accept any iterables/mappings but always hold immutable, hashable values.
-        object.__setattr__(self, "features", frozenset(self.features))
+        # what its README says counts too: a snapshot taken before a feature was detected still has it
+        object.__setattr__(self, "features", frozenset(self.features) | readme_features(self.readme))
         object.__setattr__(self, "symbols", frozenset(self.symbols))
         object.__setattr__(self, "duplicate_symbols", frozenset(self.duplicate_symbols))
         if self.blacklist is not None:
@@ -235,11 +239,10 @@ def parse_kallsyms(text: str) -> tuple[frozenset[str], frozenset[str]]:
 
 
 def _names_and_duplicates(names: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
-    seen: set[str] = set()
-    dups: set[str] = set()
-    for name in names:
-        (dups if name in seen else seen).add(name)
-    return frozenset(seen), frozenset(dups)
+    seen = frozenset(names)
+    if len(seen) == len(names):
+        return seen, frozenset()
+    return seen, frozenset(name for name, count in Counter(names).items() if count > 1)
 
 
 def kernel_version(release: str) -> tuple[int, int]:
@@ -435,14 +438,39 @@ def shipped_snapshots() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+# Loaded snapshots, by file and its state when read: a snapshot is immutable, so every fake backend of a process
+# (each test's, in the fake's own tests) shares one instead of decompressing and indexing 2-4 MB of JSON again.
+_LOADED: dict[tuple[str, int, int, int], KernelSnapshot] = {}
+_LOADED_MAX = 8
+_LOADING = threading.Lock()
+
+
+def _load_shared(path: Path) -> KernelSnapshot:
+    """``KernelSnapshot.load(path)``, read once per process while the file stays the same (size, mtime, inode)."""
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        return KernelSnapshot.load(path)  # it says why it cannot be read
+    with _LOADING:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = KernelSnapshot.load(path)
+            if len(_LOADED) >= _LOADED_MAX:
+                del _LOADED[next(iter(_LOADED))]
+            _LOADED[key] = loaded
+        return loaded
+
+
 def load_snapshot(name_or_path: str) -> KernelSnapshot:
-    """A shipped snapshot by name (see :func:`shipped_snapshots`) or a snapshot file by path."""
+    """A shipped snapshot by name (see :func:`shipped_snapshots`) or a snapshot file by path. Loaded once per
+    process and file: the same (immutable) snapshot comes back while the file does not change."""
     shipped = shipped_snapshots()
     if name_or_path in shipped:
-        return KernelSnapshot.load(shipped[name_or_path])
+        return _load_shared(shipped[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        return KernelSnapshot.load(path)
+        return _load_shared(path)
     names = ", ".join(shipped) or "none"
     raise KtraceError(
         f"unknown snapshot {shlex.quote(name_or_path)}: not a shipped snapshot (shipped: {names}) and no such file"
