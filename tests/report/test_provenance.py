@@ -213,7 +213,7 @@ def test_fake_backend_properties(pytester: pytest.Pytester) -> None:
         "ktrace_backend": "fake",
         "ktrace_kernel": "6.1.0-57-arm64",
         "ktrace_arch": "aarch64",
-        "ktrace_features": "argN,dynamic_events,error_log,instances,kprobes,printk_console,set_event_pid,uprobes",
+        "ktrace_features": "argN,dynamic_events,error_log,hist,instances,kprobes,printk_console,set_event_pid,uprobes",
     }
     kprobe, kretprobe, tracepoint = _probes(props)
     # $argN is rewritten to the arm64 register the 6.1 kernel reads it from: the property is what was written

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["FEATURE_FILES", "MOUNT_HINT", "features_from"]
+__all__ = ["FEATURE_FILES", "MOUNT_HINT", "features_from", "readme_features"]
 
 MOUNT_HINT = "mount -t tracefs nodev /sys/kernel/tracing"
 
@@ -24,6 +24,15 @@ FEATURE_FILES: Mapping[str, str] = {
 def features_from(present: Mapping[str, bool], readme: str) -> frozenset[str]:
     """``present`` maps every FEATURE_FILES path to whether it exists; ``readme`` is tracefs's README text."""
     found = {feature for feature, path in FEATURE_FILES.items() if present.get(path)}
+    return frozenset(found) | readme_features(readme)
+
+
+def readme_features(readme: str) -> frozenset[str]:
+    """What tracefs's README says the kernel has (a snapshot taken before a feature was detected has its README)."""
+    found = set()
+    # trace.c lists the hist trigger only with CONFIG_HIST_TRIGGERS, which also gives every event a hist file
+    if "hist trigger\t- If set" in readme:
+        found.add("hist")
     if "$arg<N>" in readme:
         found.add("argN")
         # 6.9+ documents "$arg<N>" on the kernel return probe line too (entry data fetched at return)
