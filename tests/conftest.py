@@ -39,3 +39,11 @@ def _no_labgrid_plugin_inside(request: pytest.FixtureRequest, monkeypatch: pytes
     request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
     addopts = os.environ.get("PYTEST_ADDOPTS", "")
     monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} -p no:labgrid".strip())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite runs pytest-ktrace inside itself: inner runs count what is left in tracefs and remove what they
+    # judge to be dead runs' leftovers (some with a shortened heartbeat age). So this outer run keeps no probes
+    # armed between its own tests; inner runs park theirs as any user's run does (tests/test_parking.py).
+    if config.getoption("ktrace_fresh_probes", default=None) is None and not config.getini("ktrace_fresh_probes"):
+        config.option.ktrace_fresh_probes = True

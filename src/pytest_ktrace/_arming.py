@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from ._probes import ProbeSpec
 from .backends._base import Mkdir, Op, Read, Write
 
-__all__ = ["ArmPlan", "InstanceState", "plan_arm"]
+__all__ = ["ArmPlan", "InstanceState", "disable_op", "plan_arm"]
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,16 @@ def _create_instance(
         plan.ops.append(Write(f"{instance}/options/event-fork", "1", append=False))
 
 
+def disable_op(instance: str, spec: ProbeSpec) -> Write:
+    """What turns ``spec``'s event off in ``instance`` (teardown's first stage)."""
+    return Write(f"{instance}/events/{spec.event_dir}/enable", "0", append=False)
+
+
 def _enable(plan: ArmPlan, instance: str, spec: ProbeSpec, *, wants_stack: bool) -> None:
     events_dir = f"{instance}/events/{spec.event_dir}"
     if spec.filter:
         plan.ops.append(Write(f"{events_dir}/filter", spec.filter, append=False))
-    plan.disables.append(Write(f"{events_dir}/enable", "0", append=False))
+    plan.disables.append(disable_op(instance, spec))
     if wants_stack and spec.kind in ("uprobe", "uretprobe"):
         if not plan.state.user_stacks_on:
             # instance-wide: every event of this instance gets its task's user stack after it

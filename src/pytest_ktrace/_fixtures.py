@@ -180,6 +180,14 @@ def _reach(
     return Target(tape.backend, settings, tape)
 
 
+def _parks_probes(target: Target) -> bool:
+    """Probes stay armed in the run's instance between tests (``_warm``), except where a test must be whole on its
+    own: a cassette being recorded holds one test's conversation, and the fake is cheap to set up anyway."""
+    from .recording._player import Replaying
+
+    return target.settings.parks_probes and target.tape.recorder is None and not isinstance(target.backend, Replaying)
+
+
 @contextlib.contextmanager
 def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[TraceSession]:
     from ._session import TraceSession
@@ -200,6 +208,8 @@ def open_session(request: pytest.FixtureRequest, target: Target) -> Iterator[Tra
         keep_events=settings.keep,
         kernel_log=settings.kernel_log,
         kernel_log_allow=request.config.getini("ktrace_kernel_log_allow"),
+        parked=state.parked_on(target.backend) if _parks_probes(target) else None,
+        owner=request.node.nodeid,
     )
     request.node.stash[SESSION_KEY] = session
     state.live.add(session)

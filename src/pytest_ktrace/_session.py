@@ -14,17 +14,17 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from ._aggregates import DEFAULT_BUCKETS_US, AggregateSet, CountBy, Histogram, LatencyHistogram
 from ._arch import normalize_arch
-from ._arming import InstanceState, plan_arm
+from ._arming import InstanceState, disable_op, plan_arm
 from ._assertions import Observation, ProbeView, assert_latency, assert_order
 from ._checks import check_int, check_seconds, check_text, command_argv, type_name
 from ._collection import TraceCollector
-from ._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
+from ._errors import ConnectionLost, KtraceError, TargetError, hide_for_ktrace_errors
 from ._events import Event
 from ._identity import RunIdentity
 from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
@@ -47,6 +47,7 @@ from ._spawned import SpawnedProcess
 from ._streaming import DEFAULT_KEEP, StreamMode
 from ._target_files import ElfCopies
 from ._teardown import TeardownLedger, TeardownReport
+from ._warm import ParkedProbes, ReuseKey, reuse_key
 from .backends._base import (
     Backend,
     FilePushing,
@@ -118,12 +119,18 @@ class TraceSession:
         sync_stall_s: float = 30.0,
         kernel_log: str = "fail",
         kernel_log_allow: Sequence[str] = (),
+        parked: Optional[ParkedProbes] = None,
+        owner: str = "",
     ) -> None:
         if keep_events < 1:
             raise KtraceError(f"keep_events={keep_events!r}: at least 1 event per probe must be kept")
         self.backend = backend
         self.identity = identity
-        self.instance = identity.instance(serial)
+        self._name = identity.instance(serial)  # this test's own name: its events' and files' names derive from it
+        # with ``parked``, the test traces in the run's instance, where probes stay armed from test to test
+        self._parked = parked
+        self._owner = owner or self._name
+        self.instance = parked.instance if parked is not None else self._name
         self.scope: Scope = scope
         self.run_timeout = run_timeout
         self.buffer_kb = buffer_kb
@@ -135,7 +142,8 @@ class TraceSession:
         self._catalog = FormatCatalog()
         self._aggregates = AggregateSet(self._catalog)
         files = ElfCopies(backend, elf_cache, timeout=run_timeout)
-        self._builder = ProbeBuilder(backend, identity, self.instance, files, stream=stream)
+        self._files = files
+        self._builder = ProbeBuilder(backend, identity, self._name, files, stream=stream)
         self._collector = TraceCollector(backend, self.instance_path, self._catalog, self._aggregates, files)
         self._stream_mode: Optional[StreamMode] = None
         if stream:
@@ -145,7 +153,12 @@ class TraceSession:
             self.ledger.stop_first(self._stream_mode.stop)  # an open trace_pipe makes rmdir EBUSY
         self._perf = PerfBlocks(lambda: self.target)
         self._probes: list[_Defined] = []
-        self._instance = InstanceState()
+        self._instance = parked.state if parked is not None else InstanceState()
+        self._armed_once = False
+        self._released = False
+        self._reuse: dict[int, ReuseKey] = {}  # id(spec) of a probe to park when armed -> what it is
+        self._held: list[ProbeSpec] = []  # parked events this test holds (taken back or adopted)
+        self._taken: set[str] = set()  # event dirs of those taken back: armed already, only their filter is written
         self._dirty = True  # the trace may hold events the last collection has not seen
         self._runs: list[RunResult] = []
         self._spawned: list[SpawnedProcess] = []  # every command spawn() started, in order
@@ -168,6 +181,11 @@ class TraceSession:
     def arch(self) -> str:
         """The target's arch as the plugin names it (``x86_64``, ``arm64``, ``riscv``)."""
         return normalize_arch(self.target.arch)
+
+    @property
+    def armed(self) -> bool:
+        """Whether this test armed anything yet (so there is a trace of it to show)."""
+        return self._armed_once
 
     @property
     def instance_path(self) -> str:
@@ -241,10 +259,32 @@ class TraceSession:
         return self._register(self._builder.tracepoint(name, filter=filter, stacktrace=stacktrace))
 
     def _register(self, spec: ProbeSpec) -> ProbeView:
-        view = ProbeView(spec, lambda: self._observe(spec))
+        if self._parked is not None:
+            spec = self._reuse_parked(spec)
+        view = ProbeView(spec, lambda: self._observe(view.spec))
         self._probes.append(_Defined(view))
         self._dirty = True
         return view
+
+    def _reuse_parked(self, spec: ProbeSpec) -> ProbeSpec:
+        """The definition under the name of an event parked by an earlier test, if one is the same probe; else
+        ``spec``, noted to be parked once armed."""
+        assert self._parked is not None
+        identity = ""
+        if spec.kind in ("uprobe", "uretprobe"):
+            identity = self._files.identity(spec.location.rsplit(":", 1)[0])
+        key = reuse_key(spec, identity)
+        if key is None:
+            return spec
+        taken = self._parked.take(key)
+        if taken is None:
+            self._reuse[id(spec)] = key
+            return spec
+        spec = replace(spec, group=taken.group, event=taken.event)
+        self._held.append(spec)
+        self._taken.add(spec.event_dir)
+        self.ledger.join("disable", self._parked.parking_ops([spec]))
+        return spec
 
     def _check_open(self, what: str) -> None:
         """After teardown nothing may be created any more: it would never be removed."""
@@ -269,17 +309,21 @@ class TraceSession:
         self._check_open("arm()")
         pending = self._completed([probe for probe in self._probes if not probe.armed])
         specs = [probe.spec for probe in pending]
-        if not self._instance.planned and self._log.policy != "off" and self.target.has("printk_console"):
-            specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
+        first = not self._armed_once
+        if first and self._log.policy != "off" and self.target.has("printk_console"):
             self._log.captured = True
             self.ledger.read_first(Read(f"{self.instance_path}/trace"), self._last_look)
             self.ledger.read_first(TAINT_READ, self._last_taint)
-        if self._instance.planned and not pending:
+            if self._parked is None or not self._parked.console_on:
+                specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
+        if not first and not pending:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
+        taken = [spec for spec in specs if spec.event_dir in self._taken]
+        fresh = [spec for spec in specs if spec.event_dir not in self._taken]
         plan = plan_arm(
-            specs,
+            fresh,
             instance=self.instance_path,
             state=self._instance,
             features=self.target.features,
@@ -288,14 +332,22 @@ class TraceSession:
             buffer_kb=self.buffer_kb,
             scope=self.scope,
         )
-        if _CONSOLE in specs:
+        self._add_parked_ops(plan.ops, taken, first=first)
+        if first and self._log.captured:
+            if _CONSOLE not in specs:  # enabled in the run's instance by an earlier test: its format is read here
+                plan.ops.append(Read(f"events/{_CONSOLE.event_dir}/format"))
             plan.ops.append(TAINT_READ)  # the kernel's taint when the test starts
         # Recorded before the batch runs: teardown undoes it even if the batch dies half way.
         self.ledger.join("disable", plan.disables)
         if plan.state.planned and not self._instance.planned:
-            self.ledger.join("instance", [Rmdir(self.instance_path)])
+            if self._parked is None:
+                self.ledger.join("instance", [Rmdir(self.instance_path)])
+            else:
+                self._parked.instance_created(plan.state)
         self.ledger.join("remove", plan.removals)
+        self._note_instance_change(plan.state)
         self._instance = plan.state
+        self._armed_once = True
         pump = self._stream_mode.pump if self._stream_mode is not None else None
         with pump.gate if pump is not None else contextlib.nullcontext():
             # a running pump parses nothing until the new probes' formats are known (else their first events
@@ -309,10 +361,66 @@ class TraceSession:
             self._dirty = True
             self._learn(results)
         if results and not results[-1].ok:
+            self._check_parked_still_there(results[-1])
             explain_arm_failure(self.backend, results[-1], specs)
+        self._park_armed(fresh)
         self._aggregates.check_fields()
         if self._stream_mode is not None and self._stream_mode.pump is None:
             self._start_stream()
+
+    def _add_parked_ops(self, ops: list[Op], taken: list[ProbeSpec], *, first: bool) -> None:
+        """Probes taken back from the run's instance get their own filter (and their format read); a test's first
+        batch there clears what earlier tests recorded, so it sees its own events only."""
+        ops.extend(
+            Write(f"{self.instance_path}/events/{spec.event_dir}/filter", spec.filter or "0", append=False)
+            for spec in taken
+        )
+        ops.extend(Read(f"events/{spec.event_dir}/format") for spec in taken if spec.display not in self._catalog)
+        if first and self._parked is not None and self._instance.planned:
+            ops.insert(0, Write(f"{self.instance_path}/trace", "", append=False))
+
+    def _check_parked_still_there(self, failed: OpResult) -> None:
+        """An arming batch that found the run's instance or a parked event gone: someone removed it since the
+        previous test. The run starts a new instance with the next test; this one cannot arm."""
+        parked = self._parked
+        if parked is None or failed.errno_name != "ENOENT" or not failed.op.path.startswith(self.instance_path + "/"):
+            return
+        gone = parked.instance
+        parked.abandon()
+        self._held.clear()
+        raise TargetError(
+            f"arming failed: {failed.op.path} is gone (ENOENT): the run's instance {gone} or a probe parked in "
+            f"it was removed by someone else after the previous test; the next test starts a new instance",
+            host=self.backend.name,
+            command=f"{type(failed.op).__name__} {failed.op.path}",
+            cause="ENOENT",
+        )
+
+    def _note_instance_change(self, state: InstanceState) -> None:
+        """A test that changes the run's instance options (call stacks change them) spoils it for the tests after
+        it: the instance and its parked events go when the test ends."""
+        if self._parked is not None and (self._stacked or (self._instance.planned and state != self._instance)):
+            self._parked.spoil()
+
+    def _park_armed(self, armed: list[ProbeSpec]) -> None:
+        """The batch armed everything: hand what can be parked from this test's ledger to the run's instance."""
+        parked = self._parked
+        if parked is None:
+            return
+        for spec in armed:
+            if spec is _CONSOLE:
+                parked.console_on = True
+                self.ledger.forget("disable", disable_op(self.instance_path, spec))
+                continue
+            key = self._reuse.pop(id(spec), None)
+            if key is None:
+                continue
+            self.ledger.forget("disable", disable_op(self.instance_path, spec))
+            if spec.is_dynamic:
+                self.ledger.forget("remove", Write(spec.control_file, spec.removal()))
+            self.ledger.join("disable", parked.parking_ops([spec]))
+            parked.adopt(spec, key, self._owner)
+            self._held.append(spec)
 
     def _completed(self, pending: list[_Defined]) -> list[_Defined]:
         """The probes to arm, their names resolved if they waited for a module's BTF (a probe on ``mod:func``
@@ -799,9 +907,14 @@ class TraceSession:
         return self.ledger.ops()
 
     def teardown(self) -> TeardownReport:
+        report = TeardownReport()
         try:
-            return self.ledger.undo()
+            report = self.ledger.undo()
+            return report
         finally:
+            if self._parked is not None and not self._released:
+                self._released = True
+                self._parked.release(self._held, gone=report.vanished)
             for name in self._loaded:
                 forget_module(self.backend, name)  # unloaded: its BTF is read again when it is back
 

@@ -29,6 +29,19 @@ class ElfCopies:
         self._cache: dict[str, tuple[str, Path]] = {} if cache is None else cache
         self._checked: set[str] = set()
 
+    def identity(self, path: str) -> str:
+        """``"size mtime inode"`` of the target's file at ``path`` as this test found it ("" if unknown): a uprobe
+        holds the inode it was defined on, so a file rebuilt in place needs a new probe."""
+        if isinstance(self.backend, SharedFilesystem) and self.backend.files_are_local:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                return ""
+            return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_dev}"
+        self.local_path(path)  # checked once per test
+        cached = self._cache.get(path)
+        return cached[0] if cached is not None else ""
+
     def local_path(self, path: str) -> Path:
         if isinstance(self.backend, SharedFilesystem) and self.backend.files_are_local:
             if not os.path.exists(path):

@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
@@ -20,6 +20,9 @@ from ._errors import KtraceError, hide_for_ktrace_errors
 from ._identity import RunIdentity, stale_owner
 from ._labgrid._request import COORDINATOR_ENV, DEFAULT_TIMEOUT_S, LabgridRequest, parse_coordinator, parse_tags
 from .backends._base import Backend, Rmdir, Write
+
+if TYPE_CHECKING:
+    from ._warm import ParkedProbes
 
 __all__ = ["MARKER_KEYS", "RunState", "TargetSpec", "resolve_target", "state_key"]
 
@@ -50,6 +53,7 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "keep": ("ktrace_keep_events", "ktrace_keep_events", 100_000, "int"),
     "strict": ("ktrace_strict", "ktrace_strict", False, "bool"),
     "kernel_log": ("ktrace_kernel_log", "ktrace_kernel_log", "fail", "str"),
+    "fresh_probes": ("ktrace_fresh_probes", "ktrace_fresh_probes", False, "bool"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
 SCOPES = ("all", "run")
@@ -104,6 +108,21 @@ class TestSettings:
     strict: bool = False  # an unmet ktrace_requires fails the test instead of skipping it
     kernel_log: str = "fail"  # what a kernel splat during the test does: fail it, warn, or nothing (off)
     labgrid: Optional[LabgridRequest] = None  # the test reserves a place through a labgrid coordinator
+    fresh_probes: bool = False  # the test arms and removes its own probes in an instance of its own (no parking)
+
+    @property
+    def parks_probes(self) -> bool:
+        """Whether the test traces in the run's instance, where probes stay armed between tests (``_warm``):
+        not on a board leased per test (the next holder gets it clean), nor when the test changes the instance."""
+        return not (
+            self.fresh_probes
+            or self.boards
+            or self.labgrid is not None
+            or self.target.labgrid_place
+            or self.scope != "all"
+            or self.stream
+            or self.buffer_kb
+        )
 
 
 MAX_BUFFER_KB = 1 << 30  # 1 TiB per CPU: anything larger is a typo (the kernel would fail the allocation)
@@ -426,6 +445,7 @@ def resolve_target(config: pytest.Config, marker_kwargs: Optional[dict[str, Any]
         strict=bool(values["strict"]),
         kernel_log=str(values["kernel_log"]),
         labgrid=labgrid,
+        fresh_probes=bool(values["fresh_probes"]),
     )
 
 
@@ -442,10 +462,33 @@ class RunState:
     elf_copies: dict[str, tuple[str, Path]] = field(default_factory=dict)  # remote ELF files fetched this run
     target_snapshots: set[Path] = field(default_factory=set)  # kernel snapshots written beside cassettes this run
     owned: dict[int, tuple[Backend, float]] = field(default_factory=dict)  # targets holding our owner record
+    parked: dict[int, ParkedProbes] = field(default_factory=dict)  # the run's instance on each target (by backend)
 
     def next_serial(self) -> int:
         self.serial += 1
         return self.serial
+
+    def parked_on(self, backend: Backend) -> ParkedProbes:
+        """The run's instance on ``backend``'s target, where tests park their probes."""
+        from ._warm import ParkedProbes
+
+        parked = self.parked.get(id(backend))
+        if parked is None:
+            parked = self.parked[id(backend)] = ParkedProbes(
+                backend, lambda: self.identity.instance(self.next_serial())
+            )
+        return parked
+
+    def retire_parked(self) -> list[str]:
+        """Every parked probe disabled and removed, each run instance removed; what failed, by owning test."""
+        failures: list[str] = []
+        for parked in self.parked.values():
+            try:
+                failures.extend(f"{parked.backend.name}: {failure}" for failure in parked.close())
+            except Exception as exc:  # a backend's own failure: still retire the others
+                failures.append(f"{parked.backend.name}: {exc}")
+        self.parked.clear()
+        return failures
 
     def backend_for(self, config: pytest.Config, target: TargetSpec) -> Backend:
         """The one backend of ``target`` for this run, made by the hook and cleaned of our stale leftovers."""
@@ -520,6 +563,8 @@ class RunState:
             if failures:
                 print(f"pytest-ktrace: could not clean up {session.instance}: {failures}", file=sys.stderr)
         self.live.clear()
+        for failure in self.retire_parked():
+            print(f"pytest-ktrace: could not retire a parked probe on {failure}", file=sys.stderr)
         from . import _owners as owners
 
         for backend, _ in self.owned.values():

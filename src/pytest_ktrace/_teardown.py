@@ -35,6 +35,7 @@ class TeardownReport:
     inspected: list[str] = field(default_factory=list)  # what the last look (read_first) found wrong
     deferred: str = ""  # why teardown was handed to the backend for its next connection
     failed_commands: list[str] = field(default_factory=list)  # those of the failures a command on the target said
+    vanished: list[str] = field(default_factory=list)  # events (group/event) gone before teardown reached them
 
     def __bool__(self) -> bool:
         return bool(self.failures)
@@ -44,6 +45,18 @@ class TeardownReport:
         """Whether a cassette holds everything that failed: a command's answer is recorded and replayed, a tracefs
         operation the kernel refused at teardown is not (the fake would undo it without a word)."""
         return len(self.failures) == len(self.failed_commands)
+
+
+def _event_of(op: Op) -> str:
+    """The event (``group/event``) an undo operation is about: a removal's, or the event whose file it writes."""
+    if not isinstance(op, Write):
+        return ""
+    if op.data.startswith("-:"):
+        return op.data[2:]
+    parts = op.path.split("/")
+    if len(parts) >= 4 and parts[-4] == "events" and parts[-1] in ("enable", "filter", "trigger"):
+        return f"{parts[-3]}/{parts[-2]}"
+    return ""
 
 
 class TeardownLedger:
@@ -89,10 +102,6 @@ class TeardownLedger:
         removed it, which is worth a note."""
         self._created.add(event)
 
-    @property
-    def holds_instance(self) -> bool:
-        return bool(self._stages["instance"])
-
     def ops(self) -> list[Op]:
         """Every tracefs operation that undoes this test, in the kernel's order."""
         return [op for stage in STAGES for op in self._stages[stage]]
@@ -110,11 +119,11 @@ class TeardownLedger:
         # with modules to unload, their files go after them, in a batch of their own
         files = self._stages["files"] if self._unloads else []
         ops = [op for op in self.ops() if op not in files]
-        if not ops and not self._unloads:
+        if not ops and not self._unloads and not self._looks:
             return report
         looks = [op for op, _ in self._looks]
         try:
-            results = self.backend.apply([*looks, *ops]) if ops else []
+            results = self.backend.apply([*looks, *ops]) if ops or looks else []
             for (_, look), result in zip(self._looks, results):
                 report.inspected.extend(look(result))
             self._judge(results[len(looks) :], report)
@@ -131,9 +140,12 @@ class TeardownLedger:
         for result in results:
             if result.errno_name == "ENOENT":
                 vanished = True
-                removed = result.op.data[2:] if isinstance(result.op, Write) and result.op.data.startswith("-:") else ""
-                if removed in self._created:
-                    report.notes.append(f"probe {removed} was removed by someone else while the test ran")
+                removed = _event_of(result.op)
+                if removed:
+                    report.vanished.append(removed)
+                note = f"probe {removed} was removed by someone else while the test ran"
+                if removed in self._created and note not in report.notes:
+                    report.notes.append(note)
                 continue  # otherwise: the batch that should have created it never got that far
             if not result.ok:
                 report.failures.append(

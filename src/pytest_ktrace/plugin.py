@@ -8,6 +8,7 @@ imported when the first test uses it, and no target is reached before then. A ru
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
@@ -152,6 +153,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
     )
     option(
+        "ktrace-fresh-probes",
+        "each test defines, arms and removes its own probes in an instance of its own, instead of taking back the "
+        "ones earlier tests of the run left armed (and filtered off) in the run's instance",
+        "bool",
+        **flag,
+    )
+    option(
         "ktrace-strict",
         "an unmet @pytest.mark.ktrace_requires fails the test instead of skipping it (CI on boards)",
         "bool",
@@ -283,6 +291,21 @@ def pytest_configure_node(node: Any) -> None:
         from .report._section import WORKER_INPUT_KEY
 
         node.workerinput[WORKER_INPUT_KEY] = str(files.root)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(state_key(), None)
+    failures = state.retire_parked() if state is not None else []
+    if failures:
+        # the probes were parked by tests that passed by then: the run fails, naming them
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "pytest-ktrace could not remove probes parked by these tests:\n  " + "\n  ".join(failures)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        else:
+            print(text, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

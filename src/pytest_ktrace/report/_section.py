@@ -149,7 +149,7 @@ class Capture:
 
 def capture(session: TraceSession) -> Capture:
     """Read the session's trace now. Never raises: the report must not hide the test's own failure."""
-    found = Capture(armed=session.ledger.holds_instance, instance=session.instance, artifacts=session.artifacts)
+    found = Capture(armed=session.armed, instance=session.instance, artifacts=session.artifacts)
     try:
         found.target = session.describe_target()
     except Exception as exc:
