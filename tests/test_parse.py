@@ -1425,3 +1425,30 @@ def test_fast_built_events_are_what_the_constructor_builds() -> None:
     for event in parsed.events:
         made = Event(**{f.name: getattr(event, f.name) for f in dataclasses.fields(Event) if f.init})
         assert list(vars(event).items()) == list(vars(made).items()) and event == made
+
+
+def test_fast_path_reads_non_ascii_digits_as_the_reference() -> None:
+    """The column-wise decoder matches ``[0-9]`` where the reference's patterns say ``\\d`` only on ASCII text:
+    elsewhere a string would split at another place (here ``s`` keeps ``b=0x2 (2) z=y`` because ``b``'s
+    decimal is an Arabic-Indic 3, which ``\\d`` and ``int()`` take)."""
+    fmt = mkfmt("uni", [("int a", 4, 1), ("__data_loc char[] s", 4, 1), ("int b", 4, 1), ("__data_loc char[] z", 4, 1)])
+    cat = FormatCatalog([fmt])
+    tricky = " a=0x1 (1) s=x b=0x2 (2) z=y b=0x3 ({}) z=w"
+    for three in ("3", "\u0663"):
+        text = "\n".join(
+            line("uni", body, ts=f"{i}.5")
+            for i, body in enumerate([" a=0x1 (1) s=q b=0x7 (7) z=r", tricky.format(three)])
+        )
+        ref = TraceParser(cat)._parse_slow(text)
+        assert [e.fields for e in ref.events][1] == {"a": 1, "s": "x b=0x2 (2) z=y", "b": 3, "z": "w"}
+        parsed = TraceParser(cat).parse(text)
+        assert [_event_key(e) for e in parsed.events] == [_event_key(e) for e in ref.events]
+
+
+@pytest.mark.parametrize("end", ["", "\n", "\n\n"])
+def test_index_reads_the_first_and_last_lines(end: str) -> None:
+    body = " __probe_func=0x1 (1) __probe_ret_ip=0x2 (2) ret=0x0 (0)"
+    lines = [line("fret", body, ts=f"{i}.0") for i in range(3)]
+    parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse("\n".join(lines) + end)
+    assert [e.raw for e in parsed.events] == lines and parsed.unparsed == []
+    assert parsed.event_counts() == {("fp", "fret"): 3}

@@ -345,16 +345,18 @@ _HEADER_RE = re.compile(
 HEADER_RE = _HEADER_RE  # what an event header line is, for other readers of trace text (stacks.py)
 _LOST_RE = re.compile(r"CPU:(\d+) \[LOST(?: (\d+))? EVENTS\]\s*")
 
-# value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error
+# value patterns of print_fields(); integer patterns have two groups: the decimal in parens, or an error.
+# An optional part is written "(?:X|)", not "(?:X)?": the same matches in the same order, but re runs a
+# branch much faster than a repeat. "\S+" before a blank needs no laziness: it can only end at the blank.
 _ERR = r"(<[A-Z][A-Z-]*>)"  # <OVERFLOW>, <INVALID-SIZE>, <INVALID-TYPE>
 # Strings are greedy: when a value contains text that looks like the fields after it ("name=a b=0x0 (0)"),
 # the string keeps it and the real fields are the last ones that fit. char[N] prints at most N characters.
 _V_STRING = r"(.*)"
 _V_PTR_STRING = r"(\(.*?\)|<[A-Z][A-Z-]*>)"
-_V_INT1 = r"(?:(?:'.')?\((-?\d+)\)|" + _ERR + r")"
+_V_INT1 = r"(?:(?:'.'|)\((-?\d+)\)|" + _ERR + r")"
 _V_INT24 = r"(?:(?:0x[0-9a-f]+|-?\d+) \((-?\d+)\)|" + _ERR + r")"
-_V_INT8 = r"(?:(?:0x[0-9a-f]+|\S+?(?: \[[^\]\s]+\])?) \((-?\d+)\)|" + _ERR + r")"
-_V_ARRAY = r"((?:[0-9a-f]{2}(?:,[0-9a-f]{2})*)?|<[A-Z][A-Z-]*>)"
+_V_INT8 = r"(?:(?:0x[0-9a-f]+|\S+(?: \[[^\]\s]+\]|)) \((-?\d+)\)|" + _ERR + r")"
+_V_ARRAY = r"((?:[0-9a-f]{2}(?:,[0-9a-f]{2})*|)|<[A-Z][A-Z-]*>)"
 _V_OTHER = r"(.*?)"
 
 # kinds of value conversion
@@ -501,7 +503,7 @@ class _Splitter:
     def _build_probe_fallback(self) -> None:
         """Default uprobe/kprobe output: ``(ip) a=.. b=".."`` or ``(ret_ip <- func) a=..``."""
         fields = self.fmt.fields
-        addr = r"[^()\s]+(?: \[[^\]\s]+\])?"
+        addr = r"[^()\s]+(?: \[[^\]\s]+\]|)"
         if fields[0].name == "__probe_func":
             # print_uretprobe_event() / print_kretprobe_event(): "(<ret_ip> <- <func>)"
             head = r" \((?P<ret_ip>" + addr + r") <- (?P<func>" + addr + r")\)"
@@ -651,21 +653,21 @@ def _make_event(
 # indexed parsing, lazy decoding
 # ------------------------------------------------------------------------------------------------------------
 #
-# ``TraceParser.parse`` does one cheap pass over the whole text: ``text.split("\n")`` for the lines and one
-# ``findall`` of ``_INDEX_RE`` (the per-line loop runs in C) for the event name of every line that is an
-# event header of a shape the reference parser (``TraceParser._parse_lines``, line by line) provably reads
-# the same way ("H" lines). Every other line (LOST lines, headers, noise, continuations of multi-line
-# strings, headers of odd shapes), and the H line before it when that one's event has a string that could
-# continue on it, goes through the reference parser at once, in runs that start and end where the
-# reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and their events; an H line
-# outside them is exactly one event of its name, nothing else. So the length of ``events``, ``lost``,
-# ``unparsed`` and the per-event counts are exact after that pass, before any value is converted.
+# ``TraceParser.parse`` does one cheap pass over the whole text: ``text.split("\n")`` for the lines and one ``findall``
+# of ``_INDEX_RE`` (the per-line loop runs in C; a row per newline, for the line after it, and the first line matched on
+# its own) for the event name of every line that is an event header of a shape the reference parser
+# (``TraceParser._parse_lines``, line by line) provably reads the same way ("H" lines). Every other line (LOST lines,
+# headers, noise, continuations of multi-line strings, headers of odd shapes), and the H line before it when that one's
+# event has a string that could continue on it, goes through the reference parser at once, in runs that start and end
+# where the reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and their events; an H line
+# outside them is exactly one event of its name, nothing else. So the length of ``events``, ``lost``, ``unparsed`` and
+# the per-event counts are exact after that pass, before any value is converted.
 #
-# The typed events of the H lines are decoded per event name when first needed (``_LazyEvents``): the lines
-# of one event are joined and split with one more ``findall`` per way the event prints (its own value
-# patterns, unchanged), the values converted column by column and the events built by one generated
-# comprehension per event; a line that fits no form goes through the reference's per-line decoder. The
-# splitters are those of parse time (a later catalog change does not change the result).
+# The typed events of the H lines are decoded per event name when first needed (``_LazyEvents``): the lines of one event
+# are joined and split with one more ``findall`` per way the event prints (its own value patterns, unchanged but for
+# ``[0-9]`` for ``\d`` on ASCII text), the values converted column by column and the events built by one generated
+# comprehension per event; a line that fits no form goes through the reference's per-line decoder. The splitters are
+# those of parse time (a later catalog change does not change the result).
 #
 # Why an H line's header is the reference's: ``_INDEX_RE`` matches ``comm-pid [(tgid)] [cpu]`` up to the
 # first ``]``, with a ``comm`` holding no ``-<ASCII digit>``, then ``[flags] <ts>: <name>:``, with ASCII digits
@@ -678,10 +680,15 @@ def _make_event(
 # such names are no H lines. The body is the same text, matched by the same value patterns. Lines with tabs
 # or non-ASCII digits in the header are no H lines (the reference reads them, exactly as ever).
 
-_INDEX_RE = re.compile(
-    r"(?m)^(?:[^\]\n-]*(?:-(?![0-9])[^\]\n-]*)*-[0-9]+ +(?:\( *[0-9-]+\) +)?\[[0-9]+\] +(?:\S+ +)?"
-    r"[0-9]+(?:\.[0-9]+)?: ([^\s:]+):[^\n]*|[^\n]*)$"
-)  # one row per line: the event name, "" for lines of another shape
+_H_LINE = (
+    r"[^\]\n-]*(?:-(?![0-9])[^\]\n-]*)*-[0-9]+ +(?:\( *[0-9-]+\) +|)\[[0-9]+\] +(?:\S+ +|)"
+    r"[0-9]+(?:\.[0-9]+|): ([^\s:]+):"
+)  # no part of it matches a newline
+# One row per newline, for the line after it: the event name, "" for lines of another shape (the first line
+# is _FIRST_INDEX_RE's). A pattern that starts with a newline lets re skip to the next line at memchr speed
+# instead of matching the rest of each line.
+_INDEX_RE = re.compile(r"\n(?:" + _H_LINE + "|)")
+_FIRST_INDEX_RE = re.compile(_H_LINE)
 _PREFIX_RE = re.compile(r"\s*((?!\s).*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
 _DASH_DIGIT_RE = re.compile(r"-\d")
 _NUMERIC_NAME_RE = re.compile(r"\d+(?:\.\d+)?")
@@ -734,12 +741,15 @@ class _FastForm:
     ``regex`` (``findall`` over H lines of the event joined by newlines) yields one row per line: groups 0
     and 1 are the ``comm-pid [cpu]`` prefix and the timestamp, group 2 is ``" "`` when the body matched the
     event's own patterns; ``columns`` say how groups become the values, in the order of the reference
-    parser's dict; ``build`` makes the events' ``__dict__``s."""
+    parser's dict; ``build`` makes the events' ``__dict__``s. ``ascii`` is ``regex`` for ASCII text, where
+    the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per digit)."""
 
-    __slots__ = ("build", "columns", "regex")
+    __slots__ = ("ascii", "build", "columns", "regex")
 
     def __init__(self, regex: str, names: Sequence[str], columns: Sequence[_Column]) -> None:
         self.regex: Pattern[str] = re.compile(regex)
+        # the value patterns' "-?\d+" only (re.escape()d names never hold a bare "-?")
+        self.ascii: Pattern[str] = re.compile(regex.replace(r"-?\d+", "-?[0-9]+"))
         self.columns: Tuple[_Column, ...] = tuple(columns)
         self.build = _builder(tuple(names))
 
@@ -750,11 +760,12 @@ _VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, 
 def _marked(name: str, parts: Sequence[str]) -> str:
     """Body parts (each starting with ``" "``) -> the multi-line findall pattern for whole H lines of event
     ``name``, with the match marker. ``.`` without DOTALL cannot cross a newline, so on one line it is the
-    reference's DOTALL ``.``. The header splits only one way: the prefix ends at the first ``]``, blanks are
+    reference's DOTALL ``.``. The prefix runs to the first ``]`` without minding newlines: every line given
+    is an H line, whose first ``]`` closes its cpu column. The header splits only one way: blanks are
     greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
     by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
     (never an H line)."""
-    head = r"([^\]\n]*\]) +(?:\S+ +)?([0-9]+(?:\.[0-9]+)?): " + re.escape(name) + ":"
+    head = r"([^\]]*\]) +(?:\S+ +|)([0-9]+(?:\.[0-9]+|)): " + re.escape(name) + ":"
     return r"(?m)^(?:" + head + "( )" + parts[0][1:] + "".join(parts[1:]) + r"|[^\n]*)$"
 
 
@@ -1013,7 +1024,9 @@ def _decode_group(
             break
         tried.append(form)
         sub = raws if len(pending) == m else [raws[j] for j in pending]
-        rows = form.regex.findall("\n".join(sub))
+        joined = "\n".join(sub)
+        rows = (form.ascii if joined.isascii() else form.regex).findall(joined)
+        del joined
         if len(rows) != len(sub):
             return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
         vcols: List[Sequence[str]] = list(zip(*rows))
@@ -1342,6 +1355,8 @@ class TraceParser:
         parses line by line)."""
         lines = text.split("\n")
         names: List[str] = _INDEX_RE.findall(text)
+        first = _FIRST_INDEX_RE.match(text)
+        names.insert(0, first.group(1) if first is not None else "")
         if len(names) != len(lines):
             return None  # every line yields one row; anything else would be a bug here
         if lines[-1] == "":
