@@ -39,12 +39,13 @@ _LINE_BY_LINE_MAX = 64  # recorded trace lines decoded one by one, below the who
 def _refused(op: Op) -> Optional[OpResult]:
     """What a kernel would answer to arguments no system call can carry: a path or data that is no text
     (EFAULT, a bad buffer), or text that cannot be encoded (a lone surrogate outside U+DC80..U+DCFF)."""
-    texts = [getattr(op, "path", None)] + ([op.data] if isinstance(op, Write) else [])
-    for text in texts:
+    path = getattr(op, "path", None)
+    data = op.data if isinstance(op, Write) else ""
+    if type(path) is str and type(data) is str and path.isascii() and data.isascii():
+        return None  # what the plugin sends: nothing to check further
+    for text in (path, data):
         if not isinstance(text, str):
             return OpResult(op, ok=False, errno_name="EFAULT", error=os.strerror(errno_mod.EFAULT))
-        if text.isascii():
-            continue
         try:
             text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
@@ -121,6 +122,7 @@ class FakeBackend:
         self._next_pid = 40000
         self._followed: list[str] = []  # the pid files of this test's background commands (scope="run")
         self._lock = threading.RLock()
+        self._info: Optional[tuple[KernelSnapshot, TargetInfo]] = None
 
     @property
     def name(self) -> str:
@@ -131,16 +133,20 @@ class FakeBackend:
         return self._round_trips
 
     def describe(self) -> TargetInfo:
-        return TargetInfo(
-            name=f"fake:{self.snapshot.name}",
-            backend="fake",
-            release=self.snapshot.release,
-            arch=self.snapshot.arch,
-            tracefs=_ROOT,
-            # snapshots list the features their files show; the kernel log event is in every snapshot's events
-            features=frozenset(self.snapshot.features)
-            | ({"printk_console"} if self.snapshot.has_event("printk:console") else set()),
-        )
+        snapshot = self.snapshot
+        if self._info is None or self._info[0] is not snapshot:  # the session asks several times per test
+            info = TargetInfo(
+                name=f"fake:{snapshot.name}",
+                backend="fake",
+                release=snapshot.release,
+                arch=snapshot.arch,
+                tracefs=_ROOT,
+                # snapshots list the features their files show; the kernel log event is in every snapshot's events
+                features=frozenset(snapshot.features)
+                | ({"printk_console"} if snapshot.has_event("printk:console") else set()),
+            )
+            self._info = (snapshot, info)
+        return self._info[1]
 
     # ---------------------------------------------------------------- replay
     def play(self, player: Optional[Player]) -> None:
