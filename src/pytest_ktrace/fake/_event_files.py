@@ -2,7 +2,9 @@
 
 :class:`EventFiles` reads and writes the per-event state an array keeps (:class:`~._trace_arrays.EventFile`):
 ``enable`` at the event, system and top level, ``filter`` (compiled by :mod:`._filters`; a system's filter is
-applied to each of its events), the ``stacktrace`` trigger, and the ``set_event``/``available_events`` lists.
+applied to each of its events), the ``stacktrace`` trigger, hist triggers and the ``hist`` file (:mod:`._hist`,
+where the kernel has them), and the ``set_event``/``available_events`` lists. An event a hist trigger holds is in
+soft mode: enabled for the lists and summaries, ``enable`` shows ``0*``/``1*``, its hits reach the trigger only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Callable, Optional
 
 from ._events import EventDefinition, EventTable
 from ._filters import FILTER_WRITE_LIMIT, CompiledFilter, FilterError, normalize_filter_text
+from ._hist import HistTables
 from ._kernel import FakeKernel
 from ._kernel_lib import KERNEL_SPACE, from_kernel_bytes, isspace, to_kernel_bytes
 from ._syscall_errors import FakeOSError, errno_code
@@ -53,9 +56,10 @@ def _trigger_help(readme: str) -> str:
     return "# Available triggers:\n# " + " ".join(names) + "\n"
 
 
-def _enable_summary(array: TraceArray, events: list[EventDefinition]) -> str:
-    """A system's or the top ``enable`` file: 1 or 0 when all events agree, X when they differ, ? without any."""
-    states = {array.is_enabled(e.key) for e in events}
+def _enable_summary(array: TraceArray, events: list[EventDefinition], hists: HistTables) -> str:
+    """A system's or the top ``enable`` file: 1 or 0 when all events agree, X when they differ, ? without any (an
+    event in soft mode counts as enabled: EVENT_FILE_FL_ENABLED is set)."""
+    states = {array.is_enabled(e.key) or hists.soft_enabled(array, e.key) for e in events}
     if not states:
         return "?\n"
     return "X\n" if len(states) == 2 else ("1\n" if True in states else "0\n")
@@ -68,6 +72,8 @@ class EventFiles:
         self._kernel = kernel
         self._table = table
         self._trigger_help = _trigger_help(kernel.snapshot.readme)
+        self.hist_supported = "hist" in kernel.snapshot.features
+        self.hists = HistTables(kernel)
 
     # --- lists ------------------------------------------------------------------------------------------------
 
@@ -76,7 +82,10 @@ class EventFiles:
 
     def set_event_listing(self, array: TraceArray) -> str:
         events = self._table.ordered_for(array.created_serial)
-        return "".join(f"{e.system}:{e.name}\n" for e in events if array.is_enabled(e.key))
+        hists = self.hists
+        return "".join(
+            f"{e.system}:{e.name}\n" for e in events if array.is_enabled(e.key) or hists.soft_enabled(array, e.key)
+        )
 
     # --- reads ------------------------------------------------------------------------------------------------
 
@@ -84,29 +93,34 @@ class EventFiles:
         """The file ``events/...`` named by ``rest`` (``["events", system, event, file]`` or shorter)."""
         if len(rest) == 2:
             if rest[1] == "enable":
-                return _enable_summary(array, list(self._table.events.values()))
+                return _enable_summary(array, list(self._table.events.values()), self.hists)
             return ""  # header_event / header_page: ring-buffer internals, not modelled
         system = self._table.systems[rest[1]]
         if len(rest) == 3:
             if rest[2] == "enable":
-                return _enable_summary(array, list(system.values()))
+                return _enable_summary(array, list(system.values()), self.hists)
             return _SYSTEM_FILTER_HELP
         definition = system[rest[2]]
         event_file = array.files.get(definition.key, EventFile())
+        soft = "*" if self.hists.soft_enabled(array, definition.key) else ""
         readers: dict[str, Callable[[], str]] = {
-            "enable": lambda: "1\n" if event_file.enabled else "0\n",
+            "enable": lambda: ("1" if event_file.enabled else "0") + soft + "\n",
             "filter": lambda: event_file.filter_text if event_file.filter_text is not None else "none\n",
             "format": lambda: definition.format_text,
             "id": lambda: f"{definition.event_id}\n",
-            "trigger": lambda: self._trigger_text(event_file),
+            "trigger": lambda: self._trigger_text(array, definition, event_file),
+            "hist": lambda: self.hists.read(array, definition),
         }
         return readers[rest[3]]()
 
-    def _trigger_text(self, event_file: EventFile) -> str:
-        if not event_file.stacktrace:
-            return self._trigger_help
-        condition = f" if {event_file.stack_filter_text}" if event_file.stack_filter_text else ""
-        return f"stacktrace:unlimited{condition}\n"
+    def _trigger_text(self, array: TraceArray, definition: EventDefinition, event_file: EventFile) -> str:
+        """The triggers in the kernel's list order: a stacktrace trigger is added at its head, hist ones at its
+        tail."""
+        lines = self.hists.trigger_lines(array, definition.key)
+        if event_file.stacktrace:
+            condition = f" if {event_file.stack_filter_text}" if event_file.stack_filter_text else ""
+            lines.insert(0, f"stacktrace:unlimited{condition}\n")
+        return "".join(lines) if lines else self._trigger_help
 
     # --- enabling ---------------------------------------------------------------------------------------------
 
@@ -195,13 +209,17 @@ class EventFiles:
 
     def _write_trigger(self, path: str, array: TraceArray, definition: EventDefinition, data: str) -> None:
         """The ``stacktrace`` trigger (event_trigger_parse): ``stacktrace[:N] [if FILTER]`` sets it (EEXIST when
-        set), ``!stacktrace`` clears it (ENOENT when not set). Other triggers are not modelled (EINVAL)."""
+        set), ``!stacktrace`` clears it (ENOENT when not set); hist triggers where the kernel has them
+        (:mod:`._hist`). Other triggers are not modelled (EINVAL)."""
         text = data.strip()
         if not text:
             return
         command, _, rest = text.partition(" ")
         remove = command.startswith("!")
         name = command.lstrip("!").split(":", 1)[0]
+        if name == "hist" and self.hist_supported:
+            self.hists.write(path, array, definition, text)
+            return
         if name != "stacktrace":
             raise FakeOSError(errno.EINVAL, path)
         event_file = array.file(definition.key)

@@ -69,6 +69,8 @@ class PathRouter:
         self._arrays = arrays
         self._event_files = event_files
         self._dynamic_events = dynamic_events
+        # CONFIG_HIST_TRIGGERS gives every event a hist file
+        self._event_file_names = (*_EVENT_FILES, "hist") if event_files.hist_supported else _EVENT_FILES
         # Files whose content is not the trace array's alone.
         self._shared_readers: dict[str, Callable[[TraceArray], str]] = {
             "available_events": event_files.available_events,
@@ -141,7 +143,7 @@ class PathRouter:
         if len(rest) == 2:
             return [*system, "enable", "filter"]
         if len(rest) == 3 and rest[2] in system:
-            return list(_EVENT_FILES)
+            return list(self._event_file_names)
         return None
 
     def _is_file(self, array: TraceArray, rest: list[str]) -> bool:
@@ -162,7 +164,7 @@ class PathRouter:
             return False
         if len(rest) == 3:
             return rest[2] in ("enable", "filter")
-        return len(rest) == 4 and rest[2] in system and rest[3] in _EVENT_FILES
+        return len(rest) == 4 and rest[2] in system and rest[3] in self._event_file_names
 
     # --- directories ------------------------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class PathRouter:
             raise FakeOSError(errno.EPERM, path)
         if self._arrays.instances[parts[1]].open_references:
             raise FakeOSError(errno.EBUSY, path)
+        self._event_files.hists.clear(self._arrays.instances[parts[1]], self._table.events)
         self._arrays.remove(parts[1])
 
     # --- files ------------------------------------------------------------------------------------------------

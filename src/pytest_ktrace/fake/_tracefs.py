@@ -97,9 +97,9 @@ class FakeTracefs:
         self._events = EventTable(snapshot)
         self._arrays = TraceArrays(self._kernel, self._events.serial)
         dynamic = DynamicEvents(self._kernel, self._events, self._arrays)
-        self._paths = PathRouter(
-            self._kernel, self._events, self._arrays, EventFiles(self._kernel, self._events), dynamic
-        )
+        event_files = EventFiles(self._kernel, self._events)
+        self._hists = event_files.hists  # hist triggers count each hit, enabled or not (see _hist)
+        self._paths = PathRouter(self._kernel, self._events, self._arrays, event_files, dynamic)
         self.modules = ModuleTable(self._kernel, self._events, self._arrays, dynamic.modules_changed)
 
     def read(self, path: str) -> str:
@@ -190,6 +190,9 @@ class FakeTracefs:
         record = EventRecord(definition.layout, pid, comm, cpu, when, values, irq_flags, preempt_count)
         recorded = 0
         for array in self._arrays.all():
+            self._hists.hit(
+                array, definition.key, values, filter_values, pid=pid, comm=comm, cpu=cpu, timestamp=when, stack=stack
+            )
             if array.record_event(definition.key, record, filter_values, pid if tgid is None else tgid, stack):
                 recorded += 1
         for array in self._arrays.all():
