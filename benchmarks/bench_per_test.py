@@ -27,9 +27,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from loopback_sshd import ssh_backend  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import Result, emit  # noqa: E402
+
 from ktrace_testing import build_probed  # noqa: E402
 from pytest_ktrace._identity import RunIdentity  # noqa: E402
 from pytest_ktrace._session import TraceSession  # noqa: E402
+from pytest_ktrace._warm import ParkedProbes  # noqa: E402
 from pytest_ktrace.backends._base import Backend, Op, OpResult  # noqa: E402
 from pytest_ktrace.backends._local import LocalBackend  # noqa: E402
 
@@ -89,26 +93,78 @@ def setup_irq_test(arch: str) -> Callable[[TraceSession], None]:
     return body
 
 
-def measure(backend: Any, body: Callable[[TraceSession], None], rounds: int) -> tuple[float, float, float]:
+def measure(
+    backend: Any, body: Callable[[TraceSession], None], rounds: int, *, parked: bool = False
+) -> tuple[float, float, float]:
+    """Median and min seconds per test and median round trips; ``parked``: as the plugin runs a suite by default,
+    the probes parked in the run's instance between tests (else each test's own instance, --ktrace-fresh-probes)."""
     identity = RunIdentity.current()
     times: list[float] = []
     trips: list[int] = []
     backend.describe()
     elf_copies: dict[str, Any] = {}  # what the plugin shares across one run's tests
-    for serial in range(1, rounds + 2):
-        before = backend.round_trips
-        started = time.perf_counter()
-        session = TraceSession(backend, identity, serial, elf_cache=elf_copies)
-        try:
-            body(session)
-        finally:
-            report = session.teardown()
-        elapsed = time.perf_counter() - started
-        assert not report, report.failures
-        if serial > 1:  # the first round warms caches (ELF symbols, formats, connection)
-            times.append(elapsed)
-            trips.append(backend.round_trips - before)
+    serials = iter(range(1, 10_000))
+    pool = ParkedProbes(backend, lambda: identity.instance(next(serials))) if parked else None
+    try:
+        for round_number in range(1, rounds + 2):
+            before = backend.round_trips
+            started = time.perf_counter()
+            session = TraceSession(backend, identity, next(serials), elf_cache=elf_copies, parked=pool)
+            try:
+                body(session)
+            finally:
+                report = session.teardown()
+            elapsed = time.perf_counter() - started
+            assert not report, report.failures
+            if round_number > 1:  # the first round warms caches (ELF symbols, formats, connection) and arms
+                times.append(elapsed)
+                trips.append(backend.round_trips - before)
+    finally:
+        if pool is not None:
+            assert not pool.close()
     return statistics.median(times), min(times), statistics.median(trips)
+
+
+def bare_loop(binary: str, rounds: int) -> float:
+    """The same two-probe test as tracefs operations in a plain Python loop, without the plugin: an instance,
+    two uprobe events defined and enabled, the command, the trace read, then disable, rmdir and removal. Median
+    seconds per test."""
+    import os
+    import subprocess
+
+    from pytest_ktrace._elf import symbol_file_offset
+
+    tracefs = "/sys/kernel/tracing"
+    offset = symbol_file_offset(binary, "setup_thing")
+    group = f"ktrace_bare_{os.getpid()}"
+
+    def append(path: str, text: str) -> None:
+        fd = os.open(f"{tracefs}/{path}", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    times = []
+    for number in range(rounds + 1):
+        started = time.perf_counter()
+        instance = f"instances/{group}_{number}"
+        os.mkdir(f"{tracefs}/{instance}")
+        append("uprobe_events", f"p:{group}/entry_{number} {binary}:{offset:#x} irq=%di:s32 name=+0(%si):string")
+        append("uprobe_events", f"r:{group}/exit_{number} {binary}:{offset:#x} ret=%ax:s32")
+        for event in (f"entry_{number}", f"exit_{number}"):
+            append(f"{instance}/events/{group}/{event}/enable", "1")
+        subprocess.run([binary, "setup", "eth2", "30"], stdout=subprocess.DEVNULL, check=True)
+        with open(f"{tracefs}/{instance}/trace") as trace:
+            assert "irq=30" in trace.read()
+        for event in (f"entry_{number}", f"exit_{number}"):
+            append(f"{instance}/events/{group}/{event}/enable", "0")
+        os.rmdir(f"{tracefs}/{instance}")
+        for event in (f"entry_{number}", f"exit_{number}"):
+            append("uprobe_events", f"-:{group}/{event}")
+        if number:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -120,7 +176,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ktrace-bench-") as scratch:
         binary = str(build_probed(Path(scratch)))
         body = uprobe_test(binary)
+        bare = bare_loop(binary, args.rounds)
         rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
+        rows.append(("local, probes parked between tests", *measure(LocalBackend(), body, args.rounds, parked=True)))
+        local_parked = rows[-1][1]
         from pytest_ktrace.fake._backend import FakeBackend
         from pytest_ktrace.snapshots._snapshot import load_snapshot
 
@@ -129,6 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         with ssh_backend(Path(scratch)) as ssh:
             rows.append(("ssh 127.0.0.1, batched", *measure(ssh, body, args.rounds)))
+            rows.append(("ssh 127.0.0.1, probes parked", *measure(ssh, body, args.rounds, parked=True)))
             rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
 
         if not args.no_vm:
@@ -151,6 +211,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{'backend':38} {'median ms':>10} {'min ms':>8} {'round trips':>12} {'x local':>8}")
     for name, median, fastest, trips in rows:
         print(f"{name:38} {median * 1e3:10.1f} {fastest * 1e3:8.1f} {trips:12.0f} {median / base:8.2f}")
+    print(f"{'bare Python loop, same tracefs writes':38} {bare * 1e3:10.1f}")
+    print(
+        f"local with parked probes / bare loop: {local_parked / bare:.2f}x (fresh probes per test: {base / bare:.2f}x)"
+    )
+    emit(
+        Result(
+            benchmark="bench_per_test",
+            metric="two-uprobe test on this machine, probes parked between tests (the default)",
+            value=local_parked * 1e3,
+            unit="ms",
+            baseline="the same tracefs operations per test in a bare Python loop",
+            baseline_value=bare * 1e3,
+        )
+    )
+    emit(
+        Result(
+            benchmark="bench_per_test",
+            metric="two-uprobe test on this machine, --ktrace-fresh-probes",
+            value=base * 1e3,
+            unit="ms",
+            baseline="the same tracefs operations per test in a bare Python loop",
+            baseline_value=bare * 1e3,
+        )
+    )
     return 0
 
 
