@@ -1,6 +1,7 @@
 """``ktrace.count_by()`` and ``ktrace.latency_histogram()``: aggregates that see every event of their probes and keep
 none, fed from the whole trace at each collection or, in stream mode, by the pump as events stream past. What the
-test holds (``counter``, ``histogram``) changes only at sync points, when the session publishes."""
+test holds (``counter``, ``histogram``) changes only at sync points, when the session publishes. Where the target
+has hist triggers, ``count_by()`` is counted by the kernel instead (:mod:`._hist`); ``source`` says which."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import TASK_KEYS, Event
@@ -19,6 +20,7 @@ __all__ = [
     "Aggregate",
     "AggregateSet",
     "CountBy",
+    "Counted",
     "Histogram",
     "LatencyHistogram",
 ]
@@ -26,6 +28,22 @@ __all__ = [
 __tracebackhide__ = hide_for_ktrace_errors
 
 DEFAULT_BUCKETS_US: Tuple[float, ...] = (10, 100, 1000, 10_000, 100_000, 1_000_000)
+_LATENCY_STREAMS = (
+    "a latency pairs two events of a task; the kernel pairs them only through a synthetic event and onmatch(), "
+    "which keep one open entry per task (no nesting) and set the instance's trace clock, so the streamed events "
+    "are paired here"
+)
+
+
+class Counted(Counter[Any]):
+    """What ``ktrace.count_by()`` returns: a :class:`collections.Counter` that says where its counts come from.
+    ``source`` is ``"kernel"`` (a hist trigger counted every hit, whatever the rate) or ``"stream"`` (counted here
+    from the probe's events as they come out of the kernel: ``why`` says why the kernel did not count them).
+    ``dropped``: with ``"kernel"``, hits of values the kernel's table had no room for (a warning said so)."""
+
+    source = "stream"
+    why = ""
+    dropped = 0
 
 
 class Aggregate(Protocol):
@@ -50,6 +68,8 @@ class Histogram:
             raise KtraceError(f"histogram buckets {tuple(bounds)!r} must be positive and strictly increasing")
         self.bounds = cleaned
         self.label = label
+        self.source = "stream"  # always paired here, from the probes' events (see why)
+        self.why = _LATENCY_STREAMS
         self.counts: List[int] = [0] * (len(cleaned) + 1)
         self.count = 0
         self.min: Optional[float] = None
@@ -142,11 +162,11 @@ class CountBy:
     """``ktrace.count_by(probe, field)``: a :class:`collections.Counter` of the field's values (``pid``, ``comm``,
     ``cpu`` work too), fed by every event of the probe (view criteria apply)."""
 
-    def __init__(self, view: Any, name: str) -> None:
+    def __init__(self, view: Any, name: str, counter: Optional[Counted] = None) -> None:
         self.view = view
         self.field = name
         self.keys: Tuple[Tuple[str, str], ...] = ((view.spec.group, view.spec.event),)
-        self.counter: Counter[Any] = Counter()  # what the test sees (updated at sync points)
+        self.counter: Counted = Counted() if counter is None else counter  # what the test sees (at sync points)
         self._acc: Counter[Any] = Counter()  # fed by the pump
 
     def feed(self, key: Tuple[str, str], event: Event) -> None:
@@ -202,10 +222,12 @@ class AggregateSet:
 
     def __init__(self, catalog: FormatCatalog) -> None:
         self.catalog = catalog
-        self.all: List[Union[CountBy, LatencyHistogram]] = []
+        self.all: List[Aggregate] = []
         self._unchecked: List[CountBy] = []
 
-    def add(self, aggregate: Union[CountBy, LatencyHistogram]) -> None:
+    def add(self, aggregate: Aggregate) -> None:
+        if aggregate in self.all:
+            return  # the kernel's counts (one aggregate for all of them)
         self.all.append(aggregate)
         if isinstance(aggregate, CountBy):
             self._unchecked.append(aggregate)

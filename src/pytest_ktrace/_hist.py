@@ -34,12 +34,14 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import pytest
 
+from ._aggregates import Counted
 from ._errors import HistUnavailable, KtraceError, ProbeRejected, hide_for_ktrace_errors
+from ._events import TASK_KEYS
 from ._parse import EventFormat, FieldFormat
 from .backends._base import Backend, Op, OpResult, Read, Write
 
@@ -55,6 +57,7 @@ __all__ = [
     "Task",
     "decode",
     "hist_spec",
+    "kernel_count_key",
     "parse_hist",
 ]
 
@@ -66,6 +69,7 @@ MIN_SIZE = 1 << 7  # TRACING_MAP_BITS_MIN
 MAX_SIZE = 1 << 17  # TRACING_MAP_BITS_MAX
 DEFAULT_SIZE = 1 << 11  # TRACING_MAP_BITS_DEFAULT
 MAX_SORT = 2  # TRACING_MAP_SORT_KEYS_MAX
+COUNT_SIZE = 1 << 13  # count_by()'s table: more distinct values than a test looks at, ~1 MB of kernel memory
 
 # parse_field(): the modifiers a key may carry ("buckets=N" aside); a value takes .hex only (the others are
 # display forms the kernel refuses or, for .percent/.graph, prints in another shape)
@@ -572,19 +576,97 @@ class HistResult(Mapping[Any, HistEntry]):
             raise KtraceError(f"hist({self.probe}) sums {[v.name for v in self.spec.values]}, not {value!r}")
         return Counter({key: entry.sums[value] for key, entry in self._complete_entries().items()})
 
+    # a live view of the kernel's table: compared by identity (comparing contents would read the target)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
     def __repr__(self) -> str:
         data = self._data
         state = f"{data.count} entries, {data.hits} hits, {data.dropped} dropped" if self._read else "not read yet"
         return f"<HistResult {self.probe} {self.spec.command!r}: {state}>"
 
 
+# ------------------------------------------------------------------------------------------------------ count_by
+_CONVERSION = re.compile(r"%%|%[-+ #0]*\d*(?:\.\d+)?(?:hh|h|ll|l|L|z|j|t)?[a-zA-Z]")
+_INT_CONVERSION = re.compile(r"%[-+ #0]*\d*(?:hh|h|ll|l|L|z|j|t)?[diu]")
+
+
+def _printed_as_number(fmt: EventFormat, name: str) -> bool:
+    """Whether the trace prints ``name`` as the number it holds (so its parsed event value is that number): a
+    probe's integer argument unless it is printed as a symbol (``%pS``); a tracepoint's field printed by a decimal
+    conversion of ``REC->name`` itself (not through __print_symbolic() and the like)."""
+    text = fmt.print_fmt
+    if fmt.is_probe:
+        return not re.search(rf"\b{re.escape(name)}=%p", text)
+    quoted, _, arguments = text.partition('",')
+    match = re.search(rf"\b{re.escape(name)}=%", quoted)
+    if match is None:
+        return False
+    position = len([c for c in _CONVERSION.findall(quoted[: match.end() - 1]) if c != "%%"])
+    conversion = _CONVERSION.match(quoted, match.end() - 1)
+    listed = _top_level_split(arguments)
+    if conversion is None or position >= len(listed):
+        return False
+    argument = re.sub(r"^\([^()]*\)\s*", "", listed[position].strip())  # a cast
+    return argument == f"REC->{name}" and _INT_CONVERSION.fullmatch(conversion.group()) is not None
+
+
+def _top_level_split(text: str) -> list[str]:
+    """A print fmt's arguments, split at the commas between them (not those inside a call)."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def kernel_count_key(fmt: EventFormat, name: str) -> tuple[str, str]:
+    """The hist key that counts ``count_by(probe, name)`` in the kernel, giving the values the probe's events hold
+    (:data:`~pytest_ktrace._events.TASK_KEYS`), or ``""`` and why the events must be counted instead."""
+    own = fmt.field(name) if not name.startswith("common_") else None
+    if name == "task_pid" or (name == "pid" and own is None):
+        return "common_pid", ""
+    if name == "task_cpu" or (name == "cpu" and own is None):
+        return "common_cpu", ""
+    if name in TASK_KEYS or (name == "comm" and own is None):
+        return "", (
+            "the kernel names a task once, by its comm at the first hit (.execname), so hits after an exec "
+            "would count under the old name"
+        )
+    if own is None:
+        return "", ""  # no such field: count_by says so
+    if own.is_string and not own.is_pointer_string:
+        if fmt.is_probe or _printed_as_string(fmt, name):
+            return name, ""
+        return "", f"the trace does not print {name} as the string it holds"
+    if own.is_integer and not own.is_array and _printed_as_number(fmt, name):
+        return name, ""
+    return "", f"the trace prints {name} ({own.ctype}) otherwise than as the number the kernel would count"
+
+
+def _printed_as_string(fmt: EventFormat, name: str) -> bool:
+    quoted = fmt.print_fmt.partition('",')[0]
+    return re.search(rf"\b{re.escape(name)}=%s", quoted) is not None
+
+
 # ----------------------------------------------------------------------------------------------- for the session
-@dataclass
+@dataclass(eq=False)
 class _Trigger:
     result: HistResult
     view: Any  # the ProbeView it counts
     event_dir: str = ""  # group/event, fixed when armed
     armed: bool = False
+    removal: Optional[Write] = None  # what teardown writes, once joined
     listeners: list[Callable[[HistResult], None]] = field(default_factory=list)
 
 
@@ -619,6 +701,15 @@ class HistTriggers:
         self._triggers: list[_Trigger] = []
         self._fresh = False  # the last read came with a run(): publish() need not read again
 
+    # --- as an aggregate of the session: read at its sync points (see publish) ---------------------------------
+    keys: tuple[tuple[str, str], ...] = ()  # it reads no events
+
+    def feed(self, key: tuple[str, str], event: Any) -> None:
+        """Nothing: the kernel counted."""
+
+    def reset(self) -> None:
+        """Nothing: the kernel's tables are not recomputed from the trace."""
+
     # --- defining ---------------------------------------------------------------------------------------------
     def check_target(self, what: str) -> None:
         """:class:`HistUnavailable` unless the target has hist triggers."""
@@ -631,11 +722,93 @@ class HistTriggers:
                 target=info.name,
             )
 
-    def add(self, view: Any, spec: HistSpec) -> HistResult:
-        """The result of ``spec`` on ``view``'s probe; the same trigger asked twice is the same result."""
+    def hist(
+        self,
+        view: Any,
+        keys: Union[str, Sequence[str]],
+        values: Union[str, Sequence[str]] = (),
+        *,
+        filter: Optional[str] = None,
+        sort: Union[str, Sequence[str], None] = None,
+        size: Optional[int] = None,
+        scope: str = "all",
+    ) -> HistResult:
+        """``ktrace.hist()``: the checks, then :meth:`add`."""
+        what = f"hist({view.name})"
+        self.check_target(what)
+        if view._criteria:
+            raise KtraceError(
+                f"{what}: a where() view's criteria are Python matchers the kernel cannot evaluate: give the probe "
+                "itself and the condition as filter= (the kernel's filter syntax)"
+            )
+        if scope == "run":
+            raise KtraceError(
+                f"{what}: with scope='run' nothing is traced before a command's pid is in set_event_pid, but a hist "
+                "trigger counts from the moment it is set, every task's hits included; use scope='all' with "
+                "filter= (common_pid, comm) for the tasks to count"
+            )
+        spec = hist_spec(keys, values, filter=filter, sort=sort, size=size, probe_filter=view.spec.filter)
+        return self.add(view, spec, any_size=size is None)
+
+    def count_by(self, view: Any, name: str, *, ran: bool, scope: str) -> Counted:
+        """``count_by(probe, name)``: a :class:`Counted` the kernel fills (``source == "kernel"``) when it can;
+        else an empty one for the session's streamed count (``source == "stream"``, ``why`` says why)."""
+        info = self.backend.describe()
+        why = ""
+        if not info.has("hist"):
+            why = f"{info.name} has no hist triggers (CONFIG_HIST_TRIGGERS)"
+        elif view._criteria:
+            why = "a where() view's criteria are Python matchers the kernel cannot evaluate"
+        elif scope == "run":
+            why = "with scope='run' the kernel would count every task's hits before the first command"
+        elif ran:
+            why = "registered after a command ran: the kernel counts from when its trigger is set, the trace has more"
+        if why:
+            return _streamed(why)
+        group, event = view.spec.group, view.spec.event
+        if self._formats(f"{group}:{event}") is None:
+            self._arm()  # the field's type decides (and count_by names a field the probe has)
+        fmt = self._formats(f"{group}:{event}")
+        key, why = kernel_count_key(fmt, name) if fmt is not None else ("", "")
+        if not key:
+            return _streamed(why)
+        result = self.add(view, hist_spec(key, size=COUNT_SIZE, probe_filter=view.spec.filter), any_size=True)
+        counted = Counted()
+        counted.source = "kernel"
+        label = f"count_by({view.name}, {name!r})"
+
+        def follow(result: HistResult) -> None:
+            data = result._data
+            counted.clear()
+            counted.update({entry_key: entry.hitcount for entry_key, entry in data.entries.items()})
+            if data.dropped > counted.dropped:
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"{label}: the kernel's table ({result.spec.size} values) was full, so {data.dropped} "
+                        f"events of values it had no room for are not counted (counter.dropped); "
+                        f"ktrace.hist({view.name}, keys=[{key!r}], size=...) can hold up to {MAX_SIZE}"
+                    ),
+                    stacklevel=2,
+                )
+            counted.dropped = data.dropped
+
+        self.listen(result, follow)
+        self._arm()  # the trigger is set now: it counts what the stream would have seen from here
+        return counted
+
+    def add(self, view: Any, spec: HistSpec, *, any_size: bool = False) -> HistResult:
+        """The result of ``spec`` on ``view``'s probe. The kernel keeps one trigger per keys, values, sort and filter
+        whatever their sizes (another is EEXIST): asked again, it is the same result (of the size first asked, when
+        ``any_size``)."""
         for trigger in self._triggers:
-            if trigger.view.spec is view.spec and trigger.result.spec == spec:
+            if trigger.view.spec is not view.spec or replace(trigger.result.spec, size=spec.size) != spec:
+                continue
+            if trigger.result.spec.size == spec.size or any_size:
                 return trigger.result
+            raise KtraceError(
+                f"hist({view.name}): the kernel keeps one table per keys, values, sort and filter, and this one was "
+                f"asked with size={trigger.result.spec.size} already (count_by() asks for {COUNT_SIZE})"
+            )
         result = HistResult(spec, view.name, self, self._lost_policy)
         self._triggers.append(_Trigger(result, view))
         return result
@@ -663,7 +836,12 @@ class HistTriggers:
                 continue
             trigger.event_dir = trigger.view.spec.event_dir
             path = self._trigger_file(trigger)
-            self._ledger.join("disable", [Write(path, trigger.result.spec.removal)])
+            removal = Write(path, trigger.result.spec.removal)
+            if trigger.removal != removal:
+                if trigger.removal is not None:
+                    self._ledger.forget("disable", trigger.removal)
+                self._ledger.join("disable", [removal])
+                trigger.removal = removal
             ops.append(Write(path, trigger.result.spec.command))
         return ops
 
@@ -694,6 +872,8 @@ class HistTriggers:
     def _refused(self, trigger: _Trigger, result: OpResult) -> None:
         __tracebackhide__ = True
         self._triggers.remove(trigger)
+        if trigger.removal is not None:
+            self._ledger.forget("disable", trigger.removal)  # the kernel refuses it too: nothing to remove
         command = trigger.result.spec.command
         log = _error_log_entry(self.backend, f"{self._instance()}/error_log", command)
         said = log.splitlines()[0].split(" error: ", 1)[-1] if log else f"{result.errno_name} {result.error}"
@@ -727,11 +907,12 @@ class HistTriggers:
             for listener in trigger.listeners:
                 listener(trigger.result)
 
-    def refresh(self) -> None:
-        """Read every table now (one batch)."""
+    def refresh(self, *, arm: bool = True) -> None:
+        """Read every table now (one batch), the pending triggers armed first unless ``arm`` is False."""
         if self._closed():
             return
-        self._arm()
+        if arm:
+            self._arm()
         ops = self.read_ops()
         if not ops:
             return
@@ -754,8 +935,14 @@ class HistTriggers:
             self._fresh = False
             return
         if any(trigger.listeners for trigger in self._triggers):
-            self.refresh()
+            self.refresh(arm=False)  # a sync point may hold the stream's lock: arming waits for the next arm()
         self._fresh = False
+
+
+def _streamed(why: str) -> Counted:
+    counted = Counted()
+    counted.why = why
+    return counted
 
 
 def _error_log_entry(backend: Backend, path: str, command: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from ._aggregates import DEFAULT_BUCKETS_US, AggregateSet, CountBy, Histogram, LatencyHistogram
+from ._aggregates import DEFAULT_BUCKETS_US, Aggregate, AggregateSet, CountBy, Histogram, LatencyHistogram
 from ._arch import normalize_arch
 from ._arming import InstanceState, disable_op, plan_arm
 from ._assertions import Observation, ProbeView, assert_latency, assert_order
@@ -26,6 +26,7 @@ from ._checks import check_int, check_seconds, check_text, command_argv, type_na
 from ._collection import TraceCollector
 from ._errors import ConnectionLost, KtraceError, TargetError, hide_for_ktrace_errors
 from ._events import Event
+from ._hist import HistResult, HistTriggers
 from ._identity import RunIdentity
 from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
 from ._matchers import ANY
@@ -170,6 +171,16 @@ class TraceSession:
         self._loaded: list[str] = []  # modules this test loaded
         self._log = KernelLog(kernel_log, allowed=_allow_patterns(kernel_log_allow))
         self._log.source = lambda: self._current().of(*CONSOLE_EVENT)
+        self._hists = HistTriggers(  # ktrace.hist() and count_by() in the kernel (see _hist)
+            backend,
+            instance=lambda: self.instance_path,
+            ledger=self.ledger,
+            formats=self._catalog.get,
+            stale=lambda: self._dirty or self._spawns_unread(),
+            arm=self.arm,
+            closed=lambda: self.ledger.done,
+            lost_policy=lost_policy,
+        )
 
     # ------------------------------------------------------------------ target
     @property
@@ -316,7 +327,7 @@ class TraceSession:
             self.ledger.read_first(TAINT_READ, self._last_taint)
             if self._parked is None or not self._parked.console_on:
                 specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
-        if not first and not pending:
+        if not first and not pending and not self._hists.pending:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
@@ -337,6 +348,7 @@ class TraceSession:
             if _CONSOLE not in specs:  # enabled in the run's instance by an earlier test: its format is read here
                 plan.ops.append(Read(f"events/{_CONSOLE.event_dir}/format"))
             plan.ops.append(TAINT_READ)  # the kernel's taint when the test starts
+        plan.ops.extend(self._hists.arm_ops())  # once the probes exist; their removal joins teardown first
         # Recorded before the batch runs: teardown undoes it even if the batch dies half way.
         self.ledger.join("disable", plan.disables)
         if plan.state.planned and not self._instance.planned:
@@ -442,6 +454,7 @@ class TraceSession:
                 self.ledger.created(result.op.data.split(" ", 1)[0].split(":", 1)[1])
             elif result.op == TAINT_READ:
                 self._log.note_taint(result)
+        self._hists.take(results)  # hist triggers set or refused, tables read
 
     def _start_stream(self) -> None:
         assert self._stream_mode is not None
@@ -472,6 +485,7 @@ class TraceSession:
         after: list[Op] = [stream.marker_op() if stream is not None else Read(f"{self.instance_path}/trace")]
         if self._log.captured:
             after.append(TAINT_READ)
+        after.extend(self._hists.read_ops())
         words, pid_files = self._perf.wrap(words, pid_files)
         ended = [process for process in self._spawned if process._known_ended]
         result = self.backend.run(
@@ -783,15 +797,43 @@ class TraceSession:
         return self._collector.text
 
     # ------------------------------------------------------------ aggregates
+    def hist(
+        self,
+        probe: ProbeView,
+        keys: Union[str, Sequence[str]],
+        values: Union[str, Sequence[str]] = (),
+        *,
+        filter: Optional[str] = None,
+        sort: Union[str, Sequence[str], None] = None,
+        size: Optional[int] = None,
+    ) -> HistResult:
+        """Count ``probe``'s hits in the kernel with a hist trigger, by ``keys`` (1 to 3 fields, with the kernel's
+        modifiers: ``common_pid.execname``, ``addr.sym``, ``len.log2``, ...), summing ``values`` (up to 2), over
+        the hits that pass ``filter`` (and the probe's own filter); ``size`` entries (a power of two, 128 to
+        131072, default 2048). No hit is lost whatever the rate: the table is read with each ``run()``, and the
+        hits that found it full are ``dropped``. Targets without hist triggers raise
+        :class:`~pytest_ktrace.HistUnavailable`."""
+        self._check_open("hist()")
+        view = self._view_of(probe, "hist")
+        return self._hists.hist(view, keys, values, filter=filter, sort=sort, size=size, scope=self.scope)
+
     def count_by(self, probe: ProbeView, field: str) -> Counter[Any]:
         """A live :class:`collections.Counter` of ``field``'s values over every event of ``probe`` (a ``where()``
         view counts only its events; the task is ``task_pid``/``task_comm``/``task_cpu``, or ``pid``/``comm``/
         ``cpu`` for an event without such a field). Updated after each ``run()``,
         ``collect()`` and ``wait_for()``; in stream mode it sees every streamed event and keeps none (register
-        it before the first ``run()``)."""
+        it before the first ``run()``). Where the target has hist triggers the kernel counts (``.source ==
+        "kernel"``: every hit, whatever the rate); else, or when the kernel cannot count what was asked, the
+        probe's events are counted here (``.source == "stream"``, ``.why`` says why)."""
         view = self._view_of(probe, "count_by")
-        aggregate = CountBy(view, field)
-        self._add_aggregate(aggregate, f"count_by({view.name}, {field!r})")
+        what = f"count_by({view.name}, {field!r})"
+        self._check_open(what)
+        counted = self._hists.count_by(view, field, ran=bool(self._runs or self._spawned), scope=self.scope)
+        if counted.source == "kernel":
+            self._add_aggregate(self._hists, what)  # its tables are read at each sync point
+            return counted
+        aggregate = CountBy(view, field, counted)
+        self._add_aggregate(aggregate, what)
         return aggregate.counter
 
     def latency_histogram(
@@ -799,14 +841,15 @@ class TraceSession:
     ) -> Histogram:
         """Durations from each ``exit`` event back to the latest open ``entry`` event of the same task (recursion
         nests, as in :meth:`assert_latency`), counted into ``buckets_us`` (upper bounds, plus an overflow
-        bucket). Live like :meth:`count_by`; ``histogram.assert_below(max_us, quantile=0.99)`` checks it."""
+        bucket). Live like :meth:`count_by`; ``histogram.assert_below(max_us, quantile=0.99)`` checks it.
+        Always paired here from the streamed events (``.source == "stream"``, ``.why`` says why)."""
         aggregate = LatencyHistogram(
             self._view_of(entry, "latency_histogram"), self._view_of(exit, "latency_histogram"), buckets_us
         )
         self._add_aggregate(aggregate, f"latency_histogram({entry.name}, {exit.name})")
         return aggregate.histogram
 
-    def _add_aggregate(self, aggregate: Union[CountBy, LatencyHistogram], what: str) -> None:
+    def _add_aggregate(self, aggregate: Aggregate, what: str) -> None:
         self._check_open(what)
         if self.stream and self._runs:
             raise KtraceError(
