@@ -261,21 +261,22 @@ class TraceArray:
 
     def read_file(self, name: str) -> str:
         """One of the array's own files (not ``events/``, ``options/``, ``set_event`` or top-level-only ones)."""
-        cpus = self._kernel.cpus
-        readers: dict[str, Callable[[], str]] = {
-            "available_tracers": lambda: "nop\n",
-            "current_tracer": lambda: "nop\n",
-            "trace_clock": lambda: "[local] global counter uptime perf mono mono_raw boot tai x86-tsc\n",
-            "buffer_size_kb": lambda: f"{self.buffer_pages * _BUFFER_PAGE_DATA >> 10}\n",
-            "buffer_total_size_kb": lambda: f"{self.buffer_pages * _BUFFER_PAGE_DATA * cpus >> 10}\n",
-            "tracing_on": lambda: f"{int(self.tracing_on)}\n",
-            "error_log": lambda: "".join(self.error_log),
-            "trace_options": self._trace_options_text,
-            "set_event_pid": lambda: "".join(f"{pid}\n" for pid in sorted(self.pids)),
-            "trace": self._trace_text,
-            "trace_pipe": self._consume,
-        }
-        return readers[name]()
+        return self._READERS[name](self)
+
+    def _read_buffer_size_kb(self) -> str:
+        return f"{self.buffer_pages * _BUFFER_PAGE_DATA >> 10}\n"
+
+    def _read_buffer_total_size_kb(self) -> str:
+        return f"{self.buffer_pages * _BUFFER_PAGE_DATA * self._kernel.cpus >> 10}\n"
+
+    def _read_tracing_on(self) -> str:
+        return f"{int(self.tracing_on)}\n"
+
+    def _read_error_log(self) -> str:
+        return "".join(self.error_log)
+
+    def _read_set_event_pid(self) -> str:
+        return "".join(f"{pid}\n" for pid in sorted(self.pids))
 
     def read_option(self, name: str) -> str:
         return f"{int(self.options.get(name, False))}\n"
@@ -332,6 +333,21 @@ class TraceArray:
             buffer.records.clear()
             buffer.used_bytes = 0
         return "".join(line + "\n" for line in lines)
+
+    # One reader per file.
+    _READERS: Mapping[str, Callable[[TraceArray], str]] = {
+        "available_tracers": lambda array: "nop\n",
+        "current_tracer": lambda array: "nop\n",
+        "trace_clock": lambda array: "[local] global counter uptime perf mono mono_raw boot tai x86-tsc\n",
+        "buffer_size_kb": _read_buffer_size_kb,
+        "buffer_total_size_kb": _read_buffer_total_size_kb,
+        "tracing_on": _read_tracing_on,
+        "error_log": _read_error_log,
+        "trace_options": _trace_options_text,
+        "set_event_pid": _read_set_event_pid,
+        "trace": _trace_text,
+        "trace_pipe": _consume,
+    }
 
     # --- writing ----------------------------------------------------------------------------------------------
 
