@@ -9,33 +9,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
-    CommandTimeout,
-    ConnectionLost,
-    CoordinatorUnreachable,
-    DiskFull,
-    GuestKernelError,
-    HistUnavailable,
-    KtraceError,
-    LabgridError,
-    MissingBinary,
-    MissingTool,
-    NoMatchingPlace,
-    PlaceAcquiredElsewhere,
-    PlaceWithoutNetworkService,
-    ProbeRejected,
-    ReservationTimeout,
-    TargetDiskFull,
-    TargetError,
-    TracefsUnavailable,
-    UnknownSymbol,
-    UnsupportedFetchArg,
-    WaitTimeout,
-)
-
 if TYPE_CHECKING:
     __version__: str
     from ._assertions import ProbeView
+    from ._errors import (
+        CommandTimeout,
+        ConnectionLost,
+        CoordinatorUnreachable,
+        DiskFull,
+        GuestKernelError,
+        HistUnavailable,
+        KtraceError,
+        LabgridError,
+        MissingBinary,
+        MissingTool,
+        NoMatchingPlace,
+        PlaceAcquiredElsewhere,
+        PlaceWithoutNetworkService,
+        ProbeRejected,
+        ReservationTimeout,
+        TargetDiskFull,
+        TargetError,
+        TracefsUnavailable,
+        UnknownSymbol,
+        UnsupportedFetchArg,
+        WaitTimeout,
+    )
     from ._events import Event
     from ._kernel_log import KernelLog
     from ._matchers import ANY
@@ -71,6 +70,29 @@ if TYPE_CHECKING:
     )
     from .recording._cassette import StaleCassette
 
+_ERRORS = (
+    "CommandTimeout",
+    "ConnectionLost",
+    "CoordinatorUnreachable",
+    "DiskFull",
+    "GuestKernelError",
+    "HistUnavailable",
+    "KtraceError",
+    "LabgridError",
+    "MissingBinary",
+    "MissingTool",
+    "NoMatchingPlace",
+    "PlaceAcquiredElsewhere",
+    "PlaceWithoutNetworkService",
+    "ProbeRejected",
+    "ReservationTimeout",
+    "TargetDiskFull",
+    "TargetError",
+    "TracefsUnavailable",
+    "UnknownSymbol",
+    "UnsupportedFetchArg",
+    "WaitTimeout",
+)
 _BTF_ERRORS = (
     "BadMemberAccess",
     "BtfError",
@@ -110,6 +132,7 @@ _LAZY = {
     "StaleCassette": ".recording._cassette",
     "TargetSpec": "._targets",
     "TraceSession": "._session",
+    **{name: "._errors" for name in _ERRORS},
     **{name: ".btf._errors" for name in _BTF_ERRORS},
     **{name: ".backends._base" for name in _BACKEND_NAMES},
 }

@@ -9,40 +9,39 @@ imported when the first test uses it, and no target is reached before then. A ru
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 import pytest
 
 from . import hookspecs
-from ._errors import hide_for_ktrace_errors
-from ._fixtures import SESSION_KEY
-from ._identity import RunIdentity
-from ._labgrid._request import DEFAULT_PORT as LABGRID_PORT
-from ._labgrid._request import DEFAULT_TIMEOUT_S as LABGRID_TIMEOUT_S
-from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
-from ._targets import (
+from ._choices import (
     FLAMEGRAPH_MODES,
     KERNEL_LOG_POLICIES,
+    LABGRID_DEFAULT_PORT,
+    LABGRID_DEFAULT_TIMEOUT_S,
     LOST_POLICIES,
+    RECORD_MODES,
     SCOPES,
     VM_ARCHES,
-    RunState,
-    clean_after,
-    resolve_target,
-    state_key,
-    validate_marker,
 )
-from .backends import _builtin as builtin
-from .recording._modes import RECORD_MODES
+from ._markers import REQUIRES, REQUIRES_HELP, SETTINGS, SETTINGS_HELP
 
 if TYPE_CHECKING:
     from ._fixtures import Target
     from ._session import TraceSession
-    from ._targets import TargetSpec
+    from ._targets import RunState, TargetSpec
+    from .report._hooks import TargetSummary
     from .report._section import RunReport, TestFiles  # noqa: F401  (named in a string: a StashKey type)
 
-__tracebackhide__ = hide_for_ktrace_errors  # pytest shows the test line, not our internals
+
+def _hide_for_ktrace_errors(excinfo: Any) -> bool:
+    """pytest shows the test line, not our internals, for a KtraceError (see ``_errors.hide_for_ktrace_errors``);
+    none can have been raised before ``_errors`` was imported, so this does not import it."""
+    errors = sys.modules.get(f"{__package__}._errors")
+    return errors is not None and bool(errors.hide_for_ktrace_errors(excinfo))
+
+
+__tracebackhide__ = _hide_for_ktrace_errors
 
 _FILES_KEY = pytest.StashKey["TestFiles"]()  # --ktrace-report: every process writes the files of its tests
 _MARKER_ERROR_KEY = pytest.StashKey[str]()  # a test whose marker arguments are wrong fails alone, at setup
@@ -54,11 +53,17 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+# Every option's dest, also its ini key: a run that sets none of them runs on the defaults, which need no checking.
+_OPTION_DESTS: list[str] = []
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ktrace", "kernel tracing (pytest-ktrace)")
 
     def option(name: str, help: str, ini_type: Optional[str] = None, **kwargs: Any) -> None:
         dest = name.replace("-", "_")
+        if dest not in _OPTION_DESTS:
+            _OPTION_DESTS.append(dest)
         group.addoption(f"--{name}", dest=dest, default=None, help=help, **kwargs)
         if ini_type == "bool":
             parser.addini(dest, help, type="bool", default=False)
@@ -105,7 +110,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     option(
         "ktrace-labgrid",
-        f"the labgrid coordinator to reserve places from (default port {LABGRID_PORT}; default: $LG_COORDINATOR)",
+        "the labgrid coordinator to reserve places from "
+        f"(default port {LABGRID_DEFAULT_PORT}; default: $LG_COORDINATOR)",
         metavar="HOST[:PORT]",
     )
     option(
@@ -117,7 +123,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("ktrace-labgrid-place", "each test reserves the labgrid place of this name", metavar="NAME")
     option(
         "ktrace-labgrid-timeout",
-        f"how long a test waits for a labgrid place to be free (default {LABGRID_TIMEOUT_S:g})",
+        f"how long a test waits for a labgrid place to be free (default {LABGRID_DEFAULT_TIMEOUT_S:g})",
         metavar="SECONDS",
     )
     option(
@@ -216,12 +222,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("ktrace_cassette_dir", "directory of cassettes, next to each test module", default="cassettes")
 
 
+def _settings_given(config: pytest.Config) -> bool:
+    """Whether the command line or the ini file sets any ktrace option (else the run is on the defaults)."""
+    return any(config.getoption(dest, default=None) is not None or config.getini(dest) for dest in _OPTION_DESTS)
+
+
+def _run_state(config: pytest.Config) -> RunState:
+    """The run's state (``_targets.RunState`` in ``config.stash``), made when a test first needs a target, with
+    the built-in backends registered then: a run with no ktrace test imports neither."""
+    from ._identity import RunIdentity
+    from ._targets import RunState, state_key
+    from .backends import _builtin as builtin
+
+    state = config.stash.get(state_key(), None)
+    if state is None:
+        if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
+            config.pluginmanager.register(builtin, "ktrace-builtin-backends")
+        state = config.stash[state_key()] = RunState(RunIdentity.current())
+    return state
+
+
+def _existing_run_state(config: pytest.Config) -> Optional[RunState]:
+    """The run's state if a test made it (without importing ``_targets`` when none did)."""
+    targets = sys.modules.get(f"{__package__}._targets")
+    return None if targets is None else config.stash.get(targets.state_key(), None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", SETTINGS_HELP)
     config.addinivalue_line("markers", REQUIRES_HELP)
-    config.stash[state_key()] = RunState(RunIdentity.current())
-    if not config.pluginmanager.has_plugin("ktrace-builtin-backends"):
-        config.pluginmanager.register(builtin, "ktrace-builtin-backends")
+    controller = not hasattr(config, "workerinput")
+    if controller:
+        config.pluginmanager.register(_TargetSummaryWhenTraced(), "ktrace-summary")
+    if not _settings_given(config):
+        return  # the defaults: nothing to check, no report to write
+    from ._targets import clean_after, resolve_target
+
     # The command line and ini values, checked once for the whole run: a bad value is one usage error (exit 4),
     # also with -q (which skips pytest_report_header), not an error in every test.
     settings = resolve_target(config)
@@ -242,11 +278,6 @@ def pytest_configure(config: pytest.Config) -> None:
         from .report._flamegraphs import flamegraph_mode
 
         flamegraph_mode(config)  # raises the usage error
-    controller = not hasattr(config, "workerinput")
-    if controller:
-        from .report._hooks import TargetSummary
-
-        config.pluginmanager.register(TargetSummary(), "ktrace-summary")
     json_path = config.getoption("ktrace_json", default=None) or config.getini("ktrace_json")
     if json_path:
         config.stash[_JSON_KEY] = True
@@ -265,6 +296,27 @@ def pytest_configure(config: pytest.Config) -> None:
                 from .report._hooks import ReportIndexHooks
 
                 config.pluginmanager.register(ReportIndexHooks(RunReport(report_dir)), "ktrace-report")
+
+
+class _TargetSummaryWhenTraced:
+    """The terminal summary of the targets the tests reached (``report._hooks.TargetSummary``), made from the first
+    report of a ktrace test: a run without one imports no report module."""
+
+    def __init__(self) -> None:
+        self.summary: Optional[TargetSummary] = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.summary is None:
+            if not any(name == "ktrace_target" for name, _ in report.user_properties):
+                return
+            from .report._hooks import TargetSummary
+
+            self.summary = TargetSummary()
+        self.summary.pytest_runtest_logreport(report)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.summary is not None:
+            self.summary.pytest_terminal_summary(terminalreporter)
 
 
 def _check_vm_kernel(target: TargetSpec) -> str:
@@ -295,7 +347,7 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(state_key(), None)
+    state = _existing_run_state(session.config)
     failures = state.retire_parked() if state is not None else []
     if failures:
         # the probes were parked by tests that passed by then: the run fails, naming them
@@ -309,7 +361,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    state = config.stash.get(state_key(), None)
+    state = _existing_run_state(config)
     if state is not None:
         state.close()
 
@@ -319,6 +371,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         try:
             for marker in item.iter_markers(SETTINGS):
+                from ._targets import validate_marker
+
                 validate_marker(item.nodeid, dict(marker.kwargs), tuple(marker.args))
             if item.get_closest_marker(REQUIRES) is not None:
                 from ._requirements import validate_marker as validate_requires
@@ -332,9 +386,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _check_backend_is_known(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A backend name nobody implements is one usage error for the run, if a test would need it. Asked after
     collection, when every conftest.py that could implement ``pytest_ktrace_make_backend`` is loaded."""
-    name = resolve_target(config).target.backend
-    if name in builtin.NAMES or not any("ktrace" in getattr(item, "fixturenames", ()) for item in items):
+    if not any("ktrace" in getattr(item, "fixturenames", ()) for item in items):
         return
+    from ._targets import resolve_target
+    from .backends import _builtin as builtin
+
+    name = resolve_target(config).target.backend
+    if name in builtin.NAMES:
+        return
+    _run_state(config)  # the built-in backends registered, to tell them from a plugin's
     implementations = config.pluginmanager.hook.pytest_ktrace_make_backend.get_hookimpls()
     if all(implementation.plugin is builtin for implementation in implementations):
         raise pytest.UsageError(
@@ -350,12 +410,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker(REQUIRES) is not None:
         from ._requirements import check_before_setup
 
+        _run_state(item.config)
         check_before_setup(item)  # before the test's fixtures (see requirements.py)
+
+
+# What the header says of a run on the defaults (this machine's tracefs), without resolving them.
+_DEFAULT_HEADER = "ktrace: backend local, target local: reached when a test first needs it"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """What the run will trace, without reaching it: targets are connected (and guests booted) by the first test
     that needs them; the terminal summary says what was found."""
+    if not _settings_given(config):
+        return [_DEFAULT_HEADER]
+    from dataclasses import replace
+
+    from ._targets import resolve_target
+
     settings = resolve_target(config)
     targets = [replace(settings.target, host=board) for board in settings.boards] or [settings.target]
     lines: list[str] = []
@@ -392,6 +463,7 @@ def ktrace_target(request: pytest.FixtureRequest, ktrace_config: dict[str, Any])
     recorded or replayed through its cassette. ``.backend`` is the backend, ``.settings`` what it was resolved from."""
     from ._fixtures import open_target
 
+    _run_state(request.config)
     with open_target(request, ktrace_config) as target:
         yield target
 
@@ -407,10 +479,17 @@ def ktrace(request: pytest.FixtureRequest, ktrace_target: Target) -> Generator[T
         yield session
 
 
+def _session_of(item: pytest.Item) -> Optional[TraceSession]:
+    """The test's TraceSession, if it has one: ``_fixtures`` keeps it in the item's stash, and until a test used
+    the ``ktrace`` fixture (importing ``_fixtures``) no test has one."""
+    fixtures = sys.modules.get(f"{__package__}._fixtures")
+    return None if fixtures is None else item.stash.get(fixtures.SESSION_KEY, None)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
     """After the test's body: a kernel splat in what the test read fails it (``--ktrace-kernel-log``)."""
-    session = item.stash.get(SESSION_KEY, None)
+    session = _session_of(item)
     if session is not None:
         session.check_kernel_log()
 
@@ -418,7 +497,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    session, files = item.stash.get(SESSION_KEY, None), item.config.stash.get(_FILES_KEY, None)
+    session, files = _session_of(item), item.config.stash.get(_FILES_KEY, None)
     json_wanted = item.config.stash.get(_JSON_KEY, False) and "ktrace" in getattr(item, "fixturenames", ())
     if session is None and files is None and not json_wanted:
         return  # not a ktrace test, and no --ktrace-report or --ktrace-json to list it in

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import pytest
 
+from .._choices import FLAMEGRAPH_MODES
 from .._errors import KtraceError
 from .._files import write_atomic
 from .._perf import Profile
-from .._targets import FLAMEGRAPH_MODES
 
 if TYPE_CHECKING:
     from .._session import TraceSession
