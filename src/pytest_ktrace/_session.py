@@ -55,6 +55,7 @@ from .backends._base import (
     Injecting,
     Op,
     OpResult,
+    PreparingRuns,
     Read,
     Remove,
     Rmdir,
@@ -86,6 +87,16 @@ def _allow_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
         except re.error as exc:
             raise KtraceError(f"ktrace_kernel_log_allow: {pattern!r} is not a regular expression: {exc}") from None
     return tuple(compiled)
+
+
+@dataclass
+class _Arming:
+    """One arming batch: its operations, and the probes and definitions it arms (``fresh``: not taken back)."""
+
+    ops: list[Op]
+    pending: list[_Defined]
+    specs: list[ProbeSpec]
+    fresh: list[ProbeSpec]
 
 
 @dataclass
@@ -318,6 +329,27 @@ class TraceSession:
     def arm(self) -> None:
         """Define, filter and enable every probe not yet armed, in one batch."""
         self._check_open("arm()")
+        arming = self._prepare_arming()
+        if arming is None:
+            if self._stream_mode is not None and self._stream_mode.pump is None:
+                self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
+            return
+        pump = self._stream_mode.pump if self._stream_mode is not None else None
+        with pump.gate if pump is not None else contextlib.nullcontext():
+            # a running pump parses nothing until the new probes' formats are known (else their first events
+            # would be parsed untyped and missed)
+            if pump is not None:
+                for spec in arming.specs:
+                    pump.add_probe((spec.group, spec.event))
+            results = self.backend.apply(arming.ops, stop_on_error=True)
+            self._armed(arming, results)
+        self._after_arming(arming, results)
+        if self._stream_mode is not None and self._stream_mode.pump is None:
+            self._start_stream()
+
+    def _prepare_arming(self) -> Optional[_Arming]:
+        """The batch that arms every probe not yet armed, recorded in the ledger before it is applied; None when
+        there is nothing to do."""
         pending = self._completed([probe for probe in self._probes if not probe.armed])
         specs = [probe.spec for probe in pending]
         first = not self._armed_once
@@ -328,9 +360,7 @@ class TraceSession:
             if self._parked is None or not self._parked.console_on:
                 specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
         if not first and not pending and not self._hists.pending:
-            if self._stream_mode is not None and self._stream_mode.pump is None:
-                self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
-            return
+            return None
         taken = [spec for spec in specs if spec.event_dir in self._taken]
         fresh = [spec for spec in specs if spec.event_dir not in self._taken]
         plan = plan_arm(
@@ -360,25 +390,22 @@ class TraceSession:
         self._note_instance_change(plan.state)
         self._instance = plan.state
         self._armed_once = True
-        pump = self._stream_mode.pump if self._stream_mode is not None else None
-        with pump.gate if pump is not None else contextlib.nullcontext():
-            # a running pump parses nothing until the new probes' formats are known (else their first events
-            # would be parsed untyped and missed)
-            if pump is not None:
-                for spec in specs:
-                    pump.add_probe((spec.group, spec.event))
-            results = self.backend.apply(plan.ops, stop_on_error=True)
-            for probe in pending:
-                probe.armed = True
-            self._dirty = True
-            self._learn(results)
-        if results and not results[-1].ok:
-            self._check_parked_still_there(results[-1])
-            explain_arm_failure(self.backend, results[-1], specs)
-        self._park_armed(fresh)
+        return _Arming(plan.ops, pending, specs, fresh)
+
+    def _armed(self, arming: _Arming, results: Sequence[OpResult]) -> None:
+        for probe in arming.pending:
+            probe.armed = True
+        self._dirty = True
+        self._learn(results)
+
+    def _after_arming(self, arming: _Arming, results: Sequence[OpResult]) -> None:
+        """Raise the kernel's own explanation of a batch that stopped; else park what can be."""
+        if len(results) < len(arming.ops) or (results and not results[-1].ok):
+            failed = results[-1] if results else OpResult(arming.ops[0], ok=False, error="not applied")
+            self._check_parked_still_there(failed)
+            explain_arm_failure(self.backend, failed, arming.specs)
+        self._park_armed(arming.fresh)
         self._aggregates.check_fields()
-        if self._stream_mode is not None and self._stream_mode.pump is None:
-            self._start_stream()
 
     def _add_parked_ops(self, ops: list[Op], taken: list[ProbeSpec], *, first: bool) -> None:
         """Probes taken back from the run's instance get their own filter (and their format read); a test's first
@@ -478,7 +505,12 @@ class TraceSession:
         check_seconds("run() timeout", timeout, optional=True, zero_ok=False)
         if stdin is not None and not isinstance(stdin, (str, bytes)):
             raise KtraceError(f"run() stdin must be a str, bytes or None, got {type_name(stdin)}")
-        self.arm()
+        # the arming batch travels with the command where the backend can (one round trip)
+        arming = None
+        if isinstance(self.backend, PreparingRuns) and self._stream_mode is None:
+            arming = self._prepare_arming()
+        else:
+            self.arm()
         pid_files = self._pid_files()
         # the trace comes back with the command (stream mode: a sync marker is written): no extra round trip
         stream = self._stream_mode
@@ -488,13 +520,20 @@ class TraceSession:
         after.extend(self._hists.read_ops())
         words, pid_files = self._perf.wrap(words, pid_files)
         ended = [process for process in self._spawned if process._known_ended]
-        result = self.backend.run(
-            words,
-            timeout=self.run_timeout if timeout is None else timeout,
-            pid_files=pid_files,
-            stdin=stdin,
-            after=after,
-        )
+        limit = self.run_timeout if timeout is None else timeout
+        if arming is not None:
+            assert isinstance(self.backend, PreparingRuns)
+            try:
+                result = self.backend.run_prepared(
+                    arming.ops, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after
+                )
+            except BaseException:
+                self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
+                raise
+            self._armed(arming, result.before)
+            self._after_arming(arming, result.before)
+        else:
+            result = self.backend.run(words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after)
         result = self._perf.unwrap(result)
         self._tracing_started = True
         self._runs.append(result)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from pytest_ktrace._errors import CommandTimeout, ConnectionLost, TargetError, TracefsUnavailable
-from pytest_ktrace.backends._base import Backend, Mkdir, Read, Rmdir, Write
+from pytest_ktrace.backends._base import Backend, Mkdir, PreparingRuns, Read, Rmdir, Write
 from pytest_ktrace.backends.ssh._backend import SshBackend
 from pytest_ktrace.backends.ssh._config import parse_target
 
@@ -227,6 +227,41 @@ def test_a_large_write_arrives_whole(backend: SshBackend, tmp_path: Path) -> Non
 
 
 # --- run --------------------------------------------------------------------------------------------------
+
+
+def test_run_prepared_applies_its_batch_and_runs_in_one_round_trip(
+    backend: SshBackend, instance: str, tmp_path: Path
+) -> None:
+    assert isinstance(backend, PreparingRuns)
+    ran = tmp_path / "ran"
+    result = backend.run_prepared(
+        [Mkdir(instance), Write(f"{instance}/trace_marker", "armed before"), Read(f"{instance}/tracing_on")],
+        ["sh", "-c", f'touch {ran}; echo "$PWD"'],
+        after=[Read(f"{instance}/trace")],
+    )
+    assert backend.round_trips == 1
+    assert [r.ok for r in result.before] == [True] * 3 and result.before[2].data == "1\n"
+    assert result.returncode == 0 and ran.exists()
+    assert result.stdout.strip() != "/sys/kernel/tracing"  # the command runs where run() would, not in tracefs
+    assert "tracing_mark_write: armed before" in result.after[0].data
+    backend.apply([Rmdir(instance)])
+
+
+def test_run_prepared_stops_at_the_first_failure_and_runs_nothing(
+    backend: SshBackend, instance: str, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    result = backend.run_prepared(
+        [Mkdir(instance), Write(f"{instance}/no_such_file", "1"), Mkdir(f"{instance}-never")],
+        ["touch", str(ran)],
+        after=[Read("tracing_on")],
+    )
+    assert backend.round_trips == 1
+    assert [r.ok for r in result.before] == [True, False]
+    assert result.before[1].errno_name == "EACCES"  # tracefs creates no file on a write
+    assert result.returncode == -1 and result.after == () and not ran.exists()
+    assert not (TRACEFS / f"{instance}-never").exists()
+    backend.apply([Rmdir(instance)])
 
 
 def test_run_exit_code_stdout_stderr(backend: SshBackend) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "Mkdir",
     "Op",
     "OpResult",
+    "PreparingRuns",
     "Read",
     "Remove",
     "Rmdir",
@@ -102,6 +103,7 @@ class RunResult:
     pid: int
     duration_s: float
     after: tuple[OpResult, ...] = ()  # results of the ops applied right after the command (same round trip)
+    before: tuple[OpResult, ...] = ()  # PreparingRuns: results of the ops applied before it (same round trip)
 
     def check(self) -> RunResult:
         """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
@@ -280,6 +282,27 @@ class Spawning(Protocol):
         ``pid_files``, as :meth:`Backend.run` does. A command that cannot be started (no such program, a pid file
         that refuses the pid) raises a :class:`~pytest_ktrace._errors.TargetError` naming it and the target, and
         nothing of it is left running."""
+        ...
+
+
+@runtime_checkable
+class PreparingRuns(Protocol):
+    """Tracefs operations applied right before a command, in the command's own round trip (a test's arming
+    travels with its first ``run()``)."""
+
+    def run_prepared(
+        self,
+        before: Sequence[Op],
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[Union[str, bytes]] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        """Apply ``before`` in order, stopping at the first failure, then, only if every one of them succeeded,
+        :meth:`Backend.run` the command with ``after``. ``RunResult.before`` holds the results of ``before``
+        (fewer of them after a failure, and then the command did not run: ``returncode`` -1, no ``after``)."""
         ...
 
 

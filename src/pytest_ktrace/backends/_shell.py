@@ -196,12 +196,13 @@ def _shell_path(path: str) -> str:
 # --- apply() ------------------------------------------------------------------------------------------------
 
 
-def _render_ops(ops: Sequence[Op], *, stop_on_error: bool) -> list[str]:
-    """The per-op lines (``B i`` + content for reads, ``S i rc`` + error text), already inside tracefs."""
+def _render_ops(ops: Sequence[Op], *, stop_on_error: bool, first_index: int = 0) -> list[str]:
+    """The per-op lines (``B i`` + content for reads, ``S i rc`` + error text), already inside tracefs; ``i``
+    counts from ``first_index``."""
     out: list[str] = []
     if any(isinstance(op, Write) and len(op.data.encode("utf-8", "surrogateescape")) > _PIPE_ATOMIC for op in ops):
         out.append(_FULLBLOCK_PROBE)
-    for index, op in enumerate(ops):
+    for index, op in enumerate(ops, first_index):
         path = quote(_shell_path(op.path))
         if isinstance(op, Write):
             size = len(op.data.encode("utf-8", "surrogateescape"))
@@ -467,10 +468,13 @@ def render_run(
     stdin: Optional[Union[str, bytes]] = None,
     candidates: Sequence[str] = DEFAULT_TRACEFS,
     after: Sequence[Op] = (),
+    before: Sequence[Op] = (),
 ) -> str:
     """A script that runs ``argv`` (no shell interpretation) in its own session (``setsid`` when the target has
     it), with ``stdin`` as its standard input (else /dev/null), in the login directory; then applies ``after``
     inside tracefs (frames as in :func:`render_batch`), so reading the trace costs no extra round trip.
+    ``before`` is applied first, inside tracefs, stopping at the first failure, and then nothing else runs
+    (arming travels with the command); its ops are numbered first, ``after``'s follow.
 
     Frames: ``START``; ``T``/``X`` when there are pid files; ``I file`` + error when the stdin file could not be
     written (nothing is left of it; the command is not run); ``C pid`` as soon as the child exists (the pid to
@@ -478,7 +482,17 @@ def render_run(
     pid; ``R rc`` when it ended; ``END``. The command's stdout is the payloads of ``C`` and ``P`` in order."""
     if not argv:
         raise ValueError("run() needs a command")
-    out = _command_head(nonce, candidates, pid_files=pid_files, stdin=stdin)
+    prepare = ""
+    if before:
+        prepare = "".join(
+            [
+                _OPS_FUNCS,
+                "kt_h0=$PWD\nkt_cd || { kt_f END; exit 0; }\n",
+                *_render_ops(before, stop_on_error=True),
+                'cd "$kt_h0" || exit 1\n',
+            ]
+        )
+    out = _command_head(nonce, candidates, pid_files=pid_files, stdin=stdin, require=prepare)
     words = " ".join(quote(a) for a in (*pid_files, *argv))
     call = f'sh -c {quote(_INNER)} ktrace "$kt_n" "$kt_in" "$kt_t" {len(pid_files)} {words} <"${{kt_in:-/dev/null}}"'
     out.append(f"if command -v setsid >/dev/null 2>&1; then\n  setsid {call} &\nelse\n  {call} &\nfi\n")
@@ -486,7 +500,7 @@ def render_run(
     if after:
         out.append(_OPS_FUNCS)
         out.append("kt_cd || { kt_f END; exit 0; }\n")
-        out.extend(_render_ops(after, stop_on_error=False))
+        out.extend(_render_ops(after, stop_on_error=False, first_index=len(before)))
     out.append("kt_f END\n")
     return "".join(out)
 
@@ -604,12 +618,13 @@ class RunOutput:
     problem: Optional[TracefsProblem]
     pid_file_error: Optional[tuple[str, str]]
     after: list[OpResult] = field(default_factory=list)
+    before: list[OpResult] = field(default_factory=list)  # run: what was applied before the command
     stdin_error: Optional[tuple[str, str]] = None  # (stdin file path, the shell's error text)
     not_found: bool = False  # spawn: no such command
     no_setsid: bool = False  # spawn: the target has no setsid
 
 
-def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
+def parse_run(output: bytes, nonce: str, after: Sequence[Op] = (), before: Sequence[Op] = ()) -> RunOutput:
     """What :func:`render_run`'s script said so far (it may be parsed while still running)."""
     frames = split_frames(output, nonce)
     _, problem = _tracefs_frames(frames)
@@ -642,7 +657,9 @@ def parse_run(output: bytes, nonce: str, after: Sequence[Op] = ()) -> RunOutput:
         elif frame.tag == "Z":
             result.no_setsid = True
     result.stdout = b"".join(stdout)
-    result.after = op_results(after, frames)
+    applied = op_results([*before, *after], frames)
+    prepared = sum(1 for f in frames if f.tag == "S" and int(f.fields[0]) < len(before))
+    result.before, result.after = applied[:prepared], applied[prepared:]
     return result
 
 

@@ -167,6 +167,23 @@ class SshBackend:
         with self._lock:
             return self._batches.run(tuple(argv), timeout=timeout, pid_files=pid_files, stdin=stdin, after=after)
 
+    def run_prepared(
+        self,
+        before: Sequence[Op],
+        argv: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        pid_files: Sequence[str] = (),
+        stdin: Optional[Union[str, bytes]] = None,
+        after: Sequence[Op] = (),
+    ) -> RunResult:
+        """``before``, then the command, in one script: one round trip (see :class:`PreparingRuns`)."""
+        with self._lock:
+            self._connection.transport()
+            return self._batches.run(
+                tuple(argv), timeout=timeout, pid_files=pid_files, stdin=stdin, after=after, before=list(before)
+            )
+
     def spawn(
         self, argv: Sequence[str], *, pid_files: Sequence[str] = (), stdin: Optional[Union[str, bytes]] = None
     ) -> SshBackgroundCommand:

@@ -128,12 +128,13 @@ class ShellBatches:
         pid_files: Sequence[str],
         stdin: Optional[Union[str, bytes]],
         after: Sequence[Op],
+        before: Sequence[Op] = (),
     ) -> RunResult:
         limit = self._options.command_timeout if timeout is None else timeout
         nonce = _shell.new_nonce()
         try:
             script = _shell.render_run(
-                argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates, after=after
+                argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates, after=after, before=before
             )
         except ValueError as exc:
             raise TargetError(
@@ -145,11 +146,19 @@ class ShellBatches:
         end = _closing_frame(nonce)
         started = time.monotonic()
         ex = self._channel.call(script, what=f"run {list(argv)!r}", timeout=limit, done=lambda out: end in out)
-        out = _shell.parse_run(ex.stdout, nonce, after)
+        out = _shell.parse_run(ex.stdout, nonce, after, before)
         duration = time.monotonic() - started
         command = shlex.join(argv)
         if ex.timed_out:
             raise self._timed_out(command, limit, out.pid or out.child)
+        if before and (len(out.before) < len(before) or not out.before[-1].ok):
+            # the command never ran: the arming batch stopped at its first failure
+            self._check_started(out.started, ex, f"run {command!r}")
+            if out.problem is not None:
+                raise self._tracefs_error(out.problem)
+            if not out.complete:
+                raise self._connection.lost(f"run {command!r}", f"the script ended after {len(out.before)} operations")
+            return RunResult(argv, -1, "", "", 0, duration, before=tuple(out.before))
         returncode = self._check_run(out, ex, command)
         return RunResult(
             argv=argv,
@@ -159,6 +168,7 @@ class ShellBatches:
             pid=out.pid or out.child or 0,
             duration_s=duration,
             after=tuple(out.after),
+            before=tuple(out.before),
         )
 
     def kill(self, pid: int) -> None:
