@@ -121,6 +121,7 @@ class FakeBackend:
         self._round_trips = 0
         self._next_pid = 40000
         self._followed: list[str] = []  # the pid files of this test's background commands (scope="run")
+        self._replayed_hist: dict[str, str] = {}  # hist files as the recording read them, for the reads now
         self._lock = threading.RLock()
         self._info: Optional[tuple[KernelSnapshot, TargetInfo]] = None
 
@@ -204,6 +205,8 @@ class FakeBackend:
                     # events of background commands come with trace reads; the kernel followed them and their
                     # children (event-fork) as it follows a command's
                     self._feed(self.player.recorded_lines(step), self._followed)
+            if any(isinstance(op, Read) and op.path.endswith("/hist") for op in ops):
+                self._replayed_hist = self.player.pending_hist()
         return self._apply(ops, stop_on_error=stop_on_error)
 
     def _remove(self, op: Remove) -> OpResult:
@@ -240,6 +243,8 @@ class FakeBackend:
                     result = self._remove(op)
                 elif isinstance(op, Read) and op.path.startswith("/"):
                     result = self._read_outside_tracefs(op)
+                elif isinstance(op, Read) and op.path in self._replayed_hist:
+                    result = OpResult(op, ok=True, data=self._replayed_hist.pop(op.path))
                 elif isinstance(op, Read):
                     if op.missing_ok and not self.tracefs.exists(op.path):
                         result = OpResult(op, ok=True)
@@ -300,6 +305,7 @@ class FakeBackend:
         for name, functions, events in self.player.modules_loaded(step):
             self._module_change(argv, name, functools.partial(self.tracefs.modules.load, name, functions, events))
         self._feed(self.player.recorded_lines(step), pid_files)
+        self._replayed_hist = self.player.recorded_hist(step)
         for name in self.player.modules_unloaded(step):
             self._module_change(argv, name, functools.partial(self.tracefs.modules.unload, name))
         if "taint" in step:

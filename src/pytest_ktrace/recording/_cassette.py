@@ -179,6 +179,7 @@ def is_arm_batch(ops: Sequence[Op]) -> bool:
         if isinstance(op, Write) and (
             (op.path.endswith("_events") and not op.data.startswith("-:"))
             or (op.path.endswith("/enable") and op.data.strip() == "1")
+            or (op.path.endswith("/trigger") and not op.data.startswith("!"))  # a hist trigger set after arming
         ):
             return True
     return False

@@ -102,6 +102,19 @@ class Player:
                 return step
         return None
 
+    def pending_hist(self) -> dict[str, str]:
+        """The hist files a recorded read between commands saw (a sync point's), if that read comes next."""
+        if self.position < len(self.cassette.interactions):
+            step = self.cassette.interactions[self.position]
+            if step.get("kind") == "hist":
+                self.position += 1
+                return self.recorded_hist(step)
+        return {}
+
+    def recorded_hist(self, step: dict[str, Any]) -> dict[str, str]:
+        """The hist files read with ``step`` (a command's, or a read's), by tracefs path."""
+        return {self.names.restore(path): self.names.restore(text) for path, text in step.get("hist", {}).items()}
+
     def recorded_lines(self, step: dict[str, Any]) -> list[str]:
         return [self.names.restore(line) for line in step.get("trace", [])]
 

@@ -100,15 +100,20 @@ class RecordingBackend:
             self.cassette.interactions.append(
                 {"kind": "arm", "ops": [describe_op(op, self.names) for op in ops if _checked(op)]}
             )
+        hist: dict[str, str] = {}
         for result in results:
             op = result.op
-            if isinstance(op, Read) and result.ok and op.path.endswith("/format"):
+            if isinstance(op, Read) and result.ok and op.path.endswith("/hist"):
+                hist[self.names.normalize(op.path)] = self.names.normalize(result.data)  # replayed as it was read
+            elif isinstance(op, Read) and result.ok and op.path.endswith("/format"):
                 key = self.names.normalize(op.path[len("events/") : -len("/format")])
                 self.cassette.formats[key] = self.names.normalize(result.data)
             elif isinstance(op, Read) and result.ok and op.path.endswith("/trace") and not arming:
                 delta = self._delta(result.data)
                 if delta:
                     self.cassette.interactions.append({"kind": "collect", "trace": delta})
+        if hist:
+            self.cassette.interactions.append({"kind": "hist", "hist": hist})
         return results
 
     def run(
@@ -142,6 +147,13 @@ class RecordingBackend:
             "duration_s": round(result.duration_s, 6),
             "trace": self._delta(trace) if trace is not None else [],
         }
+        hist = {
+            self.names.normalize(r.op.path): self.names.normalize(r.data)
+            for r in result.after
+            if r.ok and isinstance(r.op, Read) and r.op.path.endswith("/hist")
+        }
+        if hist:
+            step["hist"] = hist  # the kernel's tables: replayed as read, not recomputed from the trace
         taint = next((r.data.strip() for r in result.after if r.ok and r.op == TAINT_READ), None)
         if taint:
             step["taint"] = int(taint)
