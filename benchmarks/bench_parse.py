@@ -1,24 +1,30 @@
-"""How fast TraceParser turns trace text into events, next to a raw read and a naive baseline: prints lines/s.
+"""How fast TraceParser turns trace text into events, next to a naive parser measured in the same run: lines/s.
 
     python benchmarks/bench_parse.py [--lines N] [--repeat R]
 
-One run prints, for the same trace (median of R runs each, a fresh parser per run: compiling the per-event
-patterns is part of the cost):
+For the same trace, R interleaved rounds each run every variant once (a fresh parser per run: compiling the
+per-event patterns is part of the cost) and each figure is the median of its R runs, in CPU time of this
+process (the machine may be shared; wall time would count the other processes' turns):
 
-(a) ``wc -l`` of the trace file (a subprocess: reading the bytes, no parsing at all);
-(b) the simplest correct-looking baseline: one generic regular expression per line, a dict per event;
+(a) ``wc -l`` of the trace file (a subprocess, wall time: reading the bytes, no parsing at all);
+(b) the naive baseline: one generic regular expression per line into a dict of strings (the header's
+    columns, the event name and the whole body as one string: no field is split, nothing is typed);
 (c) ``TraceParser.parse``, and asking the result for ``len(events)``, ``lost``, ``unparsed`` and the
     per-event counts (``event_counts()``): all of that is exact after the parse's one pass over the text
     (lines split, every line's event name found, LOST / header / multi-line / odd lines through the
     reference parser), but no typed :class:`~pytest_ktrace._events.Event` is built yet;
-(d) (c) and then every event decoded (``list(parsed.events)``): what the whole trace as typed events costs;
+(d) (c) and then every event decoded (``list(parsed.events)``): what the whole trace as typed events costs
+    (every field split by its format and typed, ``int`` or ``str``, one ``Event`` per line);
 (e) (c) and then the events of one probe decoded (``parsed.of("bench", "ent")``, about a quarter of the
     lines), what a test asking about one probe pays;
+(f) no parsing at all: the same ``Event`` objects built from their values, already split and typed, the
+    way the parser builds them (the floor of what (d) returns, next to (b)'s dicts);
 (r) the line-by-line reference parser inside TraceParser (``_parse_slow``, every event decoded), when there
     is one;
 
-and the ratios. The target is (c) >= 1 million lines/s on the machine the benchmark runs on. Before
-timing, the lazy result is checked equal to the reference's (events, lost, unparsed, per-probe selections).
+and the ratios. The targets: (c) >= 1 million lines/s, (d) at least (b)'s lines/s. Before timing, the lazy
+result is checked equal to the reference's (events, lost, unparsed, per-probe selections). Ends with one
+RESULT line per figure (``_results.py``): (c), (d) and (e), each next to (b) of the same run.
 
 The trace is synthetic but made of real line shapes (kernel 6.x guests and 5.15-6.4 ones): uprobe /
 uretprobe / kprobe / kretprobe events with ints, strings and ``%pS`` values, in the ``fields`` format, in
@@ -30,6 +36,7 @@ the ``trace`` file's header.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import statistics
@@ -37,13 +44,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
+from itertools import repeat
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import Result, emit
 
 try:
+    from pytest_ktrace._events import Event
     from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from pytest_ktrace._events import Event
     from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 
 COMMON = """\
@@ -243,13 +257,52 @@ def baseline(text: str) -> List[Dict[str, str]]:
     return out
 
 
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+def interleaved(fns: Dict[str, Callable[[], object]], repeat: int) -> Dict[str, float]:
+    """Median CPU seconds of each function over ``repeat`` rounds, every round running each once in turn (so
+    a slower or busier moment of the machine weighs on all of them alike). What a function returns is
+    dropped inside its timing: freeing the events is part of what they cost."""
+    times: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            times[k].append(time.process_time() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def event_builder(events: Sequence[Event]) -> Optional[Callable[[], object]]:
+    """(f): a function building the ``Event``s of ``events`` again from their values, the parser's way (its
+    generated dict builder per field list, ``__dict__`` set at once), or None if the parser has no such way."""
+    try:
+        from pytest_ktrace import _parse as parse_mod
+
+        builder, new, setattr_ = parse_mod._builder, parse_mod._new, parse_mod._setattr
+    except (ImportError, AttributeError):
+        return None
+    groups: Dict[Tuple[str, str, Tuple[str, ...]], List[Event]] = {}
+    for e in events:
+        groups.setdefault((e.system, e.name, tuple(e.fields)), []).append(e)
+    prepared = []
+    for (system, name, keys), evs in groups.items():
+        cols = [[e.fields[k] for e in evs] for k in keys]
+        hdrs = [(e.comm, e.pid, e.cpu) for e in evs]
+        prepared.append((builder(keys), system, name, [e.raw for e in evs], hdrs, [e.timestamp for e in evs], cols))
+
+    def build() -> List[Event]:
+        out: List[Event] = []
+        gc.disable()  # as the parser does while it builds events
+        try:
+            for build_dicts, system, name, raws, hdrs, tss, cols in prepared:
+                dicts = build_dicts(system, name, raws, hdrs, tss, cols)
+                evs = list(map(new, repeat(Event, len(dicts))))
+                deque(map(setattr_, evs, repeat("__dict__"), dicts), maxlen=0)
+                out.extend(evs)
+        finally:
+            gc.enable()
+        # as (d)'s list(): the first allocation with the collector back on makes it walk the new events once
+        return list(out)
+
+    return build
 
 
 def main() -> None:
@@ -265,56 +318,101 @@ def main() -> None:
     check = TraceParser(cat).parse(text)
     if check.unparsed:
         raise SystemExit(f"benchmark trace not fully understood: {check.unparsed[:3]}")
-    if hasattr(TraceParser, "_parse_slow"):
+    has_ref = hasattr(TraceParser, "_parse_slow")
+    if has_ref:
         ref = TraceParser(cat)._parse_slow(text)
         lazy = TraceParser(cat).parse(text)
         if lazy.of(*PROBE) != ref.of(*PROBE) or lazy.event_counts() != ref.event_counts() or lazy != ref:
             raise SystemExit("TraceParser.parse differs from the reference parser on the benchmark trace")
         del ref, lazy
+    floor = event_builder(list(check.events))
 
     with tempfile.NamedTemporaryFile("w", suffix=".trace", delete=False) as f:
         f.write(text)
     try:
         wc_out = subprocess.run(["wc", "-l", f.name], check=True, capture_output=True, text=True).stdout
         assert int(wc_out.split()[0]) == n, wc_out
-        t_a = median_time(lambda: subprocess.run(["wc", "-l", f.name], check=True, capture_output=True), args.repeat)
+        walls = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            subprocess.run(["wc", "-l", f.name], check=True, capture_output=True)
+            walls.append(time.perf_counter() - t0)
+        t_a = statistics.median(walls)
     finally:
         os.unlink(f.name)
-    t_b = median_time(lambda: baseline(text), args.repeat)
 
     def indexed() -> ParsedTrace:
         parsed = TraceParser(cat).parse(text)
         len(parsed.events), parsed.lost, parsed.unparsed, parsed.event_counts()
         return parsed
 
-    t_c = median_time(indexed, args.repeat)
-    t_d = median_time(lambda: list(indexed().events), args.repeat)
-    t_e = median_time(lambda: indexed().of(*PROBE), args.repeat)
-    rows = [
-        ("(a) wc -l (raw read, subprocess)", t_a),
-        ("(b) one generic regex per line -> dicts", t_b),
-        ("(c) TraceParser.parse: len, lost, unparsed, counts", t_c),
-        ("(d) (c) + every event decoded", t_d),
-        (f"(e) (c) + of{PROBE} decoded", t_e),
-    ]
-    t_r = None
-    if hasattr(TraceParser, "_parse_slow"):
-        t_r = median_time(lambda: TraceParser(cat)._parse_slow(text), args.repeat)
-        rows.append(("(r) reference line-by-line parser", t_r))
+    fns: Dict[str, Callable[[], object]] = {
+        "b": lambda: baseline(text),
+        "c": indexed,
+        "d": lambda: list(indexed().events),
+        "e": lambda: indexed().of(*PROBE),
+    }
+    if floor is not None:
+        fns["f"] = floor
+    if has_ref:
+        fns["r"] = lambda: TraceParser(cat)._parse_slow(text)
+    t = interleaved(fns, args.repeat)
+    labels = {
+        "b": "(b) naive: one generic regex per line -> dict of str",
+        "c": "(c) TraceParser.parse: len, lost, unparsed, counts",
+        "d": "(d) (c) + every event decoded (typed Events)",
+        "e": f"(e) (c) + of{PROBE} decoded",
+        "f": "(f) the Events of (d) built from typed values",
+        "r": "(r) reference line-by-line parser",
+    }
 
     print(
         f"trace: {n:,} lines, {len(text) / 1e6:.1f} MB, {len(check.events):,} events "
         f"({check.count_of(*PROBE):,} of {PROBE[0]}:{PROBE[1]}), {sum(check.lost.values())} lost; "
-        f"median of {args.repeat} runs"
+        f"median of {args.repeat} interleaved rounds, CPU time ((a): wall time)"
     )
-    for label, t in rows:
-        print(f"  {label:52s} {n / t:>13,.0f} lines/s  {t * 1000:8.1f} ms")
-    ratios = f"  c/b = {t_b / t_c:.2f}   d/b = {t_b / t_d:.2f}   e/b = {t_b / t_e:.2f}   c/a = {t_a / t_c:.4f}"
-    if t_r is not None:
-        ratios += f"   c/r = {t_r / t_c:.1f}   d/r = {t_r / t_d:.2f}"
+    print(f"  {'(a) wc -l (raw read, subprocess)':52s} {n / t_a:>13,.0f} lines/s  {t_a * 1000:8.1f} ms")
+    for k, secs in t.items():
+        print(f"  {labels[k]:52s} {n / secs:>13,.0f} lines/s  {secs * 1000:8.1f} ms")
+    ratios = f"  c/b = {t['b'] / t['c']:.2f}   d/b = {t['b'] / t['d']:.2f}   e/b = {t['b'] / t['e']:.2f}"
+    if "f" in t:
+        ratios += f"   f/b = {t['b'] / t['f']:.2f}"
+    if "r" in t:
+        ratios += f"   c/r = {t['r'] / t['c']:.1f}   d/r = {t['r'] / t['d']:.2f}"
     print(ratios)
-    verdict = "met" if n / t_c >= 1e6 else "NOT met"
-    print(f"  target (c) >= 1,000,000 lines/s: {verdict} ({n / t_c:,.0f})")
+    print(
+        "  (b) keeps the body as one string; (d) splits every field by the event's format and types it (int or\n"
+        "  str), one Event (and its fields dict) per line: more work than (b), measured against it all the same"
+    )
+    verdict = "met" if n / t["c"] >= 1e6 else "NOT met"
+    print(f"  target (c) >= 1,000,000 lines/s: {verdict} ({n / t['c']:,.0f})")
+    verdict = "met" if t["d"] <= t["b"] else "NOT met"
+    print(f"  target (d) >= (b): {verdict} (d/b = {t['b'] / t['d']:.2f})")
+    if "f" in t:
+        # (d) needs (c)'s pass and (f)'s objects at the very least, whatever the field decoding costs
+        print(
+            f"  (c) + (f), parse and build the Events with no field decoded at all: "
+            f"{n / (t['c'] + t['f']):,.0f} lines/s, {t['b'] / (t['c'] + t['f']):.2f}x (b)"
+        )
+
+    naive = "naive parser, same run: one generic regex per line into a dict of str (header columns, unsplit body)"
+    for key, metric, note in [
+        ("c", "parse, count only (length, lost, unparsed, per-event counts exact)", "target >= 1,000,000 lines/s"),
+        ("d", "parse and decode every event (typed fields, one Event per line)", "goal: at least the baseline"),
+        ("e", f"parse and decode one probe's events ({PROBE[0]}:{PROBE[1]}, a quarter of the lines)", ""),
+    ]:
+        emit(
+            Result(
+                benchmark="bench_parse",
+                metric=metric,
+                value=round(n / t[key]),
+                unit="lines/s",
+                baseline=naive,
+                baseline_value=round(n / t["b"]),
+                better="higher",
+                note=(note + "; " if note else "") + f"CPU time, median of {args.repeat}, {n:,}-line trace",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
+from operator import itemgetter
 from typing import (
     Any,
     Callable,
@@ -409,8 +410,19 @@ def _ptr_string(v: str) -> str:
 _Converter = Callable[[Sequence[Optional[str]]], Dict[str, FieldValue]]
 
 
+_CONVERTERS: Dict[Tuple[_PlanEntry, ...], _Converter] = {}  # per field plan: every parser of a format shares it
+
+
 def _compile_converter(plan: Sequence[_PlanEntry]) -> _Converter:
     """Straight-line Python for one event's fields (no per-field loop): regex groups -> typed dict."""
+    key = tuple(plan)
+    conv = _CONVERTERS.get(key)
+    if conv is None:
+        conv = _CONVERTERS[key] = _generate_converter(key)
+    return conv
+
+
+def _generate_converter(plan: Sequence[_PlanEntry]) -> _Converter:
     lines = ["def convert(g):"]
     items = []
     gi = 0
@@ -755,6 +767,7 @@ class _FastForm:
 
 
 _VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, marker)
+_MARK = itemgetter(2)  # a row's marker
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
@@ -815,12 +828,14 @@ def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
     return ff
 
 
-def _ints(col: Sequence[str]) -> List[int]:
-    """``int()`` of every string; values that repeat a lot (pids, probe addresses, flags) converted once."""
+def _ints(col: Sequence[str], mask: int, sign: int, base: int = 10) -> List[int]:
+    """``int(v, base)`` of every string, masked and reinterpreted (:func:`_fix_ints`); values that repeat a lot
+    (pids, probe addresses, flags) converted once."""
     if len(col) > 64 and len(set(col[:256])) * 4 < min(len(col), 256):
-        table = dict.fromkeys(col)
-        return list(map(dict(zip(table, map(int, table))).__getitem__, col))
-    return list(map(int, col))
+        keys = list(dict.fromkeys(col))
+        typed = _fix_ints(list(map(int, keys)) if base == 10 else list(map(int, keys, repeat(base))), mask, sign)
+        return list(map(dict(zip(keys, typed)).__getitem__, col))
+    return _fix_ints(list(map(int, col)) if base == 10 else list(map(int, col, repeat(base))), mask, sign)
 
 
 def _fix_ints(vals: List[int], mask: int, sign: int) -> List[int]:
@@ -843,9 +858,9 @@ def _fb_ints(col: Sequence[str], mask: int, sign: int) -> List[FieldValue]:
     """``_int_or_str`` of every value, column-wise when all are plain hex or plain decimal numbers."""
     joined = "\n".join(col)
     if _HEX_COLUMN_RE.fullmatch(joined):
-        return list(_fix_ints(list(map(int, col, [16] * len(col))), mask, sign))
+        return list(_ints(col, mask, sign, 16))
     if _DEC_COLUMN_RE.fullmatch(joined):
-        return list(_fix_ints(_ints(col), mask, sign))
+        return list(_ints(col, mask, sign))
     return [_int_or_str(v, mask, sign) for v in col]
 
 
@@ -855,7 +870,7 @@ def _convert(cols: Sequence[Sequence[str]], column: _Column) -> Sequence[FieldVa
     col = cols[gi]
     if conv == _C_INT:
         if "" not in col:
-            return _fix_ints(_ints(col), mask, sign)
+            return _ints(col, mask, sign)
         out: List[FieldValue] = []
         for d, e in zip(col, cols[gi + 1]):
             if d:
@@ -1029,8 +1044,7 @@ def _decode_group(
         del joined
         if len(rows) != len(sub):
             return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
-        vcols: List[Sequence[str]] = list(zip(*rows))
-        marks = vcols[2]
+        marks = list(map(_MARK, rows))
         if marks.count(" ") == len(marks):
             pos, pending = pending, []
         else:
@@ -1038,8 +1052,10 @@ def _decode_group(
             if not any(ok):
                 continue
             pos = list(compress(pending, ok))
-            vcols = [list(compress(c, ok)) for c in vcols]
+            rows = list(compress(rows, ok))
             pending = [j for j, o in zip(pending, ok) if not o]
+        vcols: List[Sequence[str]] = list(zip(*rows))
+        del rows
         hdrs = _prefixes_of(prefixes, vcols[0])
         if None in hdrs:  # a prefix the column-wise split cannot take: the line goes alone
             ok = [h is not None for h in hdrs]
