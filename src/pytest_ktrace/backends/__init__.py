@@ -3,7 +3,8 @@
 Every backend implements :class:`Backend`, the required contract. What only some targets can do is a small
 capability protocol, checked with ``isinstance``: :class:`Streaming` (stream mode, ``stream=True``),
 :class:`FileFetching` (BTF and ELF files read from the target), :class:`FilePushing` (``ktrace.push()``),
-:class:`Spawning` (``ktrace.spawn()``, which returns a :class:`BackgroundCommand`),
+:class:`Spawning` (``ktrace.spawn()``, which returns a :class:`BackgroundCommand`), :class:`PreparingRuns` (a
+test's arming in its first command's round trip),
 :class:`SharedFilesystem` (the target sees this machine's files), :class:`Injecting` (``ktrace.inject()`` on the
 fake) and :class:`Imitating` (a backend that stands in for a real kernel from a snapshot). A third-party backend
 implements what its target can do and registers itself through the ``pytest_ktrace_make_backend`` hook.
@@ -21,6 +22,7 @@ from ._base import (
     Mkdir,
     Op,
     OpResult,
+    PreparingRuns,
     Read,
     Remove,
     Rmdir,
@@ -43,6 +45,7 @@ __all__ = [
     "Mkdir",
     "Op",
     "OpResult",
+    "PreparingRuns",
     "Read",
     "Remove",
     "Rmdir",
