@@ -76,6 +76,34 @@ def test_a_later_test_takes_back_the_event_and_sees_only_its_own_calls(pytester:
     assert ours_in_this_process(tracefs_state()) == []
 
 
+def test_a_tracepoint_is_parked_and_taken_back_too(pytester: pytest.Pytester, probed: Path) -> None:
+    _suite(
+        pytester,
+        probed,
+        """
+        SEEN = []
+
+        def _exec(ktrace):
+            return ktrace.tracepoint("sched:sched_process_exec", filter=f'filename == "{BIN}"')
+
+        def test_first(ktrace):
+            execs = _exec(ktrace)
+            ktrace.run([BIN, "fib", "1"])
+            execs.assert_call_count(1)
+            SEEN.append(ktrace.instance)
+
+        def test_again(ktrace):
+            execs = _exec(ktrace)
+            assert ktrace.instance == SEEN[0]
+            ktrace.run([BIN, "fib", "1"])
+            ktrace.run([BIN, "fib", "1"])
+            execs.assert_call_count(2)  # its own two, not the first test's
+        """,
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+    assert ours_in_this_process(tracefs_state()) == []
+
+
 def test_a_file_rebuilt_in_place_gets_a_new_probe(pytester: pytest.Pytester, tmp_path: Path) -> None:
     built = build_probed(tmp_path)
     moving = tmp_path / "moving"
