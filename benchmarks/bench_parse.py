@@ -395,7 +395,7 @@ def main() -> None:
             f"{n / (t['c'] + t['f']):,.0f} lines/s, {t['b'] / (t['c'] + t['f']):.2f}x (b)"
         )
 
-    naive = "naive parser, same run: one generic regex per line into a dict of str (header columns, unsplit body)"
+    naive = "naive parser: one generic regex per line into a dict of strings (header columns, the body unsplit)"
     for key, metric, note in [
         ("c", "parse, count only (length, lost, unparsed, per-event counts exact)", "target >= 1,000,000 lines/s"),
         ("d", "parse and decode every event (typed fields, one Event per line)", "goal: at least the baseline"),
