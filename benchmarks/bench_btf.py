@@ -15,6 +15,9 @@ Prints (median of R runs each):
 
 The guest kernels' BTF (Debian 6.1, read from the images in ~/.cache/pytest-ktrace/guests) is timed too when
 present, with ``--guests``.
+
+RESULT lines (this kernel's BTF): (b) and the cold first probe, each against (a), reading the same bytes, the
+floor of any BTF reader, measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, List
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _results import Result, emit
 
 try:
     from pytest_ktrace.btf import BtfTypes, UnknownFunction, btf_from_kernel_image, resolve_fetcharg
@@ -55,7 +62,9 @@ def rate(fn: Callable[[], object], count: int, repeat: int) -> float:
     return count / median_time(lambda: [fn() for _ in range(count)], repeat)
 
 
-def bench(label: str, data: bytes, repeat: int, arch: str) -> None:
+def bench(label: str, data: bytes, repeat: int, arch: str) -> tuple[float, float, int]:
+    """Prints the figures; returns the load's and the cold first probe's seconds, and how many resolutions that
+    probe made."""
     print(f"== {label}: {len(data) / 1e6:.1f} MB")
     load = median_time(lambda: BtfTypes.load(data), repeat)
     btf = BtfTypes.load(data)
@@ -89,6 +98,7 @@ def bench(label: str, data: bytes, repeat: int, arch: str) -> None:
             btf.func("setup_irqq")
 
     print(f"(f) unknown-function suggestion: {median_time(misspelled, repeat) * 1e3:.1f} ms")
+    return load, cold_time, len(present)
 
 
 def main() -> None:
@@ -101,7 +111,23 @@ def main() -> None:
     path = Path(args.btf)
     read = median_time(path.read_bytes, args.repeat)
     print(f"(a) read {path}: {read * 1e3:.1f} ms")
-    bench(str(path), path.read_bytes(), args.repeat, args.arch)
+    load, cold, resolutions = bench(str(path), path.read_bytes(), args.repeat, args.arch)
+    size = f"{path.stat().st_size / 1e6:.1f} MB"
+    for metric, value in (
+        (f"BtfTypes.load of {path} ({size})", load),
+        (f"a cold first probe: load, name index and {resolutions} fetcharg resolutions", cold),
+    ):
+        emit(
+            Result(
+                benchmark="bench_btf",
+                metric=metric,
+                value=round(value * 1e3, 2),
+                unit="ms",
+                baseline="reading the same file's bytes",
+                baseline_value=round(read * 1e3, 2),
+                note=f"median of {args.repeat}",
+            )
+        )
     if args.guests:
         for image in sorted((Path.home() / ".cache" / "pytest-ktrace" / "guests").glob("*-*/kernel")):
             arch = image.parent.name.split("-")[0]

@@ -8,7 +8,7 @@ read with each batch: the default) and once with ``--ktrace-kernel-log=off``. Bo
 hits them alike. The alternative, a ``/dev/kmsg`` read with each trace, is measured as what it would read: the
 whole record buffer, since a shell on a board cannot keep a reader's position between commands.
 
-Prints the median per test of each, the ratio, and the /dev/kmsg read's size and time.
+Prints the median per test of each, the ratio, and the /dev/kmsg read's size and time, then the RESULT line.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _results import Result, emit  # noqa: E402
 
 from ktrace_testing import build_probed  # noqa: E402
 from pytest_ktrace._identity import RunIdentity  # noqa: E402
@@ -85,10 +88,24 @@ def main() -> None:
     print(f"two-uprobe test, --ktrace-kernel-log=off: {off * 1e3:7.1f} ms median")
     print(f"ratio captured/off: {captured / off:.2f}x (+{(captured - off) * 1e3:.1f} ms per test)")
     sizes, seconds = zip(*(kmsg_read() for _ in range(5)))
+    kmsg_kib, kmsg_ms = statistics.median(sizes) / 1024, statistics.median(seconds) * 1e3
     print(
-        f"/dev/kmsg read of the whole buffer: {statistics.median(sizes) / 1024:.0f} KiB in "
-        f"{statistics.median(seconds) * 1e3:.1f} ms locally, with every command's trace (over SSH: that many "
-        "bytes more per round trip)"
+        f"/dev/kmsg read of the whole buffer: {kmsg_kib:.0f} KiB in {kmsg_ms:.1f} ms locally, with every command's "
+        "trace (over SSH: that many bytes more per round trip)"
+    )
+    emit(
+        Result(
+            benchmark="bench_kernel_log",
+            metric="two-uprobe test on this machine, kernel log captured (printk:console, taint with each batch)",
+            value=round(captured * 1e3, 2),
+            unit="ms",
+            baseline="the same test with --ktrace-kernel-log=off",
+            baseline_value=round(off * 1e3, 2),
+            note=(
+                f"median of {args.rounds} interleaved; no round trip of its own, where a /dev/kmsg read would "
+                f"fetch the whole record buffer ({kmsg_kib:.0f} KiB here) with every command's trace"
+            ),
+        )
     )
 
 
