@@ -248,3 +248,13 @@ def test_dropped_hits_are_never_silent() -> None:
     warned = result_of("sched_sched_process_fork.hist", hist_spec("child_pid", size=128), policy="warn")
     with pytest.warns(pytest.PytestWarning, match="95 of 223 events"):
         assert len(warned) == 128
+
+
+def test_the_hist_feature_is_read_from_the_readme() -> None:
+    from pytest_ktrace.backends._features import features_from, readme_features
+    from pytest_ktrace.snapshots._snapshot import load_snapshot
+
+    guest = load_snapshot("debian-6.1-x86_64").readme
+    assert "hist" in readme_features(guest) and "hist" in features_from({}, guest)
+    without = guest.replace("hist trigger\t- If set", "")
+    assert "hist" not in features_from({}, without)
