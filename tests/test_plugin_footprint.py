@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import pytest_ktrace
-from pytest_ktrace import _choices, plugin
+from pytest_ktrace import plugin
 
 # What the entry point itself needs to declare options, ini keys, markers, fixtures and hooks.
 _ENTRY_POINT = {
@@ -98,22 +98,6 @@ def test_the_header_on_the_defaults_is_what_resolving_them_says(pytester: pytest
     resolved = pytester.runpytest("-p", "no:cacheprovider", "--ktrace-backend=local")
     assert [line for line in plain.outlines if line.startswith("ktrace:")] == [plugin._DEFAULT_HEADER]
     assert [line for line in resolved.outlines if line.startswith("ktrace:")] == [plugin._DEFAULT_HEADER]
-
-
-def test_the_options_choices_are_the_ones_the_settings_accept() -> None:
-    """The plugin declares its options from ``_choices`` without importing what resolves them: the same values."""
-    from pytest_ktrace import _targets
-    from pytest_ktrace._labgrid import _request
-    from pytest_ktrace.recording import _modes
-
-    assert _choices.SCOPES == _targets.SCOPES
-    assert _choices.FLAMEGRAPH_MODES == _targets.FLAMEGRAPH_MODES
-    assert _choices.LOST_POLICIES == _targets.LOST_POLICIES
-    assert _choices.KERNEL_LOG_POLICIES == _targets.KERNEL_LOG_POLICIES
-    assert _choices.VM_ARCHES == _targets.VM_ARCHES
-    assert _choices.RECORD_MODES == _modes.RECORD_MODES
-    assert _choices.LABGRID_DEFAULT_PORT == _request.DEFAULT_PORT
-    assert _choices.LABGRID_DEFAULT_TIMEOUT_S == _request.DEFAULT_TIMEOUT_S
 
 
 def test_errors_still_hide_our_frames() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from ._boards import split_hosts
+from ._choices import KERNEL_LOG_POLICIES, LOST_POLICIES, SCOPES, VM_ARCHES
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._identity import RunIdentity, stale_owner
 from ._labgrid._request import COORDINATOR_ENV, DEFAULT_TIMEOUT_S, LabgridRequest, parse_coordinator, parse_tags
@@ -56,11 +57,6 @@ _SETTINGS: dict[str, tuple[str, str, Any, str]] = {
     "fresh_probes": ("ktrace_fresh_probes", "ktrace_fresh_probes", False, "bool"),
 }
 MARKER_KEYS = frozenset(_SETTINGS)
-SCOPES = ("all", "run")
-FLAMEGRAPH_MODES = ("none", "failed", "all")
-LOST_POLICIES = ("fail", "warn")
-KERNEL_LOG_POLICIES = ("fail", "warn", "off")
-VM_ARCHES = ("x86_64", "arm64")
 DEFAULT_CLEAN_AFTER_S = 6 * 3600.0  # a run whose heartbeat is older is dead: no test runs this long without one
 
 

@@ -175,7 +175,10 @@ def test_properties_travel_through_xdist(pytester: pytest.Pytester, recording: P
         )
     )
     xml = pytester.path / "junit.xml"
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2", f"--junitxml={xml}")
+    # each test writes its own definitions (the check below compares them), none takes back a parked probe
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "xdist", "-n", "2", f"--junitxml={xml}", "--ktrace-fresh-probes"
+    )
     result.assert_outcomes(passed=7, failed=1, skipped=1)
     props = _properties(xml)
     written = _written(recording)

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import _choices
+
 __all__ = [
     "COORDINATOR_ENV",
     "DEFAULT_PORT",
@@ -16,8 +18,8 @@ __all__ = [
     "parse_tags",
 ]
 
-DEFAULT_PORT = 20408  # labgrid's own default
-DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_PORT = _choices.LABGRID_DEFAULT_PORT  # labgrid's own default
+DEFAULT_TIMEOUT_S = _choices.LABGRID_DEFAULT_TIMEOUT_S
 COORDINATOR_ENV = "LG_COORDINATOR"  # labgrid's own variable, used when no option names the coordinator
 _TAG_KEY = re.compile(r"[a-z][a-z0-9_]+")  # the coordinator refuses other keys
 _TAG_VALUE = re.compile(r"[^\s,=]+")

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from .. import _choices
+
 __all__ = ["RECORD_MODES", "record_mode", "should_record"]
 
-RECORD_MODES = ("none", "once", "rewrite")
+RECORD_MODES = _choices.RECORD_MODES
 
 
 def record_mode(config: pytest.Config) -> str:
