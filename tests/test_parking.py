@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import build_probed, ours_in_this_process, tracefs_state
+from ktrace_testing import append_line, build_probed, ours_in_this_process, tracefs_state
 from pytest_ktrace._warm import PARKING_FILTER
 
 pytest_plugins = ["pytester"]
@@ -199,6 +199,41 @@ def test_an_instance_removed_behind_our_back_fails_one_test_and_the_run_goes_on(
         [
             "*TargetError: arming failed: instances/ktrace_*/trace is gone (ENOENT): the run's instance*removed by "
             "someone else after the previous test; the next test starts a new instance*"
+        ]
+    )
+    assert ours_in_this_process(tracefs_state()) == []
+
+
+def test_a_parked_event_someone_else_holds_fails_the_run_naming_the_test_that_armed_it(
+    pytester: pytest.Pytester, probed: Path
+) -> None:
+    _suite(
+        pytester,
+        probed,
+        """
+        import os
+
+        def test_arms_fib(ktrace):
+            fib = ktrace.uprobe(BIN, "fib")
+            ktrace.run([BIN, "fib", "1"])
+            # someone enables our event in the top-level buffer too: its removal is EBUSY while they hold it
+            fd = os.open(f"/sys/kernel/tracing/events/{fib.spec.event_dir}/enable", os.O_WRONLY)
+            os.write(fd, b"1")
+            os.close(fd)
+            with open("held", "w") as note:
+                note.write(fib.spec.event_dir)
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    event = (pytester.path / "held").read_text()
+    (TRACEFS / "events" / event / "enable").write_text("0")
+    append_line(TRACEFS / "uprobe_events", f"-:{event}\n")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-ktrace could not remove probes parked by these tests:",
+            "*local: test_parked.py::test_arms_fib: Write uprobe_events: EBUSY*",
         ]
     )
     assert ours_in_this_process(tracefs_state()) == []
