@@ -296,6 +296,32 @@ def suite_times(scratch: Path, tests: int, repeat: int) -> dict[tuple[str, str, 
     return best
 
 
+def suite_figures(suite: dict[tuple[str, str, int], float], label: str, tests: int) -> dict[str, Any]:
+    """Per plugin set: wall times, the cost per test and the fixed cost of each mode, and from which size -n 2
+    pays off (by wall time, and at best on two idle cores by CPU time: -n 0 runs on one core, -n 2 can at
+    best spread the CPU of its controller and both workers evenly over the two)."""
+    big = f"replayed {tests}"
+    per = {w: (suite[(label, big, w)] - suite[(label, "replayed 2", w)]) / (tests - 2) for w in (0, 2)}
+    fixed = {w: suite[(label, "replayed 2", w)] - 2 * per[w] for w in (0, 2)}
+    cpu = {w: suite[(f"cpu {label}", big, w)] for w in (0, 2)}
+    cpu_per = {w: (cpu[w] - suite[(f"cpu {label}", "replayed 2", w)]) / (tests - 2) for w in (0, 2)}
+    cpu_fixed = {w: cpu[w] - tests * cpu_per[w] for w in (0, 2)}
+    gain = cpu_per[0] - cpu_per[2] / 2
+    return {
+        "n0": suite[(label, big, 0)],
+        "n2": suite[(label, big, 2)],
+        "per": per,
+        "fixed": fixed,
+        "plain": {w: suite[(label, "plain 2", w)] for w in (0, 2)},
+        "startup": fixed[0] - suite[(label, "plain 2", 0)],
+        "pays": max(0.0, (fixed[2] - fixed[0]) / (per[0] - per[2])) if per[2] < per[0] else None,
+        "cpu": cpu,
+        "cpu_per": cpu_per,
+        "cpu_fixed": cpu_fixed,
+        "at_best": max(0.0, (cpu_fixed[2] / 2 - cpu_fixed[0]) / gain) if gain > 0 else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
@@ -324,44 +350,35 @@ def main() -> int:
         print(f"  local uprobes (wall time), scale   {local * 1e3:8.3f} ms  fake {local / one['plugin']:.0f}x faster")
 
     tests = args.tests
-    big = f"replayed {tests}"
     print(f"\nreplayed suite: {tests} tests in one module, each its own cassette (wall time, best of {args.repeat})")
-    figures: dict[str, dict[str, Any]] = {}
-    for label in PLUGIN_SETS:
-        n0, n2 = suite[(label, big, 0)], suite[(label, big, 2)]
-        per = {w: (suite[(label, big, w)] - suite[(label, "replayed 2", w)]) / (tests - 2) for w in (0, 2)}
-        fixed = {w: suite[(label, "replayed 2", w)] - 2 * per[w] for w in (0, 2)}
-        plain = {w: suite[(label, "plain 2", w)] for w in (0, 2)}
-        figures[label] = {"n0": n0, "n2": n2, "per": per, "fixed": fixed}
+    figures = {label: suite_figures(suite, label, tests) for label in PLUGIN_SETS}
+    for label, f in figures.items():
         print(f"  {label}:")
-        print(f"    -n 0: {n0:6.2f} s  {tests / n0:6.1f} tests/s")
-        print(f"    -n 2: {n2:6.2f} s  {tests / n2:6.1f} tests/s   -n 2 against -n 0: {n0 / n2:.2f}x")
-        print(f"    per test: -n 0 {per[0] * 1e3:.1f} ms, -n 2 {per[2] * 1e3:.1f} ms (the run's wall time per test)")
+        print(f"    -n 0: {f['n0']:6.2f} s  {tests / f['n0']:6.1f} tests/s")
         print(
-            f"    fixed cost: -n 0 {fixed[0]:.2f} s, -n 2 {fixed[2]:.2f} s; pytest alone (2 tests without ktrace)"
-            f" {plain[0]:.2f} s, {plain[2]:.2f} s; pytest-ktrace's start-up (imports, snapshot)"
-            f" {fixed[0] - plain[0]:.2f} s"
+            f"    -n 2: {f['n2']:6.2f} s  {tests / f['n2']:6.1f} tests/s   -n 2 against -n 0: {f['n0'] / f['n2']:.2f}x"
         )
-        if per[2] < per[0]:
-            print(f"    -n 2 pays off from about {max(0.0, (fixed[2] - fixed[0]) / (per[0] - per[2])):.0f} tests")
-        else:
-            print("    -n 2 does not pay off at any size here: its tests take no less wall time than -n 0's")
-        # The same from CPU time, which other processes on a shared machine do not inflate: -n 0 runs on one
-        # core; -n 2 can at best spread its CPU (controller and both workers) evenly over the two.
-        cpu = {w: suite[(f"cpu {label}", big, w)] for w in (0, 2)}
-        cpu_per = {w: (cpu[w] - suite[(f"cpu {label}", "replayed 2", w)]) / (tests - 2) for w in (0, 2)}
-        cpu_fixed = {w: cpu[w] - tests * cpu_per[w] for w in (0, 2)}
-        figures[label].update(cpu=cpu, cpu_per=cpu_per, cpu_fixed=cpu_fixed)
+        print(f"    per test: -n 0 {f['per'][0] * 1e3:.1f} ms, -n 2 {f['per'][2] * 1e3:.1f} ms (the run's wall time)")
         print(
-            f"    CPU of all processes: -n 0 {cpu[0]:.2f} s ({cpu_fixed[0]:.2f} s fixed + {cpu_per[0] * 1e3:.1f} ms"
-            f" per test), -n 2 {cpu[2]:.2f} s ({cpu_fixed[2]:.2f} s + {cpu_per[2] * 1e3:.1f} ms per test)"
+            f"    fixed cost: -n 0 {f['fixed'][0]:.2f} s, -n 2 {f['fixed'][2]:.2f} s; pytest alone (2 tests without"
+            f" ktrace) {f['plain'][0]:.2f} s, {f['plain'][2]:.2f} s; pytest-ktrace's start-up in a process"
+            f" (imports, snapshot) {f['startup']:.2f} s"
         )
-        gain = cpu_per[0] - cpu_per[2] / 2
-        if gain > 0:
-            at_best = max(0.0, (cpu_fixed[2] / 2 - cpu_fixed[0]) / gain)
-            print(f"    on two idle cores, -n 2 could pay off from about {at_best:.0f} tests at best")
-        else:
-            print("    on two idle cores -n 2 could not pay off: its CPU per test is over twice -n 0's")
+        print(
+            f"    -n 2 pays off from about {f['pays']:.0f} tests"
+            if f["pays"] is not None
+            else "    -n 2 does not pay off at any size here: its tests take no less wall time than -n 0's"
+        )
+        print(
+            f"    CPU of all processes: -n 0 {f['cpu'][0]:.2f} s ({f['cpu_fixed'][0]:.2f} s fixed +"
+            f" {f['cpu_per'][0] * 1e3:.1f} ms per test), -n 2 {f['cpu'][2]:.2f} s ({f['cpu_fixed'][2]:.2f} s +"
+            f" {f['cpu_per'][2] * 1e3:.1f} ms per test)"
+        )
+        print(
+            f"    on two idle cores, -n 2 could pay off from about {f['at_best']:.0f} tests at best"
+            if f["at_best"] is not None
+            else "    on two idle cores -n 2 could not pay off: its CPU per test is over twice -n 0's"
+        )
     print(
         f"  the 2-test -n 0 run when every process compiles what it imports (PYTHONDONTWRITEBYTECODE):"
         f" {suite[('uncached', 'replayed 2', 0)]:.2f} s"
@@ -370,37 +387,36 @@ def main() -> int:
     emit(
         Result(
             benchmark="bench_fake",
-            metric="two-probe fake test, plugin time",
+            metric="two-probe fake test (define, arm, inject 2 events, collect, assert, teardown), plugin CPU time",
             value=round(ms["plugin"], 4),
             unit="ms",
             baseline="the same tracefs operations and injections sent straight to FakeBackend",
             baseline_value=round(ms["bare fake"], 4),
-            note=f"inside the fake {ms['inside fake']:.3f} ms; session, parser, assertions {rest:.3f} ms",
+            note=(
+                f"{ms['inside fake']:.2f} ms of it inside the fake backend, {rest:.2f} ms session, parser and"
+                f" assertions; the two events in a list checked by a Python loop: {ms['plain'] * 1e3:.1f} us"
+            ),
         )
     )
-    emit(
-        Result(
-            benchmark="bench_fake",
-            metric="two-probe fake test, plugin time",
-            value=round(ms["plugin"], 4),
-            unit="ms",
-            baseline="the same two events appended to a list and checked by a plain Python loop",
-            baseline_value=round(ms["plain"], 5),
+    for label, f in figures.items():
+        pays = f"pays off from about {f['pays']:.0f} tests" if f["pays"] is not None else "does not pay off here"
+        at_best = (
+            f"from {f['at_best']:.0f} at best on two idle cores (CPU time)"
+            if f["at_best"] is not None
+            else "never on two cores (CPU time)"
         )
-    )
-    for label, figure in figures.items():
-        per, fixed = figure["per"], figure["fixed"]
         emit(
             Result(
                 benchmark="bench_fake",
-                metric=f"replayed suite of {tests} tests, -n 2 ({label})",
-                value=round(figure["n2"], 3),
+                metric=f"{tests} replayed cassette tests, -n 2 ({label})",
+                value=round(f["n2"], 3),
                 unit="s",
                 baseline="the same suite with -n 0",
-                baseline_value=round(figure["n0"], 3),
+                baseline_value=round(f["n0"], 3),
                 note=(
-                    f"per test {per[0] * 1e3:.1f} ms (-n 0), {per[2] * 1e3:.1f} ms (-n 2); "
-                    f"fixed {fixed[0]:.2f} s, {fixed[2]:.2f} s"
+                    f"{f['per'][0] * 1e3:.1f} ms per test with -n 0, {f['per'][2] * 1e3:.1f} ms with -n 2; the second"
+                    f" worker adds {f['fixed'][2] - f['fixed'][0]:.2f} s of start-up (pytest-ktrace's share of a"
+                    f" process's start-up: {f['startup']:.2f} s): -n 2 {pays}, {at_best}"
                 ),
             )
         )
