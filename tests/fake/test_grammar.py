@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pytest_ktrace.fake._grammar import (
@@ -17,6 +17,7 @@ from pytest_ktrace.fake._grammar import (
     ProbeSyntaxError,
     RemovalCommand,
     UnsupportedCommand,
+    _is_good_name,
     parse_command,
     split_commands,
 )
@@ -594,6 +595,9 @@ def assert_well_behaved(line: str, control: str, dialect: KernelDialect) -> None
         return
     assert result is None or isinstance(result, (ProbeCommand, RemovalCommand))
     if isinstance(result, ProbeCommand):
+        if dialect.release.startswith("6.1.") and not _is_good_name(result.event):
+            # 6.1 does not check a name it made itself (p @:u8 becomes p_@_u8_0): its own listing does not parse back
+            return
         # The listing is a command that means the same thing.
         reparsed = parse(result.listing(), "uprobe_events" if result.kind == "uprobe" else "kprobe_events", dialect)
         assert isinstance(reparsed, ProbeCommand)
@@ -612,6 +616,7 @@ def test_arbitrary_text_only_raises_probe_syntax_error(line: str, control: str, 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(line=command_like(), control=CONTROLS, dialect=DIALECTS)
+@example(line="p @:u8", control="kprobe_events", dialect=OLD)
 def test_command_like_text_only_raises_probe_syntax_error(line: str, control: str, dialect: KernelDialect) -> None:
     assert_well_behaved(line, control, dialect)
 
