@@ -992,7 +992,10 @@ def _line_event(sp: Optional[_Splitter], raw: str) -> Event:
     return ev
 
 
-def _fast_forms(sp: _Splitter, body: str) -> List[_FastForm]:
+_FEW_LINES = 8  # up to this many lines of one event are decoded line by line
+
+
+def _fast_forms(sp: _Splitter, body: str) -> Iterator[_FastForm]:
     """The forms the lines of ``sp``'s event may print in, the one of ``body`` first. The forms exclude each
     other (a forward body starts with the first field, a reverse one with the last, the default probe output
     with ``" ("``), so the order they are tried in does not change any result."""
@@ -1001,8 +1004,10 @@ def _fast_forms(sp: _Splitter, body: str) -> List[_FastForm]:
         ids = [_FORM_FALLBACK, _FORM_FORWARD, _FORM_REVERSE]
     elif sp.last and body.startswith(sp.last) and not body.startswith(sp.first):
         ids = [_FORM_REVERSE, _FORM_FORWARD, _FORM_FALLBACK]
-    forms = [_fast_form(sp, i) for i in ids]
-    return [f for f in forms if f is not None]
+    for form_id in ids:  # each compiled only when it is tried
+        form = _fast_form(sp, form_id)
+        if form is not None:
+            yield form
 
 
 def _prefixes_of(cache: Dict[str, Optional[Tuple[str, int, int]]], prefs: Sequence[str]) -> List[Any]:
@@ -1023,7 +1028,8 @@ def _decode_group(
     m = len(raws)
     if not m:
         return []
-    if sp is None or sp.fmt.name != name or _NUMERIC_NAME_RE.fullmatch(name):
+    if m <= _FEW_LINES or sp is None or sp.fmt.name != name or _NUMERIC_NAME_RE.fullmatch(name):
+        # a handful of lines: decoding them one by one costs less than compiling the whole-text patterns
         return [_line_event(sp, raw) for raw in raws]
     pending = list(range(m))
     rest: List[int] = []  # lines left to the per-line decoder

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Optional, Union
 
 from . import _elf as elf
@@ -63,9 +64,11 @@ def check_fetchargs(fetchargs: dict[str, str]) -> None:
 def _definition_site() -> str:
     """file:line of the test code that called a factory (first frame outside this package)."""
     here = os.path.dirname(__file__)
-    for frame in inspect.stack()[2:]:
-        if not frame.filename.startswith(here):
-            return f"{frame.filename}:{frame.lineno}"
+    frame: Optional[FrameType] = sys._getframe(2)  # inspect.stack() would read every frame's source lines
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(here):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
     return ""
 
 
