@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -380,23 +382,39 @@ def test_spawn_script_runs_it_in_a_session_of_its_own_and_its_kill_ends_the_grou
     # deaf to SIGTERM, with a child that is too
     argv = ["sh", "-c", "trap '' TERM; sleep 300 & echo $!; while :; do sleep 0.05; done"]
     proc = _start(shell, _shell.render_spawn(argv, nonce, pid_files=[f"{inst}/set_event_pid"]), tmp_path)
+    out, group_ended = b"", False
     try:
         out = _read_until(proc, lambda out: (_shell.parse_run(out, nonce).stdout or b"").endswith(b"\n"))
         started = _shell.parse_run(out, nonce)
         assert started.pid is not None and started.pid == started.child
         pid, child = started.pid, int(started.stdout)
         assert os.getsid(pid) == pid and os.getpgid(child) == pid
-        assert f"KTRACE_SPAWN={nonce}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        assert f"KTRACE_SPAWN={nonce}".encode() in _environ_once_execed(child)
         assert (TRACEFS / inst / "set_event_pid").read_text().split() == [str(pid)]
         ended = shell(_shell.render_spawn_kill(pid, nonce, grace=0.2, leader_unreaped=True))
         assert ended.stdout.split() == [b"TERM", b"KILL"]
         assert not _alive(pid) and not _alive(child)
+        group_ended = True
         out += _read_until(proc, lambda more: b" END\n" in out + more)
         assert _shell.parse_run(out, nonce).returncode == 128 + 9
     finally:
         proc.kill()
         proc.wait()
+        leader = _shell.parse_run(out, nonce).pid
+        if leader and not group_ended:  # a failed assertion must not leave the group running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal.SIGKILL)
         os.rmdir(TRACEFS / inst)
+
+
+def _environ_once_execed(pid: int) -> list[bytes]:
+    """The environment of ``pid``: empty while the kernel is in the middle of its execve(), so read again then."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        if environ or time.monotonic() > deadline:
+            return environ.split(b"\0")
+        time.sleep(0.01)
 
 
 def test_spawn_kill_spares_a_group_without_its_marker(shell: Runner) -> None:
