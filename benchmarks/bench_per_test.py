@@ -216,39 +216,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(
         f"local with parked probes / bare loop: {local_parked / bare:.2f}x (fresh probes per test: {base / bare:.2f}x)"
     )
-    emit(
-        Result(
-            benchmark="bench_per_test",
-            metric="two-uprobe test on this machine, probes parked between tests (the default)",
-            value=local_parked * 1e3,
-            unit="ms",
-            baseline="the same tracefs operations per test in a bare Python loop",
-            baseline_value=bare * 1e3,
+    loop = "the same tracefs operations per test in a bare Python loop"
+    figures = [
+        ("two-uprobe test on this machine, probes parked between tests (the default)", local_parked, loop, bare),
+        ("two-uprobe test on this machine, --ktrace-fresh-probes", base, loop, bare),
+        (
+            f"the same test over SSH on 127.0.0.1, probes parked: {ssh_parked[3]:.0f} round trips (the uprobe "
+            "file's stat, arming with the command and its trace, teardown's last look)",
+            ssh_parked[1],
+            "this machine's tracefs, probes parked, same run",
+            local_parked,
+        ),
+    ]
+    for metric, value, baseline, baseline_value in figures:
+        emit(
+            Result(
+                benchmark="bench_per_test",
+                metric=metric,
+                value=value * 1e3,
+                unit="ms",
+                baseline=baseline,
+                baseline_value=baseline_value * 1e3,
+            )
         )
-    )
-    emit(
-        Result(
-            benchmark="bench_per_test",
-            metric="two-uprobe test on this machine, --ktrace-fresh-probes",
-            value=base * 1e3,
-            unit="ms",
-            baseline="the same tracefs operations per test in a bare Python loop",
-            baseline_value=bare * 1e3,
-        )
-    )
-    emit(
-        Result(
-            benchmark="bench_per_test",
-            metric=(
-                f"the same test over SSH on 127.0.0.1, probes parked: {ssh_parked[3]:.0f} round trips (the uprobe "
-                "file's stat, arming with the command and its trace, teardown's last look)"
-            ),
-            value=ssh_parked[1] * 1e3,
-            unit="ms",
-            baseline="this machine's tracefs, probes parked, same run",
-            baseline_value=local_parked * 1e3,
-        )
-    )
     return 0
 
 
