@@ -179,10 +179,37 @@ def _parse_field_line(line: str, where: str) -> FieldFormat:
     )
 
 
+# What follows a format file's ``name:`` and ``ID:`` lines is the same for every probe of one layout (each test
+# makes its own probes, with new names and IDs), so it is parsed once per layout: (system, that text) -> the
+# parse. Bounded: cleared when full.
+_FORMATS: Dict[Tuple[str, str], EventFormat] = {}
+_FORMATS_KEPT = 256
+_FORMAT_HEAD_RE = re.compile(r"name: (\S+)\nID: ([0-9]+)\n")
+
+
 def parse_format(text: str, system: str) -> EventFormat:
     """Parse the text of an event ``format`` file. Raises :class:`KtraceError` naming the line on garbage."""
     if not isinstance(text, str):
         raise KtraceError(f"format of an event in {system!r}: expected text, got {type(text).__name__}")
+    head = _FORMAT_HEAD_RE.match(text)
+    if head is None:
+        return _parse_format(text, system)
+    key = (system, text[head.end() :])
+    known = _FORMATS.get(key)
+    if known is not None:
+        return EventFormat(
+            system, head.group(1), int(head.group(2)), known.fields, known.print_fmt, known.common_fields
+        )
+    parsed = _parse_format(text, system)
+    # kept only when the first two lines alone give the name and ID (no later line sets them again)
+    if "name:" not in key[1] and "ID:" not in key[1]:
+        if len(_FORMATS) >= _FORMATS_KEPT:
+            _FORMATS.clear()
+        _FORMATS[key] = parsed
+    return parsed
+
+
+def _parse_format(text: str, system: str) -> EventFormat:
     name: Optional[str] = None
     event_id: Optional[int] = None
     fields: List[FieldFormat] = []
