@@ -44,8 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
-from itertools import repeat
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -272,11 +270,11 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeat: int) -> Dict[str, 
 
 def event_builder(events: Sequence[Event]) -> Optional[Callable[[], object]]:
     """(f): a function building the ``Event``s of ``events`` again from their values, the parser's way (its
-    generated dict builder per field list, ``__dict__`` set at once), or None if the parser has no such way."""
+    generated builder per field list), or None if the parser has no such way."""
     try:
-        from pytest_ktrace import _parse as parse_mod
+        from pytest_ktrace import _events as events_mod
 
-        builder, new, setattr_ = parse_mod._builder, parse_mod._new, parse_mod._setattr
+        builder = events_mod._event_builder
     except (ImportError, AttributeError):
         return None
     groups: Dict[Tuple[str, str, Tuple[str, ...]], List[Event]] = {}
@@ -292,11 +290,8 @@ def event_builder(events: Sequence[Event]) -> Optional[Callable[[], object]]:
         out: List[Event] = []
         gc.disable()  # as the parser does while it builds events
         try:
-            for build_dicts, system, name, raws, hdrs, tss, cols in prepared:
-                dicts = build_dicts(system, name, raws, hdrs, tss, cols)
-                evs = list(map(new, repeat(Event, len(dicts))))
-                deque(map(setattr_, evs, repeat("__dict__"), dicts), maxlen=0)
-                out.extend(evs)
+            for build_events, system, name, raws, hdrs, tss, cols in prepared:
+                out.extend(build_events(system, name, raws, hdrs, tss, cols))
         finally:
             gc.enable()
         # as (d)'s list(): the first allocation with the collector back on makes it walk the new events once

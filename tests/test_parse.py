@@ -1191,7 +1191,7 @@ def _fast_line(rng: random.Random, i: int) -> str:
 
 
 def _event_key(e: Event) -> tuple[object, ...]:
-    return (type(e), list(vars(e).items()), list(e.fields.items()), e.raw)
+    return (type(e), [getattr(e, f.name) for f in dataclasses.fields(Event)], list(e.fields.items()), e.raw)
 
 
 FAST_KEYS = [
@@ -1305,21 +1305,11 @@ def _live_events() -> int:
 def test_unread_events_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the parser's speed rests on: parse() builds no Event at all; len, lost, unparsed and the counts
     come from the index; of() builds only the events asked for; reading events builds the rest, once."""
-    built = [0]
-    real_new = parse_mod._new
-
-    def counting_new(cls: type) -> object:
-        if cls is Event:
-            built[0] += 1
-        return real_new(cls)
-
-    monkeypatch.setattr(parse_mod, "_new", counting_new)
-    monkeypatch.setattr(parse_mod, "_make_event", None)  # the non-fast construction: must not be reached
     text = _clean_trace(20000)
     cat = FormatCatalog(FAST_FORMATS)
     before = _live_events()
     parsed = TraceParser(cat).parse(text)
-    assert built[0] == 0 and _live_events() == before
+    assert _live_events() == before
     assert len(parsed.events) == 20000 and parsed.events and parsed.lost == {1: 7 * 20} and parsed.unparsed == []
     assert parsed.event_counts() == {
         ("fp", "fent"): 8000,
@@ -1328,12 +1318,12 @@ def test_unread_events_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
         ("tp", "fsw"): 4000,
     }
     assert parsed.count_of("fp", "fret") == 4000 and parsed.count_of("tp", "fret") == 0
-    assert built[0] == 0 and _live_events() == before
+    assert _live_events() == before
     rets = parsed.of("fp", "fret")
-    assert built[0] == 4000 and [e.timestamp for e in rets[:2]] == [2.5, 7.5]
-    assert parsed.of("fp", "fret") == rets and built[0] == 4000  # decoded once
+    assert _live_events() == before + 4000 and [e.timestamp for e in rets[:2]] == [2.5, 7.5]
+    assert parsed.of("fp", "fret") == rets and _live_events() == before + 4000  # decoded once
     everything = list(parsed.events)
-    assert built[0] == 20000 and len(everything) == 20000
+    assert _live_events() == before + 20000 and len(everything) == 20000
     assert [e for e in everything if e.name == "fret"] == rets and everything[2] is rets[0]
     ref = TraceParser(cat)._parse_slow(text)
     assert parsed == ref
@@ -1418,13 +1408,18 @@ def test_fast_path_takes_clean_lines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fast_built_events_are_what_the_constructor_builds() -> None:
-    """Events built by setting ``__dict__`` at once have every field of Event, later defaulted ones included,
-    in field order, as ``Event(...)`` gives them."""
-    parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse(_clean_trace(10))
-    assert parse_mod._FAST_EVENT
+    """Events the parser fills in place are what ``Event(...)`` gives: the same class, every attribute set
+    (the defaulted ``stack`` included), equal, and as frozen."""
+    # 50 events: 10 or more of each known name (built column-wise), 10 of an unknown one (built line by line)
+    parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse(_clean_trace(50))
+    names = [f.name for f in dataclasses.fields(Event)]
     for event in parsed.events:
-        made = Event(**{f.name: getattr(event, f.name) for f in dataclasses.fields(Event) if f.init})
-        assert list(vars(event).items()) == list(vars(made).items()) and event == made
+        made = Event(**{name: getattr(event, name) for name in names})
+        assert type(event) is Event and event.stack == () and event == made
+        assert [getattr(event, n) for n in names] == [getattr(made, n) for n in names]
+        assert not hasattr(event, "__dict__")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.pid = 1  # type: ignore[misc]
 
 
 def test_fast_path_reads_non_ascii_digits_as_the_reference() -> None:

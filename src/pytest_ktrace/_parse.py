@@ -26,7 +26,6 @@ best-effort.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import re
 import sys
@@ -52,7 +51,7 @@ from typing import (
 )
 
 from ._errors import KtraceError
-from ._events import Event, FieldValue
+from ._events import Event, FieldValue, _event_builder, _make_event
 
 __all__ = ["EventFormat", "FieldFormat", "FormatCatalog", "ParsedTrace", "TraceParser", "parse_format"]
 
@@ -662,32 +661,6 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
     return out
 
 
-# Event is a frozen dataclass; its generated __init__ (object.__setattr__ per field) is a third of the decoding
-# time. When Event is the plain dataclass we know (our fields first, any later ones with a plain default), build
-# instances by setting __dict__ at once (the same object, later fields at their defaults).
-_EVENT_FIELDS = ("system", "name", "fields", "pid", "comm", "cpu", "timestamp", "raw")
-_ALL_FIELDS = dataclasses.fields(Event)
-_EVENT_EXTRA: Dict[str, Any] = {f.name: f.default for f in _ALL_FIELDS[len(_EVENT_FIELDS) :]}
-_FAST_EVENT = (
-    tuple(f.name for f in _ALL_FIELDS[: len(_EVENT_FIELDS)]) == _EVENT_FIELDS
-    and all(
-        f.default is not dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
-        for f in _ALL_FIELDS[len(_EVENT_FIELDS) :]
-    )
-    and not hasattr(Event, "__post_init__")
-    and "__slots__" not in vars(Event)
-)
-_new = object.__new__
-_setattr = object.__setattr__
-
-
-def _make_event(
-    system: str, name: str, fields: Dict[str, FieldValue], pid: int, comm: str, cpu: int, ts: float, raw: str
-) -> Event:
-    """An Event through its constructor (when it is not the plain dataclass ``_FAST_EVENT`` knows)."""
-    return Event(system=system, name=name, fields=fields, pid=pid, comm=comm, cpu=cpu, timestamp=ts, raw=raw)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # indexed parsing, lazy decoding
 # ------------------------------------------------------------------------------------------------------------
@@ -747,32 +720,6 @@ _C_FBINT = 4  # default probe output: _int_or_str()
 _C_FBSTR = 5  # default probe output: '"..."' -> inner text, '(fault)' as is
 
 _Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit or 0)
-_Builder = Callable[[str, str, Sequence[str], Sequence[Any], Sequence[float], Sequence[Sequence[Any]]], List[Any]]
-_BUILDERS: Dict[Tuple[str, ...], _Builder] = {}
-
-
-def _builder(names: Tuple[str, ...]) -> _Builder:
-    """A comprehension building the ``__dict__`` of each event (key order as ``TraceParser._event``)."""
-    try:
-        return _BUILDERS[names]
-    except KeyError:
-        pass
-    vs = [f"v{i}" for i in range(len(names))]
-    fields = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
-    extra = "".join(f", {k!r}: _x{i}" for i, k in enumerate(_EVENT_EXTRA))  # later Event fields: defaults
-    src = (
-        "def build(system, name, raws, hdrs, tss, cols):\n"
-        "    return [\n"
-        f"        {{'system': system, 'name': name, 'fields': {{{fields}}}, 'pid': pid, 'comm': comm,"
-        f" 'cpu': cpu, 'timestamp': ts, 'raw': raw{extra}}}\n"
-        f"        for raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(raws, hdrs, tss, *cols)\n"
-        "    ]\n"
-    )
-    namespace: Dict[str, Any] = {f"_x{i}": v for i, v in enumerate(_EVENT_EXTRA.values())}
-    exec(src, namespace)  # field names are repr()'d literals, defaults passed as values: no injection possible
-    build: _Builder = namespace["build"]
-    _BUILDERS[names] = build
-    return build
 
 
 class _FastForm:
@@ -780,7 +727,7 @@ class _FastForm:
     ``regex`` (``findall`` over H lines of the event joined by newlines) yields one row per line: groups 0
     and 1 are the ``comm-pid [cpu]`` prefix and the timestamp, group 2 is ``" "`` when the body matched the
     event's own patterns; ``columns`` say how groups become the values, in the order of the reference
-    parser's dict; ``build`` makes the events' ``__dict__``s. ``ascii`` is ``regex`` for ASCII text, where
+    parser's dict; ``build`` makes the events. ``ascii`` is ``regex`` for ASCII text, where
     the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per digit)."""
 
     __slots__ = ("ascii", "build", "columns", "regex")
@@ -790,7 +737,7 @@ class _FastForm:
         # the value patterns' "-?\d+" only (re.escape()d names never hold a bare "-?")
         self.ascii: Pattern[str] = re.compile(regex.replace(r"-?\d+", "-?[0-9]+"))
         self.columns: Tuple[_Column, ...] = tuple(columns)
-        self.build = _builder(tuple(names))
+        self.build = _event_builder(tuple(names))
 
 
 _VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, marker)
@@ -982,24 +929,6 @@ def _event_of(sp: Optional[_Splitter], g: Sequence[Any], raw: str) -> Optional[E
         else:
             values = _split_generic(body, fmt)
     system = fmt.system if fmt is not None else ("ftrace" if name == "tracing_mark_write" else "")
-    if _FAST_EVENT:
-        ev: Event = _new(Event)
-        _setattr(
-            ev,
-            "__dict__",
-            {
-                "system": system,
-                "name": name,
-                "fields": values,
-                "pid": int(pid),
-                "comm": comm,
-                "cpu": int(cpu),
-                "timestamp": float(ts),
-                "raw": raw,
-                **_EVENT_EXTRA,
-            },
-        )
-        return ev
     return _make_event(system, name, values, int(pid), comm, int(cpu), float(ts), raw)
 
 
@@ -1104,10 +1033,7 @@ def _decode_group(
     for form, pos, vcols, hdrs in pieces:
         p_raws = raws if len(pos) == m else [raws[j] for j in pos]
         values = [_convert(vcols, c) for c in form.columns]
-        dicts = form.build(system, name, p_raws, hdrs, list(map(float, vcols[1])), values)
-        evs: List[Event] = list(map(_new, repeat(Event, len(dicts))))
-        deque(map(_setattr, evs, repeat("__dict__"), dicts), maxlen=0)
-        built.append(evs)
+        built.append(form.build(system, name, p_raws, hdrs, list(map(float, vcols[1])), values))
     if len(built) == 1 and not rest:
         return built[0]
     out: List[Any] = [None] * m
@@ -1387,7 +1313,7 @@ class TraceParser:
         if not isinstance(text, str):
             raise KtraceError(f"trace text must be str, got {type(text).__name__}")
         with _PausedGC():
-            result = self._parse_indexed(text) if _FAST_EVENT else None
+            result = self._parse_indexed(text)
             return result if result is not None else self._parse_slow(text)
 
     def _parse_slow(self, text: str) -> ParsedTrace:
