@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, cast
 
 from ._aggregates import DEFAULT_BUCKETS_US, Aggregate, AggregateSet, CountBy, Histogram, LatencyHistogram
 from ._arch import normalize_arch
@@ -63,6 +63,7 @@ from .backends._base import (
     Spawning,
     TargetInfo,
     Write,
+    capable,
 )
 from .btf._names import forget_module
 from .report._artifacts import Artifact, make_artifact
@@ -507,7 +508,7 @@ class TraceSession:
             raise KtraceError(f"run() stdin must be a str, bytes or None, got {type_name(stdin)}")
         # the arming batch travels with the command where the backend can (one round trip)
         arming = None
-        if isinstance(self.backend, PreparingRuns) and self._stream_mode is None:
+        if capable(self.backend, PreparingRuns) and self._stream_mode is None:
             arming = self._prepare_arming()
         else:
             self.arm()
@@ -922,7 +923,7 @@ class TraceSession:
         the fake's clock), so latency tests are exact. ``stack``: the kernel call stack (innermost first) a
         ``stacktrace=True`` probe records with each."""
         self._check_open("inject()")
-        if not isinstance(self.backend, Injecting):
+        if not capable(self.backend, Injecting):
             raise KtraceError(
                 f"ktrace.inject needs the fake backend (--ktrace-backend=fake); {self.backend.name} is a real target"
             )
@@ -933,7 +934,7 @@ class TraceSession:
         fmt = self._catalog.get(f"{spec.group}:{spec.event}")
         if fmt is None:
             raise KtraceError(f"no format known for {spec.event_dir}: was the probe armed?")
-        recorded = self.backend.inject_probe(
+        recorded = cast(Injecting, self.backend).inject_probe(
             spec.event_dir, fmt, name=probe.name, count=count, timestamp=timestamp, stack=stack, values=values
         )
         self._dirty = True

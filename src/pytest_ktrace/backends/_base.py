@@ -35,6 +35,7 @@ __all__ = [
     "TargetInfo",
     "TraceStream",
     "Write",
+    "capable",
 ]
 
 
@@ -342,3 +343,24 @@ class Imitating(Protocol):
 
     @property
     def snapshot(self) -> KernelSnapshot: ...
+
+
+_BY_CLASS: set[tuple[type, type]] = set()  # (backend class, capability): every instance of the class has it
+
+
+def capable(backend: object, capability: type) -> bool:
+    """``isinstance(backend, capability)`` for a capability Protocol, remembered per backend class when the class
+    itself has it (it defines the capability's methods): before Python 3.12 every such isinstance() lists the
+    Protocol's members again (10 to 40 us), and a session asks several times per test. A backend without it is
+    asked each time (one instance may have what its class has not)."""
+    cls = type(backend)
+    if (cls, capability) in _BY_CLASS:
+        return True
+    if not isinstance(backend, capability):
+        return False
+    try:
+        if issubclass(cls, capability):
+            _BY_CLASS.add((cls, capability))
+    except TypeError:  # a capability with data members: only an instance can tell
+        pass
+    return True
