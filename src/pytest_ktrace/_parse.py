@@ -34,7 +34,6 @@ from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
-from operator import itemgetter
 from typing import (
     Any,
     Callable,
@@ -741,7 +740,6 @@ class _FastForm:
 
 
 _VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, marker)
-_MARK = itemgetter(2)  # a row's marker
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
@@ -1006,13 +1004,15 @@ def _decode_group(
         del joined
         if len(rows) != len(sub):
             return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
-        marks = list(map(_MARK, rows))
-        if marks.count(" ") == len(marks):
+        # a line that did not fit the form is a row of empty groups (a fit has a non-empty prefix group)
+        blank = ("",) * form.regex.groups
+        misses = rows.count(blank)
+        if not misses:
             pos, pending = pending, []
         else:
-            ok = [mk == " " for mk in marks]
-            if not any(ok):
+            if misses == len(rows):
                 continue
+            ok = list(map(blank.__ne__, rows))
             pos = list(compress(pending, ok))
             rows = list(compress(rows, ok))
             pending = [j for j, o in zip(pending, ok) if not o]
