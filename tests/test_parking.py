@@ -232,7 +232,7 @@ def test_a_parked_event_someone_else_holds_fails_the_run_naming_the_test_that_ar
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "pytest-ktrace could not remove probes parked by these tests:",
+            "pytest-ktrace found problems after these tests ended (their parked probes, their teardown):",
             "*local: test_parked.py::test_arms_fib: Write uprobe_events: EBUSY*",
         ]
     )
@@ -266,7 +266,7 @@ def test_a_parked_probe_that_cannot_be_removed_fails_the_run_naming_its_test(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "pytest-ktrace could not remove probes parked by these tests:",
+            "pytest-ktrace found problems after these tests ended (their parked probes, their teardown):",
             "*local: this run: Rmdir instances/ktrace_*: EBUSY*",
         ]
     )

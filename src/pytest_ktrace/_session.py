@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -335,6 +336,8 @@ class TraceSession:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
             return
+        if self._parked is not None:
+            self._parked.flush()  # an earlier test's teardown, before this test clears the run's instance
         pump = self._stream_mode.pump if self._stream_mode is not None else None
         with pump.gate if pump is not None else contextlib.nullcontext():
             # a running pump parses nothing until the new probes' formats are known (else their first events
@@ -524,13 +527,17 @@ class TraceSession:
         limit = self.run_timeout if timeout is None else timeout
         if arming is not None:
             assert isinstance(self.backend, PreparingRuns)
+            # an earlier test's teardown travels first, before this test clears the run's instance
+            settle = self._parked.deferred_ops() if self._parked is not None else []
             try:
                 result = self.backend.run_prepared(
-                    arming.ops, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after
+                    arming.ops, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after, settle=settle
                 )
             except BaseException:
                 self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
                 raise
+            if self._parked is not None:
+                self._parked.settle(result.settled)
             self._armed(arming, result.before)
             self._after_arming(arming, result.before)
         else:
@@ -992,7 +999,8 @@ class TraceSession:
     def teardown(self) -> TeardownReport:
         report = TeardownReport()
         try:
-            report = self.ledger.undo()
+            if not self._defer_teardown():
+                report = self.ledger.undo()
             return report
         finally:
             if self._parked is not None and not self._released:
@@ -1000,6 +1008,32 @@ class TraceSession:
                 self._parked.release(self._held, gone=report.vanished)
             for name in self._loaded:
                 forget_module(self.backend, name)  # unloaded: its BTF is read again when it is back
+
+    def _defer_teardown(self) -> bool:
+        """Over a backend where round trips cost, a teardown that is only the last look and parking filters
+        travels with the next test's first batch on the target (see :mod:`._warm`)."""
+        parked = self._parked
+        if parked is None or parked.spoiled or not isinstance(self.backend, PreparingRuns):
+            return False
+        if not all(parked.is_parking_op(op) for op in self.ledger.ops()):
+            return False
+        handed = self.ledger.hand_over()
+        if handed is None:
+            return False
+        ops, verdict = handed
+        parked.defer_teardown(self._owner, ops, lambda results: self._deferred_verdict(verdict(results)))
+        return True
+
+    def _deferred_verdict(self, report: TeardownReport) -> list[str]:
+        """What a deferred teardown found, as the run's failures (the test has ended); a kernel log set to warn
+        warns instead."""
+        problems = list(report.failures)
+        if report.inspected and self._log.policy == "warn":
+            text = f"pytest-ktrace: after {self._owner} ended: " + "\n".join(report.inspected)
+            warnings.warn(text, stacklevel=1)
+        else:
+            problems.extend(f"after the test's last look: {problem}" for problem in report.inspected)
+        return problems
 
     def __repr__(self) -> str:
         armed = sum(1 for probe in self._probes if probe.armed)

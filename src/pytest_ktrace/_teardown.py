@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 from ._errors import ConnectionLost
 from ._modules import UNLOAD_SCRIPT
@@ -106,6 +106,15 @@ class TeardownLedger:
         """Every tracefs operation that undoes this test, in the kernel's order."""
         return [op for stage in STAGES for op in self._stages[stage]]
 
+    def hand_over(self) -> Optional[tuple[list[Op], Callable[[Sequence[OpResult]], TeardownReport]]]:
+        """For an undo that is tracefs operations only (no reader to stop, no module to unload): the batch, last
+        looks first, and what judges its results, for a caller that sends it later with other work (a run's next
+        test's first round trip); the ledger is then done. None when :meth:`undo` must do it now."""
+        if self.done or self._stoppers or self._unloads:
+            return None
+        self.done = True
+        return [*(op for op, _ in self._looks), *self.ops()], self._verdict
+
     def undo(self) -> TeardownReport:
         report = TeardownReport()
         if self.done:
@@ -124,14 +133,20 @@ class TeardownLedger:
         looks = [op for op, _ in self._looks]
         try:
             results = self.backend.apply([*looks, *ops]) if ops or looks else []
-            for (_, look), result in zip(self._looks, results):
-                report.inspected.extend(look(result))
-            self._judge(results[len(looks) :], report)
+            self._verdict(results, report)
             if self._unloads:
                 self._unload(report)
                 self._judge(self.backend.apply(files), report)
         except ConnectionLost as exc:
             return self._defer(report, exc)
+        return report
+
+    def _verdict(self, results: Sequence[OpResult], report: Optional[TeardownReport] = None) -> TeardownReport:
+        """What the results of the undo batch (last looks first) say, added to ``report``."""
+        report = TeardownReport() if report is None else report
+        for (_, look), result in zip(self._looks, results):
+            report.inspected.extend(look(result))
+        self._judge(results[len(self._looks) :], report)
         return report
 
     def _judge(self, results: Sequence[OpResult], report: TeardownReport) -> None:

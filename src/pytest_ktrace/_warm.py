@@ -13,6 +13,12 @@ arms, so it sees its own events only. What no test took back is retired (disable
 more than :data:`PARKED_MAX` are parked, and all of it at the end of the run, Ctrl-C included; a killed run's
 instance and group carry its name (``ktrace_<tag>_<pid>_<run>``) and are removed by the next run as any leftover.
 
+Over a connection where each round trip costs (SSH), a test's teardown, once it is only tracefs operations (its
+last look at the trace and the kernel's taint, and its events' parking filters), is not sent when the test ends: it
+travels first in the next test's first round trip on the target (before that test clears the buffer), or at the end
+of the run. What it finds (a kernel splat printed after the test's last read, an operation the kernel refused) fails
+the run, naming the test, as a failure to retire does.
+
 Tests that change the instance itself (``scope="run"``'s pid filter, a buffer size, stream mode's reader) keep an
 instance of their own, as do boards leased per test and recording runs (a cassette holds one test whole).
 """
@@ -59,6 +65,13 @@ class _Parked:
     last_used: int = 0
 
 
+@dataclass
+class _DeferredTeardown:
+    owner: str
+    ops: list[Op]
+    judge: Callable[[Sequence[OpResult]], list[str]]  # the results of ``ops`` -> what is wrong
+
+
 @dataclass(frozen=True)
 class RetireFailure:
     owner: str
@@ -84,6 +97,7 @@ class ParkedProbes:
         self.failures: list[RetireFailure] = []
         self._orphans: list[_Parked] = []  # entries of abandoned instances
         self._orphan_instances: list[str] = []
+        self._deferred: list[_DeferredTeardown] = []
 
     @property
     def instance_path(self) -> str:
@@ -114,6 +128,49 @@ class ParkedProbes:
     def parking_ops(self, specs: Sequence[ProbeSpec]) -> list[Op]:
         """What parks ``specs`` (events of this instance): each one's filter set to pass nothing."""
         return [Write(f"{self.instance_path}/events/{spec.event_dir}/filter", PARKING_FILTER, False) for spec in specs]
+
+    @property
+    def spoiled(self) -> bool:
+        return self._spoiled
+
+    @staticmethod
+    def is_parking_op(op: Op) -> bool:
+        return isinstance(op, Write) and op.data == PARKING_FILTER and op.path.endswith("/filter")
+
+    def defer_teardown(self, owner: str, ops: Sequence[Op], judge: Callable[[Sequence[OpResult]], list[str]]) -> None:
+        """A test's teardown batch, sent first with the next batch that takes :meth:`deferred_ops` (or at the end
+        of the run); ``judge`` gets its results and returns what is wrong, reported against ``owner``."""
+        self._deferred.append(_DeferredTeardown(owner, list(ops), judge))
+
+    def deferred_ops(self) -> list[Op]:
+        return [op for teardown in self._deferred for op in teardown.ops]
+
+    def settle(self, results: Sequence[OpResult]) -> None:
+        """The results of :meth:`deferred_ops` as applied, in order; teardowns the batch did not reach stay
+        deferred."""
+        done = 0
+        while self._deferred and done + len(self._deferred[0].ops) <= len(results):
+            teardown = self._deferred.pop(0)
+            try:
+                problems = teardown.judge(results[done : done + len(teardown.ops)])
+            except ConnectionLost as exc:
+                problems = [f"{self.backend.name} unreachable while judging its teardown: {exc}"]
+            self.failures.extend(RetireFailure(teardown.owner, problem) for problem in problems)
+            done += len(teardown.ops)
+
+    def flush(self) -> None:
+        """Deferred teardowns applied now, in a batch of their own."""
+        ops = self.deferred_ops()
+        if not ops:
+            return
+        try:
+            results = self.backend.apply(ops)
+        except ConnectionLost as exc:
+            owners = ", ".join(teardown.owner for teardown in self._deferred)
+            self._deferred.clear()
+            self.failures.append(RetireFailure(owners, f"{self.backend.name} unreachable at teardown: {exc}"))
+            return
+        self.settle(results)
 
     def release(self, specs: Sequence[ProbeSpec], *, gone: Sequence[str] = ()) -> None:
         """The test that held ``specs`` ended (they are parked; those in ``gone`` were found removed by someone
@@ -149,6 +206,7 @@ class ParkedProbes:
     def close(self) -> list[RetireFailure]:
         """End of the run: every event disabled and removed, the instance removed. Returns what failed, each
         named by the test that armed it (or the run, for the instance)."""
+        self.flush()
         self._retire_all(fresh=False)
         self._retire_orphans()
         failures, self.failures = self.failures, []
@@ -179,6 +237,7 @@ class ParkedProbes:
     def _retire(self, entries: list[_Parked], *, instance: bool) -> None:
         if not entries and not (instance and self.state.planned):
             return
+        self.flush()  # a parked event's last parking filter is written before it is disabled
         owners: dict[Op, str] = {}
         for entry in entries:
             owners[disable_op(self.instance_path, entry.spec)] = entry.owner

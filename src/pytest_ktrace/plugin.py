@@ -350,9 +350,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = _existing_run_state(session.config)
     failures = state.retire_parked() if state is not None else []
     if failures:
-        # the probes were parked by tests that passed by then: the run fails, naming them
+        # found after the tests that caused them passed: the run fails, naming them
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        text = "pytest-ktrace could not remove probes parked by these tests:\n  " + "\n  ".join(failures)
+        head = "pytest-ktrace found problems after these tests ended (their parked probes, their teardown):"
+        text = head + "\n  " + "\n  ".join(failures)
         if reporter is not None:
             reporter.write_line(text, red=True)
         else:

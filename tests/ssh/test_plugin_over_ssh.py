@@ -25,6 +25,20 @@ def _ktrace_leftovers() -> list[str]:
     return lines + [name for name in os.listdir(tracefs / "instances") if mine.match(name)]
 
 
+def _left_by_ended_runs() -> set[str]:
+    """The ktrace probes and instances in tracefs whose run's process has ended (a subprocess run's once it is
+    done; those of processes still running, other tests', are theirs): compare before and after."""
+    tracefs = Path("/sys/kernel/tracing")
+    names = [line for line in (tracefs / "dynamic_events").read_text().splitlines() if "ktrace_" in line]
+    names += [name for name in os.listdir(tracefs / "instances") if name.startswith("ktrace_")]
+    ended = set()
+    for name in names:
+        found = re.search(r"\bktrace_[0-9a-f]{6}_(\d+)_", name)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            ended.add(name)
+    return ended
+
+
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
     return run_pytest(ROOT, *args, timeout=900)
 
@@ -136,3 +150,50 @@ def test_dropped_connection_fails_that_test_and_the_next_one_cleans_up(
     result.stdout.fnmatch_lines(["*ConnectionLost: *ktrace-test*"])
     assert "ssh.py" not in result.stdout.str()  # the failure shows the test's line, not the backend's internals
     assert _ktrace_leftovers() == []
+
+
+LATE_SPLAT_SUITE = """
+import time
+
+def kmsg_later(ktrace, text):
+    # printed after the command returned: after the test's last read of the trace
+    late = f'(sleep 0.3; printf "%s\\\\n" "<4>{text}" > /dev/kmsg) >/dev/null 2>&1 &'
+    ktrace.run(["sh", "-c", late])
+    time.sleep(1.0)
+
+def test_splat_after_the_last_look(ktrace):
+    kmsg_later(ktrace, "BUG: ktrace_selftest late")
+
+def test_next(ktrace):
+    ktrace.run(["true"], check=True)
+"""
+
+
+@pytest.mark.parametrize("tests", ["two", "last"])
+def test_a_splat_after_the_last_look_fails_the_run_naming_the_test(
+    sshd_server, pytester: pytest.Pytester, tests: str
+) -> None:
+    """Over SSH a test's teardown travels with the next test's first round trip (or the end of the run): what it
+    finds there still fails the run, naming the test it belongs to."""
+    pytester.makepyfile(test_late=LATE_SPLAT_SUITE)
+    before = _left_by_ended_runs()
+    selected = () if tests == "two" else ("-k", "last_look")
+    # in its own process: an inline run's module cleanup leaves paramiko's cryptography unusable for the next one
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--ktrace-host=ktrace-test",
+        f"--ktrace-ssh-config={sshd_server.ssh_config}",
+        *selected,
+    )
+    result.assert_outcomes(passed=2 if tests == "two" else 1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-ktrace found problems after these tests ended (their parked probes, their teardown):",
+            "  ktrace-test: test_late.py::test_splat_after_the_last_look: after the test's last look: "
+            "the kernel printed a BUG*",
+        ]
+    )
+    assert "test_next:" not in result.stdout.str()
+    assert _left_by_ended_runs() <= before

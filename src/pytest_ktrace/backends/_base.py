@@ -105,6 +105,7 @@ class RunResult:
     duration_s: float
     after: tuple[OpResult, ...] = ()  # results of the ops applied right after the command (same round trip)
     before: tuple[OpResult, ...] = ()  # PreparingRuns: results of the ops applied before it (same round trip)
+    settled: tuple[OpResult, ...] = ()  # PreparingRuns: results of the ops applied first, whatever their results
 
     def check(self) -> RunResult:
         """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
@@ -300,10 +301,12 @@ class PreparingRuns(Protocol):
         pid_files: Sequence[str] = (),
         stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
+        settle: Sequence[Op] = (),
     ) -> RunResult:
-        """Apply ``before`` in order, stopping at the first failure, then, only if every one of them succeeded,
-        :meth:`Backend.run` the command with ``after``. ``RunResult.before`` holds the results of ``before``
-        (fewer of them after a failure, and then the command did not run: ``returncode`` -1, no ``after``)."""
+        """Apply ``settle`` in order whatever their results (an earlier test's deferred teardown), then ``before``
+        in order, stopping at the first failure, then, only if every one of them succeeded, :meth:`Backend.run`
+        the command with ``after``. ``RunResult.settled`` and ``RunResult.before`` hold their results (fewer of
+        ``before``'s after a failure, and then the command did not run: ``returncode`` -1, no ``after``)."""
         ...
 
 

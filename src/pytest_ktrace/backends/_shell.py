@@ -469,12 +469,14 @@ def render_run(
     candidates: Sequence[str] = DEFAULT_TRACEFS,
     after: Sequence[Op] = (),
     before: Sequence[Op] = (),
+    settle: Sequence[Op] = (),
 ) -> str:
     """A script that runs ``argv`` (no shell interpretation) in its own session (``setsid`` when the target has
     it), with ``stdin`` as its standard input (else /dev/null), in the login directory; then applies ``after``
     inside tracefs (frames as in :func:`render_batch`), so reading the trace costs no extra round trip.
     ``before`` is applied first, inside tracefs, stopping at the first failure, and then nothing else runs
-    (arming travels with the command); its ops are numbered first, ``after``'s follow.
+    (arming travels with the command). ``settle`` comes before ``before``, applied whatever its results (work
+    left by an earlier test). Ops are numbered in that order: ``settle``'s, ``before``'s, ``after``'s.
 
     Frames: ``START``; ``T``/``X`` when there are pid files; ``I file`` + error when the stdin file could not be
     written (nothing is left of it; the command is not run); ``C pid`` as soon as the child exists (the pid to
@@ -483,12 +485,13 @@ def render_run(
     if not argv:
         raise ValueError("run() needs a command")
     prepare = ""
-    if before:
+    if before or settle:
         prepare = "".join(
             [
                 _OPS_FUNCS,
                 "kt_h0=$PWD\nkt_cd || { kt_f END; exit 0; }\n",
-                *_render_ops(before, stop_on_error=True),
+                *_render_ops(settle, stop_on_error=False),
+                *_render_ops(before, stop_on_error=True, first_index=len(settle)),
                 'cd "$kt_h0" || exit 1\n',
             ]
         )
@@ -500,7 +503,7 @@ def render_run(
     if after:
         out.append(_OPS_FUNCS)
         out.append("kt_cd || { kt_f END; exit 0; }\n")
-        out.extend(_render_ops(after, stop_on_error=False, first_index=len(before)))
+        out.extend(_render_ops(after, stop_on_error=False, first_index=len(settle) + len(before)))
     out.append("kt_f END\n")
     return "".join(out)
 
@@ -619,12 +622,15 @@ class RunOutput:
     pid_file_error: Optional[tuple[str, str]]
     after: list[OpResult] = field(default_factory=list)
     before: list[OpResult] = field(default_factory=list)  # run: what was applied before the command
+    settled: list[OpResult] = field(default_factory=list)  # run: what was applied first, whatever its results
     stdin_error: Optional[tuple[str, str]] = None  # (stdin file path, the shell's error text)
     not_found: bool = False  # spawn: no such command
     no_setsid: bool = False  # spawn: the target has no setsid
 
 
-def parse_run(output: bytes, nonce: str, after: Sequence[Op] = (), before: Sequence[Op] = ()) -> RunOutput:
+def parse_run(
+    output: bytes, nonce: str, after: Sequence[Op] = (), before: Sequence[Op] = (), settle: Sequence[Op] = ()
+) -> RunOutput:
     """What :func:`render_run`'s script said so far (it may be parsed while still running)."""
     frames = split_frames(output, nonce)
     _, problem = _tracefs_frames(frames)
@@ -657,9 +663,11 @@ def parse_run(output: bytes, nonce: str, after: Sequence[Op] = (), before: Seque
         elif frame.tag == "Z":
             result.no_setsid = True
     result.stdout = b"".join(stdout)
-    applied = op_results([*before, *after], frames)
-    prepared = sum(1 for f in frames if f.tag == "S" and int(f.fields[0]) < len(before))
-    result.before, result.after = applied[:prepared], applied[prepared:]
+    applied = op_results([*settle, *before, *after], frames)
+    indexes = [int(f.fields[0]) for f in frames if f.tag == "S"]
+    settled = sum(1 for index in indexes if index < len(settle))
+    prepared = settled + sum(1 for index in indexes if len(settle) <= index < len(settle) + len(before))
+    result.settled, result.before, result.after = applied[:settled], applied[settled:prepared], applied[prepared:]
     return result
 
 

@@ -176,12 +176,19 @@ class SshBackend:
         pid_files: Sequence[str] = (),
         stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
+        settle: Sequence[Op] = (),
     ) -> RunResult:
-        """``before``, then the command, in one script: one round trip (see :class:`PreparingRuns`)."""
+        """``settle``, ``before``, then the command, in one script: one round trip (see :class:`PreparingRuns`)."""
         with self._lock:
             self._connection.transport()
             return self._batches.run(
-                tuple(argv), timeout=timeout, pid_files=pid_files, stdin=stdin, after=after, before=list(before)
+                tuple(argv),
+                timeout=timeout,
+                pid_files=pid_files,
+                stdin=stdin,
+                after=after,
+                before=list(before),
+                settle=list(settle),
             )
 
     def spawn(

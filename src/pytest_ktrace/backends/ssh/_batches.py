@@ -129,12 +129,20 @@ class ShellBatches:
         stdin: Optional[Union[str, bytes]],
         after: Sequence[Op],
         before: Sequence[Op] = (),
+        settle: Sequence[Op] = (),
     ) -> RunResult:
         limit = self._options.command_timeout if timeout is None else timeout
         nonce = _shell.new_nonce()
         try:
             script = _shell.render_run(
-                argv, nonce, pid_files=pid_files, stdin=stdin, candidates=self._candidates, after=after, before=before
+                argv,
+                nonce,
+                pid_files=pid_files,
+                stdin=stdin,
+                candidates=self._candidates,
+                after=after,
+                before=before,
+                settle=settle,
             )
         except ValueError as exc:
             raise TargetError(
@@ -146,7 +154,7 @@ class ShellBatches:
         end = _closing_frame(nonce)
         started = time.monotonic()
         ex = self._channel.call(script, what=f"run {list(argv)!r}", timeout=limit, done=lambda out: end in out)
-        out = _shell.parse_run(ex.stdout, nonce, after, before)
+        out = _shell.parse_run(ex.stdout, nonce, after, before, settle)
         duration = time.monotonic() - started
         command = shlex.join(argv)
         if ex.timed_out:
@@ -158,7 +166,7 @@ class ShellBatches:
                 raise self._tracefs_error(out.problem)
             if not out.complete:
                 raise self._connection.lost(f"run {command!r}", f"the script ended after {len(out.before)} operations")
-            return RunResult(argv, -1, "", "", 0, duration, before=tuple(out.before))
+            return RunResult(argv, -1, "", "", 0, duration, before=tuple(out.before), settled=tuple(out.settled))
         returncode = self._check_run(out, ex, command)
         return RunResult(
             argv=argv,
@@ -169,6 +177,7 @@ class ShellBatches:
             duration_s=duration,
             after=tuple(out.after),
             before=tuple(out.before),
+            settled=tuple(out.settled),
         )
 
     def kill(self, pid: int) -> None:
