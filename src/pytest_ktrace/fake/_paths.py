@@ -45,6 +45,13 @@ _PATH_MAX = 4096  # bytes of a whole path, its NUL included
 def split_path(path: str) -> list[str]:
     """The components of ``path``; ENAMETOOLONG, as the VFS answers, for a component longer than NAME_MAX or a
     path of PATH_MAX bytes or more."""
+    if path.isascii():  # what the plugin sends: a character is a byte, and no part is longer than the path
+        if len(path) >= _PATH_MAX:
+            raise FakeOSError(errno.ENAMETOOLONG, path)
+        parts = [part for part in path.strip("/").split("/") if part and part != "."]
+        if len(path) > _NAME_MAX and any(len(part) > _NAME_MAX for part in parts):
+            raise FakeOSError(errno.ENAMETOOLONG, path)
+        return parts
     if len(path.encode("utf-8", "surrogatepass")) >= _PATH_MAX:
         raise FakeOSError(errno.ENAMETOOLONG, path)
     parts = [part for part in path.strip("/").split("/") if part and part != "."]
