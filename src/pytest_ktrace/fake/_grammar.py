@@ -28,6 +28,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Literal, Optional, Sequence, Union
 
 from ._kernel_lib import (
@@ -276,7 +277,7 @@ class KernelDialect:
         if self.canonical_arch not in _REGISTERS:
             raise ValueError(f"unsupported arch {self.arch!r} (known: {', '.join(sorted(_REGISTERS))})")
 
-    @property
+    @cached_property  # asked several times per argument of every command
     def version(self) -> tuple[int, int, int]:
         match = _RELEASE.match(self.release)
         assert match is not None  # checked in __post_init__
