@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 __all__ = ["TASK_KEYS", "Event", "FieldValue", "task_key"]
@@ -137,10 +138,8 @@ def _event_builder(names: Tuple[str, ...]) -> EventBuilder:
     values = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
     src = (
         "def build(system, name, raws, hdrs, tss, cols):\n"
-        "    out = []\n"
-        "    append = out.append\n"
-        f"    for raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(raws, hdrs, tss, *cols):\n"
-        "        e = new(Unfrozen)\n"
+        "    out = list(map(new, repeat(Unfrozen, len(raws))))\n"  # made in C, filled below
+        f"    for e, raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(out, raws, hdrs, tss, *cols):\n"
         "        e.system = system\n"
         "        e.name = name\n"
         f"        e.fields = {{{values}}}\n"
@@ -151,10 +150,9 @@ def _event_builder(names: Tuple[str, ...]) -> EventBuilder:
         "        e.raw = raw\n"
         "        e.stack = ()\n"
         "        e.__class__ = Event\n"
-        "        append(e)\n"
         "    return out\n"
     )
-    namespace: Dict[str, Any] = {"new": object.__new__, "Unfrozen": _Unfrozen, "Event": Event}
+    namespace: Dict[str, Any] = {"new": object.__new__, "repeat": repeat, "Unfrozen": _Unfrozen, "Event": Event}
     exec(src, namespace)  # field names are repr()'d literals: no injection possible
     build: EventBuilder = namespace["build"]
     _BUILDERS[names] = build

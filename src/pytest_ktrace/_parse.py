@@ -817,13 +817,10 @@ def _fix_ints(vals: List[int], mask: int, sign: int) -> List[int]:
     lo, hi = (-sign, sign - 1) if sign else (0, mask)
     if lo <= min(vals) and max(vals) <= hi:
         return vals
-    out = []
-    for v in vals:
-        v &= mask
-        if sign and v & sign:
-            v -= sign << 1
-        out.append(v)
-    return out
+    if not sign:
+        return list(map(mask.__and__, vals))
+    # (v & mask) as a signed number is ((v + sign) & mask) - sign: three C-level maps, no Python loop
+    return list(map(int.__sub__, map(mask.__and__, map(sign.__add__, vals)), repeat(sign)))
 
 
 def _fb_ints(col: Sequence[str], mask: int, sign: int) -> List[FieldValue]:
