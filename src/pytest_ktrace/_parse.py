@@ -724,10 +724,11 @@ _Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit 
 class _FastForm:
     """One way an event prints (``fields`` forward or reverse, default probe output), for whole-text use:
     ``regex`` (``findall`` over H lines of the event joined by newlines) yields one row per line: groups 0
-    and 1 are the ``comm-pid [cpu]`` prefix and the timestamp, group 2 is ``" "`` when the body matched the
-    event's own patterns; ``columns`` say how groups become the values, in the order of the reference
-    parser's dict; ``build`` makes the events. ``ascii`` is ``regex`` for ASCII text, where
-    the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per digit)."""
+    and 1 are the ``comm-pid [cpu]`` prefix and the timestamp (a line that does not fit gives a row of empty
+    groups: the prefix of one that does is never empty); ``columns`` say how groups become the values, in the
+    order of the reference parser's dict; ``build`` makes the events. ``ascii`` is ``regex`` for ASCII text,
+    where the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per
+    digit)."""
 
     __slots__ = ("ascii", "build", "columns", "regex")
 
@@ -739,19 +740,19 @@ class _FastForm:
         self.build = _event_builder(tuple(names))
 
 
-_VALUES = 3  # the group of a _FastForm's first value (after prefix, timestamp, marker)
+_VALUES = 2  # the group of a _FastForm's first value (after prefix and timestamp)
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
     """Body parts (each starting with ``" "``) -> the multi-line findall pattern for whole H lines of event
-    ``name``, with the match marker. ``.`` without DOTALL cannot cross a newline, so on one line it is the
-    reference's DOTALL ``.``. The prefix runs to the first ``]`` without minding newlines: every line given
+    ``name``. ``.`` without DOTALL cannot cross a newline, so on one line it is the reference's DOTALL ``.``.
+    The prefix runs to the first ``]`` without minding newlines: every line given
     is an H line, whose first ``]`` closes its cpu column. The header splits only one way: blanks are
     greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
     by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
     (never an H line)."""
     head = r"([^\]]*\]) +(?:\S+ +|)([0-9]+(?:\.[0-9]+|)): " + re.escape(name) + ":"
-    return r"(?m)^(?:" + head + "( )" + parts[0][1:] + "".join(parts[1:]) + r"|[^\n]*)$"
+    return r"(?m)^(?:" + head + parts[0] + "".join(parts[1:]) + r"|[^\n]*)$"
 
 
 def _fields_form(name: str, plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
