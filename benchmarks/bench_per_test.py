@@ -67,6 +67,13 @@ def uprobe_test(binary: str) -> Callable[[TraceSession], None]:
     return body
 
 
+def tracepoint_test(session: TraceSession) -> None:
+    """A kernel event, no file on the target to check: what a kprobe test costs in round trips."""
+    opened = session.tracepoint("syscalls:sys_enter_openat", filter='filename ~ "*ktrace-bench*"')
+    session.run(["cat", "/nonexistent/ktrace-bench"])
+    opened.assert_called()
+
+
 def injected_test(session: TraceSession) -> None:
     """The fake backend runs no commands: the same two probes, with the events injected instead."""
     setup = session.kprobe("__setup_irq", irq="$arg1:u32")
@@ -180,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append(("local (uprobes)", *measure(LocalBackend(), body, args.rounds)))
         rows.append(("local, probes parked between tests", *measure(LocalBackend(), body, args.rounds, parked=True)))
         local_parked = rows[-1][1]
+        rows.append(("local tracepoint, parked", *measure(LocalBackend(), tracepoint_test, args.rounds, parked=True)))
+        local_tracepoint = rows[-1][1]
         from pytest_ktrace.fake._backend import FakeBackend
         from pytest_ktrace.snapshots._snapshot import load_snapshot
 
@@ -190,6 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append(("ssh 127.0.0.1, batched", *measure(ssh, body, args.rounds)))
             rows.append(("ssh 127.0.0.1, probes parked", *measure(ssh, body, args.rounds, parked=True)))
             ssh_parked = rows[-1]
+            rows.append(("ssh 127.0.0.1, tracepoint, parked", *measure(ssh, tracepoint_test, args.rounds, parked=True)))
+            ssh_tracepoint = rows[-1]
             rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
 
         if not args.no_vm:
@@ -222,10 +233,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         ("two-uprobe test on this machine, --ktrace-fresh-probes", base, loop, bare),
         (
             f"the same test over SSH on 127.0.0.1, probes parked: {ssh_parked[3]:.0f} round trips (the uprobe "
-            "file's stat, arming with the command and its trace, teardown's last look)",
+            "file's stat; then one script: the previous test's teardown, arming, the command, its trace)",
             ssh_parked[1],
             "this machine's tracefs, probes parked, same run",
             local_parked,
+        ),
+        (
+            f"a tracepoint test over SSH on 127.0.0.1, parked: {ssh_tracepoint[3]:.0f} round trip(s) (the previous "
+            "test's teardown, arming, the command and its trace in one script)",
+            ssh_tracepoint[1],
+            "the same test on this machine's tracefs, same run",
+            local_tracepoint,
         ),
     ]
     for metric, value, baseline, baseline_value in figures:
