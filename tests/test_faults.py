@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import ours, tracefs_state
+from ktrace_testing import left_behind, ours, tracefs_state
 
 pytest_plugins = ["pytester"]
 
@@ -127,12 +127,13 @@ def test_killed_xdist_worker_is_cleaned_up(pytester: pytest.Pytester, probed: Pa
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == 1 and outcomes.get("failed") == 1, result.stdout.str()
     result.stdout.fnmatch_lines(["*worker*crashed*"])
-    # The dead worker's instance and probes are removed by the next run (here: the check below proves they
-    # were left; a new run cleans them).
-    leftovers = ours(tracefs_state())
+    # The dead worker left its instance and probes (nothing could remove them: it was killed); the next run
+    # removes them.
+    leftovers = left_behind(tracefs_state())
+    assert [line for line in leftovers if line.startswith("p:")], f"no uprobe of the killed worker: {leftovers}"
+    assert [line for line in leftovers if " " not in line], f"no instance of the killed worker: {leftovers}"
     _write(pytester, "test_after", "def test_clean(ktrace):\n    ktrace.arm()\n", probed)
     after = pytester.runpytest("test_after.py", "-W", "always")
     after.assert_outcomes(passed=1)
-    if leftovers:
-        after.stdout.fnmatch_lines(["*removed leftovers of an earlier crashed run*"])
-    assert ours(tracefs_state()) == []
+    after.stdout.fnmatch_lines(["*removed leftovers of an earlier crashed run*"])
+    assert left_behind(tracefs_state()) == []

@@ -612,12 +612,24 @@ def test_tracepoint_paths_stay_inside_the_event_directory(name: str) -> None:
     ],
 )
 def test_unencodable_text_is_refused_before_it_is_written(call: Callable[[TraceSession], Any]) -> None:
-    with fresh_session() as session:
-        try:
+    recording = Recording(shared_backend())
+    with fresh_session(recording) as session:
+        with pytest.raises(KtraceError, match="lone surrogate") as refused:
             call(session)
             session.arm()
-        except Exception as exc:
-            check_error(exc)
+        check_error(refused.value)
+    # refused on this side: nothing of the text reached tracefs (not written and then rejected by the kernel)
+    assert not [
+        op for op in recording.ops if _unencodable(op.path) or (isinstance(op, Write) and _unencodable(op.data))
+    ]
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------------------

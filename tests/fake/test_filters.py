@@ -484,10 +484,31 @@ def test_a_negated_class_does_not_match_the_end_of_the_string() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "&"]), st.integers(-(2**63), 2**64 - 1), event_values)
 def test_every_numeric_operand_compiles_and_evaluates(operator: str, operand: int, values: FieldValues) -> None:
+    """As the kernel's comparison predicates do: the record's value and the operand both as the field's C type
+    (``pid_t``: the low 32 bits, signed; ``u64``: the low 64 bits), then compared."""
     unsigned = (FilterField("u", False, 8, False, "u64"),)
+    test = _C_OPERATORS[operator]
+    value = values["pid"]
+    assert isinstance(value, int)
     if operand < 0:
-        assert compiled(f"pid {operator} {operand}").matches(values) in (True, False)
+        assert compiled(f"pid {operator} {operand}").matches(values) is test(_s32(value), _s32(operand))
         with pytest.raises(FilterError):
             compile_filter(f"u {operator} {operand}", unsigned)
     else:
-        assert compiled(f"u {operator} {operand:#x}", unsigned).matches({"u": values["pid"]}) in (True, False)
+        matched = compiled(f"u {operator} {operand:#x}", unsigned).matches({"u": value})
+        assert matched is test(value % 2**64, operand)
+
+
+def _s32(value: int) -> int:
+    return (value + 2**31) % 2**32 - 2**31
+
+
+_C_OPERATORS = {
+    "==": lambda left, right: left == right,
+    "!=": lambda left, right: left != right,
+    "<": lambda left, right: left < right,
+    "<=": lambda left, right: left <= right,
+    ">": lambda left, right: left > right,
+    ">=": lambda left, right: left >= right,
+    "&": lambda left, right: (left & right) != 0,
+}

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import paramiko
 import pytest
-from guest_helpers import connect, process_is_gone, skip_or_fail
+from guest_helpers import connect, process_is_gone
 
 from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.guests import ARCHES, GuestImage, RunningGuest, boot, build_image, qemu_available
@@ -30,7 +30,7 @@ def guest_image(arch: str, first_build_seconds: dict[str, float]) -> GuestImage:
     try:
         image = build_image(arch)
     except MissingTool as missing:
-        skip_or_fail(f"cannot build the {arch} guest image: {missing}")
+        pytest.skip(f"cannot build the {arch} guest image: {missing}")
     first_build_seconds[arch] = time.monotonic() - started
     return image
 
@@ -41,7 +41,7 @@ def running_guest(
 ) -> Iterator[RunningGuest]:
     unavailable = qemu_available(arch)
     if unavailable is not None:
-        skip_or_fail(unavailable)
+        pytest.skip(unavailable)
     guest = boot(arch, image=guest_image, workdir=tmp_path_factory.mktemp(f"vm-{arch}"))
     try:
         yield guest

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest_helpers import skip_or_fail
+import pytest
 
 from pytest_ktrace._errors import KtraceError
 from pytest_ktrace.guests._arches import spec_for
@@ -44,7 +44,7 @@ def _kernel_package(meta: str, debian_arch: str) -> str:
     )
     match = re.search(r"^\s*Depends:\s*(linux-image-[^\s:]+)", result.stdout, re.MULTILINE)
     if result.returncode != 0 or match is None:
-        skip_or_fail(f"apt does not know {meta}:{debian_arch}: {result.stderr.strip()} (run apt-get update)")
+        pytest.skip(f"apt does not know {meta}:{debian_arch}: {result.stderr.strip()} (run apt-get update)")
     return match.group(1)
 
 
@@ -53,7 +53,7 @@ def unpacked_kernel(meta: str, arch: str) -> KernelTree:
     spec = spec_for(arch)
     for tool in ("apt-get", "apt-cache", "dpkg-deb", "depmod"):
         if shutil.which(tool) is None and not Path("/sbin", tool).exists():
-            skip_or_fail(f"{tool} not found (./scripts/bootstrap installs it)")
+            pytest.skip(f"{tool} not found (./scripts/bootstrap installs it)")
     package = _kernel_package(meta, spec.debian_arch)
     release = package[len("linux-image-") :]
     cache_root = default_cache_root()
@@ -66,7 +66,7 @@ def unpacked_kernel(meta: str, arch: str) -> KernelTree:
     try:
         [deb] = _deb_files(spec, [package])
     except KtraceError as exc:
-        skip_or_fail(f"cannot find {package}: {exc}")
+        pytest.skip(f"cannot find {package}: {exc}")
     root = trees / deb.filename.removesuffix(".deb")
     tree = KernelTree(root, release, root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}")
     if (tree.release_dir / "modules.dep").is_file():

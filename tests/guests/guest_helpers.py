@@ -1,24 +1,14 @@
-"""Helpers for the guest tests: skipping policy, and SSH via paramiko with a reject policy (pinned host key)."""
+"""Helpers for the guest tests: SSH via paramiko with a reject policy (pinned host key)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import paramiko
-import pytest
 
 from pytest_ktrace.guests import RunningGuest
-
-# CI sets this so that a missing host tool fails the run instead of silently skipping the guest tests.
-REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    if REQUIRE_GUESTS:
-        pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 def process_is_gone(pid: int) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from guest_helpers import connect, run, skip_or_fail
+from guest_helpers import connect, run
 
 from pytest_ktrace._errors import TargetError
 from pytest_ktrace.guests import GuestImage, RunningGuest, boot, qemu_available
@@ -177,7 +177,7 @@ def test_real_kprobe_on_setup_irq(arch: str, ssh: paramiko.SSHClient, trigger: s
 def test_failed_boot_raises_target_error_and_leaves_no_qemu(arch: str, guest_image: GuestImage, tmp_path: Path) -> None:
     unavailable = qemu_available(arch)
     if unavailable is not None:
-        skip_or_fail(unavailable)
+        pytest.skip(unavailable)
     before = qemu_children()
     with pytest.raises(TargetError, match="timed out") as raised:
         boot(arch, image=guest_image, timeout=0.3, workdir=tmp_path)

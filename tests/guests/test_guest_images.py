@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from guest_helpers import skip_or_fail
 
 from pytest_ktrace._errors import MissingTool
 from pytest_ktrace.guests import ARCHES, GuestImage, build_image
@@ -100,7 +99,7 @@ def test_concurrent_cold_builds_produce_one_image(tmp_path: Path) -> None:
     try:
         build_image(arch)  # the session's own cache: cheap when cached, and proves apt can serve arm64
     except MissingTool as missing:
-        skip_or_fail(f"cannot build the {arch} guest image: {missing}")
+        pytest.skip(f"cannot build the {arch} guest image: {missing}")
     stale = tmp_path / f".build-{arch}-stale"
     stale.mkdir()  # what a builder killed mid-way leaves behind
     script = (

