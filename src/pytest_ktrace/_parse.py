@@ -34,6 +34,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
+from operator import not_
 from typing import (
     Any,
     Callable,
@@ -996,26 +997,25 @@ def _decode_group(
         if form is None:
             break
         tried.append(form)
-        sub = raws if len(pending) == m else [raws[j] for j in pending]
+        sub = raws if len(pending) == m else list(map(raws.__getitem__, pending))
         joined = "\n".join(sub)
         rows = (form.ascii if joined.isascii() else form.regex).findall(joined)
         del joined
         if len(rows) != len(sub):
             return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
+        vcols: List[Sequence[str]] = list(zip(*rows))
+        del rows
         # a line that did not fit the form is a row of empty groups (a fit has a non-empty prefix group)
-        blank = ("",) * form.regex.groups
-        misses = rows.count(blank)
+        misses = vcols[0].count("")
         if not misses:
             pos, pending = pending, []
         else:
-            if misses == len(rows):
+            if misses == len(vcols[0]):
                 continue
-            ok = list(map(blank.__ne__, rows))
+            ok = list(map(bool, vcols[0]))
             pos = list(compress(pending, ok))
-            rows = list(compress(rows, ok))
-            pending = [j for j, o in zip(pending, ok) if not o]
-        vcols: List[Sequence[str]] = list(zip(*rows))
-        del rows
+            pending = list(compress(pending, map(not_, ok)))
+            vcols = [list(compress(c, ok)) for c in vcols]
         hdrs = _prefixes_of(prefixes, vcols[0])
         if None in hdrs:  # a prefix the column-wise split cannot take: the line goes alone
             ok = [h is not None for h in hdrs]
@@ -1029,7 +1029,7 @@ def _decode_group(
     built: List[List[Event]] = []
     system = sp.fmt.system
     for form, pos, vcols, hdrs in pieces:
-        p_raws = raws if len(pos) == m else [raws[j] for j in pos]
+        p_raws = raws if len(pos) == m else list(map(raws.__getitem__, pos))
         values = [_convert(vcols, c) for c in form.columns]
         built.append(form.build(system, name, p_raws, hdrs, list(map(float, vcols[1])), values))
     if len(built) == 1 and not rest:
