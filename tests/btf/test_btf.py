@@ -19,7 +19,6 @@ import re
 import shutil
 import struct
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -364,23 +363,12 @@ def expect_error(kind: type[BaseException], call: Callable[[], object], *needles
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_load_vmlinux_fast_and_lookups_o1() -> None:
-    if not VMLINUX.exists():
-        pytest.skip(f"{VMLINUX} missing")
-    data = VMLINUX.read_bytes()
-    start = time.perf_counter()
-    btf = BtfTypes.load(data, name="vmlinux")
-    loaded = time.perf_counter() - start
-    btf.func("__setup_irq")  # builds the name index
-    indexed = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(1000):
-        btf.find("irq_desc", (Kind.STRUCT,))
-    per_lookup = (time.perf_counter() - start) / 1000
-    assert len(btf) > 50_000
-    assert loaded < 1.0, f"loading {len(btf)} types took {loaded:.2f} s"
-    assert indexed < 1.5, f"load + name index took {indexed:.2f} s"
-    assert per_lookup < 1e-4, f"a lookup by name took {per_lookup * 1e6:.0f} us: not a dict hit"
+def test_vmlinux_loads_whole_and_finds_by_name(vmlinux: BtfTypes) -> None:
+    """(How fast: benchmarks/bench_btf.py, load and lookups next to reading the same bytes.)"""
+    assert len(vmlinux) > 50_000
+    assert vmlinux.func("__setup_irq").name == "__setup_irq"
+    found = vmlinux.find("irq_desc", (Kind.STRUCT,))
+    assert found is not None and vmlinux.find("irq_desc", (Kind.STRUCT,)) == found
 
 
 _FORMAT_FIELD = re.compile(
@@ -667,16 +655,6 @@ def test_resolve_return_types(vmlinux: BtfTypes) -> None:
     expect_error(FetchargTypeError, lambda: resolve_return(voids[0]), "returns void")
     bool_func = vmlinux.func("capable")
     assert vmlinux.type_name(bool_func.ret) == "bool" and resolve_return(bool_func) == "u8"
-
-
-def test_resolution_throughput(vmlinux: BtfTypes) -> None:
-    f = vmlinux.func("__setup_irq")
-    start = time.perf_counter()
-    for _ in range(500):
-        resolve_fetcharg(f, "desc->action->name:string", "x86_64")
-        vmlinux.func("request_threaded_irq")
-    rate = 500 / (time.perf_counter() - start)
-    assert rate > 500, f"{rate:.0f} resolutions per second"
 
 
 # ------------------------------------------------------------------------------------------------------------
