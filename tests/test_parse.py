@@ -1447,3 +1447,24 @@ def test_index_reads_the_first_and_last_lines(end: str) -> None:
     parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse("\n".join(lines) + end)
     assert [e.raw for e in parsed.events] == lines and parsed.unparsed == []
     assert parsed.event_counts() == {("fp", "fret"): 3}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # fields format: a masked unsigned address, a negative s32, a u8 char, the same on every line
+        " __probe_ip=do_sys_openat2+0x0/0x3a0 (-2127569872) irq=0xffffff9c (-100) name=x t=0x1 (1) c='c'(99)",
+        # default probe output: the same hex address, decimal, hex and char values, and one that is no number
+        " (0x5613c8dbe1c9) irq=-3 name=\"lo\" t=0xffffffffffffffff c='a'",
+        ' (0x5613c8dbe1c9) irq=zz name="lo" t=12 c=300',
+    ],
+)
+def test_a_column_of_one_repeated_value_decodes_as_the_reference(body: str) -> None:
+    """Columns whose every value is the same (a probe's address, a pid) are converted once: to what the
+    reference gives each line."""
+    text = "\n".join(line("fent", body, ts=f"{i}.5") for i in range(200)) + "\n"
+    cat = FormatCatalog(FAST_FORMATS)
+    parsed = TraceParser(cat).parse(text)
+    ref = TraceParser(cat)._parse_slow(text)
+    assert ref.unparsed == [] and len(ref.events) == 200
+    assert [_event_key(e) for e in parsed.events] == [_event_key(e) for e in ref.events]

@@ -806,6 +806,9 @@ def _ints(col: Sequence[str], mask: int, sign: int, base: int = 10) -> List[int]
     """``int(v, base)`` of every string, masked and reinterpreted (:func:`_fix_ints`); values that repeat a lot
     (pids, probe addresses, flags) converted once."""
     if len(col) > 64 and len(set(col[:256])) * 4 < min(len(col), 256):
+        first = col[0]
+        if col.count(first) == len(col):  # one value (a probe's address, a pid): compared, not hashed
+            return _fix_ints([int(first, base)], mask, sign) * len(col)
         keys = list(dict.fromkeys(col))
         typed = _fix_ints(list(map(int, keys)) if base == 10 else list(map(int, keys, repeat(base))), mask, sign)
         return list(map(dict(zip(keys, typed)).__getitem__, col))
@@ -827,6 +830,8 @@ def _fix_ints(vals: List[int], mask: int, sign: int) -> List[int]:
 
 def _fb_ints(col: Sequence[str], mask: int, sign: int) -> List[FieldValue]:
     """``_int_or_str`` of every value, column-wise when all are plain hex or plain decimal numbers."""
+    if col and col[0] == col[-1] and col.count(col[0]) == len(col):  # one value (a probe's address)
+        return [_int_or_str(col[0], mask, sign)] * len(col)
     joined = "\n".join(col)
     if _HEX_COLUMN_RE.fullmatch(joined):
         return list(_ints(col, mask, sign, 16))
