@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import pytest
+from kernel_filter_rejections import KERNEL_REJECTIONS
 
 from pytest_ktrace.backends._local import LocalBackend
 from pytest_ktrace.fake._filters import (
@@ -382,8 +383,10 @@ KMEM_FREE_EXPRESSIONS: list[Expression] = [
     "name.function == kmem_cache_free",
     "nosuch.function == kmem_cache_free",
 ]
+# every rejection the unit tests pin to a 6.18 kernel's text is written to this kernel too
+_RECORDED = [expression for expression, _, _ in KERNEL_REJECTIONS if expression not in EXEC_EXPRESSIONS]
 WRITTEN_EXPRESSIONS: list[tuple[str, Expression]] = (
-    [(EXEC_EVENT, expression) for expression in EXEC_EXPRESSIONS]
+    [(EXEC_EVENT, expression) for expression in [*EXEC_EXPRESSIONS, *_RECORDED]]
     + [(OPENAT_EXIT_EVENT, expression) for expression in OPENAT_EXIT_EXPRESSIONS]
     + [(KMEM_FREE_EVENT, expression) for expression in KMEM_FREE_EXPRESSIONS]
 )
