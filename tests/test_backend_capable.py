@@ -1,8 +1,9 @@
-"""backends._base.capable(): isinstance() against a capability Protocol, remembered per backend class only when
-the class answers it."""
+"""backends._base.capable(): isinstance() against a capability Protocol, remembered once true: per backend class
+when the class answers it, else per backend."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ class _Local:
 @pytest.fixture(autouse=True)
 def _forget() -> None:
     _base._BY_CLASS.clear()
+    _base._BY_BACKEND.clear()
 
 
 @pytest.mark.parametrize("backend", [_Injects(), _Plain(), FakeBackend(load_snapshot("debian-6.1-arm64"))])
@@ -41,16 +43,36 @@ def test_it_answers_as_isinstance_and_remembers_a_class_that_has_it(backend: obj
     assert ({(type(backend), capability)} if expected else set()) == _base._BY_CLASS
 
 
-def test_a_method_given_to_one_instance_is_asked_of_each_instance() -> None:
+def test_a_method_given_to_one_instance_is_remembered_for_that_instance() -> None:
     given = _Plain()
     given.inject_probe = lambda *args, **kwargs: 0  # type: ignore[attr-defined]
     assert capable(given, Injecting)
     assert not capable(_Plain(), Injecting)
     assert not _base._BY_CLASS
+    assert dict(_base._BY_BACKEND) == {given: {Injecting}}
 
 
-def test_a_capability_with_data_members_is_asked_of_each_backend() -> None:
-    assert capable(_Local(True), SharedFilesystem)
-    assert not capable(_Local(False), SharedFilesystem)
-    assert capable(_Local(True), SharedFilesystem)
+def test_a_capability_with_data_members_is_remembered_per_backend() -> None:
+    local, remote = _Local(True), _Local(False)
+    assert [capable(local, SharedFilesystem), capable(remote, SharedFilesystem)] * 2 == [True, False] * 2
     assert not _base._BY_CLASS
+    assert dict(_base._BY_BACKEND) == {local: {SharedFilesystem}}
+
+
+class _Unhashable(_Local):
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_backend_that_cannot_be_remembered_is_asked_each_time() -> None:
+    backend = _Unhashable(True)
+    assert capable(backend, SharedFilesystem) and capable(backend, SharedFilesystem)
+    assert not capable(_Unhashable(False), SharedFilesystem)
+    assert not _base._BY_BACKEND
+
+
+def test_a_backend_is_not_kept_alive_by_what_it_can() -> None:
+    backend = _Local(True)
+    assert capable(backend, SharedFilesystem)
+    del backend
+    gc.collect()
+    assert not _base._BY_BACKEND

@@ -7,6 +7,8 @@ the tracefs root) and runs commands on the target. Batching is the unit of cost:
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -349,21 +351,32 @@ class Imitating(Protocol):
 
 
 _BY_CLASS: set[tuple[type, type]] = set()  # (backend class, capability): every instance of the class has it
+# the capabilities a backend was found to have that its class alone does not give (data members set on the backend)
+_BY_BACKEND: weakref.WeakKeyDictionary[object, set[type]] = weakref.WeakKeyDictionary()
 
 
 def capable(backend: object, capability: type) -> bool:
-    """``isinstance(backend, capability)`` for a capability Protocol, remembered per backend class when the class
-    itself has it (it defines the capability's methods): before Python 3.12 every such isinstance() lists the
-    Protocol's members again (10 to 40 us), and a session asks several times per test. A backend without it is
-    asked each time (one instance may have what its class has not)."""
+    """``isinstance(backend, capability)`` for a capability Protocol, remembered once it is true: per backend class
+    when the class itself has it (it defines the capability's methods), else per backend (a backend keeps what it
+    has). Before Python 3.12 every such isinstance() lists the Protocol's members again (10 to 40 us), and a test
+    asks several times. A backend without the capability is asked each time."""
     cls = type(backend)
     if (cls, capability) in _BY_CLASS:
+        return True
+    try:
+        known = _BY_BACKEND.get(backend)
+    except TypeError:  # not hashable: asked each time
+        known = None
+    if known is not None and capability in known:
         return True
     if not isinstance(backend, capability):
         return False
     try:
         if issubclass(cls, capability):
             _BY_CLASS.add((cls, capability))
-    except TypeError:  # a capability with data members: only an instance can tell
+            return True
+    except TypeError:  # a capability with data members: the backend answers, not its class
         pass
+    with contextlib.suppress(TypeError):  # no weak reference to it: asked each time
+        _BY_BACKEND.setdefault(backend, set()).add(capability)
     return True

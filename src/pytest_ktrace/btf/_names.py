@@ -56,11 +56,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union, cast
 
 from .._errors import KtraceError, UnsupportedFetchArg, hide_for_ktrace_errors
 from .._files import write_atomic
-from ..backends._base import Backend, FileFetching, Read, SharedFilesystem, TargetInfo
+from ..backends._base import Backend, FileFetching, Read, SharedFilesystem, TargetInfo, capable
 from . import _errors as btf_errors
 from ._blob import BtfTypes, FuncInfo
 from ._errors import (
@@ -620,9 +620,10 @@ def _resolver_for(backend: Backend, loading: Mapping[str, Path]) -> _Resolver:
 
     if isinstance(backend, RecordingBackend):
         return _RecordingResolver(_resolver_for(backend.inner, loading), backend.cassette.btf)
-    if isinstance(backend, Replaying):  # the fake backend
-        if backend.player is not None:
-            return _ReplayResolver(backend.player, backend, loading)
+    if capable(backend, Replaying):  # the fake backend
+        player = cast(Replaying, backend).player
+        if player is not None:
+            return _ReplayResolver(player, backend, loading)
         return _NoBtf(backend.describe())
     return _TargetResolver(backend, loading)
 
