@@ -33,8 +33,7 @@ import threading
 from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
-from operator import not_
+from itertools import accumulate, chain, compress, repeat
 from typing import (
     Any,
     Callable,
@@ -724,12 +723,11 @@ _Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit 
 
 class _FastForm:
     """One way an event prints (``fields`` forward or reverse, default probe output), for whole-text use:
-    ``regex`` (``findall`` over H lines of the event joined by newlines) yields one row per line: groups 0
-    and 1 are the ``comm-pid [cpu]`` prefix and the timestamp (a line that does not fit gives a row of empty
-    groups: the prefix of one that does is never empty); ``columns`` say how groups become the values, in the
-    order of the reference parser's dict; ``build`` makes the events. ``ascii`` is ``regex`` for ASCII text,
-    where the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per
-    digit)."""
+    ``regex`` matches whole H lines of the event printed that way (``split`` over such lines joined by
+    newlines, see :func:`_split_lines`): groups 0 and 1 are the ``comm-pid [cpu]`` prefix and the timestamp;
+    ``columns`` say how groups become the values, in the order of the reference parser's dict; ``build``
+    makes the events. ``ascii`` is ``regex`` for ASCII text, where the digits of the value patterns are
+    ``[0-9]`` (a range check instead of a Unicode lookup per digit)."""
 
     __slots__ = ("ascii", "build", "columns", "regex")
 
@@ -741,19 +739,35 @@ class _FastForm:
         self.build = _event_builder(tuple(names))
 
 
+def _split_lines(regex: Pattern[str], joined: str) -> Tuple[List[int], List[List[Any]]]:
+    """Lines (``joined`` by newlines) -> (the indices of those ``regex`` matches whole, the columns of its
+    groups for them: ``str``, None for a group that took no part). ``split`` returns the text between
+    matches and each match's groups in one flat list: no tuple per line and no transposition, each column is
+    a slice. A match never spans lines (see :func:`_marked`), so the text before a match holds one newline
+    more than the lines skipped before it (none more for the first): the newlines up to a match count the
+    lines before it."""
+    flat = regex.split(joined)
+    k = regex.groups + 1
+    columns = [flat[i::k] for i in range(1, k)]
+    seps = flat[: len(flat) - 1 : k]
+    if seps.count("\n") == len(seps) - 1 and seps[0] == "":  # every line matched: 0, 1, 2, ...
+        return list(range(len(seps))), columns
+    return list(accumulate(map(str.count, seps, repeat("\n")))), columns
+
+
 _VALUES = 2  # the group of a _FastForm's first value (after prefix and timestamp)
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
-    """Body parts (each starting with ``" "``) -> the multi-line findall pattern for whole H lines of event
-    ``name``. ``.`` without DOTALL cannot cross a newline, so on one line it is the reference's DOTALL ``.``.
-    The prefix runs to the first ``]`` without minding newlines: every line given
-    is an H line, whose first ``]`` closes its cpu column. The header splits only one way: blanks are
-    greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
-    by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
-    (never an H line)."""
+    """Body parts (each starting with ``" "``) -> the multi-line pattern for whole H lines of event ``name``.
+    It matches within one line: ``.`` without DOTALL cannot cross a newline (so on one line it is the
+    reference's DOTALL ``.``), no other part matches a newline but the prefix, which runs to the first ``]``
+    without minding newlines: every line given is an H line, whose first ``]`` closes its cpu column. The
+    header splits only one way: blanks are greedy before non-blanks, and without the optional flags column
+    the timestamp would have to be followed by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"``
+    is, i.e. ``name`` would be all digits (never an H line)."""
     head = r"([^\]]*\]) +(?:\S+ +|)([0-9]+(?:\.[0-9]+|)): " + re.escape(name) + ":"
-    return r"(?m)^(?:" + head + parts[0] + "".join(parts[1:]) + r"|[^\n]*)$"
+    return r"(?m)^" + head + parts[0] + "".join(parts[1:]) + "$"
 
 
 def _fields_form(name: str, plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
@@ -845,7 +859,7 @@ def _convert(cols: Sequence[Sequence[str]], column: _Column) -> Sequence[FieldVa
     conv, gi, mask, sign = column
     col = cols[gi]
     if conv == _C_INT:
-        if "" not in col:
+        if all(col):  # no error printed instead of a number (its decimal group is then empty or None)
             return _ints(col, mask, sign)
         out: List[FieldValue] = []
         for d, e in zip(col, cols[gi + 1]):
@@ -991,7 +1005,7 @@ def _decode_group(
         return [_line_event(sp, raw) for raw in raws]
     pending = list(range(m))
     rest: List[int] = []  # lines left to the per-line decoder
-    pieces: List[Tuple[_FastForm, List[int], List[Sequence[str]], List[Any]]] = []
+    pieces: List[Tuple[_FastForm, List[int], List[List[Any]], List[Any]]] = []
     tried: List[_FastForm] = []
     while pending:
         # the form the first pending line prints in first (the forms exclude each other: any order gives the
@@ -1004,23 +1018,17 @@ def _decode_group(
         tried.append(form)
         sub = raws if len(pending) == m else list(map(raws.__getitem__, pending))
         joined = "\n".join(sub)
-        rows = (form.ascii if joined.isascii() else form.regex).findall(joined)
+        fit, vcols = _split_lines(form.ascii if joined.isascii() else form.regex, joined)
         del joined
-        if len(rows) != len(sub):
-            return [_line_event(sp, raw) for raw in raws]  # cannot happen (one row per line); be safe
-        vcols: List[Sequence[str]] = list(zip(*rows))
-        del rows
-        # a line that did not fit the form is a row of empty groups (a fit has a non-empty prefix group)
-        misses = vcols[0].count("")
-        if not misses:
+        if not fit:
+            continue
+        if len(fit) == len(pending):
             pos, pending = pending, []
         else:
-            if misses == len(vcols[0]):
-                continue
-            ok = list(map(bool, vcols[0]))
-            pos = list(compress(pending, ok))
-            pending = list(compress(pending, map(not_, ok)))
-            vcols = [list(compress(c, ok)) for c in vcols]
+            pos = list(map(pending.__getitem__, fit))
+            ok = [True] * len(pending)
+            deque(map(ok.__setitem__, fit, repeat(False)), maxlen=0)
+            pending = list(compress(pending, ok))
         hdrs = _prefixes_of(prefixes, vcols[0])
         if None in hdrs:  # a prefix the column-wise split cannot take: the line goes alone
             ok = [h is not None for h in hdrs]
