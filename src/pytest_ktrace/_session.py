@@ -526,11 +526,11 @@ class TraceSession:
         ended = [process for process in self._spawned if process._known_ended]
         limit = self.run_timeout if timeout is None else timeout
         if arming is not None:
-            assert isinstance(self.backend, PreparingRuns)
+            preparing = cast(PreparingRuns, self.backend)  # arming is prepared only for such a backend
             # an earlier test's teardown travels first, before this test clears the run's instance
             settle = self._parked.deferred_ops() if self._parked is not None else []
             try:
-                result = self.backend.run_prepared(
+                result = preparing.run_prepared(
                     arming.ops, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after, settle=settle
                 )
             except BaseException:
@@ -1013,7 +1013,7 @@ class TraceSession:
         """Over a backend where round trips cost, a teardown that is only the last look and parking filters
         travels with the next test's first batch on the target (see :mod:`._warm`)."""
         parked = self._parked
-        if parked is None or parked.spoiled or not isinstance(self.backend, PreparingRuns):
+        if parked is None or parked.spoiled or not capable(self.backend, PreparingRuns):
             return False
         if not all(parked.is_parking_op(op) for op in self.ledger.ops()):
             return False
