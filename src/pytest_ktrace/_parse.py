@@ -34,6 +34,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
+from operator import add
 from typing import (
     Any,
     Callable,
@@ -740,34 +741,36 @@ class _FastForm:
 
 
 def _split_lines(regex: Pattern[str], joined: str) -> Tuple[List[int], List[List[Any]]]:
-    """Lines (``joined`` by newlines) -> (the indices of those ``regex`` matches whole, the columns of its
-    groups for them: ``str``, None for a group that took no part). ``split`` returns the text between
-    matches and each match's groups in one flat list: no tuple per line and no transposition, each column is
-    a slice. A match never spans lines (see :func:`_marked`), so the text before a match holds one newline
-    more than the lines skipped before it (none more for the first): the newlines up to a match count the
-    lines before it."""
+    """Lines, each after a newline (``joined``: ``"\\n" + "\\n".join(lines)``) -> (the indices of those
+    ``regex`` matches whole, the columns of its groups for them: ``str``, None for a group that took no
+    part). ``split`` returns the text between matches and each match's groups in one flat list: no tuple per
+    line and no transposition, each column is a slice. A match is one line with the newline before it (see
+    :func:`_marked`), so the text before a match is the lines skipped since the previous one, each with its
+    newline: match j is line j plus the newlines up to it."""
     flat = regex.split(joined)
     k = regex.groups + 1
     columns = [flat[i::k] for i in range(1, k)]
     seps = flat[: len(flat) - 1 : k]
-    if seps.count("\n") == len(seps) - 1 and seps[0] == "":  # every line matched: 0, 1, 2, ...
+    if seps.count("") == len(seps):  # every line matched: 0, 1, 2, ...
         return list(range(len(seps))), columns
-    return list(accumulate(map(str.count, seps, repeat("\n")))), columns
+    return list(map(add, range(len(seps)), accumulate(map(str.count, seps, repeat("\n"))))), columns
 
 
 _VALUES = 2  # the group of a _FastForm's first value (after prefix and timestamp)
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
-    """Body parts (each starting with ``" "``) -> the multi-line pattern for whole H lines of event ``name``.
-    It matches within one line: ``.`` without DOTALL cannot cross a newline (so on one line it is the
-    reference's DOTALL ``.``), no other part matches a newline but the prefix, which runs to the first ``]``
-    without minding newlines: every line given is an H line, whose first ``]`` closes its cpu column. The
-    header splits only one way: blanks are greedy before non-blanks, and without the optional flags column
-    the timestamp would have to be followed by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"``
-    is, i.e. ``name`` would be all digits (never an H line)."""
+    """Body parts (each starting with ``" "``) -> the multi-line pattern for whole H lines of event ``name``,
+    each with the newline before it (a pattern that starts with a newline lets re skip to the next line at
+    memchr speed, past the lines that do not fit). After that newline it matches within one line: ``.``
+    without DOTALL cannot cross a newline (so on one line it is the reference's DOTALL ``.``), no other part
+    matches a newline but the prefix, which runs to the first ``]`` without minding newlines: every line
+    given is an H line, whose first ``]`` closes its cpu column. The header splits only one way: blanks are
+    greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
+    by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
+    (never an H line)."""
     head = r"([^\]]*\]) +(?:\S+ +|)([0-9]+(?:\.[0-9]+|)): " + re.escape(name) + ":"
-    return r"(?m)^" + head + parts[0] + "".join(parts[1:]) + "$"
+    return r"(?m)\n" + head + parts[0] + "".join(parts[1:]) + "$"
 
 
 def _fields_form(name: str, plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
@@ -1017,7 +1020,7 @@ def _decode_group(
             break
         tried.append(form)
         sub = raws if len(pending) == m else list(map(raws.__getitem__, pending))
-        joined = "\n".join(sub)
+        joined = "\n".join(chain(("",), sub))
         fit, vcols = _split_lines(form.ascii if joined.isascii() else form.regex, joined)
         del joined
         if not fit:
