@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from pytest_ktrace._errors import KtraceError
-from pytest_ktrace._hist import (
-    HistEntry,
-    HistField,
-    HistResult,
-    HistSpec,
-    Task,
-    decode,
-    hist_spec,
-    parse_hist,
-)
+from pytest_ktrace._hist_spec import HistField, HistSpec, Task, hist_spec
+from pytest_ktrace._hist_table import HistEntry, HistResult, decode, parse_hist
 from pytest_ktrace._parse import EventFormat, parse_format
 
 DATA = Path(__file__).parent / "data" / "hist"

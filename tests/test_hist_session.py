@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_ktrace import HistUnavailable, KtraceError, ProbeRejected
-from pytest_ktrace._hist import COUNT_SIZE, Task
+from pytest_ktrace._hist_spec import COUNT_SIZE, Task
 from pytest_ktrace._identity import RunIdentity
 from pytest_ktrace._session import TraceSession
 from pytest_ktrace.backends._base import Read, Write

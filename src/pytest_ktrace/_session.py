@@ -27,7 +27,8 @@ from ._checks import check_int, check_seconds, check_text, command_argv, type_na
 from ._collection import TraceCollector
 from ._errors import ConnectionLost, KtraceError, TargetError, hide_for_ktrace_errors
 from ._events import Event
-from ._hist import HistResult, HistTriggers
+from ._hist import HistTriggers
+from ._hist_table import HistResult
 from ._identity import RunIdentity
 from ._kernel_log import CONSOLE_EVENT, TAINT_READ, KernelLog, LogLine, lines_of
 from ._matchers import ANY
