@@ -676,10 +676,11 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
 # the per-event counts are exact after that pass, before any value is converted.
 #
 # The typed events of the H lines are decoded per event name when first needed (``_LazyEvents``): the lines of one event
-# are joined and split with one more ``findall`` per way the event prints (its own value patterns, unchanged but for
-# ``[0-9]`` for ``\d`` on ASCII text), the values converted column by column and the events built by one generated
-# comprehension per event; a line that fits no form goes through the reference's per-line decoder. The splitters are
-# those of parse time (a later catalog change does not change the result).
+# are joined and cut with one ``split`` per way the event prints (its own value patterns, unchanged but for ``[0-9]``
+# for ``\d`` on ASCII text; each column of values is then a slice of one flat list), the values converted column by
+# column (a column of one repeated value converted once) and the events filled by one generated loop per field list
+# (``_events._event_builder``); a line that fits no form goes through the reference's per-line decoder. The splitters
+# are those of parse time (a later catalog change does not change the result).
 #
 # Why an H line's header is the reference's: ``_INDEX_RE`` matches ``comm-pid [(tgid)] [cpu]`` up to the
 # first ``]``, with a ``comm`` holding no ``-<ASCII digit>``, then ``[flags] <ts>: <name>:``, with ASCII digits
