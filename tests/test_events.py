@@ -48,7 +48,7 @@ def test_an_event_reads_compares_and_stays_frozen(make: Callable[[], Event]) -> 
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.pid = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        del event.comm  # type: ignore[misc]
+        del event.comm
     with pytest.raises(TypeError):
         hash(event)  # its fields are a dict, as for the frozen dataclass it always was
     assert not hasattr(event, "__dict__")
