@@ -499,19 +499,16 @@ def test_noise_after_an_event_is_unparsed_not_glued() -> None:
     assert res.unparsed == ["some noise"]
 
 
-def test_many_noise_lines_after_an_event_stay_cheap() -> None:
+def test_many_noise_lines_after_an_event_are_kept_as_they_are() -> None:
+    """(How the parse time grows with such lines: benchmarks/bench_hostile.py.)"""
     mid = mkfmt("mid", [("__data_loc char[] s", 4, 0), ("int x", 4, 1)])
     p = parser_for(ENT, RET, mid)
     noise = [f"function_graph noise {i} |  }}" for i in range(5000)]
-    t0 = time.perf_counter()
     res = p.parse("\n".join([line("mid", " s=a b x=0x1 (1)"), *noise]))
-    assert time.perf_counter() - t0 < 2.0
     assert [e.fields for e in res.events] == [{"s": "a b", "x": 1}]
     assert res.unparsed == noise
     # a string as the last field cannot tell noise from its own continuation: capped, and nothing is lost
-    t0 = time.perf_counter()
     res = p.parse("\n".join([line("ent", " __probe_ip=0x1 (1) irq=0x1 (1) name=a b=0x0 (0) nm=x"), *noise]))
-    assert time.perf_counter() - t0 < 2.0
     [ev] = res.events
     assert ev.fields["nm"].count("\n") + len(res.unparsed) == len(noise)
     assert ev.fields["nm"].count("\n") <= 256
@@ -757,17 +754,6 @@ def test_round_trip_fields_forward_and_reverse(
     assert res.unparsed == []
     want = {f"f{i}": expect(k, v) for i, (k, v) in enumerate(values)}
     assert [e.fields for e in res.events] == [want, want]
-
-
-def test_parser_speed_sanity() -> None:
-    """A loose floor (the benchmark in benchmarks/bench_parse.py measures properly)."""
-    body = " __probe_ip=0x560a0faad1c9 (94601212514761) irq=0xc8 (200) name=eth0 b=0x2a (42) nm=x"
-    text = (line("ent", body) + "\n") * 20000
-    t0 = time.perf_counter()
-    res = parser_for(ENT).parse(text)
-    dt = time.perf_counter() - t0
-    assert len(res.events) == 20000
-    assert 20000 / dt > 30000, f"{20000 / dt:.0f} lines/s"
 
 
 # --------------------------------------------------------------------------------- real tracepoint traces
