@@ -232,8 +232,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ("two-uprobe test on this machine, probes parked between tests (the default)", local_parked, loop, bare),
         ("two-uprobe test on this machine, --ktrace-fresh-probes", base, loop, bare),
         (
-            f"the same test over SSH on 127.0.0.1, probes parked: {ssh_parked[3]:.0f} round trips (the uprobe "
-            "file's stat; then one script: the previous test's teardown, arming, the command, its trace)",
+            f"the same test over SSH on 127.0.0.1, probes parked: {ssh_parked[3]:.0f} round trip(s) (one script: "
+            "the uprobe file's check for change, the previous test's teardown, arming, the command, its trace)",
             ssh_parked[1],
             "this machine's tracefs, probes parked, same run",
             local_parked,

@@ -208,6 +208,15 @@ class ProbeBuilder:
         del self._late[spec.event]
         return dataclasses.replace(spec, fetchargs=tuple(fetchargs.items()))
 
+    def relocate(self, spec: ProbeSpec) -> ProbeSpec:
+        """A uprobe placed again from its file as the target has it now (the file was rebuilt: a symbol's offset
+        may have moved); one given a file offset stays where it was."""
+        path, offset = spec.location.rsplit(":", 1)
+        if spec.display == f"{os.path.basename(path)}+{int(offset, 16):#x}":
+            return spec
+        moved = elf.symbol_file_offset(self.files.local_path(path), spec.display)
+        return dataclasses.replace(spec, location=f"{path}:{moved:#x}")
+
     def user_probe(
         self,
         kind: ProbeKind,

@@ -9,6 +9,7 @@ teardown ledger that undoes exactly what this test created (:mod:`._teardown`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import time
@@ -21,7 +22,7 @@ from typing import Any, Literal, Optional, Union, cast
 
 from ._aggregates import DEFAULT_BUCKETS_US, Aggregate, AggregateSet, CountBy, Histogram, LatencyHistogram
 from ._arch import normalize_arch
-from ._arming import InstanceState, disable_op, plan_arm
+from ._arming import ArmPlan, InstanceState, disable_op, plan_arm
 from ._assertions import Observation, ProbeView, assert_latency, assert_order
 from ._checks import check_int, check_seconds, check_text, command_argv, type_name
 from ._collection import TraceCollector
@@ -94,17 +95,21 @@ def _allow_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
 
 @dataclass
 class _Arming:
-    """One arming batch: its operations, and the probes and definitions it arms (``fresh``: not taken back)."""
+    """One arming batch: its operations, and the probes and definitions it arms (``fresh``: not taken back); the
+    session's state once it is sent (:meth:`TraceSession._commit_arming`)."""
 
     ops: list[Op]
     pending: list[_Defined]
     specs: list[ProbeSpec]
     fresh: list[ProbeSpec]
+    plan: ArmPlan
+    first: bool
 
 
 @dataclass
 class _Defined:
     view: ProbeView
+    requested: ProbeSpec  # as the test defined it, before it took back a parked event
     armed: bool = False
 
     @property
@@ -156,7 +161,8 @@ class TraceSession:
         self.ledger = TeardownLedger(backend)
         self._catalog = FormatCatalog()
         self._aggregates = AggregateSet(self._catalog)
-        files = ElfCopies(backend, elf_cache, timeout=run_timeout)
+        # a remote file's check for change travels with the test's first command where the backend can carry it
+        files = ElfCopies(backend, elf_cache, timeout=run_timeout, check_later=capable(backend, PreparingRuns))
         self._files = files
         self._builder = ProbeBuilder(backend, identity, self._name, files, stream=stream)
         self._collector = TraceCollector(backend, self.instance_path, self._catalog, self._aggregates, files)
@@ -283,11 +289,10 @@ class TraceSession:
         self._check_open("tracepoint()")
         return self._register(self._builder.tracepoint(name, filter=filter, stacktrace=stacktrace))
 
-    def _register(self, spec: ProbeSpec) -> ProbeView:
-        if self._parked is not None:
-            spec = self._reuse_parked(spec)
+    def _register(self, requested: ProbeSpec) -> ProbeView:
+        spec = self._reuse_parked(requested) if self._parked is not None else requested
         view = ProbeView(spec, lambda: self._observe(view.spec))
-        self._probes.append(_Defined(view))
+        self._probes.append(_Defined(view, requested))
         self._dirty = True
         return view
 
@@ -332,7 +337,10 @@ class TraceSession:
     def arm(self) -> None:
         """Define, filter and enable every probe not yet armed, in one batch."""
         self._check_open("arm()")
+        self._redefine_changed(self._files.check_now())  # this batch cannot carry the files' check
         arming = self._prepare_arming()
+        if arming is not None:
+            self._commit_arming(arming)
         if arming is None:
             if self._stream_mode is not None and self._stream_mode.pump is None:
                 self._start_stream()  # the first attempt failed: say why again, never run unsynchronised
@@ -353,15 +361,13 @@ class TraceSession:
             self._start_stream()
 
     def _prepare_arming(self) -> Optional[_Arming]:
-        """The batch that arms every probe not yet armed, recorded in the ledger before it is applied; None when
-        there is nothing to do."""
+        """The batch that arms every probe not yet armed; None when there is nothing to do. The session records it
+        (:meth:`_commit_arming`) before the batch is applied, or once the target has said it applied it."""
         pending = self._completed([probe for probe in self._probes if not probe.armed])
         specs = [probe.spec for probe in pending]
         first = not self._armed_once
         if first and self._log.policy != "off" and self.target.has("printk_console"):
             self._log.captured = True
-            self.ledger.read_first(Read(f"{self.instance_path}/trace"), self._last_look)
-            self.ledger.read_first(TAINT_READ, self._last_taint)
             if self._parked is None or not self._parked.console_on:
                 specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
         if not first and not pending and not self._hists.pending:
@@ -384,7 +390,14 @@ class TraceSession:
                 plan.ops.append(Read(f"events/{_CONSOLE.event_dir}/format"))
             plan.ops.append(TAINT_READ)  # the kernel's taint when the test starts
         plan.ops.extend(self._hists.arm_ops())  # once the probes exist; their removal joins teardown first
-        # Recorded before the batch runs: teardown undoes it even if the batch dies half way.
+        return _Arming(plan.ops, pending, specs, fresh, plan, first)
+
+    def _commit_arming(self, arming: _Arming) -> None:
+        """The batch is (being) applied: its undo joins the ledger, so teardown undoes it even if it died half way."""
+        plan = arming.plan
+        if arming.first and self._log.captured:
+            self.ledger.read_first(Read(f"{self.instance_path}/trace"), self._last_look)
+            self.ledger.read_first(TAINT_READ, self._last_taint)
         self.ledger.join("disable", plan.disables)
         if plan.state.planned and not self._instance.planned:
             if self._parked is None:
@@ -395,7 +408,31 @@ class TraceSession:
         self._note_instance_change(plan.state)
         self._instance = plan.state
         self._armed_once = True
-        return _Arming(plan.ops, pending, specs, fresh)
+
+    def _redefine_changed(self, paths: Sequence[str]) -> None:
+        """Files the target says changed since this test's copy was made: the probes on them not armed yet are
+        placed again from the file as it is now, and no longer take back an event parked on the old file."""
+        if not paths:
+            return
+        for probe in self._probes:
+            requested = probe.requested
+            on_file = requested.kind in ("uprobe", "uretprobe") and requested.location.rsplit(":", 1)[0] in paths
+            if probe.armed or not on_file:
+                continue
+            self._give_back(probe.view.spec)
+            probe.requested = self._builder.relocate(requested)
+            probe.view.spec = self._reuse_parked(probe.requested) if self._parked is not None else probe.requested
+
+    def _give_back(self, spec: ProbeSpec) -> None:
+        """Undo what :meth:`_reuse_parked` did for ``spec`` (before anything was sent)."""
+        self._reuse.pop(id(spec), None)
+        if self._parked is None or spec.event_dir not in self._taken:
+            return
+        self._taken.discard(spec.event_dir)
+        self._held.remove(spec)
+        for op in self._parked.parking_ops([spec]):
+            self.ledger.forget("disable", op)
+        self._parked.give_back(spec)
 
     def _armed(self, arming: _Arming, results: Sequence[OpResult]) -> None:
         for probe in arming.pending:
@@ -514,6 +551,8 @@ class TraceSession:
         arming = None
         if capable(self.backend, PreparingRuns) and self._stream_mode is None:
             arming = self._prepare_arming()
+            if arming is None:
+                self._redefine_changed(self._files.check_now())  # nothing to arm: nothing rode on the files
         else:
             self.arm()
         pid_files = self._pid_files()
@@ -528,15 +567,41 @@ class TraceSession:
         limit = self.run_timeout if timeout is None else timeout
         if arming is not None:
             preparing = cast(PreparingRuns, self.backend)  # arming is prepared only for such a backend
-            # an earlier test's teardown travels first, before this test clears the run's instance
-            settle = self._parked.deferred_ops() if self._parked is not None else []
-            try:
-                result = preparing.run_prepared(
-                    arming.ops, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after, settle=settle
-                )
-            except BaseException:
-                self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
-                raise
+            for attempt in itertools.count(1):
+                # an earlier test's teardown travels first, before this test clears the run's instance
+                settle = self._parked.deferred_ops() if self._parked is not None else []
+                try:
+                    result = preparing.run_prepared(
+                        arming.ops,
+                        words,
+                        timeout=limit,
+                        pid_files=pid_files,
+                        stdin=stdin,
+                        after=after,
+                        settle=settle,
+                        unchanged=self._files.unverified(),
+                    )
+                except BaseException:
+                    self._commit_arming(arming)
+                    self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
+                    raise
+                if not result.changed:
+                    break
+                if attempt == 3:
+                    raise TargetError(
+                        f"{', '.join(result.changed)} changed on {self.backend.name} between each reading of it "
+                        "and the command that arms its uprobes, three times: is something rebuilding it?",
+                        host=self.backend.name,
+                        command=" ".join(words),
+                        cause="file changing",
+                    )
+                # a file changed since an earlier test copied it: nothing was applied; place its probes again
+                self._files.forget(result.changed)
+                self._redefine_changed(result.changed)
+                arming = self._prepare_arming()
+                assert arming is not None  # nothing was armed: the first arming is still to come
+            self._files.verified()
+            self._commit_arming(arming)
             if self._parked is not None:
                 self._parked.settle(result.settled)
             self._armed(arming, result.before)

@@ -114,6 +114,12 @@ class ParkedProbes:
                 return entry.spec
         return None
 
+    def give_back(self, spec: ProbeSpec) -> None:
+        """A parked event :meth:`take` handed out is not used after all (nothing was sent for it)."""
+        for entry in self._entries:
+            if entry.spec.event_dir == spec.event_dir:
+                entry.busy = False
+
     def adopt(self, spec: ProbeSpec, key: ReuseKey, owner: str) -> None:
         """An event the asking test defined and enabled here: parked, not removed, when the test ends."""
         self._entries.append(_Parked(spec, key, owner))

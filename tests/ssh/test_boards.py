@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import ours, tracefs_state
+from ktrace_testing import left_behind, tracefs_state
 from pytest_ktrace._boards import lease_board, split_hosts
 
 pytest_plugins = ["pytester"]
@@ -78,4 +78,4 @@ def test_workers_spread_over_boards_without_sharing_one(sshd_server, pytester: p
     for board, intervals in spans.items():
         for (a_start, a_end), (b_start, b_end) in itertools.combinations(sorted(intervals), 2):
             assert a_end <= b_start or b_end <= a_start, f"two tests overlapped on {board}"
-    assert ours(tracefs_state()) == []
+    assert left_behind(tracefs_state()) == []

@@ -5,10 +5,13 @@ filters) travels first in the next test's round trip."""
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
-from ktrace_testing import ours_in_this_process, tracefs_state
+from ktrace_testing import build_probed, ours_in_this_process, tracefs_state
+from pytest_ktrace._elf import symbol_file_offset
 from pytest_ktrace._identity import RunIdentity
 from pytest_ktrace._session import TraceSession
 from pytest_ktrace._warm import ParkedProbes
@@ -53,10 +56,33 @@ def _trips_per_test(backend: SshBackend, binary: str, test: Callable[[TraceSessi
     return trips
 
 
-def test_a_uprobe_test_costs_two_round_trips(backend: SshBackend, probed: Path) -> None:
-    # the file checked for change (stat: a uprobe holds the inode it was defined on), then one script: the previous
-    # test's teardown, this test's arming, the command, the trace; the first test also fetches the ELF file
-    assert _trips_per_test(backend, str(probed), _two_probe_test)[1:] == [2, 2]
+def test_a_uprobe_test_costs_one_round_trip(backend: SshBackend, probed: Path) -> None:
+    # one script: the uprobe file checked for change (a uprobe holds the inode it was defined on), the previous
+    # test's teardown, this test's arming, the command, the trace; the first test also stats and fetches the file
+    assert _trips_per_test(backend, str(probed), _two_probe_test)[1:] == [1, 1]
+
+
+def test_a_file_rebuilt_between_tests_is_read_again_and_its_probes_placed_anew(
+    backend: SshBackend, tmp_path: Path
+) -> None:
+    first, second = build_probed(tmp_path), build_probed(tmp_path, pie=False)
+    assert symbol_file_offset(first, "setup_thing") != symbol_file_offset(second, "setup_thing")
+    target = tmp_path / "rebuilt" / "probed"
+    target.parent.mkdir()
+    shutil.copy2(first, target)
+    rebuilds = iter([second, first])
+
+    def test_then_rebuild(session: TraceSession, binary: str) -> None:
+        _two_probe_test(session, binary)
+        replacement = target.with_name("probed.new")  # as a build does: a new file renamed over the old one
+        shutil.copy2(next(rebuilds, first), replacement)
+        os.utime(replacement, (1, 1))  # an mtime of its own even within the same second
+        os.replace(replacement, target)
+
+    trips = _trips_per_test(backend, str(target), test_then_rebuild)
+    # the changed file stops the first script before anything is applied; then it is read again (stat, copy)
+    # and the probes, placed at the symbol's new offset, armed with the command (the parked ones are not taken)
+    assert trips[1:] == [4, 4], trips
 
 
 def test_a_kernel_probe_test_costs_one_round_trip(backend: SshBackend, probed: Path) -> None:

@@ -329,6 +329,34 @@ def test_run_script(shell: Runner, tmp_path: Path) -> None:
 
 
 @needs_tracefs
+@pytest.mark.parametrize("changed", [False, True])
+def test_run_script_checks_its_files_first(shell: Runner, tmp_path: Path, changed: bool) -> None:
+    """A file that is not as the caller last saw it (size, mtime, inode) stops the script before anything is
+    applied or run, naming it; files as they were let it go on."""
+    same, other = tmp_path / "same", tmp_path / "other"
+    same.write_bytes(b"\x7fELF same")
+    other.write_bytes(b"\x7fELF other")
+
+    def identity(path: Path) -> str:
+        found = os.stat(path)
+        return f"{found.st_size} {int(found.st_mtime)} {found.st_ino}"
+
+    expected = [(str(same), identity(same)), (str(other), identity(other))]
+    if changed:
+        other.write_bytes(b"\x7fELF rebuilt, longer")
+    ran = tmp_path / "ran"
+    nonce = _shell.new_nonce()
+    before = [Read("tracing_on")]
+    script = _shell.render_run(["touch", str(ran)], nonce, before=before, unchanged=expected)
+    out = _shell.parse_run(shell(script).stdout, nonce, before=before)
+    assert out.complete
+    if changed:
+        assert out.changed == [1] and out.before == [] and out.returncode is None and not ran.exists()
+    else:
+        assert out.changed == [] and [r.ok for r in out.before] == [True] and out.returncode == 0 and ran.exists()
+
+
+@needs_tracefs
 def test_run_script_missing_program(shell: Runner) -> None:
     nonce = _shell.new_nonce()
     proc = shell(_shell.render_run(["/no/such/prog", "arg"], nonce))

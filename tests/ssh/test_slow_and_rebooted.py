@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrace_testing import ours, tracefs_state
+from ktrace_testing import left_behind, tracefs_state
 from pytest_ktrace import TargetError
 from pytest_ktrace.backends.ssh._backend import SshBackend
 
@@ -90,4 +90,4 @@ def test_target_rebooted_between_tests(sshd_server, pytester: pytest.Pytester, p
         "--ktrace-host=ktrace-test", f"--ktrace-ssh-config={sshd_server.ssh_config}", plugins=[_Reboot(sshd_server)]
     )
     result.assert_outcomes(passed=2)
-    assert ours(tracefs_state()) == []
+    assert left_behind(tracefs_state()) == []

@@ -108,6 +108,7 @@ class RunResult:
     after: tuple[OpResult, ...] = ()  # results of the ops applied right after the command (same round trip)
     before: tuple[OpResult, ...] = ()  # PreparingRuns: results of the ops applied before it (same round trip)
     settled: tuple[OpResult, ...] = ()  # PreparingRuns: results of the ops applied first, whatever their results
+    changed: tuple[str, ...] = ()  # PreparingRuns: files not as ``unchanged`` said (then nothing was applied or run)
 
     def check(self) -> RunResult:
         """Raise ``AssertionError`` unless the command exited 0 (like ``CompletedProcess.check_returncode``)."""
@@ -304,11 +305,15 @@ class PreparingRuns(Protocol):
         stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
         settle: Sequence[Op] = (),
+        unchanged: Optional[Mapping[str, str]] = None,
     ) -> RunResult:
         """Apply ``settle`` in order whatever their results (an earlier test's deferred teardown), then ``before``
         in order, stopping at the first failure, then, only if every one of them succeeded, :meth:`Backend.run`
         the command with ``after``. ``RunResult.settled`` and ``RunResult.before`` hold their results (fewer of
-        ``before``'s after a failure, and then the command did not run: ``returncode`` -1, no ``after``)."""
+        ``before``'s after a failure, and then the command did not run: ``returncode`` -1, no ``after``).
+        First of all, each file of ``unchanged`` (path -> ``"size mtime inode"``, as ``stat -L -c '%s %Y %i'``
+        prints it) must still be so: if one is not, nothing is applied or run and ``RunResult.changed`` names
+        the files that changed."""
         ...
 
 

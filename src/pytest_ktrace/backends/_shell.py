@@ -460,6 +460,16 @@ def _command_head(
     return out
 
 
+def _render_unchanged(files: Sequence[tuple[str, str]]) -> list[str]:
+    """Each file's ``stat -L`` size, mtime and inode compared with what it was; the first that differs ends the
+    script (``M i``)."""
+    return [
+        f"[ \"$(stat -L -c '%s %Y %i' -- {quote(path)} 2>/dev/null)\" = {quote(identity)} ] || "
+        f"{{ kt_f M {index}; kt_f END; exit 0; }}\n"
+        for index, (path, identity) in enumerate(files)
+    ]
+
+
 def render_run(
     argv: Sequence[str],
     nonce: str,
@@ -470,13 +480,16 @@ def render_run(
     after: Sequence[Op] = (),
     before: Sequence[Op] = (),
     settle: Sequence[Op] = (),
+    unchanged: Sequence[tuple[str, str]] = (),
 ) -> str:
     """A script that runs ``argv`` (no shell interpretation) in its own session (``setsid`` when the target has
     it), with ``stdin`` as its standard input (else /dev/null), in the login directory; then applies ``after``
     inside tracefs (frames as in :func:`render_batch`), so reading the trace costs no extra round trip.
     ``before`` is applied first, inside tracefs, stopping at the first failure, and then nothing else runs
     (arming travels with the command). ``settle`` comes before ``before``, applied whatever its results (work
-    left by an earlier test). Ops are numbered in that order: ``settle``'s, ``before``'s, ``after``'s.
+    left by an earlier test). Ops are numbered in that order: ``settle``'s, ``before``'s, ``after``'s. First of
+    all, each file of ``unchanged`` (path, ``"size mtime inode"``) must still be as it was: one that is not is an
+    ``M i`` frame (its index), and then nothing is applied or run.
 
     Frames: ``START``; ``T``/``X`` when there are pid files; ``I file`` + error when the stdin file could not be
     written (nothing is left of it; the command is not run); ``C pid`` as soon as the child exists (the pid to
@@ -485,9 +498,10 @@ def render_run(
     if not argv:
         raise ValueError("run() needs a command")
     prepare = ""
-    if before or settle:
+    if before or settle or unchanged:
         prepare = "".join(
             [
+                *_render_unchanged(unchanged),
                 _OPS_FUNCS,
                 "kt_h0=$PWD\nkt_cd || { kt_f END; exit 0; }\n",
                 *_render_ops(settle, stop_on_error=False),
@@ -623,6 +637,7 @@ class RunOutput:
     after: list[OpResult] = field(default_factory=list)
     before: list[OpResult] = field(default_factory=list)  # run: what was applied before the command
     settled: list[OpResult] = field(default_factory=list)  # run: what was applied first, whatever its results
+    changed: list[int] = field(default_factory=list)  # run: the ``unchanged`` files that were not (indexes)
     stdin_error: Optional[tuple[str, str]] = None  # (stdin file path, the shell's error text)
     not_found: bool = False  # spawn: no such command
     no_setsid: bool = False  # spawn: the target has no setsid
@@ -662,6 +677,8 @@ def parse_run(
             result.not_found = True
         elif frame.tag == "Z":
             result.no_setsid = True
+        elif frame.tag == "M":
+            result.changed.append(int(frame.fields[0]))
     result.stdout = b"".join(stdout)
     applied = op_results([*settle, *before, *after], frames)
     indexes = [int(f.fields[0]) for f in frames if f.tag == "S"]

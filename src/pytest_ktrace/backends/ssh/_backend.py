@@ -21,7 +21,7 @@ import contextlib
 import errno as errno_mod
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from ..._errors import ConnectionLost, KtraceError, TargetDiskFull, TargetError, hide_for_ktrace_errors
 from .. import _shell
@@ -177,6 +177,7 @@ class SshBackend:
         stdin: Optional[Union[str, bytes]] = None,
         after: Sequence[Op] = (),
         settle: Sequence[Op] = (),
+        unchanged: Optional[Mapping[str, str]] = None,
     ) -> RunResult:
         """``settle``, ``before``, then the command, in one script: one round trip (see :class:`PreparingRuns`)."""
         with self._lock:
@@ -189,6 +190,7 @@ class SshBackend:
                 after=after,
                 before=list(before),
                 settle=list(settle),
+                unchanged=list((unchanged or {}).items()),
             )
 
     def spawn(

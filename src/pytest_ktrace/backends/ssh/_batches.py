@@ -130,6 +130,7 @@ class ShellBatches:
         after: Sequence[Op],
         before: Sequence[Op] = (),
         settle: Sequence[Op] = (),
+        unchanged: Sequence[tuple[str, str]] = (),
     ) -> RunResult:
         limit = self._options.command_timeout if timeout is None else timeout
         nonce = _shell.new_nonce()
@@ -143,6 +144,7 @@ class ShellBatches:
                 after=after,
                 before=before,
                 settle=settle,
+                unchanged=unchanged,
             )
         except ValueError as exc:
             raise TargetError(
@@ -159,6 +161,10 @@ class ShellBatches:
         command = shlex.join(argv)
         if ex.timed_out:
             raise self._timed_out(command, limit, out.pid or out.child)
+        if out.changed:  # a file changed since it was last read: nothing was applied or run
+            self._check_started(out.started, ex, f"run {command!r}")
+            changed = tuple(unchanged[index][0] for index in out.changed)
+            return RunResult(argv, -1, "", "", 0, duration, changed=changed)
         if before and (len(out.before) < len(before) or not out.before[-1].ok):
             # the command never ran: the arming batch stopped at its first failure
             self._check_started(out.started, ex, f"run {command!r}")
