@@ -183,9 +183,10 @@ def _reach(
 def _parks_probes(target: Target) -> bool:
     """Probes stay armed in the run's instance between tests (``_warm``), except where a test must be whole on its
     own: a cassette being recorded holds one test's conversation, and the fake is cheap to set up anyway."""
+    from .backends._base import capable
     from .recording._player import Replaying
 
-    return target.settings.parks_probes and target.tape.recorder is None and not isinstance(target.backend, Replaying)
+    return target.settings.parks_probes and target.tape.recorder is None and not capable(target.backend, Replaying)
 
 
 @contextlib.contextmanager

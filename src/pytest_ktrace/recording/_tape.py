@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 from .._errors import hide_for_ktrace_errors
-from ..backends._base import Backend
+from ..backends._base import Backend, capable
 from ._cassette import Cassette, cassette_root
 from ._kernels import target_snapshot_ref
 from ._player import Player, Replaying
@@ -40,7 +40,7 @@ class Tape:
         self._real = backend
         self._rewrite = rewrite
         self._snapshotted = snapshotted if snapshotted is not None else set()
-        self._fake = backend if isinstance(backend, Replaying) else None
+        self._fake = cast(Replaying, backend) if capable(backend, Replaying) else None
         self.backend: Backend = backend
         if self._fake is not None:
             self.player = Player(Cassette.load(path), path) if path.exists() else None
