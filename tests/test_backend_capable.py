@@ -1,5 +1,5 @@
 """backends._base.capable(): isinstance() against a capability Protocol, remembered once true: per backend class
-when the class answers it, else per backend."""
+when the class answers it, else per backend; a capability of methods only is remembered missing per backend."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class _Local:
 def _forget() -> None:
     _base._BY_CLASS.clear()
     _base._BY_BACKEND.clear()
+    _base._LACKING.clear()
 
 
 @pytest.mark.parametrize("backend", [_Injects(), _Plain(), FakeBackend(load_snapshot("debian-6.1-arm64"))])
@@ -76,3 +77,13 @@ def test_a_backend_is_not_kept_alive_by_what_it_can() -> None:
     del backend
     gc.collect()
     assert not _base._BY_BACKEND
+
+
+def test_a_backend_without_methods_is_remembered_so_one_without_data_is_asked_again() -> None:
+    plain, remote = _Plain(), _Local(False)
+    assert not capable(plain, PreparingRuns) and not capable(remote, SharedFilesystem)
+    assert dict(_base._LACKING) == {plain: {PreparingRuns}}  # methods do not come later; data may
+    remote.files_are_local = True  # type: ignore[attr-defined]
+    assert capable(remote, SharedFilesystem)
+    plain.run_prepared = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+    assert not capable(plain, PreparingRuns), "remembered: a backend's methods are fixed when it is first asked"

@@ -358,23 +358,40 @@ class Imitating(Protocol):
 _BY_CLASS: set[tuple[type, type]] = set()  # (backend class, capability): every instance of the class has it
 # the capabilities a backend was found to have that its class alone does not give (data members set on the backend)
 _BY_BACKEND: weakref.WeakKeyDictionary[object, set[type]] = weakref.WeakKeyDictionary()
+# the capabilities of methods only that a backend was found to lack (a backend's methods do not come and go)
+_LACKING: weakref.WeakKeyDictionary[object, set[type]] = weakref.WeakKeyDictionary()
+
+
+def _methods_only(capability: type) -> bool:
+    try:
+        issubclass(object, capability)
+    except TypeError:  # a Protocol with data members: only an instance can say
+        return False
+    return True
 
 
 def capable(backend: object, capability: type) -> bool:
     """``isinstance(backend, capability)`` for a capability Protocol, remembered once it is true: per backend class
     when the class itself has it (it defines the capability's methods), else per backend (a backend keeps what it
     has). Before Python 3.12 every such isinstance() lists the Protocol's members again (10 to 40 us), and a test
-    asks several times. A backend without the capability is asked each time."""
+    asks several times. A backend found without a capability of methods only is remembered so too; one without a
+    capability with data members is asked each time (its data may come later)."""
     cls = type(backend)
     if (cls, capability) in _BY_CLASS:
         return True
     try:
         known = _BY_BACKEND.get(backend)
+        lacking = _LACKING.get(backend)
     except TypeError:  # not hashable: asked each time
-        known = None
+        known = lacking = None
     if known is not None and capability in known:
         return True
+    if lacking is not None and capability in lacking:
+        return False
     if not isinstance(backend, capability):
+        if _methods_only(capability):
+            with contextlib.suppress(TypeError):  # no weak reference to it: asked each time
+                _LACKING.setdefault(backend, set()).add(capability)
         return False
     try:
         if issubclass(cls, capability):
