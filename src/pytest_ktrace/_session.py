@@ -566,46 +566,7 @@ class TraceSession:
         ended = [process for process in self._spawned if process._known_ended]
         limit = self.run_timeout if timeout is None else timeout
         if arming is not None:
-            preparing = cast(PreparingRuns, self.backend)  # arming is prepared only for such a backend
-            for attempt in itertools.count(1):
-                # an earlier test's teardown travels first, before this test clears the run's instance
-                settle = self._parked.deferred_ops() if self._parked is not None else []
-                try:
-                    result = preparing.run_prepared(
-                        arming.ops,
-                        words,
-                        timeout=limit,
-                        pid_files=pid_files,
-                        stdin=stdin,
-                        after=after,
-                        settle=settle,
-                        unchanged=self._files.unverified(),
-                    )
-                except BaseException:
-                    self._commit_arming(arming)
-                    self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
-                    raise
-                if not result.changed:
-                    break
-                if attempt == 3:
-                    raise TargetError(
-                        f"{', '.join(result.changed)} changed on {self.backend.name} between each reading of it "
-                        "and the command that arms its uprobes, three times: is something rebuilding it?",
-                        host=self.backend.name,
-                        command=" ".join(words),
-                        cause="file changing",
-                    )
-                # a file changed since an earlier test copied it: nothing was applied; place its probes again
-                self._files.forget(result.changed)
-                self._redefine_changed(result.changed)
-                arming = self._prepare_arming()
-                assert arming is not None  # nothing was armed: the first arming is still to come
-            self._files.verified()
-            self._commit_arming(arming)
-            if self._parked is not None:
-                self._parked.settle(result.settled)
-            self._armed(arming, result.before)
-            self._after_arming(arming, result.before)
+            result = self._run_armed(arming, words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after)
         else:
             result = self.backend.run(words, timeout=limit, pid_files=pid_files, stdin=stdin, after=after)
         result = self._perf.unwrap(result)
@@ -625,6 +586,61 @@ class TraceSession:
             self._dirty = True
         if check:
             result.check()
+        return result
+
+    def _run_armed(
+        self,
+        arming: _Arming,
+        words: list[str],
+        *,
+        timeout: Optional[float],
+        pid_files: list[str],
+        stdin: Optional[Union[str, bytes]],
+        after: list[Op],
+    ) -> RunResult:
+        """The command, with the arming batch before it in one round trip (a :class:`PreparingRuns` backend), the
+        run's deferred teardowns before that, and first of all the check that the uprobes' files are unchanged."""
+        preparing = cast(PreparingRuns, self.backend)  # arming is prepared only for such a backend
+        for attempt in itertools.count(1):
+            # an earlier test's teardown travels first, before this test clears the run's instance
+            settle = self._parked.deferred_ops() if self._parked is not None else []
+            try:
+                result = preparing.run_prepared(
+                    arming.ops,
+                    words,
+                    timeout=timeout,
+                    pid_files=pid_files,
+                    stdin=stdin,
+                    after=after,
+                    settle=settle,
+                    unchanged=self._files.unverified(),
+                )
+            except BaseException:
+                self._commit_arming(arming)
+                self._armed(arming, [])  # never armed twice: the ledger undoes whatever of it was applied
+                raise
+            if not result.changed:
+                break
+            if attempt == 3:
+                raise TargetError(
+                    f"{', '.join(result.changed)} changed on {self.backend.name} between each reading of it "
+                    "and the command that arms its uprobes, three times: is something rebuilding it?",
+                    host=self.backend.name,
+                    command=" ".join(words),
+                    cause="file changing",
+                )
+            # a file changed since an earlier test copied it: nothing was applied; place its probes again
+            self._files.forget(result.changed)
+            self._redefine_changed(result.changed)
+            again = self._prepare_arming()
+            assert again is not None  # nothing was armed: the first arming is still to come
+            arming = again
+        self._files.verified()
+        self._commit_arming(arming)
+        if self._parked is not None:
+            self._parked.settle(result.settled)
+        self._armed(arming, result.before)
+        self._after_arming(arming, result.before)
         return result
 
     def _pid_files(self) -> list[str]:
