@@ -13,10 +13,9 @@ import itertools
 import os
 import re
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, cast
 
@@ -28,6 +27,7 @@ from ._checks import check_int, check_seconds, check_text, command_argv, type_na
 from ._collection import TraceCollector
 from ._errors import ConnectionLost, KtraceError, TargetError, hide_for_ktrace_errors
 from ._events import Event
+from ._held import HeldProbes
 from ._hist import HistTriggers
 from ._hist_table import HistResult
 from ._identity import RunIdentity
@@ -51,7 +51,7 @@ from ._spawned import SpawnedProcess
 from ._streaming import DEFAULT_KEEP, StreamMode
 from ._target_files import ElfCopies
 from ._teardown import TeardownLedger, TeardownReport
-from ._warm import ParkedProbes, ReuseKey, reuse_key
+from ._warm import ParkedProbes
 from .backends._base import (
     Backend,
     FilePushing,
@@ -176,10 +176,7 @@ class TraceSession:
         self._probes: list[_Defined] = []
         self._instance = parked.state if parked is not None else InstanceState()
         self._armed_once = False
-        self._released = False
-        self._reuse: dict[int, ReuseKey] = {}  # id(spec) of a probe to park when armed -> what it is
-        self._held: list[ProbeSpec] = []  # parked events this test holds (taken back or adopted)
-        self._taken: set[str] = set()  # event dirs of those taken back: armed already, only their filter is written
+        self._held = HeldProbes(parked, self.ledger, self._owner, files.identity) if parked is not None else None
         self._dirty = True  # the trace may hold events the last collection has not seen
         self._runs: list[RunResult] = []
         self._spawned: list[SpawnedProcess] = []  # every command spawn() started, in order
@@ -290,31 +287,11 @@ class TraceSession:
         return self._register(self._builder.tracepoint(name, filter=filter, stacktrace=stacktrace))
 
     def _register(self, requested: ProbeSpec) -> ProbeView:
-        spec = self._reuse_parked(requested) if self._parked is not None else requested
+        spec = self._held.take_back(requested) if self._held is not None else requested
         view = ProbeView(spec, lambda: self._observe(view.spec))
         self._probes.append(_Defined(view, requested))
         self._dirty = True
         return view
-
-    def _reuse_parked(self, spec: ProbeSpec) -> ProbeSpec:
-        """The definition under the name of an event parked by an earlier test, if one is the same probe; else
-        ``spec``, noted to be parked once armed."""
-        assert self._parked is not None
-        identity = ""
-        if spec.kind in ("uprobe", "uretprobe"):
-            identity = self._files.identity(spec.location.rsplit(":", 1)[0])
-        key = reuse_key(spec, identity)
-        if key is None:
-            return spec
-        taken = self._parked.take(key)
-        if taken is None:
-            self._reuse[id(spec)] = key
-            return spec
-        spec = replace(spec, group=taken.group, event=taken.event)
-        self._held.append(spec)
-        self._taken.add(spec.event_dir)
-        self.ledger.join("disable", self._parked.parking_ops([spec]))
-        return spec
 
     def _check_open(self, what: str) -> None:
         """After teardown nothing may be created any more: it would never be removed."""
@@ -372,8 +349,9 @@ class TraceSession:
                 specs.append(_CONSOLE)  # the kernel log, read with the trace (see _kernel_log)
         if not first and not pending and not self._hists.pending:
             return None
-        taken = [spec for spec in specs if spec.event_dir in self._taken]
-        fresh = [spec for spec in specs if spec.event_dir not in self._taken]
+        held = self._held
+        taken = [spec for spec in specs if held is not None and held.taken(spec)]
+        fresh = [spec for spec in specs if held is None or not held.taken(spec)]
         plan = plan_arm(
             fresh,
             instance=self.instance_path,
@@ -419,20 +397,12 @@ class TraceSession:
             on_file = requested.kind in ("uprobe", "uretprobe") and requested.location.rsplit(":", 1)[0] in paths
             if probe.armed or not on_file:
                 continue
-            self._give_back(probe.view.spec)
             probe.requested = self._builder.relocate(requested)
-            probe.view.spec = self._reuse_parked(probe.requested) if self._parked is not None else probe.requested
-
-    def _give_back(self, spec: ProbeSpec) -> None:
-        """Undo what :meth:`_reuse_parked` did for ``spec`` (before anything was sent)."""
-        self._reuse.pop(id(spec), None)
-        if self._parked is None or spec.event_dir not in self._taken:
-            return
-        self._taken.discard(spec.event_dir)
-        self._held.remove(spec)
-        for op in self._parked.parking_ops([spec]):
-            self.ledger.forget("disable", op)
-        self._parked.give_back(spec)
+            if self._held is not None:
+                self._held.give_back(probe.view.spec)
+                probe.view.spec = self._held.take_back(probe.requested)
+            else:
+                probe.view.spec = probe.requested
 
     def _armed(self, arming: _Arming, results: Sequence[OpResult]) -> None:
         for probe in arming.pending:
@@ -468,7 +438,8 @@ class TraceSession:
             return
         gone = parked.instance
         parked.abandon()
-        self._held.clear()
+        if self._held is not None:
+            self._held.lose()
         raise TargetError(
             f"arming failed: {failed.op.path} is gone (ENOENT): the run's instance {gone} or a probe parked in "
             f"it was removed by someone else after the previous test; the next test starts a new instance",
@@ -485,23 +456,12 @@ class TraceSession:
 
     def _park_armed(self, armed: list[ProbeSpec]) -> None:
         """The batch armed everything: hand what can be parked from this test's ledger to the run's instance."""
-        parked = self._parked
-        if parked is None:
+        if self._held is None:
             return
-        for spec in armed:
-            if spec is _CONSOLE:
-                parked.console_on = True
-                self.ledger.forget("disable", disable_op(self.instance_path, spec))
-                continue
-            key = self._reuse.pop(id(spec), None)
-            if key is None:
-                continue
-            self.ledger.forget("disable", disable_op(self.instance_path, spec))
-            if spec.is_dynamic:
-                self.ledger.forget("remove", Write(spec.control_file, spec.removal()))
-            self.ledger.join("disable", parked.parking_ops([spec]))
-            parked.adopt(spec, key, self._owner)
-            self._held.append(spec)
+        if _CONSOLE in armed:  # the kernel log stays captured in the run's instance
+            self._held.parked.console_on = True
+            self.ledger.forget("disable", disable_op(self.instance_path, _CONSOLE))
+        self._held.park([spec for spec in armed if spec is not _CONSOLE], self.instance_path)
 
     def _completed(self, pending: list[_Defined]) -> list[_Defined]:
         """The probes to arm, their names resolved if they waited for a module's BTF (a probe on ``mod:func``
@@ -1081,41 +1041,18 @@ class TraceSession:
     def teardown(self) -> TeardownReport:
         report = TeardownReport()
         try:
-            if not self._defer_teardown():
+            held = self._held
+            # over a backend where round trips cost, a teardown of parking filters and the last look only
+            # travels with the next test's first batch on the target (see _warm)
+            warn = self._log.policy == "warn"
+            if held is None or not capable(self.backend, PreparingRuns) or not held.defer_teardown(warn=warn):
                 report = self.ledger.undo()
             return report
         finally:
-            if self._parked is not None and not self._released:
-                self._released = True
-                self._parked.release(self._held, gone=report.vanished)
+            if self._held is not None:
+                self._held.release(report.vanished)
             for name in self._loaded:
                 forget_module(self.backend, name)  # unloaded: its BTF is read again when it is back
-
-    def _defer_teardown(self) -> bool:
-        """Over a backend where round trips cost, a teardown that is only the last look and parking filters
-        travels with the next test's first batch on the target (see :mod:`._warm`)."""
-        parked = self._parked
-        if parked is None or parked.spoiled or not capable(self.backend, PreparingRuns):
-            return False
-        if not all(parked.is_parking_op(op) for op in self.ledger.ops()):
-            return False
-        handed = self.ledger.hand_over()
-        if handed is None:
-            return False
-        ops, verdict = handed
-        parked.defer_teardown(self._owner, ops, lambda results: self._deferred_verdict(verdict(results)))
-        return True
-
-    def _deferred_verdict(self, report: TeardownReport) -> list[str]:
-        """What a deferred teardown found, as the run's failures (the test has ended); a kernel log set to warn
-        warns instead."""
-        problems = list(report.failures)
-        if report.inspected and self._log.policy == "warn":
-            text = f"pytest-ktrace: after {self._owner} ended: " + "\n".join(report.inspected)
-            warnings.warn(text, stacklevel=1)
-        else:
-            problems.extend(f"after the test's last look: {problem}" for problem in report.inspected)
-        return problems
 
     def __repr__(self) -> str:
         armed = sum(1 for probe in self._probes if probe.armed)

@@ -25,18 +25,12 @@ def _ktrace_leftovers() -> list[str]:
     return lines + [name for name in os.listdir(tracefs / "instances") if mine.match(name)]
 
 
-def _left_by_ended_runs() -> set[str]:
-    """The ktrace probes and instances in tracefs whose run's process has ended (a subprocess run's once it is
-    done; those of processes still running, other tests', are theirs): compare before and after."""
+def _left_by(pid: int) -> list[str]:
+    """The ktrace probes and instances in tracefs made by the run in process ``pid``."""
     tracefs = Path("/sys/kernel/tracing")
-    names = [line for line in (tracefs / "dynamic_events").read_text().splitlines() if "ktrace_" in line]
-    names += [name for name in os.listdir(tracefs / "instances") if name.startswith("ktrace_")]
-    ended = set()
-    for name in names:
-        found = re.search(r"\bktrace_[0-9a-f]{6}_(\d+)_", name)
-        if found and not Path(f"/proc/{found.group(1)}").exists():
-            ended.add(name)
-    return ended
+    mine = re.compile(rf"\bktrace_[0-9a-f]{{6}}_{pid}_")
+    lines = [line for line in (tracefs / "dynamic_events").read_text().splitlines() if mine.search(line)]
+    return lines + [name for name in os.listdir(tracefs / "instances") if mine.match(name)]
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
@@ -152,6 +146,13 @@ def test_dropped_connection_fails_that_test_and_the_next_one_cleans_up(
     assert _ktrace_leftovers() == []
 
 
+RECORD_PID = """
+import os
+
+def pytest_configure(config):
+    open("run.pid", "w").write(str(os.getpid()))
+"""
+
 LATE_SPLAT_SUITE = """
 import time
 
@@ -176,7 +177,8 @@ def test_a_splat_after_the_last_look_fails_the_run_naming_the_test(
     """Over SSH a test's teardown travels with the next test's first round trip (or the end of the run): what it
     finds there still fails the run, naming the test it belongs to."""
     pytester.makepyfile(test_late=LATE_SPLAT_SUITE)
-    before = _left_by_ended_runs()
+    # the run's process id names what it creates in tracefs
+    pytester.makeconftest(RECORD_PID)
     selected = () if tests == "two" else ("-k", "last_look")
     # in its own process: an inline run's module cleanup leaves paramiko's cryptography unusable for the next one
     result = pytester.runpytest_subprocess(
@@ -196,4 +198,4 @@ def test_a_splat_after_the_last_look_fails_the_run_naming_the_test(
         ]
     )
     assert "test_next:" not in result.stdout.str()
-    assert _left_by_ended_runs() <= before
+    assert _left_by(int((pytester.path / "run.pid").read_text())) == []
