@@ -4,28 +4,31 @@
 
 For the same trace, R interleaved rounds each run every variant once (a fresh parser per run: compiling the
 per-event patterns is part of the cost) and each figure is the median of its R runs, in CPU time of this
-process (the machine may be shared; wall time would count the other processes' turns):
+process (the machine may be shared; wall time would count the other processes' turns). What a variant returns
+is dropped inside its timing: freeing the events is part of what they cost.
 
 (a) ``wc -l`` of the trace file (a subprocess, wall time: reading the bytes, no parsing at all);
 (b) the naive baseline: one generic regular expression per line into a dict of strings (the header's
     columns, the event name and the whole body as one string: no field is split, nothing is typed);
 (c) ``TraceParser.parse``, and asking the result for ``len(events)``, ``lost``, ``unparsed`` and the
     per-event counts (``event_counts()``): all of that is exact after the parse's one pass over the text
-    (lines split, every line's event name found, LOST / header / multi-line / odd lines through the
-    reference parser), but no typed :class:`~pytest_ktrace._events.Event` is built yet;
-(d) (c) and then every event decoded (``list(parsed.events)``): what the whole trace as typed events costs
-    (every field split by its format and typed, ``int`` or ``str``, one ``Event`` per line);
-(e) (c) and then the events of one probe decoded (``parsed.of("bench", "ent")``, about a quarter of the
-    lines), what a test asking about one probe pays;
-(f) no parsing at all: the same ``Event`` objects built from their values, already split and typed, the
-    way the parser builds them (the floor of what (d) returns, next to (b)'s dicts);
-(r) the line-by-line reference parser inside TraceParser (``_parse_slow``, every event decoded), when there
-    is one;
+    (every line's event name, head and timestamp found, LOST / header / multi-line / odd lines through the
+    reference parser), but no :class:`~pytest_ktrace._events.Event` is built yet;
+(d) (c) and then the whole trace as typed events (``list(parsed.events)``): one ``Event`` per line with its
+    task (``comm``, ``pid``, ``cpu``) and ``timestamp`` typed; its fields, like (b)'s body, not split yet:
+    they are decoded, typed by the event's format, for all the events of one kind when the first of them
+    is read;
+(g) (d) and then every field of every event read (``event.fields`` of each): every field split by its
+    format and typed, ``int`` or ``str``: more work than (b) does, measured against it all the same;
+(e) (c) and the events of one probe (``parsed.of("bench", "ent")``, about a quarter of the lines) with their
+    fields read, what a test asking about one probe pays;
+(c-py), (d-py): (c) and (d) with the index pass in Python, as where the parser's C helper
+    (``pytest_ktrace._speedups``) was not built (no C compiler at install): when the helper is there;
+(r) the line-by-line reference parser inside TraceParser (``_parse_slow``, every event decoded).
 
-and the ratios. The targets: (c) >= 1 million lines/s, (d) at least (b)'s lines/s. Before timing, the lazy
-result is checked equal to the reference's (events, lost, unparsed, per-probe selections). Ends with one
-RESULT line per figure (``_results.py``): (c), (d), (e) and (c) + (f) (what (d) cannot go below without a
-cheaper parse pass or cheaper Events), each next to (b) of the same run.
+The targets: (c) >= 1 million lines/s, (d) at least (b)'s lines/s. Before timing, the result is checked
+equal to the reference's (events, lost, unparsed, per-probe selections). Ends with one RESULT line per figure
+(``_results.py``): (c), (d), (g) and (e), each next to (b) of the same run.
 
 The trace is synthetic but made of real line shapes (kernel 6.x guests and 5.15-6.4 ones): uprobe /
 uretprobe / kprobe / kretprobe events with ints, strings and ``%pS`` values, in the ``fields`` format, in
@@ -52,10 +55,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import Result, emit
 
 try:
+    from pytest_ktrace import _parse as parse_mod
     from pytest_ktrace._events import Event
     from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from pytest_ktrace import _parse as parse_mod
     from pytest_ktrace._events import Event
     from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
 
@@ -269,38 +274,6 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeat: int) -> Dict[str, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def event_builder(events: Sequence[Event]) -> Optional[Callable[[], object]]:
-    """(f): a function building the ``Event``s of ``events`` again from their values, the parser's way (its
-    generated builder per field list), or None if the parser has no such way."""
-    try:
-        from pytest_ktrace import _events as events_mod
-
-        builder = events_mod._event_builder
-    except (ImportError, AttributeError):
-        return None
-    groups: Dict[Tuple[str, str, Tuple[str, ...]], List[Event]] = {}
-    for e in events:
-        groups.setdefault((e.system, e.name, tuple(e.fields)), []).append(e)
-    prepared = []
-    for (system, name, keys), evs in groups.items():
-        cols = [[e.fields[k] for e in evs] for k in keys]
-        hdrs = [(e.comm, e.pid, e.cpu) for e in evs]
-        prepared.append((builder(keys), system, name, [e.raw for e in evs], hdrs, [e.timestamp for e in evs], cols))
-
-    def build() -> List[Event]:
-        out: List[Event] = []
-        gc.disable()  # as the parser does while it builds events
-        try:
-            for build_events, system, name, raws, hdrs, tss, cols in prepared:
-                out.extend(build_events(system, name, raws, hdrs, tss, cols))
-        finally:
-            gc.enable()
-        # as (d)'s list(): the first allocation with the collector back on makes it walk the new events once
-        return list(out)
-
-    return build
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=500_000)
@@ -314,14 +287,11 @@ def main() -> None:
     check = TraceParser(cat).parse(text)
     if check.unparsed:
         raise SystemExit(f"benchmark trace not fully understood: {check.unparsed[:3]}")
-    has_ref = hasattr(TraceParser, "_parse_slow")
-    if has_ref:
-        ref = TraceParser(cat)._parse_slow(text)
-        lazy = TraceParser(cat).parse(text)
-        if lazy.of(*PROBE) != ref.of(*PROBE) or lazy.event_counts() != ref.event_counts() or lazy != ref:
-            raise SystemExit("TraceParser.parse differs from the reference parser on the benchmark trace")
-        del ref, lazy
-    floor = event_builder(list(check.events))
+    ref = TraceParser(cat)._parse_slow(text)
+    lazy = TraceParser(cat).parse(text)
+    if lazy.of(*PROBE) != ref.of(*PROBE) or lazy.event_counts() != ref.event_counts() or lazy != ref:
+        raise SystemExit("TraceParser.parse differs from the reference parser on the benchmark trace")
+    del ref, lazy
 
     with tempfile.NamedTemporaryFile("w", suffix=".trace", delete=False) as f:
         f.write(text)
@@ -342,70 +312,83 @@ def main() -> None:
         len(parsed.events), parsed.lost, parsed.unparsed, parsed.event_counts()
         return parsed
 
+    def every_field() -> List[Event]:
+        events = list(indexed().events)
+        for event in events:
+            event.fields  # noqa: B018
+        return events
+
+    def one_probe() -> List[Event]:
+        events = indexed().of(*PROBE)
+        for event in events:
+            event.fields  # noqa: B018
+        return events
+
     fns: Dict[str, Callable[[], object]] = {
         "b": lambda: baseline(text),
         "c": indexed,
         "d": lambda: list(indexed().events),
-        "e": lambda: indexed().of(*PROBE),
+        "g": every_field,
+        "e": one_probe,
     }
-    if floor is not None:
-        fns["f"] = floor
-    if has_ref:
-        fns["r"] = lambda: TraceParser(cat)._parse_slow(text)
+    compiled = parse_mod._compiled_index()
+    if compiled is not None:
+
+        def in_python(fn: Callable[[], object]) -> Callable[[], object]:
+            def run() -> object:
+                parse_mod._index_rows = parse_mod._index_rows_python
+                try:
+                    return fn()
+                finally:
+                    parse_mod._index_rows = compiled
+
+            return run
+
+        fns["c-py"] = in_python(indexed)
+        fns["d-py"] = in_python(lambda: list(indexed().events))
+    fns["r"] = lambda: TraceParser(cat)._parse_slow(text)
     t = interleaved(fns, args.repeat)
     labels = {
         "b": "(b) naive: one generic regex per line -> dict of str",
         "c": "(c) TraceParser.parse: len, lost, unparsed, counts",
-        "d": "(d) (c) + every event decoded (typed Events)",
-        "e": f"(e) (c) + of{PROBE} decoded",
-        "f": "(f) the Events of (d) built from typed values",
+        "d": "(d) (c) + the whole trace as typed Events",
+        "g": "(g) (d) + every field of every event read",
+        "e": f"(e) (c) + of{PROBE} and its fields read",
+        "c-py": "(c-py) (c) with the index pass in Python",
+        "d-py": "(d-py) (d) with the index pass in Python",
         "r": "(r) reference line-by-line parser",
     }
 
     print(
         f"trace: {n:,} lines, {len(text) / 1e6:.1f} MB, {len(check.events):,} events "
         f"({check.count_of(*PROBE):,} of {PROBE[0]}:{PROBE[1]}), {sum(check.lost.values())} lost; "
-        f"median of {args.repeat} interleaved rounds, CPU time ((a): wall time)"
+        f"median of {args.repeat} interleaved rounds, CPU time ((a): wall time); "
+        f"index pass: {'C helper' if compiled is not None else 'Python (the C helper is not built)'}"
     )
     print(f"  {'(a) wc -l (raw read, subprocess)':52s} {n / t_a:>13,.0f} lines/s  {t_a * 1000:8.1f} ms")
     for k, secs in t.items():
         print(f"  {labels[k]:52s} {n / secs:>13,.0f} lines/s  {secs * 1000:8.1f} ms")
-    ratios = f"  c/b = {t['b'] / t['c']:.2f}   d/b = {t['b'] / t['d']:.2f}   e/b = {t['b'] / t['e']:.2f}"
-    if "f" in t:
-        ratios += f"   f/b = {t['b'] / t['f']:.2f}"
-    if "r" in t:
-        ratios += f"   c/r = {t['r'] / t['c']:.1f}   d/r = {t['r'] / t['d']:.2f}"
-    print(ratios)
+    print("  " + "   ".join(f"{k}/b = {t['b'] / t[k]:.2f}" for k in t if k not in ("b", "r")))
     print(
-        "  (b) keeps the body as one string; (d) splits every field by the event's format and types it (int or\n"
-        "  str), one Event (and its fields dict) per line: more work than (b), measured against it all the same"
+        "  (b) keeps the body as one string, (d) the fields (decoded per event kind when first read); (g) splits\n"
+        "  every field by its event's format and types it (int or str): more work than (b), measured against it"
     )
     verdict = "met" if n / t["c"] >= 1e6 else "NOT met"
     print(f"  target (c) >= 1,000,000 lines/s: {verdict} ({n / t['c']:,.0f})")
     verdict = "met" if t["d"] <= t["b"] else "NOT met"
     print(f"  target (d) >= (b): {verdict} (d/b = {t['b'] / t['d']:.2f})")
-    if "f" in t:
-        # (d) needs (c)'s pass and (f)'s objects at the very least, whatever the field decoding costs
-        print(
-            f"  (c) + (f), parse and build the Events with no field decoded at all: "
-            f"{n / (t['c'] + t['f']):,.0f} lines/s, {t['b'] / (t['c'] + t['f']):.2f}x (b)"
-        )
 
     naive = "naive parser: one generic regex per line into a dict of strings (header columns, the body unsplit)"
     figures = [
         ("c", "parse, count only (length, lost, unparsed, per-event counts exact)", "target >= 1,000,000 lines/s"),
-        ("d", "parse and decode every event (typed fields, one Event per line)", "goal: at least the baseline"),
-        ("e", f"parse and decode one probe's events ({PROBE[0]}:{PROBE[1]}, a quarter of the lines)", ""),
+        (
+            "d",
+            "parse into typed events, the whole trace (task and timestamp typed, fields decoded when first read)",
+            "goal: at least the baseline",
+        ),
+        ("g", "parse into typed events and read every field of every event (each field split and typed)", ""),
+        ("e", f"parse and read one probe's events ({PROBE[0]}:{PROBE[1]}, a quarter of the lines)", ""),
     ]
-    if "f" in t:
-        t["c+f"] = t["c"] + t["f"]
-        figures.append(
-            (
-                "c+f",
-                "floor of decoding every event: the parse and the Events built from typed values, no field split",
-                "",
-            )
-        )
     for key, metric, note in figures:
         emit(
             Result(

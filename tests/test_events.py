@@ -11,16 +11,36 @@ from typing import Callable
 import pytest
 
 from pytest_ktrace import Event
-from pytest_ktrace._events import _event_builder, _make_event
+from pytest_ktrace._events import _events_from_headers, _fields_builder, _give, _make_event, _source_index
 
 
 def _made() -> Event:
     return Event("fp", "fent", {"irq": 200, "name": "eth0"}, 42, "prog", 1, 123.5, raw="raw line")
 
 
+class _Columns:
+    """A FieldsSource: the fields and raw lines of its events from columns, counting how often it is asked."""
+
+    def __init__(self, names: tuple[str, ...], columns: list[list[object]], raws: list[str]) -> None:
+        self.names, self.columns, self.raws, self.asked = names, columns, raws, 0
+        self.events: list[Event] = []
+
+    def fill(self, event: Event) -> None:
+        self.asked += 1
+        if self.columns:
+            _give(self.events, _fields_builder(self.names)(len(self.events), self.columns), self.raws)
+            self.columns = []
+        assert self.events[_source_index(event)] is event
+
+
+def _built_with(source: _Columns) -> list[Event]:
+    count = len(source.raws)
+    source.events = _events_from_headers("fp", "fent", [("prog", 42, 1)] * count, [123.5] * count, source)
+    return source.events
+
+
 def _built() -> Event:
-    build = _event_builder(("irq", "name"))
-    return build("fp", "fent", ["other raw"], [("prog", 42, 1)], [123.5], [[200], ["eth0"]])[0]
+    return _built_with(_Columns(("irq", "name"), [[200], ["eth0"]], ["other raw"]))[0]
 
 
 @pytest.mark.parametrize(
@@ -82,3 +102,41 @@ def test_an_event_copies_pickles_and_converts_as_a_dataclass() -> None:
         "stack",
     ]
     assert Event(**{f.name: getattr(event, f.name) for f in dataclasses.fields(Event)}) == event
+
+
+def test_fields_and_raw_left_to_a_source_are_filled_once_for_all_its_events() -> None:
+    source = _Columns(("irq", "name"), [[200, 300], ["eth0", "eth1"]], ["line 0", "line 1"])
+    first, second = _built_with(source)
+    assert source.asked == 0 and (first.pid, second.timestamp) == (42, 123.5)  # the header needs no fields
+    assert second["irq"] == 300 and source.asked == 1
+    assert first.fields == {"irq": 200, "name": "eth0"} and second.get("name") == "eth1" and source.asked == 1
+    assert (first.raw, second.raw) == ("line 0", "line 1") and source.asked == 1
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        first.nope  # type: ignore[attr-defined]  # noqa: B018
+    assert not hasattr(first, "_missing") and source.asked == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.fields = {}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda e: e == _made(),
+        repr,
+        pickle.dumps,
+        copy.deepcopy,
+        dataclasses.asdict,
+        lambda e: e.named(),
+        lambda e: e.value("irq"),
+        lambda e: e.raw,
+    ],
+)
+def test_every_way_of_reading_an_event_fills_its_fields(use: Callable[[Event], object]) -> None:
+    source = _Columns(("irq", "name"), [[200], ["eth0"]], ["the line"])
+    (event,) = _built_with(source)
+    use(event)
+    assert source.asked == 1 and event.fields == {"irq": 200, "name": "eth0"} and event.raw == "the line"
+
+
+def test_fields_builder_of_no_field_names_builds_empty_dicts() -> None:
+    assert _fields_builder(())(3, []) == [{}, {}, {}]

@@ -1315,6 +1315,90 @@ def test_unread_events_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parsed == ref
 
 
+def _counting_field_decoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts how many lines each column-wise field decoding takes (one entry per decoding)."""
+    decoded: list[int] = []
+    decode = parse_mod._decode_fields
+
+    def counting(sp: object, raws: list[str]) -> object:
+        decoded.append(len(raws))
+        return decode(sp, raws)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parse_mod, "_decode_fields", counting)
+    return decoded
+
+
+def test_fields_are_decoded_per_event_kind_when_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events come with their headers typed; the fields (and raw lines) of all events of one kind are decoded
+    together when the first of them is read, once, and never for kinds nobody reads."""
+    decoded = _counting_field_decoder(monkeypatch)
+    text = _clean_trace(20000)
+    cat = FormatCatalog(FAST_FORMATS)
+    parsed = TraceParser(cat).parse(text)
+    events = list(parsed.events)
+    assert len(events) == 20000 and decoded == []
+    assert [e.timestamp for e in events[:3]] == [0.5, 1.5, 2.5] and {e.pid for e in events} == {42}
+    assert decoded == []
+    rets = parsed.of("fp", "fret")
+    assert rets[1]["ret"] == -22 and decoded == [4000]
+    assert all(e.fields == {"__probe_func": 1, "__probe_ret_ip": 2, "ret": -22} for e in rets) and decoded == [4000]
+    assert rets[0].raw == text.split("\n")[3 + 2] and decoded == [4000]
+    ref = TraceParser(cat)._parse_slow(text)
+    assert [_event_key(e) for e in events] == [_event_key(e) for e in ref.events]
+    assert sorted(decoded) == [4000, 4000, 8000]  # fent, fret, fsw: each once (unknown_ev is decoded line by line)
+
+
+def test_events_outliving_their_trace_still_read_their_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events kept after the parsed trace is dropped are no reference cycle with what decodes them, and each
+    still reads the fields and raw line of its own line."""
+    decoded = _counting_field_decoder(monkeypatch)
+    text = _clean_trace(3000)
+    cat = FormatCatalog(FAST_FORMATS)
+    kept = TraceParser(cat).parse(text).of("tp", "fsw")[::7]
+    ref = TraceParser(cat)._parse_slow(text).of("tp", "fsw")[::7]
+    assert len(kept) == len(ref) > 50 and decoded == []
+    assert [(_event_key(e), e.raw) for e in kept] == [(_event_key(e), e.raw) for e in ref]
+    assert decoded == [600]  # decoded together once, each event taking its own
+
+
+def test_dropped_traces_free_their_events_without_the_collector() -> None:
+    cat = FormatCatalog(FAST_FORMATS)
+    text = _clean_trace(5000)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        before = _live_events()
+        parsed = TraceParser(cat).parse(text)
+        first = list(parsed.events)
+        first[0].fields  # noqa: B018  # one kind decoded, the others not
+        assert _live_events() == before + 5000
+        del parsed, first
+        assert _live_events() == before  # freed by their reference counts alone
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_fields_decode_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = _counting_field_decoder(monkeypatch)
+    parsed = TraceParser(FormatCatalog(FAST_FORMATS)).parse(_clean_trace(20000))
+    events = parsed.of("fp", "fent")
+    barrier = threading.Barrier(4)
+    seen: list[list[object]] = []
+
+    def read(offset: int) -> None:
+        barrier.wait()
+        seen.append([e.fields.get("irq") for e in events[offset::4]])
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert decoded == [8000] and len(seen) == 4 and sum(len(s) for s in seen) == 8000
+
+
 def test_lazy_events_use_the_formats_of_parse_time() -> None:
     """Decoding later, after the catalog changed, gives what parsing gave then."""
     cat = FormatCatalog(FAST_FORMATS)

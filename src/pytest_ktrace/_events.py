@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
+from itertools import count, repeat
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 __all__ = ["TASK_KEYS", "Event", "FieldValue", "task_key"]
 
@@ -29,13 +30,58 @@ def task_key(key: str, fields: Any) -> str:
 
 
 # The attributes live in slots of a base class, so that the parser can fill them through a twin class that is
-# not frozen and then give each object its final class (see ``_event_builder``): an Event is a few slots, not a
-# dict, and building one costs a handful of attribute stores instead of ``__init__``'s ``object.__setattr__`` calls.
+# not frozen and then give each object its final class (see ``_events_from_headers``): an Event is a few slots,
+# not a dict, and building one costs a handful of attribute stores instead of ``__init__``'s
+# ``object.__setattr__`` calls. ``fields`` and ``raw`` are read through properties: an event the parser builds
+# from its header alone (``_fields`` and ``_raw`` None) gets them from its source when one of them is first read,
+# where it is number ``_source_index`` (see ``FieldsSource``).
 _ATTRIBUTES = ("system", "name", "fields", "pid", "comm", "cpu", "timestamp", "raw", "stack")
 
 
 class _EventSlots:
-    __slots__ = _ATTRIBUTES
+    __slots__ = (
+        "_fields",
+        "_raw",
+        "_source",
+        "_source_index",
+        "comm",
+        "cpu",
+        "name",
+        "pid",
+        "stack",
+        "system",
+        "timestamp",
+    )  # fmt: skip
+    _fields: Optional[Mapping[str, FieldValue]]
+    _raw: Optional[str]
+    _source: FieldsSource
+    _source_index: int
+
+    @property
+    def fields(self) -> Mapping[str, FieldValue]:
+        values = self._fields
+        if values is None:
+            self._source.fill(self)
+            values = self._fields
+        assert values is not None  # what fill() is for
+        return values
+
+    @property
+    def raw(self) -> str:
+        line = self._raw
+        if line is None:
+            self._source.fill(self)
+            line = self._raw
+        assert line is not None  # what fill() is for
+        return line
+
+
+class FieldsSource(Protocol):
+    """Gives events built from their headers alone their ``fields`` and ``raw``, when one is first read."""
+
+    def fill(self, event: Any) -> None:
+        """Set ``event``'s ``_fields`` and ``_raw`` (and, where it can, those of all the others it was given
+        to, decoded together)."""
 
 
 @dataclass(frozen=True, init=False)
@@ -47,12 +93,12 @@ class Event(_EventSlots):
 
     system: str
     name: str
-    fields: Mapping[str, FieldValue]
+    fields: Mapping[str, FieldValue]  # read through the base class's property
     pid: int
     comm: str
     cpu: int
     timestamp: float
-    raw: str = field(compare=False, repr=False)
+    raw: str = field(compare=False, repr=False)  # read through the base class's property
     #: the kernel call stack of this hit, innermost first (probes defined with ``stacktrace=True``)
     stack: Tuple[str, ...] = field(compare=False, repr=False)
 
@@ -71,17 +117,17 @@ class Event(_EventSlots):
         _set = object.__setattr__
         _set(self, "system", system)
         _set(self, "name", name)
-        _set(self, "fields", fields)
+        _set(self, "_fields", fields)
         _set(self, "pid", pid)
         _set(self, "comm", comm)
         _set(self, "cpu", cpu)
         _set(self, "timestamp", timestamp)
-        _set(self, "raw", raw)
+        _set(self, "_raw", raw)
         _set(self, "stack", stack)
 
     def __reduce__(self) -> Tuple[Any, ...]:
         # the default for slots would set them one by one through the frozen __setattr__
-        return (Event, tuple(getattr(self, name) for name in _EventSlots.__slots__))
+        return (Event, tuple(getattr(self, name) for name in _ATTRIBUTES))
 
     @property
     def full_name(self) -> str:
@@ -119,42 +165,70 @@ class _Unfrozen(_EventSlots):
     __slots__ = ()
 
 
-#: builds the events of one event name from columns: ``(system, name, raws, headers, timestamps, value
-#: columns)`` where ``headers`` are ``(comm, pid, cpu)`` tuples and the value columns follow the field names
-EventBuilder = Callable[
-    [str, str, Sequence[str], Sequence[Tuple[str, int, int]], Sequence[float], Sequence[Sequence[Any]]], List[Event]
-]
-_BUILDERS: Dict[Tuple[str, ...], EventBuilder] = {}
+# the slots' own setters, past the frozen __setattr__ (looked up in the class dict: to type checkers the names
+# are the instance attributes)
+_set_fields: Callable[[Any, Any], None] = _EventSlots.__dict__["_fields"].__set__
+_set_raw: Callable[[Any, Any], None] = _EventSlots.__dict__["_raw"].__set__
 
 
-def _event_builder(names: Tuple[str, ...]) -> EventBuilder:
-    """One loop of plain attribute stores per field list: the events whose ``fields`` dict has the keys
-    ``names`` (in that order) from their values' columns."""
+def _events_from_headers(
+    system: str,
+    name: str,
+    headers: Sequence[Tuple[str, int, int]],
+    timestamps: Sequence[float],
+    source: FieldsSource,
+) -> List[Event]:
+    """The events of one event name from the columns of their headers (``headers`` are ``(comm, pid, cpu)``
+    tuples), with ``fields`` and ``raw`` left to ``source``: event ``i`` is its number ``i``."""
+    out: List[Any] = list(map(object.__new__, repeat(_Unfrozen, len(headers))))  # made in C, filled below
+    for i, e, (comm, pid, cpu), ts in zip(count(), out, headers, timestamps):
+        e.system = system
+        e.name = name
+        e.pid = pid
+        e.comm = comm
+        e.cpu = cpu
+        e.timestamp = ts
+        e._fields = None
+        e._raw = None
+        e.stack = ()
+        e._source = source
+        e._source_index = i
+        e.__class__ = Event
+    return out
+
+
+def _source_index(event: Event) -> int:
+    """Which of its source's events ``event`` is (see :func:`_events_from_headers`)."""
+    return event._source_index
+
+
+def _give(events: Sequence[Event], fields: Sequence[Mapping[str, FieldValue]], raws: Sequence[str]) -> None:
+    """Sets each event's ``fields`` and ``raw`` (for a :class:`FieldsSource`), past the frozen ``__setattr__``."""
+    deque(map(_set_fields, events, fields), maxlen=0)
+    deque(map(_set_raw, events, raws), maxlen=0)
+
+
+#: builds the ``fields`` dicts of ``count`` events from their values' columns (in the order of the field names)
+FieldsBuilder = Callable[[int, Sequence[Sequence[Any]]], List[Dict[str, FieldValue]]]
+_BUILDERS: Dict[Tuple[str, ...], FieldsBuilder] = {}
+
+
+def _fields_builder(names: Tuple[str, ...]) -> FieldsBuilder:
+    """One comprehension with a dict display per field list: the ``fields`` dicts with the keys ``names`` (in
+    that order) from their values' columns."""
     try:
         return _BUILDERS[names]
     except KeyError:
         pass
-    vs = [f"v{i}" for i in range(len(names))]
-    values = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
-    src = (
-        "def build(system, name, raws, hdrs, tss, cols):\n"
-        "    out = list(map(new, repeat(Unfrozen, len(raws))))\n"  # made in C, filled below
-        f"    for e, raw, (comm, pid, cpu), ts{''.join(', ' + v for v in vs)} in zip(out, raws, hdrs, tss, *cols):\n"
-        "        e.system = system\n"
-        "        e.name = name\n"
-        f"        e.fields = {{{values}}}\n"
-        "        e.pid = pid\n"
-        "        e.comm = comm\n"
-        "        e.cpu = cpu\n"
-        "        e.timestamp = ts\n"
-        "        e.raw = raw\n"
-        "        e.stack = ()\n"
-        "        e.__class__ = Event\n"
-        "    return out\n"
-    )
-    namespace: Dict[str, Any] = {"new": object.__new__, "repeat": repeat, "Unfrozen": _Unfrozen, "Event": Event}
+    if names:
+        vs = [f"v{i}" for i in range(len(names))]
+        values = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
+        src = f"def build(count, cols):\n    return [{{{values}}} for {', '.join(vs)}, in zip(*cols)]\n"
+    else:
+        src = "def build(count, cols):\n    return [{} for _ in range(count)]\n"
+    namespace: Dict[str, Any] = {}
     exec(src, namespace)  # field names are repr()'d literals: no injection possible
-    build: EventBuilder = namespace["build"]
+    build: FieldsBuilder = namespace["build"]
     _BUILDERS[names] = build
     return build
 
@@ -166,12 +240,12 @@ def _make_event(
     e: Any = object.__new__(_Unfrozen)
     e.system = system
     e.name = name
-    e.fields = fields
+    e._fields = fields
     e.pid = pid
     e.comm = comm
     e.cpu = cpu
     e.timestamp = ts
-    e.raw = raw
+    e._raw = raw
     e.stack = ()
     e.__class__ = Event
     return e  # type: ignore[no-any-return]

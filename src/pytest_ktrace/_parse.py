@@ -30,11 +30,12 @@ import gc
 import re
 import sys
 import threading
+import weakref
 from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, compress, repeat
-from operator import add
+from itertools import accumulate, chain, compress, count, repeat
+from operator import add, eq
 from typing import (
     Any,
     Callable,
@@ -47,11 +48,22 @@ from typing import (
     Sequence,
     Tuple,
     Union,
+    cast,
     overload,
 )
 
 from ._errors import KtraceError
-from ._events import Event, FieldValue, _event_builder, _make_event
+from ._events import (
+    Event,
+    FieldValue,
+    _events_from_headers,
+    _fields_builder,
+    _give,
+    _make_event,
+    _set_fields,
+    _set_raw,
+    _source_index,
+)
 
 __all__ = ["EventFormat", "FieldFormat", "FormatCatalog", "ParsedTrace", "TraceParser", "parse_format"]
 
@@ -665,22 +677,25 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
 # indexed parsing, lazy decoding
 # ------------------------------------------------------------------------------------------------------------
 #
-# ``TraceParser.parse`` does one cheap pass over the whole text: ``text.split("\n")`` for the lines and one ``findall``
-# of ``_INDEX_RE`` (the per-line loop runs in C; a row per newline, for the line after it, and the first line matched on
-# its own) for the event name of every line that is an event header of a shape the reference parser
-# (``TraceParser._parse_lines``, line by line) provably reads the same way ("H" lines). Every other line (LOST lines,
+# ``TraceParser.parse`` does one cheap pass over the whole text: one ``split`` by ``_INDEX_RE`` (the per-line loop runs
+# in C; a row per newline, for the line after it, and the first line matched on its own) cuts every line that is an
+# event header of a shape the reference parser (``TraceParser._parse_lines``, line by line) provably reads the same way
+# ("H" lines) into its head (``comm-pid [cpu] [flags] ``), timestamp, event name and body, and leaves every other line
+# whole. Every other line (LOST lines,
 # headers, noise, continuations of multi-line strings, headers of odd shapes), and the H line before it when that one's
 # event has a string that could continue on it, goes through the reference parser at once, in runs that start and end
 # where the reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and their events; an H line
 # outside them is exactly one event of its name, nothing else. So the length of ``events``, ``lost``, ``unparsed`` and
 # the per-event counts are exact after that pass, before any value is converted.
 #
-# The typed events of the H lines are decoded per event name when first needed (``_LazyEvents``): the lines of one event
-# are joined and cut with one ``split`` per way the event prints (its own value patterns, unchanged but for ``[0-9]``
-# for ``\d`` on ASCII text; each column of values is then a slice of one flat list), the values converted column by
-# column (a column of one repeated value converted once) and the events filled by one generated loop per field list
-# (``_events._event_builder``); a line that fits no form goes through the reference's per-line decoder. The splitters
-# are those of parse time (a later catalog change does not change the result).
+# The typed events of the H lines are built per event name when first needed (``_LazyEvents``), from the columns of
+# their heads and timestamps alone (``_events._events_from_headers``). Their fields (and raw lines) are decoded when
+# the first of them is read, for all of them at once (``_PendingFields``): the lines are joined and cut with one
+# ``split`` per way the event prints (its own value patterns, unchanged but for ``[0-9]`` for ``\d`` on ASCII text;
+# each column of values is then a slice of one flat list), the values converted column by column (a column of one
+# repeated value converted once) and the dicts made by one generated comprehension per field list; a line that fits
+# no form goes through the reference's per-line decoder. The splitters are those of parse time (a later catalog
+# change does not change the result).
 #
 # Why an H line's header is the reference's: ``_INDEX_RE`` matches ``comm-pid [(tgid)] [cpu]`` up to the
 # first ``]``, with a ``comm`` holding no ``-<ASCII digit>``, then ``[flags] <ts>: <name>:``, with ASCII digits
@@ -694,15 +709,17 @@ def _split_generic(body: str, fmt: Optional[EventFormat]) -> Dict[str, FieldValu
 # or non-ASCII digits in the header are no H lines (the reference reads them, exactly as ever).
 
 _H_LINE = (
-    r"[^\]\n-]*(?:-(?![0-9])[^\]\n-]*)*-[0-9]+ +(?:\( *[0-9-]+\) +|)\[[0-9]+\] +(?:\S+ +|)"
-    r"[0-9]+(?:\.[0-9]+|): ([^\s:]+):"
-)  # no part of it matches a newline
-# One row per newline, for the line after it: the event name, "" for lines of another shape (the first line
-# is _FIRST_INDEX_RE's). A pattern that starts with a newline lets re skip to the next line at memchr speed
-# instead of matching the rest of each line.
+    r"([^\]\n-]*(?:-(?![0-9])[^\]\n-]*)*-[0-9]+ +(?:\( *[0-9-]+\) +|)\[[0-9]+\] +(?:\S+ +|))"
+    r"([0-9]+(?:\.[0-9]+|)): ([^\s:]+):"
+)  # head, timestamp, name; no part of it matches a newline
+_H_SEPARATOR = ": "  # between an H line's timestamp and name (the name is followed by ":")
+# One row per newline, for the line after it: an H line's head, timestamp and name, then its body (the text
+# between matches); None, None, None and the whole line for lines of another shape (the first line is
+# _FIRST_INDEX_RE's). A pattern that starts with a newline lets re skip to the next line at memchr speed.
 _INDEX_RE = re.compile(r"\n(?:" + _H_LINE + "|)")
 _FIRST_INDEX_RE = re.compile(_H_LINE)
-_PREFIX_RE = re.compile(r"\s*((?!\s).*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\]", re.DOTALL)  # as _HEADER_RE's
+# an H line's head, as _HEADER_RE reads its comm, pid and cpu
+_HEAD_RE = re.compile(r"\s*((?!\s).*?)-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(\d+)\] +(?:\S+ +|)", re.DOTALL)
 _DASH_DIGIT_RE = re.compile(r"-\d")
 _NUMERIC_NAME_RE = re.compile(r"\d+(?:\.\d+)?")
 _HEX_COLUMN_RE = re.compile(r"0[xX][0-9a-fA-F]+(?:\n0[xX][0-9a-fA-F]+)*")
@@ -726,23 +743,24 @@ _Column = Tuple[int, int, int, int]  # (conversion, first group, mask, sign bit 
 class _FastForm:
     """One way an event prints (``fields`` forward or reverse, default probe output), for whole-text use:
     ``regex`` matches whole H lines of the event printed that way (``split`` over such lines joined by
-    newlines, see :func:`_split_lines`): groups 0 and 1 are the ``comm-pid [cpu]`` prefix and the timestamp;
-    ``columns`` say how groups become the values, in the order of the reference parser's dict; ``build``
-    makes the events. ``ascii`` is ``regex`` for ASCII text, where the digits of the value patterns are
-    ``[0-9]`` (a range check instead of a Unicode lookup per digit)."""
+    newlines, see :func:`_split_lines`), its groups are the values' (the header is matched, not captured:
+    the header pass has read it); ``columns`` say how groups become the values, in the order of the
+    reference parser's dict; ``dicts`` makes the events' ``fields``. ``ascii`` is ``regex`` for ASCII text,
+    where the digits of the value patterns are ``[0-9]`` (a range check instead of a Unicode lookup per
+    digit)."""
 
-    __slots__ = ("ascii", "build", "columns", "regex")
+    __slots__ = ("ascii", "columns", "dicts", "regex")
 
     def __init__(self, regex: str, names: Sequence[str], columns: Sequence[_Column]) -> None:
         self.regex: Pattern[str] = re.compile(regex)
         # the value patterns' "-?\d+" only (re.escape()d names never hold a bare "-?")
         self.ascii: Pattern[str] = re.compile(regex.replace(r"-?\d+", "-?[0-9]+"))
         self.columns: Tuple[_Column, ...] = tuple(columns)
-        self.build = _event_builder(tuple(names))
+        self.dicts = _fields_builder(tuple(names))
 
 
-def _split_lines(regex: Pattern[str], joined: str) -> Tuple[List[int], List[List[Any]]]:
-    """Lines, each after a newline (``joined``: ``"\\n" + "\\n".join(lines)``) -> (the indices of those
+def _split_lines(regex: Pattern[str], joined: str, count: int) -> Tuple[List[int], List[List[Any]]]:
+    """``count`` lines, each after a newline (``joined``: ``"\\n" + "\\n".join(lines)``) -> (the indices of those
     ``regex`` matches whole, the columns of its groups for them: ``str``, None for a group that took no
     part). ``split`` returns the text between matches and each match's groups in one flat list: no tuple per
     line and no transposition, each column is a slice. A match is one line with the newline before it (see
@@ -752,12 +770,12 @@ def _split_lines(regex: Pattern[str], joined: str) -> Tuple[List[int], List[List
     k = regex.groups + 1
     columns = [flat[i::k] for i in range(1, k)]
     seps = flat[: len(flat) - 1 : k]
-    if seps.count("") == len(seps):  # every line matched: 0, 1, 2, ...
-        return list(range(len(seps))), columns
+    if len(seps) == count:  # every line matched: 0, 1, 2, ...
+        return list(range(count)), columns
     return list(map(add, range(len(seps)), accumulate(map(str.count, seps, repeat("\n"))))), columns
 
 
-_VALUES = 2  # the group of a _FastForm's first value (after prefix and timestamp)
+_VALUES = 0  # the group of a _FastForm's first value
 
 
 def _marked(name: str, parts: Sequence[str]) -> str:
@@ -770,7 +788,7 @@ def _marked(name: str, parts: Sequence[str]) -> str:
     greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
     by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
     (never an H line)."""
-    head = r"([^\]]*\]) +(?:\S+ +|)([0-9]+(?:\.[0-9]+|)): " + re.escape(name) + ":"
+    head = r"[^\]]*\] +(?:\S+ +|)[0-9]+(?:\.[0-9]+|): " + re.escape(name) + ":"
     return r"(?m)\n" + head + parts[0] + "".join(parts[1:]) + "$"
 
 
@@ -889,10 +907,10 @@ def _convert(cols: Sequence[Sequence[str]], column: _Column) -> Sequence[FieldVa
     return col
 
 
-def _prefix(p: str) -> Optional[Tuple[str, int, int]]:
-    """``comm-pid [(tgid)] [cpu]`` -> (comm, pid, cpu) as the reference header regex splits it, or None when
-    the split could be ambiguous (a ``-<digit>`` inside comm) or P is no header prefix."""
-    m = _PREFIX_RE.fullmatch(p)
+def _prefix(head: str) -> Optional[Tuple[str, int, int]]:
+    """An H line's head (``comm-pid [(tgid)] [cpu] [flags] ``) -> (comm, pid, cpu) as the reference header
+    regex splits it, or None when the split could be ambiguous (a ``-<digit>`` inside comm)."""
+    m = _HEAD_RE.fullmatch(head)
     if m is None:
         return None
     comm, pid, cpu = m.groups()
@@ -901,8 +919,8 @@ def _prefix(p: str) -> Optional[Tuple[str, int, int]]:
     return (comm, int(pid), int(cpu))
 
 
-def _indices(names: List[str], name: str) -> List[int]:
-    return list(compress(range(len(names)), map(name.__eq__, names)))
+def _indices(names: Sequence[Optional[str]], name: Optional[str]) -> List[int]:
+    return list(compress(range(len(names)), map(eq, names, repeat(name))))
 
 
 def _runs(indices: List[int]) -> Iterator[Tuple[int, int]]:
@@ -996,20 +1014,175 @@ def _prefixes_of(cache: Dict[str, Optional[Tuple[str, int, int]]], prefs: Sequen
     return list(map(cache.__getitem__, prefs))
 
 
+class _Rows:
+    """The rows of ``_INDEX_RE`` of a trace, one per line: an H line's head, timestamp, event name and body,
+    or None, None, None and the whole line."""
+
+    __slots__ = ("bodies", "heads", "names", "stamps")
+
+    def __init__(
+        self, heads: List[Optional[str]], stamps: List[Optional[str]], names: List[Optional[str]], bodies: List[str]
+    ) -> None:
+        self.heads = heads
+        self.stamps = stamps
+        self.names = names
+        self.bodies = bodies
+
+    def line(self, i: int) -> str:
+        """Line ``i`` as it was."""
+        name = self.names[i]
+        if name is None:
+            return self.bodies[i]
+        return f"{self.heads[i]}{self.stamps[i]}{_H_SEPARATOR}{name}:{self.bodies[i]}"
+
+
+_RowColumns = Tuple[List[Optional[str]], List[Optional[str]], List[Optional[str]], List[str]]
+
+
+def _index_rows_python(text: str) -> _RowColumns:
+    """The index pass: the rows of ``text`` (see :class:`_Rows`), one per line, no row for an empty line after
+    the last newline. ``pytest_ktrace._speedups.index_rows`` gives the same, in C."""
+    flat: List[Any] = _INDEX_RE.split(text)  # one row per newline: no part of _H_LINE matches a newline
+    heads, stamps, names, bodies = flat[1::4], flat[2::4], flat[3::4], flat[4::4]
+    first = flat[0]
+    del flat
+    m0 = _FIRST_INDEX_RE.match(first)
+    if m0 is not None:
+        heads.insert(0, m0.group(1))
+        stamps.insert(0, m0.group(2))
+        names.insert(0, m0.group(3))
+        bodies.insert(0, first[m0.end() :])
+    else:
+        heads.insert(0, None)
+        stamps.insert(0, None)
+        names.insert(0, None)
+        bodies.insert(0, first)
+    if names[-1] is None and bodies[-1] == "":
+        for column in (heads, stamps, names, bodies):
+            column.pop()
+    return heads, stamps, names, bodies
+
+
+def _compiled_index() -> Optional[Callable[[str], _RowColumns]]:
+    """``index_rows`` of the C helper, None when it was not built (no C compiler where the plugin was
+    installed: the parser then runs the same index pass in Python, slower)."""
+    try:
+        from ._speedups import index_rows
+    except ImportError:
+        return None
+    return index_rows
+
+
+_index_rows: Callable[[str], _RowColumns] = _compiled_index() or _index_rows_python
+
+
+def _lines_of(name: str, heads: Sequence[str], stamps: Sequence[str], bodies: Sequence[str]) -> List[str]:
+    """The whole lines of H lines of event ``name``, from their rows."""
+    sep = _H_SEPARATOR + name + ":"
+    return [h + t + sep + b for h, t, b in zip(heads, stamps, bodies)]
+
+
+class _Group(List[Event]):
+    """The events of one event name, in trace order (a list the events' source can refer to weakly)."""
+
+    __slots__ = ("__weakref__",)
+
+
 def _decode_group(
-    sp: Optional[_Splitter], name: str, raws: List[str], prefixes: Dict[str, Optional[Tuple[str, int, int]]]
+    sp: Optional[_Splitter],
+    name: str,
+    where: List[int],
+    rows: _Rows,
+    prefixes: Dict[str, Optional[Tuple[str, int, int]]],
 ) -> List[Event]:
-    """The events of ``raws``, H lines of event ``name`` (in order): exactly :func:`_line_event` of each,
-    column-wise for the lines that fit a form of the event."""
-    m = len(raws)
+    """The events of the H lines ``where`` (indices, in order) of event ``name``: exactly :func:`_line_event`
+    of each. Built from the columns of their heads and timestamps; their fields and raw lines are left to a
+    :class:`_PendingFields` (decoded when the first of them is read). A line whose head the column-wise reading
+    cannot take is decoded alone, at once."""
+    m = len(where)
     if not m:
         return []
+    # the rows of H lines: no None in them
+    heads = cast(List[str], list(map(rows.heads.__getitem__, where)))
+    stamps = cast(List[str], list(map(rows.stamps.__getitem__, where)))
+    bodies = list(map(rows.bodies.__getitem__, where))
     if m <= _FEW_LINES or sp is None or sp.fmt.name != name or _NUMERIC_NAME_RE.fullmatch(name):
         # a handful of lines: decoding them one by one costs less than compiling the whole-text patterns
-        return [_line_event(sp, raw) for raw in raws]
+        return [_line_event(sp, raw) for raw in _lines_of(name, heads, stamps, bodies)]
+    hdrs = _prefixes_of(prefixes, heads)
+    if None not in hdrs:
+        source = _PendingFields(sp, name, heads, stamps, bodies)
+        group = _Group(_events_from_headers(sp.fmt.system, name, hdrs, list(map(float, stamps)), source))
+        source.watch(group, None)
+        return group
+    # a head the column-wise reading cannot take (it never met one: an H line's comm holds no "-<digit>")
+    kept = [j for j, h in enumerate(hdrs) if h is not None]
+    source = _PendingFields(sp, name, [heads[j] for j in kept], [stamps[j] for j in kept], [bodies[j] for j in kept])
+    built = _events_from_headers(sp.fmt.system, name, [hdrs[j] for j in kept], [float(stamps[j]) for j in kept], source)
+    group = _Group(built)
+    for j, h in enumerate(hdrs):
+        if h is None:
+            group.insert(j, _line_event(sp, _lines_of(name, [heads[j]], [stamps[j]], [bodies[j]])[0]))
+    source.watch(group, kept)
+    return group
+
+
+class _PendingFields:
+    """The fields and raw lines of events :func:`_decode_group` built from their headers alone (a
+    :class:`~pytest_ktrace._events.FieldsSource`): decoded for all of them at once, column-wise, when the first
+    of them is read. It refers to the list of its events weakly, so that events and source make no reference
+    cycle: while that list lives (the parsed trace holds it) all of them are given theirs at once; after, each
+    event takes its own when it is read. Thread-safe: decoded once."""
+
+    __slots__ = ("bodies", "decoded", "group", "heads", "lock", "name", "places", "splitter", "stamps")
+
+    def __init__(self, splitter: _Splitter, name: str, heads: List[str], stamps: List[str], bodies: List[str]) -> None:
+        self.splitter = splitter
+        self.name = name
+        self.heads: Optional[List[str]] = heads
+        self.stamps: Optional[List[str]] = stamps
+        self.bodies: Optional[List[str]] = bodies
+        self.group: Optional[weakref.ReferenceType[_Group]] = None
+        self.places: Optional[List[int]] = None  # where its events are in the group (None: they are the group)
+        self.decoded: Optional[Tuple[List[Dict[str, FieldValue]], List[str]]] = None
+        self.lock = threading.Lock()
+
+    def watch(self, group: _Group, places: Optional[List[int]]) -> None:
+        self.group = weakref.ref(group)
+        self.places = places
+
+    def fill(self, event: Any) -> None:
+        decoded = self.decoded
+        if decoded is None:
+            decoded = self._decode()
+        if event._fields is None:  # the group was gone when they were decoded
+            i = _source_index(event)
+            _set_fields(event, decoded[0][i])
+            _set_raw(event, decoded[1][i])
+
+    def _decode(self) -> Tuple[List[Dict[str, FieldValue]], List[str]]:
+        with self.lock:
+            decoded = self.decoded
+            if decoded is not None:
+                return decoded
+            assert self.heads is not None and self.stamps is not None and self.bodies is not None
+            raws = _lines_of(self.name, self.heads, self.stamps, self.bodies)
+            with _PausedGC():
+                decoded = (_decode_fields(self.splitter, raws), raws)
+                group = self.group() if self.group is not None else None
+                if group is not None:
+                    _give(group if self.places is None else list(map(group.__getitem__, self.places)), *decoded)
+            self.heads = self.stamps = self.bodies = None
+            self.decoded = decoded
+            return decoded
+
+
+def _decode_fields(sp: _Splitter, raws: List[str]) -> List[Dict[str, FieldValue]]:
+    """The ``fields`` of the events of ``raws``, H lines of ``sp``'s event: exactly those of
+    :func:`_line_event`, column-wise for the lines that fit a form of the event."""
+    m = len(raws)
     pending = list(range(m))
-    rest: List[int] = []  # lines left to the per-line decoder
-    pieces: List[Tuple[_FastForm, List[int], List[List[Any]], List[Any]]] = []
+    pieces: List[Tuple[_FastForm, List[int], List[List[Any]]]] = []
     tried: List[_FastForm] = []
     while pending:
         # the form the first pending line prints in first (the forms exclude each other: any order gives the
@@ -1022,7 +1195,7 @@ def _decode_group(
         tried.append(form)
         sub = raws if len(pending) == m else list(map(raws.__getitem__, pending))
         joined = "\n".join(chain(("",), sub))
-        fit, vcols = _split_lines(form.ascii if joined.isascii() else form.regex, joined)
+        fit, vcols = _split_lines(form.ascii if joined.isascii() else form.regex, joined, len(sub))
         del joined
         if not fit:
             continue
@@ -1033,33 +1206,19 @@ def _decode_group(
             ok = [True] * len(pending)
             deque(map(ok.__setitem__, fit, repeat(False)), maxlen=0)
             pending = list(compress(pending, ok))
-        hdrs = _prefixes_of(prefixes, vcols[0])
-        if None in hdrs:  # a prefix the column-wise split cannot take: the line goes alone
-            ok = [h is not None for h in hdrs]
-            rest.extend(j for j, o in zip(pos, ok) if not o)
-            pos = list(compress(pos, ok))
-            vcols = [list(compress(c, ok)) for c in vcols]
-            hdrs = list(compress(hdrs, ok))
-        if pos:
-            pieces.append((form, pos, vcols, hdrs))
-    rest.extend(pending)
-    built: List[List[Event]] = []
-    system = sp.fmt.system
-    for form, pos, vcols, hdrs in pieces:
-        p_raws = raws if len(pos) == m else list(map(raws.__getitem__, pos))
-        values = [_convert(vcols, c) for c in form.columns]
-        built.append(form.build(system, name, p_raws, hdrs, list(map(float, vcols[1])), values))
-    if len(built) == 1 and not rest:
+        pieces.append((form, pos, vcols))
+    built = [form.dicts(len(pos), [_convert(vcols, c) for c in form.columns]) for form, pos, vcols in pieces]
+    if len(built) == 1 and not pending:
         return built[0]
     out: List[Any] = [None] * m
-    for (_form, pos, _vcols, _hdrs), evs in zip(pieces, built):
-        deque(map(out.__setitem__, pos, evs), maxlen=0)
-    for j in rest:
-        out[j] = _line_event(sp, raws[j])
+    for (_form, pos, _vcols), dicts in zip(pieces, built):
+        deque(map(out.__setitem__, pos, dicts), maxlen=0)
+    for j in pending:
+        out[j] = _line_event(sp, raws[j]).fields
     return out
 
 
-def _positions(names: List[str], name: str, count: int) -> List[int]:
+def _positions(names: List[Optional[str]], name: Optional[str], count: int) -> List[int]:
     """The indices of the ``count`` occurrences of ``name`` in ``names``."""
     if count * 64 > len(names):
         return _indices(names, name)
@@ -1097,15 +1256,14 @@ class _LazyEvents(Sequence[Event]):
 
     def __init__(
         self,
-        lines: List[str],
-        names: List[str],
+        rows: _Rows,
         counts: Dict[str, int],
         splitters: Dict[str, Optional[_Splitter]],
         runs: List[_Run],
         total: int,
     ) -> None:
-        self._lines: Optional[List[str]] = lines  # the trace's lines (dropped once all groups are decoded)
-        self._names = names  # per line: the event name of an H line outside the runs, else ""
+        self._rows: Optional[_Rows] = rows  # the trace's rows (dropped once all groups are decoded)
+        self._names: List[Optional[str]] = rows.names  # per line: the name of an H line outside the runs, else None
         self._counts = counts  # event name -> number of such lines
         self._splitters = splitters  # event name -> splitter, as at parse time
         self._runs = runs
@@ -1124,14 +1282,16 @@ class _LazyEvents(Sequence[Event]):
         with self._lock, _PausedGC():
             evs = self._groups.get(name)
             if evs is None:
-                lines = self._lines
-                assert lines is not None  # dropped only when every group is decoded
-                raws = list(map(lines.__getitem__, self._positions(name)))
-                evs = _decode_group(self._splitters[name], name, raws, self._prefixes)
-                self._groups[name] = evs
-                if len(self._groups) == len(self._counts):
-                    self._lines = None
+                evs = self._decode(name, self._positions(name))
             return evs
+
+    def _decode(self, name: str, where: List[int]) -> List[Event]:
+        rows = self._rows
+        assert rows is not None  # dropped only when every group is decoded
+        evs = self._groups[name] = _decode_group(self._splitters[name], name, where, rows, self._prefixes)
+        if len(self._groups) == len(self._counts):
+            self._rows = None
+        return evs
 
     def _positions(self, name: str) -> List[int]:
         where = self._where.get(name)
@@ -1150,19 +1310,17 @@ class _LazyEvents(Sequence[Event]):
             names = self._names
             todo = [k for k in self._counts if k not in self._groups]
             if len(todo) > 1:  # the lines of every event in one pass
-                lines = self._lines
-                assert lines is not None
-                buckets: Dict[str, List[str]] = {k: [] for k in self._counts}
-                buckets[""] = []
-                deque(map(list.append, map(buckets.__getitem__, names), lines), maxlen=0)
+                buckets: Dict[Optional[str], List[int]] = {k: [] for k in self._counts}
+                buckets[None] = []
+                deque(map(list.append, map(buckets.__getitem__, names), count()), maxlen=0)
                 for k in todo:
-                    self._groups[k] = _decode_group(self._splitters[k], k, buckets[k], self._prefixes)
+                    self._where[k] = buckets[k]
+                    self._decode(k, buckets[k])
                 del buckets
             else:
                 for k in todo:
                     self._group(k)
-            self._lines = None
-            its = {k: iter(evs) for k, evs in self._groups.items()}
+            its: Dict[Optional[str], Iterator[Event]] = {k: iter(evs) for k, evs in self._groups.items()}
             take = its.__getitem__
             out = []
             start = 0
@@ -1187,7 +1345,7 @@ class _LazyEvents(Sequence[Event]):
         if len(sel) == 1 and not extra:
             return list(self._group(sel[0]))
         names = self._names
-        its = {k: iter(self._group(k)) for k in sel}
+        its: Dict[Optional[str], Iterator[Event]] = {k: iter(self._group(k)) for k in sel}
         take = its.__getitem__
         idx = sorted(chain.from_iterable(map(self._positions, sel)))  # each sorted already: merged in O(n)
         out: List[Event] = []
@@ -1343,15 +1501,8 @@ class TraceParser:
     def _parse_indexed(self, text: str) -> Optional[ParsedTrace]:
         """The index pass (see "indexed parsing" above); None if an internal check fails (the caller then
         parses line by line)."""
-        lines = text.split("\n")
-        names: List[str] = _INDEX_RE.findall(text)
-        first = _FIRST_INDEX_RE.match(text)
-        names.insert(0, first.group(1) if first is not None else "")
-        if len(names) != len(lines):
-            return None  # every line yields one row; anything else would be a bug here
-        if lines[-1] == "":
-            lines.pop()  # as the reference: no empty line after the last newline
-            names.pop()
+        rows = _Rows(*_index_rows(text))
+        names = rows.names
         counts = Counter(names)
         splitters: Dict[str, Optional[_Splitter]] = {}
         others: List[int] = []  # lines that are no H lines
@@ -1368,25 +1519,26 @@ class TraceParser:
             for i in others:
                 # the H line before may be continued by this one (unless it is a LOST line, which ends it)
                 j = i - 1
-                if j >= 0 and j not in slow:
-                    sp = splitters.get(names[j])
+                previous = names[j] if j >= 0 and j not in slow else None
+                if previous is not None:
+                    sp = splitters.get(previous)
                     if sp is not None and sp.multiline:
-                        line = lines[i]
+                        line = rows.line(i)
                         if line[:4] != "CPU:" or _LOST_RE.fullmatch(line) is None:
                             slow.add(j)
             sink = _Sink([], lost, unparsed)
             for a, b in _runs(sorted(slow)):
                 sink.events = []
-                self._parse_lines(lines[a:b], sink)
+                self._parse_lines(list(map(rows.line, range(a, b))), sink)
                 runs.append((a, b, sink.events))
                 for i in range(a, b):
                     k = names[i]
-                    if k:
+                    if k is not None:
                         counts[k] -= 1
-                        names[i] = ""
+                        names[i] = None
         kept = {k: c for k, c in counts.items() if c and k in splitters}
         total = sum(kept.values()) + sum(len(evs) for _a, _b, evs in runs)
-        events = _LazyEvents(lines, names, kept, {k: splitters[k] for k in kept}, runs, total)
+        events = _LazyEvents(rows, kept, {k: splitters[k] for k in kept}, runs, total)
         return ParsedTrace(events, lost, unparsed)
 
     def _parse_lines(self, lines: List[str], result: _Sink) -> None:

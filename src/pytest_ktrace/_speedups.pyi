@@ -1,0 +1,3 @@
+from typing import List, Optional, Tuple
+
+def index_rows(text: str) -> Tuple[List[Optional[str]], List[Optional[str]], List[Optional[str]], List[str]]: ...
