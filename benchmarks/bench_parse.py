@@ -40,7 +40,6 @@ the ``trace`` file's header.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import re
 import statistics
@@ -49,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import Result, emit
@@ -389,6 +388,11 @@ def main() -> None:
         ("g", "parse into typed events and read every field of every event (each field split and typed)", ""),
         ("e", f"parse and read one probe's events ({PROBE[0]}:{PROBE[1]}, a quarter of the lines)", ""),
     ]
+    if "c-py" in t:
+        figures += [
+            ("c-py", "parse, count only, without the C helper (the index pass in Python)", ""),
+            ("d-py", "parse into typed events, the whole trace, without the C helper", ""),
+        ]
     for key, metric, note in figures:
         emit(
             Result(

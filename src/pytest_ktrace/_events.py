@@ -87,7 +87,8 @@ class FieldsSource(Protocol):
 @dataclass(frozen=True, init=False)
 class Event(_EventSlots):
     """One recorded event. ``fields`` holds the event's own fields (no ``common_*``), typed from its format:
-    integers as ``int`` (signed as the format says), strings as ``str``."""
+    integers as ``int`` (signed as the format says), strings as ``str``. In a parsed trace the fields (and
+    ``raw``) of all the events of one kind are decoded together, when the first of them is read."""
 
     __slots__ = ()
 
