@@ -1097,8 +1097,7 @@ def _decode_group(
 ) -> List[Event]:
     """The events of the H lines ``where`` (indices, in order) of event ``name``: exactly :func:`_line_event`
     of each. Built from the columns of their heads and timestamps; their fields and raw lines are left to a
-    :class:`_PendingFields` (decoded when the first of them is read). A line whose head the column-wise reading
-    cannot take is decoded alone, at once."""
+    :class:`_PendingFields` (decoded when the first of them is read)."""
     m = len(where)
     if not m:
         return []
@@ -1110,20 +1109,11 @@ def _decode_group(
         # a handful of lines: decoding them one by one costs less than compiling the whole-text patterns
         return [_line_event(sp, raw) for raw in _lines_of(name, heads, stamps, bodies)]
     hdrs = _prefixes_of(prefixes, heads)
-    if None not in hdrs:
-        source = _PendingFields(sp, name, heads, stamps, bodies)
-        group = _Group(_events_from_headers(sp.fmt.system, name, hdrs, list(map(float, stamps)), source))
-        source.watch(group, None)
-        return group
-    # a head the column-wise reading cannot take (it never met one: an H line's comm holds no "-<digit>")
-    kept = [j for j, h in enumerate(hdrs) if h is not None]
-    source = _PendingFields(sp, name, [heads[j] for j in kept], [stamps[j] for j in kept], [bodies[j] for j in kept])
-    built = _events_from_headers(sp.fmt.system, name, [hdrs[j] for j in kept], [float(stamps[j]) for j in kept], source)
-    group = _Group(built)
-    for j, h in enumerate(hdrs):
-        if h is None:
-            group.insert(j, _line_event(sp, _lines_of(name, [heads[j]], [stamps[j]], [bodies[j]])[0]))
-    source.watch(group, kept)
+    if None in hdrs:  # never met: the head of an H line always splits (see "indexed parsing" above)
+        return [_line_event(sp, raw) for raw in _lines_of(name, heads, stamps, bodies)]
+    source = _PendingFields(sp, name, heads, stamps, bodies)
+    group = _Group(_events_from_headers(sp.fmt.system, name, hdrs, list(map(float, stamps)), source))
+    source.watch(group)
     return group
 
 
@@ -1134,7 +1124,7 @@ class _PendingFields:
     cycle: while that list lives (the parsed trace holds it) all of them are given theirs at once; after, each
     event takes its own when it is read. Thread-safe: decoded once."""
 
-    __slots__ = ("bodies", "decoded", "group", "heads", "lock", "name", "places", "splitter", "stamps")
+    __slots__ = ("bodies", "decoded", "group", "heads", "lock", "name", "splitter", "stamps")
 
     def __init__(self, splitter: _Splitter, name: str, heads: List[str], stamps: List[str], bodies: List[str]) -> None:
         self.splitter = splitter
@@ -1143,13 +1133,12 @@ class _PendingFields:
         self.stamps: Optional[List[str]] = stamps
         self.bodies: Optional[List[str]] = bodies
         self.group: Optional[weakref.ReferenceType[_Group]] = None
-        self.places: Optional[List[int]] = None  # where its events are in the group (None: they are the group)
         self.decoded: Optional[Tuple[List[Dict[str, FieldValue]], List[str]]] = None
         self.lock = threading.Lock()
 
-    def watch(self, group: _Group, places: Optional[List[int]]) -> None:
+    def watch(self, group: _Group) -> None:
+        """``group``: the list of its events, in order."""
         self.group = weakref.ref(group)
-        self.places = places
 
     def fill(self, event: Any) -> None:
         decoded = self.decoded
@@ -1171,7 +1160,7 @@ class _PendingFields:
                 decoded = (_decode_fields(self.splitter, raws), raws)
                 group = self.group() if self.group is not None else None
                 if group is not None:
-                    _give(group if self.places is None else list(map(group.__getitem__, self.places)), *decoded)
+                    _give(group, *decoded)
             self.heads = self.stamps = self.bodies = None
             self.decoded = decoded
             return decoded
