@@ -23,7 +23,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import Result, emit
 
-from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+from pytest_ktrace._formats import FormatCatalog, parse_format
+from pytest_ktrace._parse import TraceParser
 from pytest_ktrace.snapshots._snapshot import load_snapshot
 
 SHAPES: dict[str, Callable[[int], str]] = {

@@ -54,14 +54,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import Result, emit
 
 try:
-    from pytest_ktrace import _parse as parse_mod
+    from pytest_ktrace import _indexed as indexed_mod
     from pytest_ktrace._events import Event
-    from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+    from pytest_ktrace._formats import FormatCatalog, parse_format
+    from pytest_ktrace._parse import ParsedTrace, TraceParser
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from pytest_ktrace import _parse as parse_mod
+    from pytest_ktrace import _indexed as indexed_mod
     from pytest_ktrace._events import Event
-    from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+    from pytest_ktrace._formats import FormatCatalog, parse_format
+    from pytest_ktrace._parse import ParsedTrace, TraceParser
 
 COMMON = """\
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
@@ -330,16 +332,16 @@ def main() -> None:
         "g": every_field,
         "e": one_probe,
     }
-    compiled = parse_mod._compiled_index()
+    compiled = indexed_mod._compiled_index()
     if compiled is not None:
 
         def in_python(fn: Callable[[], object]) -> Callable[[], object]:
             def run() -> object:
-                parse_mod._index_rows = parse_mod._index_rows_python
+                indexed_mod._index_rows = indexed_mod._index_rows_python
                 try:
                     return fn()
                 finally:
-                    parse_mod._index_rows = compiled
+                    indexed_mod._index_rows = compiled
 
             return run
 

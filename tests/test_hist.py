@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pytest_ktrace._errors import KtraceError
+from pytest_ktrace._formats import EventFormat, parse_format
 from pytest_ktrace._hist_spec import HistField, HistSpec, Task, hist_spec
 from pytest_ktrace._hist_table import HistEntry, HistResult, decode, parse_hist
-from pytest_ktrace._parse import EventFormat, parse_format
 
 DATA = Path(__file__).parent / "data" / "hist"
 GUEST = "debian-6.1-x86_64"

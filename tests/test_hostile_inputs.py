@@ -46,8 +46,9 @@ from hypothesis import strategies as st
 
 import pytest_ktrace
 from pytest_ktrace import ANY, KtraceError, ProbeView
+from pytest_ktrace._formats import FormatCatalog, parse_format
 from pytest_ktrace._identity import RunIdentity
-from pytest_ktrace._parse import FormatCatalog, ParsedTrace, TraceParser, parse_format
+from pytest_ktrace._parse import ParsedTrace, TraceParser
 from pytest_ktrace._session import TraceSession
 from pytest_ktrace.backends._base import Mkdir, Op, OpResult, Read, Rmdir, Write
 from pytest_ktrace.fake._backend import FakeBackend

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_ktrace import _parse as parse_mod
-from pytest_ktrace._parse import FormatCatalog, TraceParser
+from pytest_ktrace import _indexed as indexed_mod
+from pytest_ktrace._formats import FormatCatalog
+from pytest_ktrace._parse import TraceParser
 
-compiled: Optional[Callable[[str], object]] = parse_mod._compiled_index()
+compiled: Optional[Callable[[str], object]] = indexed_mod._compiled_index()
 needs_compiled = pytest.mark.skipif(
     compiled is None, reason="pytest_ktrace._speedups is not built (no C compiler when the plugin was installed)"
 )
@@ -53,7 +54,7 @@ def test_compiled_rows_are_the_python_rows_on_generated_headers(seed: int) -> No
     lines = [_mutated(rng, _header_line(rng)) for _ in range(3000)]
     text = "\n".join(lines) + rng.choice(["", "\n", "\n\n"])
     assert compiled is not None
-    want = parse_mod._index_rows_python(text)
+    want = indexed_mod._index_rows_python(text)
     assert compiled(text) == want
     assert sum(name is not None for name in want[2]) > 300  # the generator makes real headers too
 
@@ -63,14 +64,14 @@ def test_compiled_rows_are_the_python_rows_on_generated_headers(seed: int) -> No
 @given(st.text(alphabet=st.sampled_from(list("ab-01 .:[]()\n\t\u00a0é\u0663xd")), max_size=120))
 def test_compiled_rows_are_the_python_rows_on_any_text(text: str) -> None:
     assert compiled is not None
-    assert compiled(text) == parse_mod._index_rows_python(text)
+    assert compiled(text) == indexed_mod._index_rows_python(text)
 
 
 @needs_compiled
 @given(st.text(max_size=60))
 def test_compiled_rows_are_the_python_rows_on_any_unicode(text: str) -> None:
     assert compiled is not None
-    assert compiled(text) == parse_mod._index_rows_python(text)
+    assert compiled(text) == indexed_mod._index_rows_python(text)
 
 
 @needs_compiled
@@ -89,14 +90,14 @@ def test_compiled_rows_repeat_names_and_heads_as_the_same_objects() -> None:
 
 
 def test_the_parser_uses_the_compiled_index_when_it_is_built() -> None:
-    assert parse_mod._index_rows is (compiled or parse_mod._index_rows_python)
+    assert indexed_mod._index_rows is (compiled or indexed_mod._index_rows_python)
 
 
 def test_the_python_index_parses_as_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the C helper the parser gives the same results (the rest of the suite runs with it)."""
     from test_parse import FAST_FORMATS, _check_against_reference, _fast_text
 
-    monkeypatch.setattr(parse_mod, "_index_rows", parse_mod._index_rows_python)
+    monkeypatch.setattr(indexed_mod, "_index_rows", indexed_mod._index_rows_python)
     cat = FormatCatalog(FAST_FORMATS)
     for seed in range(3):
         text = _fast_text(seed, 2000)

@@ -331,7 +331,8 @@ print fmt: "%s", __get_str(msg)
 def test_a_log_line_is_parsed_whole_whatever_it_says(body: str) -> None:
     """Without the ``fields`` option a console event prints its line as it is (6.1): the parser takes all of it as
     ``msg``, however many ``key=value`` words the text holds."""
-    from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+    from pytest_ktrace._formats import FormatCatalog, parse_format
+    from pytest_ktrace._parse import TraceParser
 
     catalog = FormatCatalog()
     catalog.add(parse_format(CONSOLE_FORMAT, "printk"))

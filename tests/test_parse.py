@@ -26,17 +26,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ktrace_testing import build_probed
-from pytest_ktrace import _parse as parse_mod
+from pytest_ktrace import _indexed as indexed_mod
+from pytest_ktrace import _splitters as splitters_mod
 from pytest_ktrace._errors import KtraceError
 from pytest_ktrace._events import Event
-from pytest_ktrace._parse import (
-    EventFormat,
-    FieldFormat,
-    FormatCatalog,
-    ParsedTrace,
-    TraceParser,
-    parse_format,
-)
+from pytest_ktrace._formats import EventFormat, FieldFormat, FormatCatalog, parse_format
+from pytest_ktrace._parse import ParsedTrace, TraceParser
 
 TRACEFS = Path("/sys/kernel/tracing")
 PROG = Path(__file__).resolve().parent / "prog"
@@ -656,8 +651,8 @@ def test_arbitrary_text_never_raises(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=80), max_size=8))
 def test_garbage_lines_land_in_unparsed(lines: list[str]) -> None:
-    assume(all(parse_mod._HEADER_RE.fullmatch(x) is None for x in lines))
-    assume(all(parse_mod._LOST_RE.fullmatch(x) is None for x in lines))
+    assume(all(splitters_mod._HEADER_RE.fullmatch(x) is None for x in lines))
+    assume(all(splitters_mod._LOST_RE.fullmatch(x) is None for x in lines))
     res = parser_for(ENT).parse("\n".join(lines))
     assert res.events == []
     want = [x for x in lines if x.strip() and not x.startswith("#")]
@@ -1318,13 +1313,13 @@ def test_unread_events_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
 def _counting_field_decoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts how many lines each column-wise field decoding takes (one entry per decoding)."""
     decoded: list[int] = []
-    decode = parse_mod._decode_fields
+    decode = indexed_mod._decode_fields
 
     def counting(sp: object, raws: list[str]) -> object:
         decoded.append(len(raws))
         return decode(sp, raws)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(parse_mod, "_decode_fields", counting)
+    monkeypatch.setattr(indexed_mod, "_decode_fields", counting)
     return decoded
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_ktrace import _parse as parse_mod
+from pytest_ktrace import _formats as formats_mod
 from pytest_ktrace._errors import KtraceError
-from pytest_ktrace._parse import parse_format
+from pytest_ktrace._formats import parse_format
 
 BODY = """format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
@@ -25,15 +25,15 @@ print fmt: "(%lx) irq=%u name=\\"%s\\"", REC->__probe_ip, REC->irq, __get_str(na
 
 @pytest.fixture(autouse=True)
 def _empty_cache() -> None:
-    parse_mod._FORMATS.clear()
+    formats_mod._FORMATS.clear()
 
 
 @pytest.mark.parametrize("system", ["ktrace_a", "ktrace_b"])
 def test_each_event_of_a_layout_reads_as_its_full_parse(system: str) -> None:
     texts = [f"name: p_setup_{serial}\nID: {1500 + serial}\n{BODY}" for serial in range(4)]
     cached = [parse_format(text, system) for text in texts]
-    assert len(parse_mod._FORMATS) == 1
-    assert cached == [parse_mod._parse_format(text, system) for text in texts]
+    assert len(formats_mod._FORMATS) == 1
+    assert cached == [formats_mod._parse_format(text, system) for text in texts]
     assert [(fmt.name, fmt.id, fmt.system) for fmt in cached] == [
         (f"p_setup_{serial}", 1500 + serial, system) for serial in range(4)
     ]
@@ -43,7 +43,7 @@ def test_the_system_is_part_of_the_key() -> None:
     first = parse_format(f"name: e\nID: 7\n{BODY}", "one")
     second = parse_format(f"name: e\nID: 7\n{BODY}", "two")
     assert (first.system, second.system) == ("one", "two")
-    assert len(parse_mod._FORMATS) == 2
+    assert len(formats_mod._FORMATS) == 2
 
 
 def test_a_later_name_line_is_not_taken_from_the_cache() -> None:
@@ -51,7 +51,7 @@ def test_a_later_name_line_is_not_taken_from_the_cache() -> None:
     text = f"name: first\nID: 3\nname: second\n{BODY}"
     assert parse_format(text, "s").name == "second"
     assert parse_format(text.replace("first", "other"), "s").name == "second"
-    assert not parse_mod._FORMATS
+    assert not formats_mod._FORMATS
 
 
 @pytest.mark.parametrize(
@@ -69,11 +69,11 @@ def test_a_bad_body_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(KtraceError, match="malformed field line"):
             parse_format(text, "s")
-    assert not parse_mod._FORMATS
+    assert not formats_mod._FORMATS
 
 
 def test_the_cache_stays_bounded() -> None:
-    for index in range(parse_mod._FORMATS_KEPT + 10):
+    for index in range(formats_mod._FORMATS_KEPT + 10):
         fmt = parse_format(f"name: e{index}\nID: {index}\n{BODY}".replace("print fmt: ", f"print fmt: {index} "), "s")
         assert fmt.print_fmt.startswith(f"{index} ")
-    assert len(parse_mod._FORMATS) <= parse_mod._FORMATS_KEPT
+    assert len(formats_mod._FORMATS) <= formats_mod._FORMATS_KEPT

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ._errors import KtraceError, hide_for_ktrace_errors
 from ._events import TASK_KEYS, Event
-from ._parse import FormatCatalog, ParsedTrace
+from ._formats import FormatCatalog
+from ._parse import ParsedTrace
 
 __all__ = [
     "DEFAULT_BUCKETS_US",

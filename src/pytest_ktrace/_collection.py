@@ -12,7 +12,8 @@ from . import _elf as elf
 from ._aggregates import AggregateSet
 from ._errors import KtraceError, TracefsUnavailable, hide_for_ktrace_errors
 from ._events import Event
-from ._parse import FormatCatalog, ParsedTrace, TraceParser
+from ._formats import FormatCatalog
+from ._parse import ParsedTrace, TraceParser
 from ._probe_builder import CALLER_FIELD
 from ._probes import ProbeSpec
 from ._stacks import TraceStacks, stack_key, stacks_by_event, symbolize_user, with_stacks

@@ -34,9 +34,9 @@ import pytest
 from ._aggregates import Counted
 from ._errors import HistUnavailable, KtraceError, ProbeRejected, hide_for_ktrace_errors
 from ._events import TASK_KEYS
+from ._formats import EventFormat
 from ._hist_spec import COUNT_SIZE, MAX_SIZE, HistSpec, hist_spec
 from ._hist_table import HistResult, decode, parse_hist
-from ._parse import EventFormat
 from .backends._base import Backend, Op, OpResult, Read, Write
 
 __all__ = [

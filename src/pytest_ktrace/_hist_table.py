@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from ._errors import KtraceError, hide_for_ktrace_errors
+from ._formats import EventFormat, FieldFormat
 from ._hist_spec import MAX_SIZE, HistField, HistSpec, Task
-from ._parse import EventFormat, FieldFormat
 
 if TYPE_CHECKING:
     from ._hist import HistTriggers

@@ -27,6 +27,7 @@ from ._checks import check_int, check_seconds, check_text, command_argv, type_na
 from ._collection import TraceCollector
 from ._errors import ConnectionLost, KtraceError, TargetError, hide_for_ktrace_errors
 from ._events import Event
+from ._formats import FormatCatalog, parse_format
 from ._held import HeldProbes
 from ._hist import HistTriggers
 from ._hist_table import HistResult
@@ -41,7 +42,7 @@ from ._modules import (
     module_name,
     module_params,
 )
-from ._parse import FormatCatalog, ParsedTrace, parse_format
+from ._parse import ParsedTrace
 from ._perf import PerfStat, Profile, UnsupportedPolicy
 from ._perf_blocks import PerfBlocks
 from ._probe_builder import ProbeBuilder

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._events import Event
-from ._parse import HEADER_RE
+from ._splitters import HEADER_RE
 
 __all__ = [
     "StackKey",

@@ -21,7 +21,8 @@ from ._assertions import Observation
 from ._collection import tracefs_gone
 from ._errors import ConnectionLost, KtraceError, hide_for_ktrace_errors
 from ._events import Event
-from ._parse import FormatCatalog, ParsedTrace, TraceParser
+from ._formats import FormatCatalog
+from ._parse import ParsedTrace, TraceParser
 from .backends._base import Backend, OpResult, Read, Streaming, TraceStream, Write
 
 __all__ = ["DEFAULT_KEEP", "SYNC_PREFIX", "ProbeState", "StreamMode", "StreamPump"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_ktrace._formats import EventFormat, parse_format
 from pytest_ktrace._hist_spec import HistSpec, hist_spec
 from pytest_ktrace._hist_table import decode, parse_hist
-from pytest_ktrace._parse import EventFormat, parse_format
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError
 from pytest_ktrace.snapshots._snapshot import load_snapshot
 

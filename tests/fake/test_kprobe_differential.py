@@ -480,7 +480,8 @@ def _module_steps_gone() -> list[Step]:
 
 def _module_events(trace: str, fmt: str) -> list[tuple[str, int, str, dict[str, FieldValue]]]:
     """The module's events in a ``trace`` text, as the plugin parses them (the fake does not evaluate print fmts)."""
-    from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+    from pytest_ktrace._formats import FormatCatalog, parse_format
+    from pytest_ktrace._parse import TraceParser
 
     catalog = FormatCatalog()
     catalog.add(parse_format(fmt, "ktbar"))

@@ -7,7 +7,8 @@ from typing import Optional
 
 import pytest
 
-from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+from pytest_ktrace._formats import FormatCatalog, parse_format
+from pytest_ktrace._parse import TraceParser
 from pytest_ktrace.fake._backend import _recorded_events
 from pytest_ktrace.fake._tracefs import FakeTracefs
 from pytest_ktrace.recording._cassette import trace_lines

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ktrace_testing import DEV_VM_SNAPSHOT
-from pytest_ktrace._parse import FormatCatalog, TraceParser, parse_format
+from pytest_ktrace._formats import FormatCatalog, parse_format
+from pytest_ktrace._parse import TraceParser
 from pytest_ktrace.fake._tracefs import FakeOSError, FakeTracefs, FakeUnsupportedError, FieldInput
 from pytest_ktrace.snapshots._snapshot import KernelSnapshot, load_snapshot
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
-    from .._parse import EventFormat
+    from .._formats import EventFormat
     from ..snapshots._snapshot import KernelSnapshot
 
 __all__ = [

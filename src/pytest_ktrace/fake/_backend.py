@@ -18,7 +18,9 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._events import Event
-from .._parse import HEADER_RE, EventFormat, FormatCatalog, TraceParser, parse_format
+from .._formats import EventFormat, FormatCatalog, parse_format
+from .._parse import TraceParser
+from .._splitters import HEADER_RE
 from .._stacks import stack_key, stacks_by_event
 from ..backends._base import Mkdir, Op, OpResult, Read, Remove, Rmdir, RunResult, TargetInfo, TraceStream, Write
 from ..recording._cassette import StaleCassette, is_arm_batch

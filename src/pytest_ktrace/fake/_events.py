@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .._parse import EventFormat
+from .._formats import EventFormat
 from ..snapshots._snapshot import KernelSnapshot
 from ._filters import FilterField
 from ._formats import fields_of_format, format_file_text, probe_fields, probe_print_fmt

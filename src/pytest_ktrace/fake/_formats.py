@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .._parse import EventFormat, parse_format
+from .._formats import EventFormat, parse_format
 from ._grammar import ProbeCommand
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from .._checks import check_encodable, check_int, type_name
 from .._errors import KtraceError, hide_for_ktrace_errors
 from .._events import task_key
-from .._parse import EventFormat, FieldFormat
+from .._formats import EventFormat, FieldFormat
 
 if TYPE_CHECKING:
     from ._backend import FakeBackend
