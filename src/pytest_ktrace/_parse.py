@@ -150,7 +150,7 @@ class TraceParser:
         return ParsedTrace(result.events, result.lost, result.unparsed)
 
     def _parse_indexed(self, text: str) -> Optional[ParsedTrace]:
-        """The index pass (see "indexed parsing" above); None if an internal check fails (the caller then
+        """The index pass (see "indexed parsing" in _indexed.py); None if an internal check fails (the caller then
         parses line by line)."""
         rows = _Rows(*_indexed._index_rows(text))
         names = rows.names

@@ -376,7 +376,7 @@ def _system_of(sp: Optional[_Splitter], name: str) -> str:
 
 
 def _line_event(sp: Optional[_Splitter], raw: str) -> Event:
-    """The event of an H line (see "indexed parsing" above), decoded by the reference."""
+    """The event of an H line (see "indexed parsing" in _indexed.py), decoded by the reference."""
     hm = _HEADER_RE.fullmatch(raw)
     ev = _event_of(sp, hm.groups(), raw) if hm is not None else None
     if ev is None:  # cannot happen: an H line is an event header of the reference parser
