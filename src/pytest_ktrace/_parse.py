@@ -137,8 +137,7 @@ class TraceParser:
         if not isinstance(text, str):
             raise KtraceError(f"trace text must be str, got {type(text).__name__}")
         with _PausedGC():
-            result = self._parse_indexed(text)
-            return result if result is not None else self._parse_slow(text)
+            return self._parse_indexed(text)
 
     def _parse_slow(self, text: str) -> ParsedTrace:
         """The reference: line by line, every event decoded (``parse`` gives the same result, faster)."""
@@ -149,9 +148,9 @@ class TraceParser:
         self._parse_lines(lines, result)
         return ParsedTrace(result.events, result.lost, result.unparsed)
 
-    def _parse_indexed(self, text: str) -> Optional[ParsedTrace]:
-        """The index pass (see "indexed parsing" in _indexed.py); None if an internal check fails (the caller then
-        parses line by line)."""
+    def _parse_indexed(self, text: str) -> ParsedTrace:
+        """The index pass (see "indexed parsing" in _indexed.py), then the reference parser on the lines it
+        leaves to it."""
         rows = _Rows(*_indexed._index_rows(text))
         names = rows.names
         counts = Counter(names)
