@@ -11,7 +11,14 @@ from typing import Callable
 import pytest
 
 from pytest_ktrace import Event
-from pytest_ktrace._events import _events_from_headers, _fields_builder, _give, _make_event, _source_index
+from pytest_ktrace._events import (
+    _events_from_headers,
+    _fields_builder,
+    _make_event,
+    _set_fields,
+    _set_raw,
+    _source_index,
+)
 
 
 def _made() -> Event:
@@ -22,15 +29,20 @@ class _Columns:
     """A FieldsSource: the fields and raw lines of its events from columns, counting how often it is asked."""
 
     def __init__(self, names: tuple[str, ...], columns: list[list[object]], raws: list[str]) -> None:
-        self.names, self.columns, self.raws, self.asked = names, columns, raws, 0
+        self.names, self.columns, self.raws, self.asked, self.asked_raw = names, columns, raws, 0, 0
         self.events: list[Event] = []
 
     def fill(self, event: Event) -> None:
         self.asked += 1
         if self.columns:
-            _give(self.events, _fields_builder(self.names)(len(self.events), self.columns), self.raws)
+            for e, values in zip(self.events, _fields_builder(self.names)(len(self.events), self.columns)):
+                _set_fields(e, values)
             self.columns = []
         assert self.events[_source_index(event)] is event
+
+    def fill_raw(self, event: Event) -> None:
+        self.asked_raw += 1
+        _set_raw(event, self.raws[_source_index(event)])
 
 
 def _built_with(source: _Columns) -> list[Event]:
@@ -110,7 +122,7 @@ def test_fields_and_raw_left_to_a_source_are_filled_once_for_all_its_events() ->
     assert source.asked == 0 and (first.pid, second.timestamp) == (42, 123.5)  # the header needs no fields
     assert second["irq"] == 300 and source.asked == 1
     assert first.fields == {"irq": 200, "name": "eth0"} and second.get("name") == "eth1" and source.asked == 1
-    assert (first.raw, second.raw) == ("line 0", "line 1") and source.asked == 1
+    assert (first.raw, second.raw) == ("line 0", "line 1") and source.asked == 1 and source.asked_raw == 2
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         first.nope  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(first, "_missing") and source.asked == 1
@@ -128,7 +140,6 @@ def test_fields_and_raw_left_to_a_source_are_filled_once_for_all_its_events() ->
         dataclasses.asdict,
         lambda e: e.named(),
         lambda e: e.value("irq"),
-        lambda e: e.raw,
     ],
 )
 def test_every_way_of_reading_an_event_fills_its_fields(use: Callable[[Event], object]) -> None:
@@ -136,6 +147,13 @@ def test_every_way_of_reading_an_event_fills_its_fields(use: Callable[[Event], o
     (event,) = _built_with(source)
     use(event)
     assert source.asked == 1 and event.fields == {"irq": 200, "name": "eth0"} and event.raw == "the line"
+
+
+def test_reading_the_raw_line_decodes_no_field() -> None:
+    source = _Columns(("irq", "name"), [[200], ["eth0"]], ["the line"])
+    (event,) = _built_with(source)
+    assert event.raw == "the line" and (source.asked, source.asked_raw) == (0, 1)
+    assert event.raw == "the line" and source.asked_raw == 1  # kept
 
 
 def test_fields_builder_of_no_field_names_builds_empty_dicts() -> None:

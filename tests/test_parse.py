@@ -1315,9 +1315,9 @@ def _counting_field_decoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     decoded: list[int] = []
     decode = indexed_mod._decode_fields
 
-    def counting(sp: object, raws: list[str]) -> object:
-        decoded.append(len(raws))
-        return decode(sp, raws)  # type: ignore[arg-type]
+    def counting(sp: object, bodies: list[str], line_of: object) -> object:
+        decoded.append(len(bodies))
+        return decode(sp, bodies, line_of)  # type: ignore[arg-type]
 
     monkeypatch.setattr(indexed_mod, "_decode_fields", counting)
     return decoded

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import count, repeat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
@@ -70,18 +69,21 @@ class _EventSlots:
     def raw(self) -> str:
         line = self._raw
         if line is None:
-            self._source.fill(self)
+            self._source.fill_raw(self)
             line = self._raw
         assert line is not None  # what fill() is for
         return line
 
 
 class FieldsSource(Protocol):
-    """Gives events built from their headers alone their ``fields`` and ``raw``, when one is first read."""
+    """Gives events built from their headers alone their ``fields`` and ``raw``, when first read."""
 
     def fill(self, event: Any) -> None:
-        """Set ``event``'s ``_fields`` and ``_raw`` (and, where it can, those of all the others it was given
-        to, decoded together)."""
+        """Set ``event``'s ``_fields`` (and, where it can, those of all the others it was given to, decoded
+        together)."""
+
+    def fill_raw(self, event: Any) -> None:
+        """Set ``event``'s ``_raw`` (likewise)."""
 
 
 @dataclass(frozen=True, init=False)
@@ -201,12 +203,6 @@ def _events_from_headers(
 def _source_index(event: Event) -> int:
     """Which of its source's events ``event`` is (see :func:`_events_from_headers`)."""
     return event._source_index
-
-
-def _give(events: Sequence[Event], fields: Sequence[Mapping[str, FieldValue]], raws: Sequence[str]) -> None:
-    """Sets each event's ``fields`` and ``raw`` (for a :class:`FieldsSource`), past the frozen ``__setattr__``."""
-    deque(map(_set_fields, events, fields), maxlen=0)
-    deque(map(_set_raw, events, raws), maxlen=0)
 
 
 #: builds the ``fields`` dicts of ``count`` events from their values' columns (in the order of the field names)

@@ -23,6 +23,7 @@ from typing import (
     Pattern,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
     cast,
     overload,
@@ -33,7 +34,6 @@ from ._events import (
     FieldValue,
     _events_from_headers,
     _fields_builder,
-    _give,
     _set_fields,
     _set_raw,
     _source_index,
@@ -42,7 +42,6 @@ from ._splitters import (
     _FB_INT,
     _FB_RAW,
     _FB_STR,
-    _HEADER_RE,
     _K_INT,
     _K_PTRSTR,
     _K_RAW,
@@ -160,28 +159,23 @@ def _split_lines(regex: Pattern[str], joined: str, count: int) -> Tuple[List[int
 _VALUES = 0  # the group of a _FastForm's first value
 
 
-def _marked(name: str, parts: Sequence[str]) -> str:
-    """Body parts (each starting with ``" "``) -> the multi-line pattern for whole H lines of event ``name``,
-    each with the newline before it (a pattern that starts with a newline lets re skip to the next line at
-    memchr speed, past the lines that do not fit). After that newline it matches within one line: ``.``
-    without DOTALL cannot cross a newline (so on one line it is the reference's DOTALL ``.``), no other part
-    matches a newline but the prefix, which runs to the first ``]`` without minding newlines: every line
-    given is an H line, whose first ``]`` closes its cpu column. The header splits only one way: blanks are
-    greedy before non-blanks, and without the optional flags column the timestamp would have to be followed
-    by ``": <name>:"`` where the flags column's ``"<ts>: <name>:"`` is, i.e. ``name`` would be all digits
-    (never an H line)."""
-    head = r"[^\]]*\] +(?:\S+ +|)[0-9]+(?:\.[0-9]+|): " + re.escape(name) + ":"
-    return r"(?m)\n" + head + parts[0] + "".join(parts[1:]) + "$"
+def _marked(parts: Sequence[str]) -> str:
+    """Body parts (each starting with ``" "``) -> the multi-line pattern for whole bodies of H lines (the text
+    after ``"<name>:"``, where the reference's ``body`` group starts), each with the newline before it (a
+    pattern that starts with a newline lets re skip to the next line at memchr speed, past the lines that do
+    not fit). After that newline it matches within one line: ``.`` without DOTALL cannot cross a newline (so
+    on one line it is the reference's DOTALL ``.``), and no other part matches a newline."""
+    return r"(?m)\n" + "".join(parts) + "$"
 
 
-def _fields_form(name: str, plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
+def _fields_form(plan: Sequence[_PlanEntry], parts: Sequence[str]) -> _FastForm:
     kinds = {_K_INT: _C_INT, _K_STR: _C_STR, _K_PTRSTR: _C_PTRSTR, _K_RAW: _C_RAW}
     columns = []
     gi = _VALUES
     for _name, kind, mask, sign in plan:
         columns.append((kinds[kind], gi, mask, sign))
         gi += 2 if kind == _K_INT else 1
-    return _FastForm(_marked(name, parts), [p[0] for p in plan], columns)
+    return _FastForm(_marked(parts), [p[0] for p in plan], columns)
 
 
 def _fallback_form(sp: _Splitter) -> _FastForm:
@@ -201,7 +195,7 @@ def _fallback_form(sp: _Splitter) -> _FastForm:
         gi += 1
     order = {f.name: i for i, f in enumerate(sp.fmt.fields)}
     entries.sort(key=lambda kv: order.get(kv[0], 1 << 30))
-    return _FastForm(_marked(sp.fmt.name, sp.fallback_parts), [e[0] for e in entries], [e[1] for e in entries])
+    return _FastForm(_marked(sp.fallback_parts), [e[0] for e in entries], [e[1] for e in entries])
 
 
 def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
@@ -211,9 +205,9 @@ def _fast_form(sp: _Splitter, form: int) -> Optional[_FastForm]:
         pass
     ff: Optional[_FastForm] = None
     if form == _FORM_FORWARD and sp.parts:
-        ff = _fields_form(sp.fmt.name, sp.plan, sp.parts)
+        ff = _fields_form(sp.plan, sp.parts)
     elif form == _FORM_REVERSE and len(sp.parts) > 1:
-        ff = _fields_form(sp.fmt.name, tuple(reversed(sp.plan)), tuple(reversed(sp.parts)))
+        ff = _fields_form(tuple(reversed(sp.plan)), tuple(reversed(sp.parts)))
     elif form == _FORM_FALLBACK and sp.fallback_parts:
         ff = _fallback_form(sp)
     sp.fast[form] = ff
@@ -451,21 +445,22 @@ def _decode_group(
 
 class _PendingFields:
     """The fields and raw lines of events :func:`_decode_group` built from their headers alone (a
-    :class:`~pytest_ktrace._events.FieldsSource`): decoded for all of them at once, column-wise, when the first
-    of them is read. It refers to the list of its events weakly, so that events and source make no reference
-    cycle: while that list lives (the parsed trace holds it) all of them are given theirs at once; after, each
-    event takes its own when it is read. Thread-safe: decoded once."""
+    :class:`~pytest_ktrace._events.FieldsSource`): the fields of all of them decoded at once, column-wise, when
+    the first is read; the raw lines likewise. It refers to the list of its events weakly, so that events and
+    source make no reference cycle: while that list lives (the parsed trace holds it) all of them are given
+    theirs at once; after, each event takes its own when it is read. Thread-safe: each decoded once."""
 
-    __slots__ = ("bodies", "decoded", "group", "heads", "lock", "name", "splitter", "stamps")
+    __slots__ = ("bodies", "fields", "group", "heads", "lock", "name", "raws", "splitter", "stamps")
 
     def __init__(self, splitter: _Splitter, name: str, heads: List[str], stamps: List[str], bodies: List[str]) -> None:
         self.splitter = splitter
         self.name = name
-        self.heads: Optional[List[str]] = heads
-        self.stamps: Optional[List[str]] = stamps
-        self.bodies: Optional[List[str]] = bodies
+        self.heads = heads
+        self.stamps = stamps
+        self.bodies = bodies
         self.group: Optional[weakref.ReferenceType[_Group]] = None
-        self.decoded: Optional[Tuple[List[Dict[str, FieldValue]], List[str]]] = None
+        self.fields: Optional[List[Dict[str, FieldValue]]] = None
+        self.raws: Optional[List[str]] = None
         self.lock = threading.Lock()
 
     def watch(self, group: _Group) -> None:
@@ -473,48 +468,56 @@ class _PendingFields:
         self.group = weakref.ref(group)
 
     def fill(self, event: Any) -> None:
-        decoded = self.decoded
-        if decoded is None:
-            decoded = self._decode()
+        fields = self.fields
+        if fields is None:
+            with self.lock:
+                fields = self.fields
+                if fields is None:
+                    fields = self.fields = self._give(_set_fields, self._decode())
         if event._fields is None:  # the group was gone when they were decoded
-            i = _source_index(event)
-            _set_fields(event, decoded[0][i])
-            _set_raw(event, decoded[1][i])
+            _set_fields(event, fields[_source_index(event)])
 
-    def _decode(self) -> Tuple[List[Dict[str, FieldValue]], List[str]]:
-        with self.lock:
-            decoded = self.decoded
-            if decoded is not None:
-                return decoded
-            assert self.heads is not None and self.stamps is not None and self.bodies is not None
-            raws = _lines_of(self.name, self.heads, self.stamps, self.bodies)
-            with _PausedGC():
-                decoded = (_decode_fields(self.splitter, raws), raws)
-                group = self.group() if self.group is not None else None
-                if group is not None:
-                    _give(group, *decoded)
-            self.heads = self.stamps = self.bodies = None
-            self.decoded = decoded
-            return decoded
+    def fill_raw(self, event: Any) -> None:
+        raws = self.raws
+        if raws is None:
+            with self.lock:
+                raws = self.raws
+                if raws is None:
+                    raws = self.raws = self._give(_set_raw, _lines_of(self.name, self.heads, self.stamps, self.bodies))
+        if event._raw is None:
+            _set_raw(event, raws[_source_index(event)])
+
+    def _decode(self) -> List[Dict[str, FieldValue]]:
+        def line_of(j: int) -> str:
+            return _lines_of(self.name, [self.heads[j]], [self.stamps[j]], [self.bodies[j]])[0]
+
+        with _PausedGC():
+            return _decode_fields(self.splitter, self.bodies, line_of)
+
+    def _give(self, setter: Callable[[Any, Any], None], values: List[_T]) -> List[_T]:
+        """Each event of the group, while it lives, its value; ``values`` back."""
+        group = self.group() if self.group is not None else None
+        if group is not None:
+            deque(map(setter, group, values), maxlen=0)
+        return values
 
 
-def _decode_fields(sp: _Splitter, raws: List[str]) -> List[Dict[str, FieldValue]]:
-    """The ``fields`` of the events of ``raws``, H lines of ``sp``'s event: exactly those of
-    :func:`_line_event`, column-wise for the lines that fit a form of the event."""
-    m = len(raws)
+def _decode_fields(sp: _Splitter, bodies: List[str], line_of: Callable[[int], str]) -> List[Dict[str, FieldValue]]:
+    """The ``fields`` of the events of ``bodies``, the bodies of H lines of ``sp``'s event (``line_of(j)``:
+    line ``j`` whole): exactly those of :func:`_line_event`, column-wise for the lines that fit a form of the
+    event."""
+    m = len(bodies)
     pending = list(range(m))
     pieces: List[Tuple[_FastForm, List[int], List[List[Any]]]] = []
     tried: List[_FastForm] = []
     while pending:
         # the form the first pending line prints in first (the forms exclude each other: any order gives the
         # same result, this one runs no regex over lines it cannot match)
-        hm = _HEADER_RE.fullmatch(raws[pending[0]])
-        body = (hm.group("body") if hm is not None else None) or ""
-        form = next((f for f in _fast_forms(sp, body) if f not in tried), None)
+        form = next((f for f in _fast_forms(sp, bodies[pending[0]]) if f not in tried), None)
         if form is None:
             break
         tried.append(form)
-        sub = raws if len(pending) == m else list(map(raws.__getitem__, pending))
+        sub = bodies if len(pending) == m else list(map(bodies.__getitem__, pending))
         joined = "\n".join(chain(("",), sub))
         fit, vcols = _split_lines(form.ascii if joined.isascii() else form.regex, joined, len(sub))
         del joined
@@ -535,7 +538,7 @@ def _decode_fields(sp: _Splitter, raws: List[str]) -> List[Dict[str, FieldValue]
     for (_form, pos, _vcols), dicts in zip(pieces, built):
         deque(map(out.__setitem__, pos, dicts), maxlen=0)
     for j in pending:
-        out[j] = _line_event(sp, raws[j]).fields
+        out[j] = _line_event(sp, line_of(j)).fields
     return out
 
 
@@ -567,6 +570,7 @@ class _PausedGC:
             gc.enable()
 
 
+_T = TypeVar("_T")
 _Run = Tuple[int, int, List[Event]]  # lines [start, end) read by the reference parser at parse time, their events
 
 
