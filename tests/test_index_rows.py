@@ -61,7 +61,7 @@ def test_compiled_rows_are_the_python_rows_on_generated_headers(seed: int) -> No
 
 @needs_compiled
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=st.sampled_from(list("ab-01 .:[]()\n\t\u00a0é\u0663xd")), max_size=120))
+@given(st.text(alphabet=st.sampled_from(list("ab-01 .:[]()\n\t\x1c\x1f\x85\u00a0\u2028\u3000é\u0663xd")), max_size=120))
 def test_compiled_rows_are_the_python_rows_on_any_text(text: str) -> None:
     assert compiled is not None
     assert compiled(text) == indexed_mod._index_rows_python(text)
