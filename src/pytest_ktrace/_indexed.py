@@ -58,21 +58,21 @@ from ._splitters import (
 # indexed parsing, lazy decoding
 # ------------------------------------------------------------------------------------------------------------
 #
-# ``TraceParser.parse`` does one cheap pass over the whole text: one ``split`` by ``_INDEX_RE`` (the per-line loop runs
-# in C; a row per newline, for the line after it, and the first line matched on its own) cuts every line that is an
-# event header of a shape the reference parser (``TraceParser._parse_lines``, line by line) provably reads the same way
-# ("H" lines) into its head (``comm-pid [cpu] [flags] ``), timestamp, event name and body, and leaves every other line
-# whole. Every other line (LOST lines,
-# headers, noise, continuations of multi-line strings, headers of odd shapes), and the H line before it when that one's
-# event has a string that could continue on it, goes through the reference parser at once, in runs that start and end
-# where the reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and their events; an H line
-# outside them is exactly one event of its name, nothing else. So the length of ``events``, ``lost``, ``unparsed`` and
-# the per-event counts are exact after that pass, before any value is converted.
+# ``TraceParser.parse`` does one cheap pass over the whole text, the index pass (``_speedups.c``, or
+# ``_index_rows_python``: one ``split`` by ``_INDEX_RE``, a row per newline, for the line after it, and the first
+# line matched on its own): it cuts every line that is an event header of a shape the reference parser
+# (``TraceParser._parse_lines``, line by line) provably reads the same way ("H" lines) into its head
+# (``comm-pid [cpu] [flags] ``), timestamp, event name and body, and leaves every other line whole. Every other line
+# (LOST lines, headers, noise, continuations of multi-line strings, headers of odd shapes), and the H line before it
+# when that one's event has a string that could continue on it, goes through the reference parser at once, in runs
+# that start and end where the reference's state machine starts afresh. Those runs give ``lost``, ``unparsed`` and
+# their events; an H line outside them is exactly one event of its name, nothing else. So the length of ``events``,
+# ``lost``, ``unparsed`` and the per-event counts are exact after that pass, before any value is converted.
 #
 # The typed events of the H lines are built per event name when first needed (``_LazyEvents``), from the columns of
 # their heads and timestamps alone (``_events._events_from_headers``). Their fields (and raw lines) are decoded when
-# the first of them is read, for all of them at once (``_PendingFields``): the lines are joined and cut with one
-# ``split`` per way the event prints (its own value patterns, unchanged but for ``[0-9]`` for ``\d`` on ASCII text;
+# the first of them is read, for all of them at once (``_PendingFields``): the lines' bodies are joined and cut with
+# one ``split`` per way the event prints (its own value patterns, unchanged but for ``[0-9]`` for ``\d`` on ASCII text;
 # each column of values is then a slice of one flat list), the values converted column by column (a column of one
 # repeated value converted once) and the dicts made by one generated comprehension per field list; a line that fits
 # no form goes through the reference's per-line decoder. The splitters are those of parse time (a later catalog
