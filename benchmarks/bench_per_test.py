@@ -203,6 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ssh_tracepoint = rows[-1]
             rows.append(("ssh 127.0.0.1, one command per op", *measure(OneCommandPerOp(ssh), body, args.rounds)))
 
+        guest_rows: list[tuple[str, Any, Any]] = []  # arch, parked row, fresh row
         if not args.no_vm:
             from pytest_ktrace import guests
             from pytest_ktrace.backends.ssh._backend import SshBackend
@@ -213,7 +214,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"skipping the {arch} guest: {reason}")
                     continue
                 with guests.boot(arch) as guest, SshBackend(guest.host_alias, ssh_config=guest.ssh_config_path) as vm:
-                    rows.append((f"vm {arch} (kprobes, TCG)", *measure(vm, setup_irq_test(arch), args.rounds)))
+                    test = setup_irq_test(arch)
+                    rows.append((f"vm {arch} (kprobes, TCG)", *measure(vm, test, args.rounds)))
+                    rows.append((f"vm {arch} (kprobes, TCG), parked", *measure(vm, test, args.rounds, parked=True)))
+                    guest_rows.append((arch, rows[-1], rows[-2]))
 
     base = rows[0][1]
     print(
@@ -246,6 +250,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             local_tracepoint,
         ),
     ]
+    for arch, parked_row, fresh_row in guest_rows:
+        figures.append(
+            (
+                f"a kprobe test in the {arch} qemu guest (TCG) over SSH, parked: {parked_row[3]:.0f} round trip(s)",
+                parked_row[1],
+                f"the same test with fresh probes per test, same guest and run ({fresh_row[3]:.0f} round trips)",
+                fresh_row[1],
+            )
+        )
     for metric, value, baseline, baseline_value in figures:
         emit(
             Result(
