@@ -102,3 +102,31 @@ def test_the_python_index_parses_as_the_reference(monkeypatch: pytest.MonkeyPatc
     for seed in range(3):
         text = _fast_text(seed, 2000)
         _check_against_reference(TraceParser(cat).parse(text), TraceParser(cat)._parse_slow(text), ["all"])
+
+
+FAKE_SUITE = """
+def test_traced(ktrace):
+    probe = ktrace.tracepoint("sched:sched_process_exec")
+    ktrace.inject(probe, filename="/bin/true", pid=42, old_pid=42)
+    assert probe.called
+"""
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_the_run_says_when_the_parser_ran_without_its_helper(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, built: bool
+) -> None:
+    if not built:  # as where it could not be built: the parser runs its index pass in Python
+        monkeypatch.setattr(indexed_mod, "_index_rows", indexed_mod._index_rows_python)
+    elif compiled is None:
+        pytest.skip("pytest_ktrace._speedups is not built (no C compiler when the plugin was installed)")
+    pytester.makepyfile(test_suite=FAKE_SUITE)
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--ktrace-backend=fake", "--ktrace-snapshot=debian-6.12-x86_64"
+    )
+    result.assert_outcomes(passed=1)
+    note = "ktrace: the trace parser ran without its C helper*"
+    if built:
+        result.stdout.no_fnmatch_line(note)
+    else:
+        result.stdout.fnmatch_lines([note])

@@ -72,6 +72,14 @@ class TargetSummary:
             if self.unmet_failed[name]:
                 line += f", {self.unmet_failed[name]} failed for unmet ktrace_requires (--ktrace-strict)"
             terminalreporter.write_line(line)
+        if self.targets:
+            from .. import _indexed
+
+            if _indexed._index_rows is _indexed._index_rows_python:
+                terminalreporter.write_line(
+                    "ktrace: the trace parser ran without its C helper (it is built when pytest-ktrace is installed "
+                    "where a C compiler and the Python headers are): the same results, parsed slower"
+                )
 
 
 class ReportIndexHooks:
